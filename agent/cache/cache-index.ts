@@ -1,0 +1,107 @@
+import { LRUCache } from 'lru-cache';
+import type { Digest } from '../oci/digest.ts';
+
+interface IndexEntry {
+  readonly digest: Digest;
+  readonly size: number;
+  /** False for entries found on disk at start-up until they are re-hashed on first serve. */
+  verified: boolean;
+  leases: number;
+  /** Evicted while leased: the file is removed when the last lease is released. */
+  evicted: boolean;
+}
+
+/** A hold on a cached blob: while held, eviction does not remove the file. */
+export interface Lease {
+  readonly digest: Digest;
+  readonly size: number;
+  readonly verified: boolean;
+  markVerified(): void;
+  release(): void;
+}
+
+export interface CacheIndexStats {
+  readonly bytes: number;
+  readonly entries: number;
+  readonly evictions: number;
+}
+
+/**
+ * Least-recently-used index of committed blobs, sized in bytes. Evicting an entry calls `remove`
+ * (which deletes the file) unless a reader holds a lease, in which case removal waits for the
+ * last release.
+ */
+export class CacheIndex {
+  readonly maxBytes: number;
+  readonly #lru: LRUCache<Digest, IndexEntry>;
+  readonly #remove: (digest: Digest) => void;
+  #evictions = 0;
+
+  constructor(maxBytes: number, remove: (digest: Digest) => void) {
+    this.maxBytes = maxBytes;
+    this.#remove = remove;
+    this.#lru = new LRUCache<Digest, IndexEntry>({
+      maxSize: Math.max(1, maxBytes),
+      sizeCalculation: (entry) => Math.max(1, entry.size),
+      noDisposeOnSet: true,
+      dispose: (entry, _digest, reason) => {
+        if (reason === 'evict') this.#evictions += 1;
+        if (entry.leases > 0) entry.evicted = true;
+        else this.#remove(entry.digest);
+      },
+    });
+  }
+
+  /** Whether a blob of this size may be cached at all. */
+  fits(size: number): boolean {
+    return size <= this.maxBytes;
+  }
+
+  add(digest: Digest, size: number, verified: boolean): void {
+    const existing = this.#lru.get(digest);
+    if (existing) {
+      if (verified) existing.verified = true;
+      return;
+    }
+    if (!this.fits(size)) {
+      this.#remove(digest);
+      return;
+    }
+    this.#lru.set(digest, { digest, size, verified, leases: 0, evicted: false });
+  }
+
+  /** Takes a lease and marks the entry most recently used; undefined when not cached. */
+  acquire(digest: Digest): Lease | undefined {
+    const entry = this.#lru.get(digest);
+    if (!entry) return undefined;
+    entry.leases += 1;
+    let released = false;
+    return {
+      digest,
+      size: entry.size,
+      verified: entry.verified,
+      markVerified: () => {
+        entry.verified = true;
+      },
+      release: () => {
+        if (released) return;
+        released = true;
+        entry.leases -= 1;
+        if (entry.leases === 0 && entry.evicted && !this.#lru.has(entry.digest)) this.#remove(entry.digest);
+      },
+    };
+  }
+
+  has(digest: Digest): boolean {
+    return this.#lru.has(digest);
+  }
+
+  /** Drops an entry (e.g. found corrupt); the file is removed once no reader holds it. */
+  delete(digest: Digest): void {
+    this.#lru.delete(digest);
+  }
+
+  stats(): CacheIndexStats {
+    return { bytes: this.#lru.calculatedSize, entries: this.#lru.size, evictions: this.#evictions };
+  }
+}

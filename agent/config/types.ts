@@ -1,0 +1,42 @@
+/** Validated agent configuration. Everything here has passed `loadConfig`; code past the edge trusts it. */
+
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+
+export interface ListenAddress {
+  /** An IP literal (IPv6 without brackets) or `localhost`. */
+  readonly host: string;
+  /** 0 means "any free port" (tests). */
+  readonly port: number;
+}
+
+export interface MirrorConfig {
+  /** host[:port] exactly as written in image references, lower-cased host (`docker.io`, `registry.corp.example:5000`). */
+  readonly registry: string;
+  /** Base URL the agent fetches from, without trailing slash in `pathname` beyond `/`. */
+  readonly upstream: URL;
+  /** How long a tag→digest answer is trusted without asking upstream (ms). */
+  readonly tagTtlMs: number;
+  /** How long a cached tag may be served while upstream is unreachable (ms). */
+  readonly maxStaleMs: number;
+  /** '' or a slash-separated repository path without leading/trailing slash. */
+  readonly repositoryPrefix: string;
+  readonly username?: string;
+  /** Absolute path of the file holding the password (read at start-up, never logged). */
+  readonly passwordFile?: string;
+}
+
+export interface AgentConfig {
+  /** Where this configuration came from: the file path, or `<embedded default>`. */
+  readonly source: string;
+  readonly listen: ListenAddress;
+  readonly metricsListen: ListenAddress;
+  readonly cacheDir: string;
+  readonly cacheMaxBytes: number;
+  readonly hostsDir: string;
+  /** Manage `<hostsDir>/<registry>/hosts.toml` for every mirror (default true). */
+  readonly manageHosts: boolean;
+  /** The node's containerd config, read (never written) to tell whether containerd uses `hostsDir`. */
+  readonly containerdConfig: string;
+  readonly logLevel: LogLevel;
+  readonly mirrors: readonly MirrorConfig[];
+}

@@ -1,0 +1,72 @@
+import { resolve } from 'node:path';
+import { kindOf } from './kind.ts';
+import type { LogLevel } from './types.ts';
+
+// Validators for single values. Each throws a plain Error whose message is the problem;
+// the loader adds file and key.
+
+const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+const PATH_COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
+
+export function expectString(value: unknown): string {
+  if (typeof value !== 'string') throw new Error(`expected a string, got ${kindOf(value)}`);
+  return value;
+}
+
+export function expectBoolean(value: unknown): boolean {
+  if (typeof value !== 'boolean') throw new Error(`expected a boolean, got ${kindOf(value)}`);
+  return value;
+}
+
+export function parseLogLevel(value: unknown): LogLevel {
+  const text = expectString(value);
+  const level = LOG_LEVELS.find((l) => l === text);
+  if (level === undefined) throw new Error(`must be one of ${LOG_LEVELS.join(', ')}`);
+  return level;
+}
+
+/** A file system path; relative paths are taken relative to `baseDir`. Returns an absolute, normalised path. */
+export function parsePath(value: unknown, baseDir: string): string {
+  const text = expectString(value);
+  if (text === '') throw new Error('must not be empty');
+  if (text.includes('\0')) throw new Error('must not contain a NUL character');
+  return resolve(baseDir, text);
+}
+
+/** An absolute http(s) URL without credentials, query or fragment; trailing slashes of the path are dropped. */
+export function parseUpstream(value: unknown): URL {
+  const text = expectString(value);
+  if (!URL.canParse(text)) throw new Error('expected an absolute http: or https: URL, e.g. https://registry-1.docker.io');
+  const url = new URL(text);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('scheme must be http or https');
+  if (url.username !== '' || url.password !== '') {
+    throw new Error('must not contain userinfo; use username and password_file');
+  }
+  if (/[?#]/.test(text)) throw new Error('must not contain a query or fragment');
+  url.pathname = url.pathname.replace(/\/+$/, '') || '/';
+  return url;
+}
+
+/** '' or OCI repository path components joined by '/'; one leading and one trailing '/' are dropped. */
+export function parseRepositoryPrefix(value: unknown): string {
+  const text = expectString(value).replace(/^\//, '').replace(/\/$/, '');
+  if (text !== '' && !text.split('/').every((c) => PATH_COMPONENT.test(c))) {
+    throw new Error('must be lower-case repository path components separated by "/", e.g. "library" or "team/images"');
+  }
+  return text;
+}
+
+/** A Basic-auth user name: non-empty, no ':' and no control characters. */
+export function parseUsername(value: unknown): string {
+  const text = expectString(value);
+  if (text === '') throw new Error('must not be empty');
+  if (text.includes(':')) throw new Error("must not contain ':'");
+  if (/\p{Cc}/u.test(text)) throw new Error('must not contain control characters');
+  return text;
+}
+
+/** A size in bytes (see parseSize) that must be greater than zero. */
+export function requirePositive(bytes: number): number {
+  if (bytes <= 0) throw new Error('must be greater than 0');
+  return bytes;
+}

@@ -1,0 +1,103 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { BlobReadable } from '../cache/blob-reader.ts';
+import type { Mirror } from '../mirror/mirror.ts';
+import type { Digest } from '../oci/digest.ts';
+import { OciError } from '../oci/errors.ts';
+import type { DistributionRequest } from '../oci/request.ts';
+import { decideRange } from './range.ts';
+import { API_VERSION_HEADER, writeAll } from './respond.ts';
+
+/** What a handler learned, for the access log and metrics. */
+export interface Outcome {
+  kind: 'base' | 'manifest' | 'blob';
+  registry?: string;
+  /** hit | miss | joined | stale */
+  cache?: string;
+  bytes: number;
+}
+
+const IMMUTABLE = 'max-age=31536000, immutable';
+
+export async function handleBase(mirror: Mirror, res: ServerResponse, head: boolean): Promise<void> {
+  const body = Buffer.from('{}');
+  res.writeHead(200, { ...API_VERSION_HEADER, 'content-type': 'application/json', 'content-length': String(body.length) });
+  res.end(head ? undefined : body);
+  void mirror;
+}
+
+export async function handleManifest(
+  mirror: Mirror,
+  request: Extract<DistributionRequest, { kind: 'manifest' }>,
+  res: ServerResponse,
+  head: boolean,
+  outcome: Outcome,
+): Promise<void> {
+  const result = await mirror.manifest(request.name, request.reference, !head);
+  outcome.cache = result.origin;
+  res.writeHead(200, {
+    ...API_VERSION_HEADER,
+    'content-type': result.mediaType,
+    'content-length': String(result.size),
+    'docker-content-digest': result.digest,
+    etag: `"${result.digest}"`,
+    'cache-control': request.reference.kind === 'digest' ? IMMUTABLE : 'no-cache',
+  });
+  if (head || !result.body) {
+    res.end();
+    return;
+  }
+  outcome.bytes = result.body.length;
+  res.end(result.body);
+}
+
+export async function handleBlobHead(mirror: Mirror, name: Extract<DistributionRequest, { kind: 'blob' }>, res: ServerResponse): Promise<void> {
+  const size = await mirror.blobSize(name.name, name.digest);
+  res.writeHead(200, blobHeaders(name.digest, size));
+  res.end();
+}
+
+export async function handleBlobGet(
+  mirror: Mirror,
+  request: Extract<DistributionRequest, { kind: 'blob' }>,
+  req: IncomingMessage,
+  res: ServerResponse,
+  outcome: Outcome,
+): Promise<void> {
+  const blob = await mirror.blob(request.name, request.digest);
+  outcome.cache = blob.origin;
+  try {
+    await sendBlob(blob, request.digest, req, res, outcome);
+  } finally {
+    blob.close();
+  }
+}
+
+async function sendBlob(blob: BlobReadable, digest: Digest, req: IncomingMessage, res: ServerResponse, outcome: Outcome): Promise<void> {
+  const size = blob.size();
+  const range = size === undefined ? ({ kind: 'full' } as const) : decideRange(req.headers.range, size);
+  if (range.kind === 'unsatisfiable') {
+    throw new OciError('RANGE_INVALID', 'requested range not satisfiable', { headers: { 'content-range': `bytes */${size}` }, detail: { size } });
+  }
+  if (range.kind === 'partial' && size !== undefined) {
+    const { start, end } = range.range;
+    res.writeHead(206, { ...blobHeaders(digest, end - start), 'content-range': `bytes ${start}-${end - 1}/${size}` });
+    outcome.bytes = await writeAll(res, blob.read(start, end));
+  } else {
+    res.writeHead(200, blobHeaders(digest, size));
+    outcome.bytes = await writeAll(res, blob.read(0));
+  }
+  res.end();
+}
+
+function blobHeaders(digest: Digest, size: number | undefined): Record<string, string> {
+  const headers: Record<string, string> = {
+    ...API_VERSION_HEADER,
+    'content-type': 'application/octet-stream',
+    'docker-content-digest': digest,
+    etag: `"${digest}"`,
+    'cache-control': IMMUTABLE,
+    'accept-ranges': 'bytes',
+  };
+  if (size !== undefined) headers['content-length'] = String(size);
+  return headers;
+}

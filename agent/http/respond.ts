@@ -1,0 +1,56 @@
+import type { ServerResponse } from 'node:http';
+import type { OciError } from '../oci/errors.ts';
+
+export const API_VERSION_HEADER = { 'docker-distribution-api-version': 'registry/2.0' } as const;
+
+/** Renders an OCI error body, unless headers already went out (then the connection is cut). */
+export function sendOciError(res: ServerResponse, error: OciError, method: string): void {
+  if (res.headersSent) {
+    res.destroy(error);
+    return;
+  }
+  const body = Buffer.from(JSON.stringify(error.toJSON()));
+  res.writeHead(error.status, {
+    ...API_VERSION_HEADER,
+    ...error.headers,
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': String(body.length),
+  });
+  res.end(method === 'HEAD' ? undefined : body);
+}
+
+/**
+ * Writes chunks with backpressure. Resolves when all were written, rejects when the client went
+ * away (the iterator is then closed, so its `finally` blocks run).
+ */
+export async function writeAll(res: ServerResponse, chunks: AsyncIterable<Buffer>): Promise<number> {
+  let bytes = 0;
+  for await (const chunk of chunks) {
+    if (res.destroyed) throw new ClientGoneError();
+    bytes += chunk.length;
+    if (!res.write(chunk)) await drained(res);
+  }
+  return bytes;
+}
+
+export class ClientGoneError extends Error {
+  override readonly name = 'ClientGoneError';
+  constructor() {
+    super('client closed the connection');
+  }
+}
+
+function drained(res: ServerResponse): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onDrain = (): void => {
+      res.off('close', onClose);
+      resolve();
+    };
+    const onClose = (): void => {
+      res.off('drain', onDrain);
+      reject(new ClientGoneError());
+    };
+    res.once('drain', onDrain);
+    res.once('close', onClose);
+  });
+}

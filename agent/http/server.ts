@@ -1,0 +1,137 @@
+import { randomBytes } from 'node:crypto';
+import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { OciError } from '../oci/errors.ts';
+import { type DistributionRequest, isReadMethod, parseDistributionRequest } from '../oci/request.ts';
+import { toOciError } from './errors.ts';
+import { type Outcome, handleBase, handleBlobGet, handleBlobHead, handleManifest } from './handlers.ts';
+import type { MirrorSet } from './mirror-set.ts';
+import { ClientGoneError, sendOciError } from './respond.ts';
+
+export interface RequestRecord {
+  readonly id: string;
+  readonly method: string;
+  readonly outcome: Outcome;
+  readonly status: number;
+  readonly durationMs: number;
+  readonly error?: OciError;
+  readonly aborted: boolean;
+}
+
+export interface MirrorServerOptions {
+  readonly mirrors: MirrorSet;
+  readonly log: Logger;
+  /** Called once per finished request (metrics). */
+  readonly onRequest?: (record: RequestRecord) => void;
+}
+
+/** The mirror's HTTP surface: the only code that knows status codes and headers. */
+export function createMirrorServer(options: MirrorServerOptions): Server {
+  const server = createServer(
+    { requestTimeout: 60_000, headersTimeout: 20_000, keepAliveTimeout: 30_000, maxHeaderSize: 16 * 1024 },
+    (req, res) => void handle(options, req, res),
+  );
+  // A forward-proxy tunnel request is never served: this is a mirror, not a proxy.
+  server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
+    socket.end('HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+  });
+  server.on('clientError', (_error, socket: Duplex) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+    else socket.destroy();
+  });
+  return server;
+}
+
+async function handle(options: MirrorServerOptions, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const started = performance.now();
+  const id = randomBytes(8).toString('hex');
+  const method = req.method ?? 'GET';
+  const outcome: Outcome = { kind: 'base', bytes: 0 };
+  let error: OciError | undefined;
+  let aborted = false;
+  res.setHeader('x-request-id', id);
+  // Request bodies are never used; drain them so keep-alive connections stay usable.
+  req.resume();
+  try {
+    const request = parse(req);
+    outcome.kind = request.kind;
+    const mirror = options.mirrors.select(request.ns);
+    outcome.registry = mirror.registry;
+    await dispatch(mirror, request, req, res, outcome);
+  } catch (caught) {
+    if (caught instanceof ClientGoneError) {
+      aborted = true;
+    } else {
+      error = toOciError(caught);
+      if (res.headersSent) aborted = true;
+      sendOciError(res, error, method);
+    }
+  } finally {
+    const record: RequestRecord = {
+      id,
+      method,
+      outcome,
+      status: res.statusCode,
+      durationMs: performance.now() - started,
+      ...(error ? { error } : {}),
+      aborted,
+    };
+    logRequest(options.log, req, record);
+    options.onRequest?.(record);
+  }
+}
+
+function parse(req: IncomingMessage): DistributionRequest {
+  if (!isReadMethod(req.method)) {
+    throw new OciError('UNSUPPORTED', `${req.method ?? ''} is not supported: this mirror is pull-only`, { headers: { allow: 'GET, HEAD' } });
+  }
+  return parseDistributionRequest(req.url ?? '');
+}
+
+async function dispatch(
+  mirror: ReturnType<MirrorSet['select']>,
+  request: DistributionRequest,
+  req: IncomingMessage,
+  res: ServerResponse,
+  outcome: Outcome,
+): Promise<void> {
+  const head = req.method === 'HEAD';
+  switch (request.kind) {
+    case 'base':
+      return handleBase(mirror, res, head);
+    case 'manifest':
+      return handleManifest(mirror, request, res, head, outcome);
+    case 'blob':
+      return head ? handleBlobHead(mirror, request, res) : handleBlobGet(mirror, request, req, res, outcome);
+  }
+}
+
+function logRequest(log: Logger, req: IncomingMessage, record: RequestRecord): void {
+  const line = {
+    reqId: record.id,
+    method: record.method,
+    path: (req.url ?? '').slice(0, 512),
+    registry: record.outcome.registry,
+    kind: record.outcome.kind,
+    cache: record.outcome.cache,
+    status: record.status,
+    bytes: record.outcome.bytes,
+    durationMs: Math.round(record.durationMs),
+    ...(record.aborted ? { aborted: true } : {}),
+    ...(record.error ? { code: record.error.code, err: causeChain(record.error) } : {}),
+  };
+  if (record.error && record.status >= 500) log.warn(line, 'request failed');
+  else log.info(line, 'request');
+}
+
+/** The error and its causes as one readable line (no stack, no headers: nothing secret). */
+export function causeChain(error: unknown): string {
+  const parts: string[] = [];
+  let current: unknown = error;
+  for (let depth = 0; depth < 5 && current instanceof Error; depth += 1) {
+    parts.push(current.message);
+    current = current.cause;
+  }
+  return parts.join(': ');
+}

@@ -1,0 +1,71 @@
+#!/usr/bin/env node
+import type { Logger } from 'pino';
+import { USAGE, UsageError, parseCommandLine } from './cli.ts';
+import { ConfigError } from './config/errors.ts';
+import { defaultConfig, loadConfig } from './config/load.ts';
+import type { AgentConfig } from './config/types.ts';
+import { createLogger } from './log.ts';
+import { AgentRuntime } from './runtime.ts';
+
+async function main(argv: readonly string[]): Promise<number> {
+  const commandLine = parseCommandLine(argv);
+  if (commandLine.command === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const config = commandLine.configFile ? await loadConfig(commandLine.configFile) : defaultConfig(process.cwd());
+  const log = createLogger(config.logLevel);
+  if (commandLine.command === 'cleanup') return cleanup(config, log);
+  return serve(config, log);
+}
+
+async function serve(config: AgentConfig, log: Logger): Promise<number> {
+  const runtime = await AgentRuntime.start(config, log);
+  explain(runtime, log);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      // hosts.toml entries stay: a restarting agent must not send pulls to the unreachable original registry.
+      log.info({ signal }, 'stopping: finishing in-flight responses; hosts.toml entries are kept');
+      runtime.stop().then(resolve, resolve);
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  log.info('stopped');
+  return 0;
+}
+
+async function cleanup(config: AgentConfig, log: Logger): Promise<number> {
+  const { cleanupHosts } = await import('./containerd/wiring.ts');
+  const failed = await cleanupHosts(config, log);
+  return failed ? 1 : 0;
+}
+
+function explain(runtime: AgentRuntime, log: Logger): void {
+  const endpoint = runtime.mirrorUrl;
+  for (const mirror of runtime.mirrors.list()) {
+    log.info(
+      {
+        registry: mirror.registry,
+        upstream: mirror.config.upstream.origin,
+        containerd: `${runtime.config.hostsDir}/${mirror.registry}/hosts.toml -> [host."${endpoint}"] capabilities = ["pull", "resolve"]`,
+        try: `ctr images pull --hosts-dir ${runtime.config.hostsDir} ${mirror.registry}/<repository>:<tag>`,
+        skopeo: `skopeo inspect --tls-verify=false docker://${endpoint.replace(/^http:\/\//, '')}/<repository>:<tag>`,
+      },
+      'serving mirror',
+    );
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    if (error instanceof ConfigError || error instanceof UsageError) {
+      process.stderr.write(`registry-proxy-agent: ${error.message}\n`);
+      if (error instanceof UsageError) process.stderr.write(USAGE);
+      process.exit(2);
+    }
+    process.stderr.write(`registry-proxy-agent: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exit(1);
+  },
+);

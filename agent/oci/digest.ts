@@ -1,0 +1,36 @@
+import { OciError } from './errors.ts';
+
+/** A validated `sha256:<64 lowercase hex>` digest. */
+export type Digest = string & { readonly __digest: unique symbol };
+
+const SHA256 = /^sha256:[a-f0-9]{64}$/;
+const ANY_DIGEST = /^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
+
+export function isDigest(value: string): value is Digest {
+  return SHA256.test(value);
+}
+
+/** Validates a digest string; the only algorithm this mirror stores is sha256. */
+export function parseDigest(value: string): Digest {
+  if (isDigest(value)) return value;
+  if (/^sha256:[a-fA-F0-9]{64}$/.test(value)) {
+    throw new OciError('DIGEST_INVALID', 'digest hex must be lower-case', { detail: { digest: value } });
+  }
+  if (ANY_DIGEST.test(value) && !value.startsWith('sha256:')) {
+    throw new OciError('DIGEST_INVALID', `unsupported digest algorithm "${value.slice(0, value.indexOf(':'))}": only sha256 is supported`, {
+      detail: { digest: value.slice(0, 100) },
+    });
+  }
+  throw new OciError('DIGEST_INVALID', 'invalid digest: expected sha256:<64 lower-case hex characters>', {
+    detail: { digest: value.slice(0, 100) },
+  });
+}
+
+/** The hex part, used as a file name. */
+export function digestHex(digest: Digest): string {
+  return digest.slice('sha256:'.length);
+}
+
+export function digestFromHex(hex: string): Digest {
+  return parseDigest(`sha256:${hex}`);
+}

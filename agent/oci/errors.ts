@@ -1,0 +1,59 @@
+/**
+ * OCI distribution error codes and the HTTP status the distribution spec pairs with each.
+ * The HTTP surface renders these as `{"errors":[{code,message,detail}]}` in one place.
+ */
+export const OCI_STATUS = {
+  BLOB_UNKNOWN: 404,
+  DIGEST_INVALID: 400,
+  MANIFEST_UNKNOWN: 404,
+  MANIFEST_INVALID: 400,
+  MANIFEST_BLOB_UNKNOWN: 404,
+  NAME_INVALID: 400,
+  NAME_UNKNOWN: 404,
+  TAG_INVALID: 400,
+  SIZE_INVALID: 400,
+  UNAUTHORIZED: 401,
+  DENIED: 403,
+  UNSUPPORTED: 405,
+  TOOMANYREQUESTS: 429,
+  /** Not in the spec's table; distribution uses it for 416 on blob reads. */
+  RANGE_INVALID: 416,
+  /** distribution's errcode for an unavailable backend. */
+  UNAVAILABLE: 503,
+  /** distribution's errcode for an unexpected failure. */
+  UNKNOWN: 500,
+} as const;
+
+export type OciErrorCode = keyof typeof OCI_STATUS;
+
+export interface OciErrorOptions {
+  readonly detail?: unknown;
+  readonly cause?: unknown;
+  /** Overrides the spec's status for this code (e.g. UNSUPPORTED for an unknown endpoint is a 404). */
+  readonly status?: number;
+  /** Extra response headers (e.g. WWW-Authenticate on 401, Retry-After on 503). */
+  readonly headers?: Readonly<Record<string, string>>;
+}
+
+export class OciError extends Error {
+  override readonly name = 'OciError';
+  readonly code: OciErrorCode;
+  readonly detail: unknown;
+  readonly status: number;
+  readonly headers: Readonly<Record<string, string>>;
+
+  constructor(code: OciErrorCode, message: string, options: OciErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.detail = options.detail;
+    this.status = options.status ?? OCI_STATUS[code];
+    this.headers = options.headers ?? {};
+  }
+
+  /** The spec's JSON body. */
+  toJSON(): { errors: Array<{ code: string; message: string; detail?: unknown }> } {
+    const entry: { code: string; message: string; detail?: unknown } = { code: this.code, message: this.message };
+    if (this.detail !== undefined) entry.detail = this.detail;
+    return { errors: [entry] };
+  }
+}

@@ -1,0 +1,196 @@
+import { Agent, type Dispatcher } from 'undici';
+import type { IncomingHttpHeaders } from 'node:http';
+import { type Challenge, parseChallenge } from './challenge.ts';
+import { UpstreamError, fromTransportError } from './errors.ts';
+import { TokenCache } from './tokens.ts';
+
+export interface UpstreamTimeouts {
+  readonly connectMs: number;
+  /** Until the response headers (first byte) arrive. */
+  readonly headersMs: number;
+  /** Longest silence while a body streams. */
+  readonly bodyMs: number;
+}
+
+export const DEFAULT_TIMEOUTS: UpstreamTimeouts = { connectMs: 10_000, headersMs: 30_000, bodyMs: 60_000 };
+
+export interface Credentials {
+  readonly username: string;
+  readonly password: string;
+}
+
+export interface UpstreamOptions {
+  readonly registry: string;
+  readonly base: URL;
+  readonly credentials?: Credentials | undefined;
+  readonly timeouts?: UpstreamTimeouts;
+  /** Shared connection pool; one per route. */
+  readonly dispatcher?: Dispatcher;
+}
+
+export interface UpstreamResponse {
+  readonly status: number;
+  readonly headers: IncomingHttpHeaders;
+  readonly body: Dispatcher.ResponseData['body'];
+  /** The URL that finally answered (after redirects). */
+  readonly url: URL;
+}
+
+const MAX_REDIRECTS = 5;
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+
+/**
+ * Talks to one mirror's upstream registry: resolves paths against the base URL, answers auth
+ * challenges with the mirror's credentials (Basic, or a Bearer token from the challenge's realm),
+ * and follows redirects itself, never carrying Authorization to another origin.
+ */
+export class UpstreamClient {
+  readonly registry: string;
+  readonly base: URL;
+  readonly #credentials: Credentials | undefined;
+  readonly #timeouts: UpstreamTimeouts;
+  readonly #dispatcher: Dispatcher;
+  readonly #tokens = new TokenCache();
+  #basicChallenged = false;
+
+  constructor(options: UpstreamOptions) {
+    this.registry = options.registry;
+    this.base = options.base;
+    this.#credentials = options.credentials;
+    this.#timeouts = options.timeouts ?? DEFAULT_TIMEOUTS;
+    this.#dispatcher = options.dispatcher ?? new Agent({ connectTimeout: this.#timeouts.connectMs, keepAliveTimeout: 30_000 });
+  }
+
+  /** Builds the upstream URL for a registry API path such as `/v2/team/app/manifests/1.0`. */
+  url(apiPath: string): URL {
+    const url = new URL(this.base.href);
+    url.pathname = `${this.base.pathname.replace(/\/$/, '')}${apiPath}`;
+    return url;
+  }
+
+  /**
+   * Sends a GET or HEAD. `scope` is the token scope to ask for on a Bearer challenge
+   * (`repository:<name>:pull`). The caller owns the returned body and must consume or destroy it.
+   */
+  async request(method: 'GET' | 'HEAD', apiPath: string, scope: string, headers: Record<string, string> = {}): Promise<UpstreamResponse> {
+    let response = await this.#send(method, this.url(apiPath), headers, this.#authorization(scope));
+    if (response.status === 401 && this.#credentialsCanHelp(response)) {
+      const challenge = parseChallenge(firstHeader(response.headers['www-authenticate']));
+      await response.body.dump().catch(() => undefined);
+      const authorization = await this.#answer(challenge, scope);
+      response = await this.#send(method, this.url(apiPath), headers, authorization);
+    }
+    return response;
+  }
+
+  async close(): Promise<void> {
+    await this.#dispatcher.close();
+  }
+
+  #credentialsCanHelp(response: UpstreamResponse): boolean {
+    const challenge = parseChallenge(firstHeader(response.headers['www-authenticate']));
+    if (!challenge) return false;
+    if (challenge.scheme === 'bearer') return true;
+    return challenge.scheme === 'basic' && this.#credentials !== undefined;
+  }
+
+  #authorization(scope: string): string | undefined {
+    const token = this.#tokens.get(scope);
+    if (token) return `Bearer ${token}`;
+    if (this.#basicChallenged && this.#credentials) return basic(this.#credentials);
+    return undefined;
+  }
+
+  async #answer(challenge: Challenge | undefined, scope: string): Promise<string | undefined> {
+    if (challenge?.scheme === 'basic') {
+      this.#basicChallenged = true;
+      return this.#credentials ? basic(this.#credentials) : undefined;
+    }
+    if (challenge?.scheme !== 'bearer') return undefined;
+    const token = await this.#fetchToken(challenge, scope);
+    return `Bearer ${token}`;
+  }
+
+  async #fetchToken(challenge: Challenge, scope: string): Promise<string> {
+    const realm = challenge.params['realm'];
+    if (!realm) throw new UpstreamError(this.registry, 'invalid', 'Bearer challenge without realm');
+    let url: URL;
+    try {
+      url = new URL(realm, this.base);
+    } catch (cause) {
+      throw new UpstreamError(this.registry, 'invalid', 'Bearer challenge realm is not a URL', { cause });
+    }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new UpstreamError(this.registry, 'invalid', 'Bearer realm must be http(s)');
+    const service = challenge.params['service'];
+    if (service) url.searchParams.set('service', service);
+    url.searchParams.set('scope', challenge.params['scope'] ?? scope);
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (this.#credentials) headers['authorization'] = basic(this.#credentials);
+    const response = await this.#send('GET', url, headers, undefined);
+    if (response.status !== 200) {
+      await response.body.dump().catch(() => undefined);
+      throw new UpstreamError(this.registry, 'status', `token endpoint answered ${response.status}`, { status: response.status });
+    }
+    let parsed: { token?: unknown; access_token?: unknown; expires_in?: unknown };
+    try {
+      parsed = (await response.body.json()) as typeof parsed;
+    } catch (cause) {
+      throw new UpstreamError(this.registry, 'invalid', 'token endpoint returned invalid JSON', { cause });
+    }
+    const token = typeof parsed.token === 'string' ? parsed.token : typeof parsed.access_token === 'string' ? parsed.access_token : undefined;
+    if (!token) throw new UpstreamError(this.registry, 'invalid', 'token endpoint returned no token');
+    const expiresIn = typeof parsed.expires_in === 'number' && parsed.expires_in > 0 ? parsed.expires_in : 60;
+    this.#tokens.set(scope, token, expiresIn * 1000);
+    return token;
+  }
+
+  /** One request, following redirects for GET; Authorization only ever goes to the origin it was meant for. */
+  async #send(method: 'GET' | 'HEAD', url: URL, headers: Record<string, string>, authorization: string | undefined): Promise<UpstreamResponse> {
+    let current = url;
+    for (let hop = 0; ; hop += 1) {
+      const sendHeaders: Record<string, string> = { ...headers, 'user-agent': 'registry-proxy-agent' };
+      if (authorization && current.origin === url.origin) sendHeaders['authorization'] = authorization;
+      let response: Dispatcher.ResponseData;
+      try {
+        response = await this.#dispatcher.request({
+          origin: current.origin,
+          path: `${current.pathname}${current.search}`,
+          method,
+          headers: sendHeaders,
+          headersTimeout: this.#timeouts.headersMs,
+          bodyTimeout: this.#timeouts.bodyMs,
+          highWaterMark: 256 * 1024,
+        });
+      } catch (error) {
+        throw fromTransportError(this.registry, error);
+      }
+      const location = firstHeader(response.headers['location']);
+      if (!REDIRECTS.has(response.statusCode) || !location) {
+        return { status: response.statusCode, headers: response.headers, body: response.body, url: current };
+      }
+      await response.body.dump().catch(() => undefined);
+      if (hop >= MAX_REDIRECTS) throw new UpstreamError(this.registry, 'redirect', `more than ${MAX_REDIRECTS} redirects`);
+      current = this.#redirectTarget(current, location);
+    }
+  }
+
+  #redirectTarget(from: URL, location: string): URL {
+    let next: URL;
+    try {
+      next = new URL(location, from);
+    } catch (cause) {
+      throw new UpstreamError(this.registry, 'redirect', 'redirect Location is not a URL', { cause });
+    }
+    if (next.protocol !== 'https:' && next.protocol !== 'http:') throw new UpstreamError(this.registry, 'redirect', `redirect to unsupported scheme ${next.protocol}`);
+    if (next.username || next.password) throw new UpstreamError(this.registry, 'redirect', 'redirect Location carries credentials');
+    return next;
+  }
+}
+
+export function firstHeader(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+function basic(credentials: Credentials): string {
+  return `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')}`;
+}

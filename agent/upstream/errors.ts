@@ -1,0 +1,56 @@
+/** Why an upstream request did not produce a usable answer. Domain-level: no HTTP status of ours here. */
+export type UpstreamFailure =
+  /** Connection refused, DNS failure, reset before a response. */
+  | 'unreachable'
+  /** Connect, first-byte or body timeout. */
+  | 'timeout'
+  /** Upstream answered with a status we cannot serve (5xx, unexpected 4xx). */
+  | 'status'
+  /** The response broke the protocol: missing or wrong headers, bad JSON, too large. */
+  | 'invalid'
+  /** Too many redirects, or a redirect the agent will not follow. */
+  | 'redirect';
+
+export class UpstreamError extends Error {
+  override readonly name = 'UpstreamError';
+  readonly failure: UpstreamFailure;
+  /** Upstream's status code, for failure `status`. */
+  readonly status: number | undefined;
+  /** The mirror's registry, for logs. */
+  readonly registry: string;
+
+  constructor(registry: string, failure: UpstreamFailure, message: string, options: { status?: number; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.registry = registry;
+    this.failure = failure;
+    this.status = options.status;
+  }
+
+  /** Upstream could not be asked at all, or failed on its side: cached content may be served instead. */
+  get unavailable(): boolean {
+    return this.failure === 'unreachable' || this.failure === 'timeout' || (this.failure === 'status' && (this.status ?? 0) >= 500);
+  }
+}
+
+const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
+const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
+
+/** Translates a transport error from undici into an UpstreamError. */
+export function fromTransportError(registry: string, error: unknown): UpstreamError {
+  if (error instanceof UpstreamError) return error;
+  const code = errorCode(error);
+  if (TIMEOUT_CODES.has(code)) return new UpstreamError(registry, 'timeout', `upstream timed out (${code})`, { cause: error });
+  if (UNREACHABLE_CODES.has(code)) return new UpstreamError(registry, 'unreachable', `upstream unreachable (${code})`, { cause: error });
+  const message = error instanceof Error ? error.message : String(error);
+  return new UpstreamError(registry, 'unreachable', `upstream request failed: ${message}`, { cause: error });
+}
+
+function errorCode(error: unknown): string {
+  let current: unknown = error;
+  for (let depth = 0; depth < 4 && current; depth += 1) {
+    const code = (current as { code?: unknown }).code;
+    if (typeof code === 'string' && code !== 'UND_ERR') return code;
+    current = (current as { cause?: unknown }).cause;
+  }
+  return '';
+}

@@ -1,0 +1,231 @@
+import { createHash } from 'node:crypto';
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
+import { type ContainerdHandle, startContainerd } from './fixtures/containerd.ts';
+import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
+import { writeHostsToml } from './fixtures/hosts.ts';
+import { type MemoryBlob, type TestImage, makeImage, makeRandomBlob, pushBlob, pushImage } from './fixtures/image.ts';
+import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
+import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
+
+const auth = { username: 'puller', password: 'correct horse' };
+const REGISTRY = 'registry.corp.example:5000';
+const REPO = 'team/app';
+
+function sha256(bytes: Buffer): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+}
+
+async function getBlob(agentUrl: string, digest: string, headers: Record<string, string> = {}) {
+  const response = await request(`${agentUrl}/v2/${REPO}/blobs/${digest}?ns=${REGISTRY}`, { headers });
+  const body = Buffer.from(await response.body.arrayBuffer());
+  return { status: response.statusCode, headers: response.headers, body };
+}
+
+/** GETs a blob and reports whether the body arrived whole, or the connection was cut. */
+async function tryGetBlob(agentUrl: string, digest: string): Promise<{ status: number; complete: boolean; body?: Buffer }> {
+  try {
+    const result = await getBlob(agentUrl, digest);
+    return { status: result.status, complete: true, body: result.body };
+  } catch {
+    return { status: 0, complete: false };
+  }
+}
+
+async function cachedBlobFiles(cacheDir: string): Promise<string[]> {
+  return readdir(join(cacheDir, 'blobs', 'sha256'));
+}
+
+describe('pull-through mirror core with a real registry and containerd', () => {
+  let dir: string;
+  let registry: RegistryHandle;
+  let proxy: CountingProxy;
+  let agent: InProcessAgent;
+  let containerd: ContainerdHandle;
+  let hostsDir: string;
+  let image: TestImage;
+
+  beforeAll(async () => {
+    dir = await makeTempDir('rpa-core');
+    hostsDir = join(dir, 'hosts');
+    await Promise.all([
+      startRegistry({ auth }).then((r) => (registry = r)),
+      startContainerd().then((c) => (containerd = c)),
+      makeImage({ layers: 3, layerBytes: 256 * 1024 }).then((i) => (image = i)),
+    ]);
+    await pushImage(registry.url, REPO, 'v1', image, auth);
+    proxy = await startCountingProxy(registry.url);
+    agent = await startAgent({
+      dir,
+      mirrors: [{ registry: REGISTRY, upstream: proxy.url, username: auth.username, password: auth.password }],
+    });
+    // Written by hand here; the containerd wiring tests prove the agent writes it itself.
+    await writeHostsToml(hostsDir, { registry: REGISTRY, server: `https://${REGISTRY}`, hosts: [agent.url] });
+  });
+
+  afterAll(async () => {
+    await Promise.all([agent?.stop(), containerd?.stop(), proxy?.stop()]);
+    await registry?.stop();
+    if (dir) await removeTempDir(dir);
+  });
+
+  it('1. containerd pulls a 3-layer image through the agent, each blob fetched from upstream once', async () => {
+    const result = await containerd.pull(`${REGISTRY}/${REPO}:v1`, { hostsDir, user: `${auth.username}:${auth.password}` });
+    expect(result.stderr + result.stdout).not.toMatch(/error|failed/i);
+    expect(result.code).toBe(0);
+    for (const blob of [image.config, ...image.layers]) {
+      expect(proxy.count({ method: 'GET', pathIncludes: `/blobs/${blob.digest}` }), blob.digest).toBe(1);
+    }
+    // containerd selected the mirror with ?ns=<registry>.
+    expect(agent.requests.some((r) => r.outcome.registry === REGISTRY && r.outcome.kind === 'blob')).toBe(true);
+  });
+
+  it('2. pulls again into a fresh containerd namespace with the upstream stopped', async () => {
+    const before = proxy.requests.length;
+    await proxy.setFault({ kind: 'down' });
+    try {
+      const result = await containerd.pull(`${REGISTRY}/${REPO}:v1`, { hostsDir, namespace: 'fresh', user: `${auth.username}:${auth.password}` });
+      expect(result.code, result.stderr).toBe(0);
+    } finally {
+      await proxy.setFault(undefined);
+    }
+    expect(proxy.requests.length).toBe(before);
+    const blobRequests = agent.requests.filter((r) => r.outcome.kind === 'blob' && r.method === 'GET').slice(-4);
+    expect(blobRequests.map((r) => r.outcome.cache)).toEqual(['hit', 'hit', 'hit', 'hit']);
+    expect(agent.logs.some((l) => l['msg'] === 'upstream unavailable: serving the last known digest for this tag')).toBe(true);
+  });
+
+  it('3. 20 concurrent GETs of one uncached 64 MiB blob cause exactly one upstream GET', async () => {
+    const blob = makeRandomBlob(64 * 1024 * 1024);
+    await pushBlob(registry.url, REPO, blob, auth);
+    const results = await Promise.all(Array.from({ length: 20 }, () => getBlob(agent.url, blob.digest)));
+    for (const result of results) {
+      expect(result.status).toBe(200);
+      expect(result.body.length).toBe(blob.bytes.length);
+      expect(sha256(result.body)).toBe(blob.digest);
+    }
+    expect(proxy.count({ method: 'GET', pathIncludes: `/blobs/${blob.digest}` })).toBe(1);
+    const origins = agent.requests.filter((r) => r.outcome.kind === 'blob').slice(-20).map((r) => r.outcome.cache);
+    expect(origins.filter((o) => o === 'miss')).toHaveLength(1);
+    expect(await cachedBlobFiles(join(dir, 'cache'))).toContain(blob.digest.slice(7));
+  });
+
+  it('4. an upstream serving wrong bytes for a digest: the client fails and nothing is cached', async () => {
+    const blob = makeRandomBlob(3 * 1024 * 1024 + 17);
+    await pushBlob(registry.url, REPO, blob, auth);
+    await proxy.setFault({ kind: 'corrupt', pathIncludes: blob.digest });
+    try {
+      const attempts = await Promise.all([tryGetBlob(agent.url, blob.digest), tryGetBlob(agent.url, blob.digest)]);
+      for (const attempt of attempts) {
+        // Either the connection was cut mid-body or an error status came back: never a complete 200.
+        expect(attempt.complete && attempt.status === 200).toBe(false);
+      }
+    } finally {
+      await proxy.setFault(undefined);
+    }
+    expect(await cachedBlobFiles(join(dir, 'cache'))).not.toContain(blob.digest.slice(7));
+    expect(await readdir(join(dir, 'cache', 'tmp'))).toEqual([]);
+    expect(agent.runtime.cache.stats().digestMismatches).toBeGreaterThanOrEqual(1);
+    const retry = await getBlob(agent.url, blob.digest);
+    expect(retry.status).toBe(200);
+    expect(sha256(retry.body)).toBe(blob.digest);
+  });
+
+  it('6. Range requests on a cached and on an in-flight blob return the right bytes', async () => {
+    const blob = makeRandomBlob(8 * 1024 * 1024);
+    await pushBlob(registry.url, REPO, blob, auth);
+    await proxy.setFault({ kind: 'throttle', bytesPerSecond: 8 * 1024 * 1024, pathIncludes: blob.digest });
+    try {
+      const full = getBlob(agent.url, blob.digest);
+      await proxy.waitFor((reqs) => reqs.some((r) => r.path.includes(blob.digest) && r.bytes > 0));
+      const inflight = await getBlob(agent.url, blob.digest, { range: 'bytes=1000-2999' });
+      expect(inflight.status).toBe(206);
+      expect(inflight.headers['content-range']).toBe(`bytes 1000-2999/${blob.bytes.length}`);
+      expect(inflight.body.equals(blob.bytes.subarray(1000, 3000))).toBe(true);
+      expect((await full).body.equals(blob.bytes)).toBe(true);
+    } finally {
+      await proxy.setFault(undefined);
+    }
+    const open = await getBlob(agent.url, blob.digest, { range: 'bytes=5000000-' });
+    expect(open.status).toBe(206);
+    expect(open.body.equals(blob.bytes.subarray(5_000_000))).toBe(true);
+    const suffix = await getBlob(agent.url, blob.digest, { range: 'bytes=-10' });
+    expect(suffix.body.equals(blob.bytes.subarray(blob.bytes.length - 10))).toBe(true);
+    const beyond = await getBlob(agent.url, blob.digest, { range: `bytes=${blob.bytes.length}-` });
+    expect(beyond.status).toBe(416);
+    expect(beyond.headers['content-range']).toBe(`bytes */${blob.bytes.length}`);
+    expect(JSON.parse(beyond.body.toString()).errors[0].code).toBe('RANGE_INVALID');
+    expect(proxy.count({ method: 'GET', pathIncludes: `/blobs/${blob.digest}` })).toBe(1);
+  });
+
+  it('serves manifests with the right headers on HEAD and GET', async () => {
+    const url = `${agent.url}/v2/${REPO}/manifests/v1?ns=${REGISTRY}`;
+    const head = await request(url, { method: 'HEAD' });
+    await head.body.dump();
+    expect(head.statusCode).toBe(200);
+    expect(head.headers['content-type']).toBe(image.manifestMediaType);
+    expect(head.headers['docker-content-digest']).toBe(image.manifestDigest);
+    expect(head.headers['content-length']).toBe(String(image.manifest.length));
+    expect(head.headers['docker-distribution-api-version']).toBe('registry/2.0');
+    const byDigest = await request(`${agent.url}/v2/${REPO}/manifests/${image.manifestDigest}?ns=${REGISTRY}`);
+    const body = Buffer.from(await byDigest.body.arrayBuffer());
+    expect(body.equals(image.manifest)).toBe(true);
+    expect(byDigest.headers['cache-control']).toContain('immutable');
+    expect(byDigest.headers['etag']).toBe(`"${image.manifestDigest}"`);
+    const missing = await request(`${agent.url}/v2/${REPO}/manifests/nope?ns=${REGISTRY}`);
+    expect(missing.statusCode).toBe(404);
+    expect(((await missing.body.json()) as { errors: Array<{ code: string }> }).errors[0]?.code).toBe('MANIFEST_UNKNOWN');
+  });
+
+  it('refuses registries that are not configured and write methods', async () => {
+    const other = await request(`${agent.url}/v2/${REPO}/manifests/v1?ns=evil.example.com`);
+    expect(other.statusCode).toBe(404);
+    expect(((await other.body.json()) as { errors: Array<{ code: string }> }).errors[0]?.code).toBe('NAME_UNKNOWN');
+    const put = await request(`${agent.url}/v2/${REPO}/manifests/v1?ns=${REGISTRY}`, { method: 'PUT', body: '{}' });
+    expect(put.statusCode).toBe(405);
+    expect(((await put.body.json()) as { errors: Array<{ code: string }> }).errors[0]?.code).toBe('UNSUPPORTED');
+    const sha512 = await request(`${agent.url}/v2/${REPO}/blobs/sha512:${'a'.repeat(128)}?ns=${REGISTRY}`);
+    expect(sha512.statusCode).toBe(400);
+    expect(((await sha512.body.json()) as { errors: Array<{ message: string }> }).errors[0]?.message).toMatch(/only sha256/);
+  });
+});
+
+describe('eviction', () => {
+  let dir: string;
+  let registry: RegistryHandle;
+  let agent: InProcessAgent;
+
+  beforeAll(async () => {
+    dir = await makeTempDir('rpa-evict');
+    registry = await startRegistry();
+    agent = await startAgent({ dir, cacheMaxBytes: '3MiB', mirrors: [{ registry: REGISTRY, upstream: registry.url }] });
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await registry?.stop();
+    if (dir) await removeTempDir(dir);
+  });
+
+  it('7. keeps the cache under cache_max_bytes, least recently used first', async () => {
+    const blobs: MemoryBlob[] = Array.from({ length: 6 }, () => makeRandomBlob(1024 * 1024));
+    for (const blob of blobs) await pushBlob(registry.url, REPO, blob);
+    for (const blob of blobs) {
+      const result = await getBlob(agent.url, blob.digest);
+      expect(sha256(result.body)).toBe(blob.digest);
+      // Touch the first blob each time: it is the most recently used and must survive.
+      await getBlob(agent.url, blobs[0]!.digest);
+    }
+    const cacheDir = join(dir, 'cache');
+    const files = await cachedBlobFiles(cacheDir);
+    const sizes = await Promise.all(files.map(async (f) => (await stat(join(cacheDir, 'blobs', 'sha256', f))).size));
+    expect(sizes.reduce((a, b) => a + b, 0)).toBeLessThanOrEqual(3 * 1024 * 1024);
+    expect(files).toContain(blobs[0]!.digest.slice(7));
+    expect(files).toContain(blobs[5]!.digest.slice(7));
+    expect(files).not.toContain(blobs[1]!.digest.slice(7));
+    expect(agent.runtime.cache.stats().evictions).toBeGreaterThanOrEqual(3);
+  });
+});
