@@ -1,16 +1,19 @@
-import { readFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { BlobCache } from './cache/blob-cache.ts';
-import type { AgentConfig, ListenAddress, MirrorConfig } from './config/types.ts';
+import { type WiringState, wireContainerd } from './containerd/wiring.ts';
+import type { AgentConfig, ConnectivityProxyConfig, ListenAddress, MirrorConfig } from './config/types.ts';
 import { createHealthServer } from './health.ts';
 import { MirrorSet } from './http/mirror-set.ts';
 import { type RequestRecord, causeChain, createMirrorServer } from './http/server.ts';
 import { Mirror } from './mirror/mirror.ts';
 import { TagStore } from './mirror/tag-store.ts';
-import { UpstreamClient } from './upstream/client.ts';
+import { DEFAULT_TIMEOUTS, UpstreamClient } from './upstream/client.ts';
+import { readCredentials, readSecretFile } from './upstream/credentials.ts';
+import { ClientCredentialsTokenSource, type OAuthTokenSource } from './upstream/oauth.ts';
+import { ConnectivityProxyRoute, DirectRoute, HttpProxyRoute, type Route } from './upstream/routes.ts';
 
 export interface RuntimeOptions {
   readonly onRequest?: (record: RequestRecord) => void;
@@ -29,13 +32,19 @@ export class AgentRuntime {
   readonly #healthServer: Server;
   #listening = false;
   #scan: Promise<void> = Promise.resolve();
+  #wiring: WiringState | undefined;
 
   private constructor(config: AgentConfig, log: Logger, cache: BlobCache, mirrors: MirrorSet, options: RuntimeOptions) {
     this.config = config;
     this.#log = log;
     this.cache = cache;
     this.mirrors = mirrors;
-    this.#mirrorServer = createMirrorServer({ mirrors, log: log.child({ component: 'mirror' }), ...(options.onRequest ? { onRequest: options.onRequest } : {}) });
+    this.#mirrorServer = createMirrorServer({
+      mirrors,
+      log: log.child({ component: 'mirror' }),
+      agentBase: () => agentUrlForContainerd(config.listen, this.#mirrorServer),
+      ...(options.onRequest ? { onRequest: options.onRequest } : {}),
+    });
     this.#healthServer = createHealthServer({ ready: () => this.#readiness() });
   }
 
@@ -50,11 +59,24 @@ export class AgentRuntime {
     if (removedTemp > 0) log.info({ removedTemp }, 'removed partial downloads left by an earlier run');
     const tags = new TagStore(join(config.cacheDir, 'tags'));
     await tags.init();
-    const mirrors = new MirrorSet(await Promise.all(config.mirrors.map((m) => buildMirror(m, cache, tags, log))));
+    const cpTokens = await connectivityProxyTokens(config.connectivityProxy);
+    const mirrors = new MirrorSet(await Promise.all(config.mirrors.map((m) => buildMirror(m, config.connectivityProxy, cpTokens, cache, tags, log))));
     const runtime = new AgentRuntime(config, log, cache, mirrors, options);
     await runtime.#listen();
     runtime.#scan = runtime.#rebuildIndex();
+    await runtime.rewire();
     return runtime;
+  }
+
+  /** hosts.toml files and containerd's config verdict, as last reconciled. */
+  get wiring(): WiringState | undefined {
+    return this.#wiring;
+  }
+
+  /** Writes hosts.toml for the configured mirrors and re-reads containerd's config. */
+  async rewire(): Promise<WiringState> {
+    this.#wiring = await wireContainerd(this.config, agentUrlForContainerd(this.config.listen, this.#mirrorServer), this.#log, this.#wiring?.containerd);
+    return this.#wiring;
   }
 
   /** The mirror endpoint containerd is pointed at, with the port actually bound. */
@@ -108,14 +130,36 @@ export class AgentRuntime {
   }
 }
 
-async function buildMirror(config: MirrorConfig, cache: BlobCache, tags: TagStore, log: Logger): Promise<Mirror> {
-  const credentials = config.username && config.passwordFile ? { username: config.username, password: await readPassword(config.passwordFile) } : undefined;
-  const upstream = new UpstreamClient({ registry: config.registry, base: config.upstream, credentials });
+async function buildMirror(
+  config: MirrorConfig,
+  cp: ConnectivityProxyConfig | undefined,
+  cpTokens: OAuthTokenSource | undefined,
+  cache: BlobCache,
+  tags: TagStore,
+  log: Logger,
+): Promise<Mirror> {
+  const credentials = config.auth === 'agent' ? await readCredentials(config) : undefined;
+  const route = buildRoute(config, cp, cpTokens);
+  const upstream = new UpstreamClient({ registry: config.registry, base: config.upstream, credentials, route, auth: config.auth });
   return new Mirror({ config, upstream, cache, tags, log: log.child({ component: 'mirror', registry: config.registry }) });
 }
 
-async function readPassword(file: string): Promise<string> {
-  return (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+function buildRoute(config: MirrorConfig, cp: ConnectivityProxyConfig | undefined, cpTokens: OAuthTokenSource | undefined): Route {
+  switch (config.route) {
+    case 'connectivity-proxy':
+      if (!cp) throw new Error(`mirror ${config.registry}: route connectivity-proxy without [connectivity_proxy]`);
+      return new ConnectivityProxyRoute({ proxy: cp.url, locationId: config.locationId ?? cp.locationId, tokens: cpTokens, connectTimeoutMs: DEFAULT_TIMEOUTS.connectMs });
+    case 'http-proxy':
+      if (!config.httpProxy) throw new Error(`mirror ${config.registry}: route http-proxy without http_proxy`);
+      return new HttpProxyRoute(config.httpProxy, DEFAULT_TIMEOUTS.connectMs);
+    default:
+      return new DirectRoute(DEFAULT_TIMEOUTS.connectMs);
+  }
+}
+
+async function connectivityProxyTokens(cp: ConnectivityProxyConfig | undefined): Promise<OAuthTokenSource | undefined> {
+  if (!cp?.tokenUrl || !cp.clientId || !cp.clientSecretFile) return undefined;
+  return new ClientCredentialsTokenSource({ tokenUrl: cp.tokenUrl, clientId: cp.clientId, clientSecret: await readSecretFile(cp.clientSecretFile) });
 }
 
 function listen(server: Server, address: ListenAddress): Promise<void> {
@@ -130,6 +174,13 @@ function listen(server: Server, address: ListenAddress): Promise<void> {
 
 function closeServer(server: Server): Promise<void> {
   return new Promise((resolve) => server.close(() => resolve()));
+}
+
+/** The URL written into hosts.toml: the configured listen host with the port actually bound. */
+function agentUrlForContainerd(listen: ListenAddress, server: Server): string {
+  const port = (server.address() as AddressInfo).port;
+  const host = listen.host.includes(':') ? `[${listen.host}]` : listen.host === 'localhost' ? '127.0.0.1' : listen.host;
+  return `http://${host}:${port}`;
 }
 
 function urlOf(server: Server): string {

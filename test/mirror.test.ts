@@ -6,7 +6,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
 import { type ContainerdHandle, startContainerd } from './fixtures/containerd.ts';
 import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
-import { writeHostsToml } from './fixtures/hosts.ts';
 import { type MemoryBlob, type TestImage, makeImage, makeRandomBlob, pushBlob, pushImage } from './fixtures/image.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
@@ -50,7 +49,7 @@ describe('pull-through mirror core with a real registry and containerd', () => {
 
   beforeAll(async () => {
     dir = await makeTempDir('rpa-core');
-    hostsDir = join(dir, 'hosts');
+    hostsDir = join(dir, 'certs.d');
     await Promise.all([
       startRegistry({ auth }).then((r) => (registry = r)),
       startContainerd().then((c) => (containerd = c)),
@@ -60,10 +59,9 @@ describe('pull-through mirror core with a real registry and containerd', () => {
     proxy = await startCountingProxy(registry.url);
     agent = await startAgent({
       dir,
+      manageHosts: true,
       mirrors: [{ registry: REGISTRY, upstream: proxy.url, username: auth.username, password: auth.password }],
     });
-    // Written by hand here; the containerd wiring tests prove the agent writes it itself.
-    await writeHostsToml(hostsDir, { registry: REGISTRY, server: `https://${REGISTRY}`, hosts: [agent.url] });
   });
 
   afterAll(async () => {

@@ -79,7 +79,7 @@ export class BlobCache {
 
   /** Size of a cached or in-flight blob with known size, without touching upstream. */
   async sizeOf(digest: Digest): Promise<number | undefined> {
-    const fill = this.#inflight.get(digest);
+    const fill = this.#running(digest);
     if (fill?.size !== undefined) return fill.size;
     const blob = await this.#openCommitted(digest);
     if (!blob) return undefined;
@@ -92,7 +92,7 @@ export class BlobCache {
   async lookup(digest: Digest): Promise<BlobReadable | undefined> {
     const committed = await this.#openCommitted(digest);
     if (committed) return committed;
-    const fill = this.#inflight.get(digest);
+    const fill = this.#running(digest);
     if (fill) {
       this.#joined += 1;
       return new FillBlob(fill, 'joined');
@@ -119,14 +119,14 @@ export class BlobCache {
   }
 
   async #startFill(digest: Digest, fetch: () => Promise<FillSource>): Promise<FillBlob> {
-    const again = this.#inflight.get(digest);
+    const again = this.#running(digest);
     if (again) {
       this.#joined += 1;
       return new FillBlob(again, 'joined');
     }
     const { path, handle } = await this.store.createTemp();
     // Re-check: another request may have started the fill while the temp file was created.
-    const raced = this.#inflight.get(digest);
+    const raced = this.#running(digest);
     if (raced) {
       await handle.close();
       await this.store.removeTemp(path);
@@ -160,12 +160,27 @@ export class BlobCache {
       fill.complete();
     } catch (error) {
       this.#events.storeError?.('commit', error as Error);
-      // The bytes were verified; only caching failed. Readers may still complete.
+      // The bytes were verified; only caching failed. Readers may still complete; nobody new may join,
+      // since complete() may have closed the temp file.
       fill.complete();
+      this.#forget(fill);
       await this.store.removeTemp(fill.tempPath).catch(() => undefined);
     } finally {
-      if (this.#inflight.get(fill.digest) === fill) this.#inflight.delete(fill.digest);
+      this.#forget(fill);
     }
+  }
+
+  /**
+   * The fill to join for a digest. A failed fill stays in the map until its temp file is removed,
+   * but must never be joined: its file may already be closed, and a new request should fetch again.
+   */
+  #running(digest: Digest): Fill | undefined {
+    const fill = this.#inflight.get(digest);
+    return fill?.failed ? undefined : fill;
+  }
+
+  #forget(fill: Fill): void {
+    if (this.#inflight.get(fill.digest) === fill) this.#inflight.delete(fill.digest);
   }
 
   async #openCommitted(digest: Digest): Promise<FileBlob | undefined> {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConfigError } from './errors.ts';
 import { defaultConfig, loadConfig, parseConfig } from './load.ts';
-import type { AgentConfig, MirrorConfig } from './types.ts';
+import type { AgentConfig, ConnectivityProxyConfig, MirrorConfig } from './types.ts';
 
 const GiB = 1024 ** 3;
 const FILE = '/etc/rpa/agent.toml';
@@ -13,6 +13,17 @@ const MIRROR = '[[mirror]]\nregistry = "docker.io"\nupstream = "https://registry
 const LISTEN_HINT = 'expected host:port with an IP address or localhost, e.g. 127.0.0.1:5050 or [::1]:5050';
 const REGISTRY_HINT = 'write the host as in image references, e.g. registry.corp.example:5000';
 const DURATION_HINT = 'expected a duration such as "90s", "15m", "1h30m", "500ms" or "7d" (units ms, s, m, h, d)';
+const PROXY_HINT = 'expected an absolute http: URL, e.g. http://proxy.corp:3128';
+const PROXY_SCHEME = `scheme must be http (the proxy is spoken to in plain HTTP); ${PROXY_HINT}`;
+const LOCATION_ID_PROBLEM = 'must be printable ASCII without whitespace or control characters, e.g. "onprem-1"';
+const ROUTE_PROBLEM = 'must be one of "direct", "connectivity-proxy", "http-proxy"';
+const CP_HTTPS_UPSTREAM =
+  "the Connectivity Proxy's HTTP port takes plain http:// virtual hosts and the Cloud Connector does the TLS " +
+  'to the real registry; use http://<virtual-host>:<port> as configured in the Cloud Connector';
+const CP = '[connectivity_proxy]\nurl = "http://cp.example:20003"\n';
+/** A mirror on the connectivity-proxy route; `[connectivity_proxy]` is not included. */
+const CP_MIRROR =
+  '[[mirror]]\nregistry = "registry.corp.example"\nupstream = "http://registry-corp:5000"\nroute = "connectivity-proxy"\n';
 
 const EXAMPLE = `
 listen = "127.0.0.1:5050"           # mirror endpoint for containerd; loopback only
@@ -32,12 +43,66 @@ username = "alice"
 password_file = "/path/to/password"
 `;
 
-type PlainMirror = Omit<MirrorConfig, 'upstream'> & { upstream: string };
-type PlainConfig = Omit<AgentConfig, 'mirrors'> & { mirrors: PlainMirror[] };
+/** Every route, auth mode and [connectivity_proxy] key. */
+const ROUTES_EXAMPLE = `
+[connectivity_proxy]
+url = "http://connectivity-proxy.kyma-system.svc.cluster.local:20003"
+location_id = "onprem-1"
+token_url = "https://auth.example/oauth/token"
+client_id = "sb-123"
+client_secret_file = "secrets/cp/clientsecret"
+
+[[mirror]]
+registry = "registry.corp.example:5000"
+upstream = "http://registry-corp.virtual:5000"   # Cloud Connector virtual host
+route = "connectivity-proxy"
+location_id = "onprem-2"
+auth = "passthrough"
+
+[[mirror]]
+registry = "ghcr.io"
+upstream = "https://ghcr.io"
+route = "http-proxy"
+http_proxy = "http://proxy.corp:3128"
+auth = "agent"
+docker_config_file = "/path/.dockerconfigjson"
+
+[[mirror]]
+registry = "quay.io"
+upstream = "http://registry-quay.virtual:443"
+route = "connectivity-proxy"
+
+[[mirror]]
+registry = "docker.io"
+upstream = "https://registry-1.docker.io"
+route = "direct"
+username = "alice"
+password_file = "/path/to/password"
+`;
+
+type PlainMirror = Omit<MirrorConfig, 'upstream' | 'httpProxy'> & { upstream: string; httpProxy?: string };
+type PlainConnectivityProxy = Omit<ConnectivityProxyConfig, 'url' | 'tokenUrl'> & { url: string; tokenUrl?: string };
+type PlainConfig = Omit<AgentConfig, 'connectivityProxy' | 'mirrors'> & {
+  connectivityProxy?: PlainConnectivityProxy;
+  mirrors: PlainMirror[];
+};
 
 /** The config with URLs as strings, so that equality compares them. */
 function plain(config: AgentConfig): PlainConfig {
-  return { ...config, mirrors: config.mirrors.map((m) => ({ ...m, upstream: m.upstream.href })) };
+  const { connectivityProxy, mirrors, ...rest } = config;
+  return {
+    ...rest,
+    ...(connectivityProxy && { connectivityProxy: plainConnectivityProxy(connectivityProxy) }),
+    mirrors: mirrors.map(({ upstream, httpProxy, ...mirror }) => ({
+      ...mirror,
+      upstream: upstream.href,
+      ...(httpProxy && { httpProxy: httpProxy.href }),
+    })),
+  };
+}
+
+function plainConnectivityProxy({ url, tokenUrl, ...rest }: ConnectivityProxyConfig): PlainConnectivityProxy {
+  return { ...rest, url: url.href, ...(tokenUrl && { tokenUrl: tokenUrl.href }) };
 }
 
 /** One [[mirror]] with `line` added; registry and upstream get defaults unless `line` sets them. */
@@ -90,11 +155,69 @@ describe('parseConfig', () => {
           tagTtlMs: 0,
           maxStaleMs: 24 * 3600_000,
           repositoryPrefix: '',
+          route: 'direct',
+          auth: 'agent',
           username: 'alice',
           passwordFile: '/path/to/password',
         },
       ],
     });
+  });
+
+  it('parses the example with every route and auth mode', () => {
+    const config = plain(parse(ROUTES_EXAMPLE));
+    expect(config.connectivityProxy).toEqual({
+      url: 'http://connectivity-proxy.kyma-system.svc.cluster.local:20003/',
+      locationId: 'onprem-1',
+      tokenUrl: 'https://auth.example/oauth/token',
+      clientId: 'sb-123',
+      clientSecretFile: '/etc/rpa/secrets/cp/clientsecret',
+    });
+    const common = { tagTtlMs: 0, maxStaleMs: 24 * 3600_000, repositoryPrefix: '' };
+    expect(config.mirrors).toEqual([
+      {
+        ...common,
+        registry: 'registry.corp.example:5000',
+        upstream: 'http://registry-corp.virtual:5000/',
+        route: 'connectivity-proxy',
+        locationId: 'onprem-2',
+        auth: 'passthrough',
+      },
+      {
+        ...common,
+        registry: 'ghcr.io',
+        upstream: 'https://ghcr.io/',
+        route: 'http-proxy',
+        httpProxy: 'http://proxy.corp:3128/',
+        auth: 'agent',
+        dockerConfigFile: '/path/.dockerconfigjson',
+      },
+      {
+        ...common,
+        registry: 'quay.io',
+        upstream: 'http://registry-quay.virtual:443/',
+        route: 'connectivity-proxy',
+        auth: 'passthrough',
+      },
+      {
+        ...common,
+        registry: 'docker.io',
+        upstream: 'https://registry-1.docker.io/',
+        route: 'direct',
+        auth: 'agent',
+        username: 'alice',
+        passwordFile: '/path/to/password',
+      },
+    ]);
+  });
+
+  it('leaves unset optional fields out rather than undefined', () => {
+    const config = parse(`${CP}${MIRROR}`);
+    expect(Object.keys(config.connectivityProxy ?? {})).toEqual(['url']);
+    expect(Object.keys(config.mirrors[0] ?? {}).sort()).toEqual(
+      ['auth', 'maxStaleMs', 'registry', 'repositoryPrefix', 'route', 'tagTtlMs', 'upstream'],
+    );
+    expect(Object.keys(parse(MIRROR))).not.toContain('connectivityProxy');
   });
 
   it('fills in defaults for everything but the mirror', () => {
@@ -115,6 +238,8 @@ describe('parseConfig', () => {
           tagTtlMs: 0,
           maxStaleMs: 24 * 3600_000,
           repositoryPrefix: '',
+          route: 'direct',
+          auth: 'passthrough',
         },
       ],
     });
@@ -165,9 +290,63 @@ describe('parseConfig', () => {
     ['repository_prefix = "/team/images/"', 'repositoryPrefix', 'team/images'],
     ['repository_prefix = "a.b/c__d/e--f"', 'repositoryPrefix', 'a.b/c__d/e--f'],
     ['repository_prefix = "/"', 'repositoryPrefix', ''],
+    ['route = "direct"', 'route', 'direct'],
+    ['route = "http-proxy"\nhttp_proxy = "http://proxy.corp:3128"', 'route', 'http-proxy'],
+    ['route = "http-proxy"\nhttp_proxy = "http://proxy.corp:3128"', 'httpProxy', 'http://proxy.corp:3128/'],
+    ['route = "http-proxy"\nhttp_proxy = "HTTP://Proxy.Corp:3128/"', 'httpProxy', 'http://proxy.corp:3128/'],
+    ['route = "http-proxy"\nhttp_proxy = "http://10.0.0.1"', 'httpProxy', 'http://10.0.0.1/'],
+    ['route = "http-proxy"\nhttp_proxy = "http://[fd00::1]:3128"', 'httpProxy', 'http://[fd00::1]:3128/'],
+    ['auth = "passthrough"', 'auth', 'passthrough'],
+    ['username = "a"\npassword_file = "/p"', 'auth', 'agent'],
+    ['auth = "agent"\nusername = "a"\npassword_file = "/p"', 'auth', 'agent'],
+    ['docker_config_file = "/d/config.json"', 'auth', 'agent'],
+    ['docker_config_file = "/d/config.json"', 'dockerConfigFile', '/d/config.json'],
+    ['docker_config_file = "auth/.dockerconfigjson"', 'dockerConfigFile', '/etc/rpa/auth/.dockerconfigjson'],
+    ['auth = "agent"\ndocker_config_file = "/d"', 'auth', 'agent'],
   ];
   it.each(mirrorCases)('mirror %s', (line, field, expected) => {
     expect(plain(parse(mirrorText(line))).mirrors[0]?.[field]).toEqual(expected);
+  });
+
+  const cpMirrorCases: [string, keyof PlainMirror, unknown][] = [
+    ['', 'route', 'connectivity-proxy'],
+    ['', 'auth', 'passthrough'],
+    ['', 'upstream', 'http://registry-corp:5000/'],
+    ['location_id = "onprem-2"', 'locationId', 'onprem-2'],
+    ['location_id = "a.b_C-9~x"', 'locationId', 'a.b_C-9~x'],
+    ['username = "a"\npassword_file = "/p"', 'auth', 'agent'],
+  ];
+  it.each(cpMirrorCases)('connectivity-proxy mirror %j', (line, field, expected) => {
+    expect(plain(parse(`${CP}${CP_MIRROR}${line}\n`)).mirrors[0]?.[field]).toEqual(expected);
+  });
+
+  it.each([
+    ['url = "http://cp.example:20003"', { url: 'http://cp.example:20003/' }],
+    ['url = "HTTP://CP.example:20003/"', { url: 'http://cp.example:20003/' }],
+    ['url = "http://10.96.0.20"', { url: 'http://10.96.0.20/' }],
+    ['url = "http://cp:20003"\nlocation_id = "onprem-1"', { url: 'http://cp:20003/', locationId: 'onprem-1' }],
+    [
+      'url = "http://cp:20003"\ntoken_url = "http://auth:8080/token?grant=x"\nclient_id = "sb-1!b2|conn"\n' +
+        'client_secret_file = "/s/secret"',
+      {
+        url: 'http://cp:20003/',
+        tokenUrl: 'http://auth:8080/token?grant=x',
+        clientId: 'sb-1!b2|conn',
+        clientSecretFile: '/s/secret',
+      },
+    ],
+    [
+      'url = "http://cp:20003"\ntoken_url = "https://auth.example/oauth/token"\nclient_id = "sb"\n' +
+        'client_secret_file = "cp/../secret"',
+      {
+        url: 'http://cp:20003/',
+        tokenUrl: 'https://auth.example/oauth/token',
+        clientId: 'sb',
+        clientSecretFile: '/etc/rpa/secret',
+      },
+    ],
+  ])('connectivity_proxy %j', (lines, expected) => {
+    expect(plain(parse(`[connectivity_proxy]\n${lines}\n${MIRROR}`)).connectivityProxy).toEqual(expected);
   });
 
   it.each([
@@ -190,6 +369,32 @@ describe('parseConfig', () => {
     ['[mirror]\nregistry = "docker.io"', 'mirror: expected an array of tables ([[mirror]]), got table'],
     ['mirror = [1]', 'mirror[0]: expected a table, got integer'],
     [`${MIRROR}username = 7\npassword_file = "/p"`, 'mirror[0].username: expected a string, got integer'],
+    // [connectivity_proxy]: shape, unknown keys, wrong types
+    [`connectivity_proxy = "http://cp:20003"\n${MIRROR}`, 'connectivity_proxy: expected a table ([connectivity_proxy]), got string'],
+    [`[[connectivity_proxy]]\nurl = "http://cp:20003"\n${MIRROR}`, 'connectivity_proxy: expected a table ([connectivity_proxy]), got array'],
+    [`[connectivity-proxy]\nurl = "http://cp:20003"\n${MIRROR}`, 'connectivity-proxy: unknown key (did you mean connectivity_proxy?)'],
+    [`connectivityproxy = {}\n${MIRROR}`, 'connectivityproxy: unknown key (did you mean connectivity_proxy?)'],
+    [`${CP}location = "x"\n${MIRROR}`, 'connectivity_proxy.location: unknown key (did you mean location_id?)'],
+    [`${CP}tokenUrl = "https://a/t"\n${MIRROR}`, 'connectivity_proxy.tokenUrl: unknown key (did you mean token_url?)'],
+    [`${CP}client-id = "x"\n${MIRROR}`, 'connectivity_proxy.client-id: unknown key (did you mean client_id?)'],
+    [`${CP}client_secretfile = "/s"\n${MIRROR}`, 'connectivity_proxy.client_secretfile: unknown key (did you mean client_secret_file?)'],
+    [`${CP}client_secret = "s"\n${MIRROR}`, 'connectivity_proxy.client_secret: unknown key'],
+    [`[connectivity_proxy]\nurl = 20003\n${MIRROR}`, 'connectivity_proxy.url: expected a string, got integer'],
+    [`${CP}location_id = 1\n${MIRROR}`, 'connectivity_proxy.location_id: expected a string, got integer'],
+    [`${CP}token_url = true\n${MIRROR}`, 'connectivity_proxy.token_url: expected a string, got boolean'],
+    [`${CP}token_url = "https://a/t"\nclient_id = 5\n${MIRROR}`, 'connectivity_proxy.client_id: expected a string, got integer'],
+    [`${CP}client_secret_file = ["/s"]\n${MIRROR}`, 'connectivity_proxy.client_secret_file: expected a string, got array'],
+    // [[mirror]] new keys: unknown keys, wrong types
+    [`${MIRROR}rout = "direct"\n`, 'mirror[0].rout: unknown key (did you mean route?)'],
+    [`${MIRROR}httpProxy = "http://p:1"\n`, 'mirror[0].httpProxy: unknown key (did you mean http_proxy?)'],
+    [`${MIRROR}location = "x"\n`, 'mirror[0].location: unknown key (did you mean location_id?)'],
+    [`${MIRROR}docker-config-file = "/d"\n`, 'mirror[0].docker-config-file: unknown key (did you mean docker_config_file?)'],
+    [`${MIRROR}autho = "agent"\n`, 'mirror[0].autho: unknown key (did you mean auth?)'],
+    [`${MIRROR}route = 1\n`, 'mirror[0].route: expected a string, got integer'],
+    [`${MIRROR}route = "http-proxy"\nhttp_proxy = 3128\n`, 'mirror[0].http_proxy: expected a string, got integer'],
+    [`${MIRROR}auth = true\n`, 'mirror[0].auth: expected a string, got boolean'],
+    [`${MIRROR}docker_config_file = 1\n`, 'mirror[0].docker_config_file: expected a string, got integer'],
+    [`${CP}${CP_MIRROR}location_id = ["a"]\n`, 'mirror[0].location_id: expected a string, got array'],
     // listen addresses
     [`listen = "localhost"\n${MIRROR}`, `listen: port is missing; ${LISTEN_HINT}`],
     [`listen = "::1:5050"\n${MIRROR}`, 'listen: an IPv6 address must be written in brackets, e.g. [::1]:5050'],
@@ -271,10 +476,134 @@ describe('parseConfig', () => {
     ],
     ['username = "alice"', 'username: username requires password_file'],
     ['password_file = "/p"', 'password_file: password_file requires username'],
+    // route
+    ['route = "cp"', `route: ${ROUTE_PROBLEM}`],
+    ['route = "http_proxy"', `route: ${ROUTE_PROBLEM}`],
+    ['route = "Direct"', `route: ${ROUTE_PROBLEM}`],
+    ['route = "http-proxy"', 'route: route = "http-proxy" needs http_proxy, e.g. http_proxy = "http://proxy.corp:3128"'],
+    ['http_proxy = "http://proxy.corp:3128"', 'http_proxy: http_proxy is only used with route = "http-proxy"'],
+    ['route = "direct"\nhttp_proxy = "http://proxy.corp:3128"', 'http_proxy: http_proxy is only used with route = "http-proxy"'],
+    ['route = "http-proxy"\nhttp_proxy = "https://proxy.corp:3128"', `http_proxy: ${PROXY_SCHEME}`],
+    ['route = "http-proxy"\nhttp_proxy = "socks5://proxy.corp:1080"', `http_proxy: ${PROXY_SCHEME}`],
+    ['route = "http-proxy"\nhttp_proxy = "http://u:p@proxy.corp:3128"', 'http_proxy: must not contain userinfo'],
+    ['route = "http-proxy"\nhttp_proxy = "http://proxy.corp:3128/proxy"', `http_proxy: must not contain a path; ${PROXY_HINT}`],
+    ['route = "http-proxy"\nhttp_proxy = "http://proxy.corp:3128?x"', 'http_proxy: must not contain a query or fragment'],
+    ['route = "http-proxy"\nhttp_proxy = "//proxy.corp:3128"', `http_proxy: ${PROXY_HINT}`],
+    ['route = "http-proxy"\nhttp_proxy = ""', `http_proxy: ${PROXY_HINT}`],
+    ['location_id = "onprem-1"', 'location_id: location_id is only used with route = "connectivity-proxy"'],
+    [
+      'route = "http-proxy"\nhttp_proxy = "http://p:1"\nlocation_id = "x"',
+      'location_id: location_id is only used with route = "connectivity-proxy"',
+    ],
+    ['route = "connectivity-proxy"', 'route: route = "connectivity-proxy" needs a [connectivity_proxy] table with url'],
+    // auth and credentials
+    ['auth = "none"', 'auth: must be one of "passthrough", "agent"'],
+    ['auth = "agent"', 'auth: auth = "agent" needs username + password_file or docker_config_file'],
+    [
+      'auth = "passthrough"\nusername = "a"\npassword_file = "/p"',
+      'auth: credentials are only used with auth = "agent"; remove them or set auth = "agent"',
+    ],
+    [
+      'auth = "passthrough"\ndocker_config_file = "/d"',
+      'auth: credentials are only used with auth = "agent"; remove them or set auth = "agent"',
+    ],
+    [
+      'docker_config_file = "/d"\nusername = "a"\npassword_file = "/p"',
+      'docker_config_file: docker_config_file cannot be combined with username and password_file; use one or the other',
+    ],
+    [
+      'docker_config_file = "/d"\nusername = "a"',
+      'docker_config_file: docker_config_file cannot be combined with username and password_file; use one or the other',
+    ],
+    [
+      'docker_config_file = "/d"\npassword_file = "/p"',
+      'docker_config_file: docker_config_file cannot be combined with username and password_file; use one or the other',
+    ],
+    ['docker_config_file = ""', 'docker_config_file: must not be empty'],
     ['username = "a:b"\npassword_file = "/p"', "username: must not contain ':'"],
     ['username = ""\npassword_file = "/p"', 'username: must not be empty'],
   ])('mirror %j fails with %j', (line, problem) => {
     expect(errorOf(() => parse(mirrorText(line))).message).toBe(`${FILE}: mirror[0].${problem}`);
+  });
+
+  it.each([
+    ['upstream = "https://registry.corp.example"', `upstream: ${CP_HTTPS_UPSTREAM}`],
+    ['upstream = "HTTPS://registry-corp:443/v2"', `upstream: ${CP_HTTPS_UPSTREAM}`],
+    ['location_id = ""', 'location_id: must not be empty'],
+    ['location_id = "on prem"', `location_id: ${LOCATION_ID_PROBLEM}`],
+    ['http_proxy = "http://proxy.corp:3128"', 'http_proxy: http_proxy is only used with route = "http-proxy"'],
+    ['auth = "agent"', 'auth: auth = "agent" needs username + password_file or docker_config_file'],
+  ])('connectivity-proxy mirror %j fails with %j', (line, problem) => {
+    const text = line.startsWith('upstream')
+      ? `${CP}[[mirror]]\nregistry = "registry.corp.example"\n${line}\nroute = "connectivity-proxy"\n`
+      : `${CP}${CP_MIRROR}${line}\n`;
+    expect(errorOf(() => parse(text)).message).toBe(`${FILE}: mirror[0].${problem}`);
+  });
+
+  it('names the failing mirror on the connectivity-proxy route', () => {
+    const text = `${MIRROR}${CP}${CP_MIRROR.replace('"http://', '"https://')}`;
+    expect(errorOf(() => parse(text)).message).toBe(`${FILE}: mirror[1].upstream: ${CP_HTTPS_UPSTREAM}`);
+  });
+
+  it.each([
+    ['location_id = "x"', 'url: required key is missing'],
+    ['url = "https://cp.example:20003"', `url: ${PROXY_SCHEME}`],
+    ['url = "connectivity-proxy.kyma-system:20003"', `url: ${PROXY_SCHEME}`],
+    ['url = "cp.example"', `url: ${PROXY_HINT}`],
+    ['url = "http://user:pw@cp.example:20003"', 'url: must not contain userinfo'],
+    ['url = "http://cp.example:20003/proxy"', `url: must not contain a path; ${PROXY_HINT}`],
+    ['url = "http://cp.example:20003/?a=1"', 'url: must not contain a query or fragment'],
+    ['url = "http://cp.example:20003#x"', 'url: must not contain a query or fragment'],
+    ['url = "http://cp.example:99999"', `url: ${PROXY_HINT}`],
+    ['url = "http://cp:1"\nlocation_id = ""', 'location_id: must not be empty'],
+    ['url = "http://cp:1"\nlocation_id = "on prem"', `location_id: ${LOCATION_ID_PROBLEM}`],
+    ['url = "http://cp:1"\nlocation_id = "a\\tb"', `location_id: ${LOCATION_ID_PROBLEM}`],
+    ['url = "http://cp:1"\nlocation_id = "a\\nb"', `location_id: ${LOCATION_ID_PROBLEM}`],
+    ['url = "http://cp:1"\nlocation_id = "a\\u007fb"', `location_id: ${LOCATION_ID_PROBLEM}`],
+    ['url = "http://cp:1"\nlocation_id = "münchen"', `location_id: ${LOCATION_ID_PROBLEM}`],
+    ['url = "http://cp:1"\ntoken_url = "https://a/t"', 'token_url: token_url requires client_id and client_secret_file'],
+    ['url = "http://cp:1"\ntoken_url = "https://a/t"\nclient_id = "sb"', 'token_url: token_url requires client_secret_file'],
+    ['url = "http://cp:1"\ntoken_url = "https://a/t"\nclient_secret_file = "/s"', 'token_url: token_url requires client_id'],
+    ['url = "http://cp:1"\nclient_id = "sb"', 'client_id: client_id is only used with token_url (non-trusted mode)'],
+    [
+      'url = "http://cp:1"\nclient_secret_file = "/s"',
+      'client_secret_file: client_secret_file is only used with token_url (non-trusted mode)',
+    ],
+    [
+      'url = "http://cp:1"\nclient_id = "sb"\nclient_secret_file = "/s"',
+      'client_id: client_id is only used with token_url (non-trusted mode)',
+    ],
+    [
+      'url = "http://cp:1"\ntoken_url = "auth.example/token"\nclient_id = "sb"\nclient_secret_file = "/s"',
+      'token_url: expected an absolute http: or https: URL, e.g. https://auth.example/oauth/token',
+    ],
+    [
+      'url = "http://cp:1"\ntoken_url = "ftp://auth.example/token"\nclient_id = "sb"\nclient_secret_file = "/s"',
+      'token_url: scheme must be http or https',
+    ],
+    [
+      'url = "http://cp:1"\ntoken_url = "https://sb:pw@auth.example/token"\nclient_id = "sb"\nclient_secret_file = "/s"',
+      'token_url: must not contain userinfo; use client_id and client_secret_file',
+    ],
+    [
+      'url = "http://cp:1"\ntoken_url = "https://auth.example/token#x"\nclient_id = "sb"\nclient_secret_file = "/s"',
+      'token_url: must not contain a fragment',
+    ],
+    [
+      'url = "http://cp:1"\ntoken_url = "https://a/t"\nclient_id = ""\nclient_secret_file = "/s"',
+      'client_id: must not be empty',
+    ],
+    [
+      'url = "http://cp:1"\ntoken_url = "https://a/t"\nclient_id = "a\\u0000b"\nclient_secret_file = "/s"',
+      'client_id: must not contain control characters',
+    ],
+    [
+      'url = "http://cp:1"\ntoken_url = "https://a/t"\nclient_id = "sb"\nclient_secret_file = ""',
+      'client_secret_file: must not be empty',
+    ],
+  ])('connectivity_proxy %j fails with %j', (lines, problem) => {
+    const error = errorOf(() => parse(`[connectivity_proxy]\n${lines}\n${MIRROR}`));
+    expect(error.message).toBe(`${FILE}: connectivity_proxy.${problem}`);
   });
 
   it('reports TOML syntax errors with line and column', () => {
@@ -304,6 +633,11 @@ describe('parseConfig', () => {
     '[[mirror]]\nregistry = "https://alice:hunter2@docker.io"\nupstream = "https://registry-1.docker.io"\n',
     `${MIRROR}username = "alice"\npassword_file = "hunter2"\npassword_file = "x"\n`,
     `${MIRROR}username = "alice"\npassword = "hunter2`,
+    `${MIRROR}route = "http-proxy"\nhttp_proxy = "http://alice:hunter2@proxy.corp:3128"\n`,
+    `[connectivity_proxy]\nurl = "http://alice:hunter2@cp:20003"\n${MIRROR}`,
+    `${CP}client_secret = "hunter2"\n${MIRROR}`,
+    `${CP}token_url = "https://sb:hunter2@auth.example/token"\nclient_id = "sb"\nclient_secret_file = "/s"\n${MIRROR}`,
+    `${CP}token_url = "https://a/t"\nclient_id = "sb"\nclient_secret_file = "x"\nclient_secret_file = "hunter2"\n${MIRROR}`,
   ])('never echoes a password: %j', (text) => {
     const error = errorOf(() => parse(text));
     expect(error.message).not.toContain('hunter2');
@@ -364,6 +698,41 @@ describe('loadConfig', () => {
     expect(error.message).toBe(`${file}: mirror[0].password_file: cannot read: ${join(dir, 'pw')} is not a regular file`);
   });
 
+  it('checks client_secret_file and docker_config_file without reading them', async () => {
+    await mkdir(join(dir, 'cp'));
+    await writeFile(join(dir, 'cp', 'clientsecret'), 'hunter2');
+    await writeFile(join(dir, 'dockerconfig.json'), '{"auths":{}}');
+    const file = await write(
+      '[connectivity_proxy]\nurl = "http://cp:20003"\ntoken_url = "https://auth.example/token"\nclient_id = "sb"\n' +
+        `client_secret_file = "cp/clientsecret"\n${MIRROR}docker_config_file = "dockerconfig.json"\n`,
+    );
+    const config = await loadConfig(file);
+    expect(config.connectivityProxy?.clientSecretFile).toBe(join(dir, 'cp', 'clientsecret'));
+    expect(config.mirrors[0]).toMatchObject({ auth: 'agent', dockerConfigFile: join(dir, 'dockerconfig.json') });
+    expect(JSON.stringify(config)).not.toContain('hunter2');
+  });
+
+  it('fails on a missing client_secret_file', async () => {
+    const file = await write(
+      '[connectivity_proxy]\nurl = "http://cp:20003"\ntoken_url = "https://auth.example/token"\nclient_id = "sb"\n' +
+        `client_secret_file = "secret"\n${MIRROR}`,
+    );
+    const error = await asyncErrorOf(() => loadConfig(file));
+    const secret = join(dir, 'secret');
+    expect(error.message).toBe(
+      `${file}: connectivity_proxy.client_secret_file: cannot read: ENOENT: no such file or directory, open '${secret}'`,
+    );
+  });
+
+  it('fails on a docker_config_file that is a directory', async () => {
+    await mkdir(join(dir, 'docker'));
+    const file = await write(`${MIRROR}${MIRROR.replace('docker.io', 'quay.io')}docker_config_file = "docker"\n`);
+    const error = await asyncErrorOf(() => loadConfig(file));
+    expect(error.message).toBe(
+      `${file}: mirror[1].docker_config_file: cannot read: ${join(dir, 'docker')} is not a regular file`,
+    );
+  });
+
   it('never puts the password into a message', async () => {
     await writeFile(join(dir, 'pw'), 'hunter2');
     const file = await write(`listen = "0.0.0.0:1"\n${MIRROR}username = "a"\npassword_file = "pw"\n`);
@@ -392,6 +761,8 @@ describe('defaultConfig', () => {
           tagTtlMs: 0,
           maxStaleMs: 24 * 3600_000,
           repositoryPrefix: '',
+          route: 'direct',
+          auth: 'passthrough',
         },
       ],
     });

@@ -7,12 +7,18 @@ import { ConfigError } from './errors.ts';
 import { isTable, Section } from './section.ts';
 import type { Table } from './section.ts';
 import { parseSize } from './size.ts';
-import type { AgentConfig, ListenAddress, MirrorConfig } from './types.ts';
+import type { AgentConfig, AuthMode, ConnectivityProxyConfig, ListenAddress, MirrorConfig } from './types.ts';
 import {
   expectBoolean,
+  parseAuthMode,
+  parseClientId,
+  parseLocationId,
   parseLogLevel,
   parsePath,
+  parseProxyUrl,
   parseRepositoryPrefix,
+  parseRoute,
+  parseTokenUrl,
   parseUpstream,
   parseUsername,
   requirePositive,
@@ -33,8 +39,11 @@ const TOP_LEVEL_KEYS = [
   'containerd_config',
   'log_level',
   'allow_non_loopback_listen',
+  'connectivity_proxy',
   'mirror',
 ] as const;
+
+const CONNECTIVITY_PROXY_KEYS = ['url', 'location_id', 'token_url', 'client_id', 'client_secret_file'] as const;
 
 const MIRROR_KEYS = [
   'registry',
@@ -44,7 +53,20 @@ const MIRROR_KEYS = [
   'repository_prefix',
   'username',
   'password_file',
+  'docker_config_file',
+  'route',
+  'http_proxy',
+  'location_id',
+  'auth',
 ] as const;
+
+const CP_HTTPS_UPSTREAM =
+  "the Connectivity Proxy's HTTP port takes plain http:// virtual hosts and the Cloud Connector does the TLS " +
+  'to the real registry; use http://<virtual-host>:<port> as configured in the Cloud Connector';
+
+type PathParser = (value: unknown) => string;
+type Credentials = Pick<MirrorConfig, 'username' | 'passwordFile' | 'dockerConfigFile'>;
+type Route = Pick<MirrorConfig, 'route' | 'httpProxy' | 'locationId'>;
 
 /** What `npm start` runs with when no file is given; relative paths land under the working directory. */
 const EMBEDDED_DEFAULT = `
@@ -57,19 +79,23 @@ registry = "docker.io"
 upstream = "https://registry-1.docker.io"
 `;
 
-/** Reads and validates a configuration file, including that every password_file is readable. */
+/**
+ * Reads and validates a configuration file, including that every password_file, docker_config_file
+ * and client_secret_file is readable.
+ */
 export async function loadConfig(file: string): Promise<AgentConfig> {
   const text = await readText(file);
   const config = parseConfig(text, file, { baseDir: dirname(resolve(file)) });
-  await checkPasswordFiles(config);
+  await checkSecretFiles(config);
   return config;
 }
 
 /** Parses and validates TOML text without touching the disk. `source` names the text in error messages. */
 export function parseConfig(text: string, source: string, opts: ParseOptions = {}): AgentConfig {
   const baseDir = opts.baseDir ?? process.cwd();
-  const path = (value: unknown): string => parsePath(value, baseDir);
+  const path: PathParser = (value) => parsePath(value, baseDir);
   const root = new Section(source, '', parseToml(text, source), TOP_LEVEL_KEYS);
+  const connectivityProxy = readConnectivityProxy(root, path);
   return {
     source,
     listen: readListen(root),
@@ -80,7 +106,8 @@ export function parseConfig(text: string, source: string, opts: ParseOptions = {
     manageHosts: root.read('manage_hosts', expectBoolean, true),
     containerdConfig: root.read('containerd_config', path, '/etc/containerd/config.toml'),
     logLevel: root.read('log_level', parseLogLevel, 'info'),
-    mirrors: readMirrors(root, path),
+    ...present('connectivityProxy', connectivityProxy),
+    mirrors: readMirrors(root, path, connectivityProxy !== undefined),
   };
 }
 
@@ -124,9 +151,34 @@ function readListen(root: Section): ListenAddress {
   return listen;
 }
 
-function readMirrors(root: Section, path: (value: unknown) => string): MirrorConfig[] {
+/** `[connectivity_proxy]`: trusted mode with just url, non-trusted mode with token_url, client_id and client_secret_file. */
+function readConnectivityProxy(root: Section, path: PathParser): ConnectivityProxyConfig | undefined {
+  const section = root.table('connectivity_proxy', CONNECTIVITY_PROXY_KEYS);
+  if (section === undefined) return undefined;
+  const url = section.required('url', parseProxyUrl);
+  const locationId = section.optional('location_id', parseLocationId);
+  const tokenUrl = section.optional('token_url', parseTokenUrl);
+  const clientId = section.optional('client_id', parseClientId);
+  const clientSecretFile = section.optional('client_secret_file', path);
+  const proxy = { url, ...present('locationId', locationId) };
+  if (tokenUrl === undefined) {
+    if (clientId !== undefined) section.fail('client_id', 'client_id is only used with token_url (non-trusted mode)');
+    if (clientSecretFile !== undefined) {
+      section.fail('client_secret_file', 'client_secret_file is only used with token_url (non-trusted mode)');
+    }
+    return proxy;
+  }
+  if (clientId === undefined || clientSecretFile === undefined) {
+    const given = { client_id: clientId, client_secret_file: clientSecretFile };
+    const missing = Object.entries(given).flatMap(([key, value]) => (value === undefined ? [key] : []));
+    section.fail('token_url', `token_url requires ${missing.join(' and ')}`);
+  }
+  return { ...proxy, tokenUrl, clientId, clientSecretFile };
+}
+
+function readMirrors(root: Section, path: PathParser, hasConnectivityProxy: boolean): MirrorConfig[] {
   const sections = root.tables('mirror', MIRROR_KEYS);
-  const mirrors = sections.map((section) => readMirror(section, path));
+  const mirrors = sections.map((section) => readMirror(section, path, hasConnectivityProxy));
   const firstIndex = new Map<string, number>();
   mirrors.forEach((mirror, i) => {
     const first = firstIndex.get(mirror.registry);
@@ -139,30 +191,93 @@ function readMirrors(root: Section, path: (value: unknown) => string): MirrorCon
   return mirrors;
 }
 
-function readMirror(section: Section, path: (value: unknown) => string): MirrorConfig {
+function readMirror(section: Section, path: PathParser, hasConnectivityProxy: boolean): MirrorConfig {
   const registry = section.required('registry', parseRegistry);
   const upstream = section.required('upstream', parseUpstream);
   const tagTtlMs = section.read('tag_ttl', parseDuration, '0s');
   const maxStaleMs = section.read('max_stale', parseDuration, '24h');
   const repositoryPrefix = section.read('repository_prefix', parseRepositoryPrefix, '');
-  const username = section.optional('username', parseUsername);
-  const passwordFile = section.optional('password_file', path);
-  const mirror = { registry, upstream, tagTtlMs, maxStaleMs, repositoryPrefix };
-  if (username === undefined && passwordFile === undefined) return mirror;
-  if (passwordFile === undefined) section.fail('username', 'username requires password_file');
-  if (username === undefined) section.fail('password_file', 'password_file requires username');
-  return { ...mirror, username, passwordFile };
+  const route = readRoute(section, upstream, hasConnectivityProxy);
+  const credentials = readCredentials(section, path);
+  const auth = readAuth(section, credentials !== undefined);
+  return { registry, upstream, tagTtlMs, maxStaleMs, repositoryPrefix, ...route, auth, ...credentials };
 }
 
-/** Opens (never reads) each password file, so a typo fails at start-up and the secret stays out of every message. */
-async function checkPasswordFiles(config: AgentConfig): Promise<void> {
-  for (const [i, mirror] of config.mirrors.entries()) {
-    if (mirror.passwordFile === undefined) continue;
-    const problem = await unreadableFile(mirror.passwordFile);
+/** route with the keys that belong to it: http_proxy for `http-proxy`, location_id for `connectivity-proxy`. */
+function readRoute(section: Section, upstream: URL, hasConnectivityProxy: boolean): Route {
+  const route = section.read('route', parseRoute, 'direct');
+  const httpProxy = section.optional('http_proxy', parseProxyUrl);
+  const locationId = section.optional('location_id', parseLocationId);
+  if (route === 'http-proxy' && httpProxy === undefined) {
+    section.fail('route', 'route = "http-proxy" needs http_proxy, e.g. http_proxy = "http://proxy.corp:3128"');
+  }
+  if (route !== 'http-proxy' && httpProxy !== undefined) {
+    section.fail('http_proxy', 'http_proxy is only used with route = "http-proxy"');
+  }
+  if (route !== 'connectivity-proxy' && locationId !== undefined) {
+    section.fail('location_id', 'location_id is only used with route = "connectivity-proxy"');
+  }
+  if (route === 'connectivity-proxy' && !hasConnectivityProxy) {
+    section.fail('route', 'route = "connectivity-proxy" needs a [connectivity_proxy] table with url');
+  }
+  if (route === 'connectivity-proxy' && upstream.protocol === 'https:') section.fail('upstream', CP_HTTPS_UPSTREAM);
+  return { route, ...present('httpProxy', httpProxy), ...present('locationId', locationId) };
+}
+
+/** username + password_file, or docker_config_file, or none. */
+function readCredentials(section: Section, path: PathParser): Credentials | undefined {
+  const username = section.optional('username', parseUsername);
+  const passwordFile = section.optional('password_file', path);
+  const dockerConfigFile = section.optional('docker_config_file', path);
+  if (dockerConfigFile !== undefined) {
+    if (username !== undefined || passwordFile !== undefined) {
+      section.fail(
+        'docker_config_file',
+        'docker_config_file cannot be combined with username and password_file; use one or the other',
+      );
+    }
+    return { dockerConfigFile };
+  }
+  if (username === undefined && passwordFile === undefined) return undefined;
+  if (passwordFile === undefined) section.fail('username', 'username requires password_file');
+  if (username === undefined) section.fail('password_file', 'password_file requires username');
+  return { username, passwordFile };
+}
+
+/** auth defaults to `agent` exactly when the mirror has credentials, and must agree with them when set. */
+function readAuth(section: Section, hasCredentials: boolean): AuthMode {
+  const auth = section.read('auth', parseAuthMode, hasCredentials ? 'agent' : 'passthrough');
+  if (auth === 'agent' && !hasCredentials) {
+    section.fail('auth', 'auth = "agent" needs username + password_file or docker_config_file');
+  }
+  if (auth === 'passthrough' && hasCredentials) {
+    section.fail('auth', 'credentials are only used with auth = "agent"; remove them or set auth = "agent"');
+  }
+  return auth;
+}
+
+/** `{ [key]: value }`, or `{}` for undefined, so that unset optional fields are absent rather than undefined. */
+function present<K extends string, V>(key: K, value: V | undefined): Partial<Record<K, V>> {
+  return value === undefined ? {} : ({ [key]: value } as Partial<Record<K, V>>);
+}
+
+/**
+ * Opens (never reads) each file holding a secret, so a typo fails at start-up and the secret stays out
+ * of every message.
+ */
+async function checkSecretFiles(config: AgentConfig): Promise<void> {
+  const files: [key: string, file: string | undefined][] = [
+    ['connectivity_proxy.client_secret_file', config.connectivityProxy?.clientSecretFile],
+    ...config.mirrors.flatMap((mirror, i): [string, string | undefined][] => [
+      [`mirror[${i}].password_file`, mirror.passwordFile],
+      [`mirror[${i}].docker_config_file`, mirror.dockerConfigFile],
+    ]),
+  ];
+  for (const [key, file] of files) {
+    if (file === undefined) continue;
+    const problem = await unreadableFile(file);
     if (problem !== undefined) {
-      throw new ConfigError(config.source, `mirror[${i}].password_file`, `cannot read: ${messageOf(problem)}`, {
-        cause: problem,
-      });
+      throw new ConfigError(config.source, key, `cannot read: ${messageOf(problem)}`, { cause: problem });
     }
   }
 }

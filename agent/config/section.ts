@@ -49,6 +49,14 @@ export class Section {
     });
   }
 
+  /** The table `[name]` as a child section with its own known keys, or undefined when absent. */
+  table(name: string, known: readonly string[]): Section | undefined {
+    if (!this.#has(name)) return undefined;
+    const value = this.#table[name];
+    if (!isTable(value)) this.fail(name, `expected a table ([${name}]), got ${kindOf(value)}`);
+    return new Section(this.#file, this.key(name), value, known);
+  }
+
   key(name: string): string {
     return this.#path === '' ? name : `${this.#path}.${name}`;
   }

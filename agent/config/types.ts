@@ -9,6 +9,27 @@ export interface ListenAddress {
   readonly port: number;
 }
 
+/** How the agent reaches a mirror's upstream. */
+export type RouteKind = 'direct' | 'connectivity-proxy' | 'http-proxy';
+
+/**
+ * Who authenticates to upstream: `passthrough` forwards the pull secret containerd presents;
+ * `agent` uses the mirror's own credentials (node-local clients need none).
+ */
+export type AuthMode = 'passthrough' | 'agent';
+
+/** The SAP Connectivity Proxy (top-level `[connectivity_proxy]`). */
+export interface ConnectivityProxyConfig {
+  /** Its HTTP port, e.g. http://connectivity-proxy.kyma-system.svc.cluster.local:20003 */
+  readonly url: URL;
+  /** Sent as SAP-Connectivity-SCC-Location_ID when set. */
+  readonly locationId?: string;
+  /** Non-trusted mode: OAuth2 client-credentials token endpoint; with clientId and clientSecretFile. */
+  readonly tokenUrl?: URL;
+  readonly clientId?: string;
+  readonly clientSecretFile?: string;
+}
+
 export interface MirrorConfig {
   /** host[:port] exactly as written in image references, lower-cased host (`docker.io`, `registry.corp.example:5000`). */
   readonly registry: string;
@@ -23,6 +44,16 @@ export interface MirrorConfig {
   readonly username?: string;
   /** Absolute path of the file holding the password (read at start-up, never logged). */
   readonly passwordFile?: string;
+  /** Absolute path of a `.dockerconfigjson` file whose entry for the upstream host gives the credentials. */
+  readonly dockerConfigFile?: string;
+  /** Default `direct`. */
+  readonly route: RouteKind;
+  /** For route `http-proxy`: the forward proxy (http://host:port). */
+  readonly httpProxy?: URL;
+  /** For route `connectivity-proxy`: overrides `[connectivity_proxy].location_id`. */
+  readonly locationId?: string;
+  /** Default `agent` when credentials are configured, `passthrough` otherwise. */
+  readonly auth: AuthMode;
 }
 
 export interface AgentConfig {
@@ -38,5 +69,6 @@ export interface AgentConfig {
   /** The node's containerd config, read (never written) to tell whether containerd uses `hostsDir`. */
   readonly containerdConfig: string;
   readonly logLevel: LogLevel;
+  readonly connectivityProxy?: ConnectivityProxyConfig;
   readonly mirrors: readonly MirrorConfig[];
 }

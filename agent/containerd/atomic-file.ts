@@ -1,6 +1,6 @@
 /** Crash-safe file replacement: containerd re-reads hosts.toml on every pull and must never see half a file. */
 import { randomBytes } from 'node:crypto';
-import { open, rename, rm } from 'node:fs/promises';
+import { link, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 
 /** Marks our temporary files so a later run can recognise leftovers of a crash. */
@@ -28,6 +28,28 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
     throw err;
   }
   await syncDir(dir);
+}
+
+/**
+ * Makes `to` another name for the file at `from` (same inode: bytes, mode, owner, even a symlink itself),
+ * replacing `to` atomically. Falls back to an atomic copy where hard links are not supported.
+ */
+export async function preserveAs(from: string, to: string, fallback: { bytes: Uint8Array; mode: number }): Promise<void> {
+  const temp = path.join(path.dirname(to), `.${path.basename(to)}${TEMP_INFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
+  try {
+    await link(from, temp);
+  } catch (err) {
+    if (!isErrno(err, 'EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'EXDEV', 'EMLINK')) throw err;
+    await writeFileAtomic(to, fallback.bytes, fallback.mode);
+    return;
+  }
+  try {
+    await rename(temp, to);
+  } catch (err) {
+    await rm(temp, { force: true });
+    throw err;
+  }
+  await syncDir(path.dirname(to));
 }
 
 /** Renames and makes the rename durable. */

@@ -2,13 +2,13 @@
  * Applies the agent's mirror to `<hostsDir>/<registry>/hosts.toml` and undoes it again.
  *
  * Files the agent writes start with a marker comment; that marker, not memory, tells a later run what it
- * owns. An admin's own hosts.toml is copied once, byte for byte, to `hosts.toml.registry-proxy-agent.orig`,
- * every managed file is derived from that copy (so restarts are idempotent), and the copy is renamed back
- * when the registry is no longer mirrored.
+ * owns. An admin's own hosts.toml is kept once as `hosts.toml.registry-proxy-agent.orig` (a hard link to the
+ * very same file, or a byte-for-byte copy where links are unsupported), every managed file is derived from
+ * it (so restarts are idempotent), and it is renamed back when the registry is no longer mirrored.
  */
-import { chmod, mkdir, open, readdir, rm, rmdir, stat } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, readdir, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
-import { TEMP_INFIX, isErrno, renameDurable, syncDir, writeFileAtomic } from './atomic-file.ts';
+import { TEMP_INFIX, isErrno, preserveAs, renameDurable, syncDir, writeFileAtomic } from './atomic-file.ts';
 import { HostsTomlError, defaultServerFor, mergeAgentHost, parseHostsToml, renderHostsToml } from './hosts-toml.ts';
 import type { HostsToml } from './hosts-toml.ts';
 
@@ -160,7 +160,9 @@ export class HostsManager {
       if (original !== undefined) {
         this.#log.warn({ registry, path: backup }, 'hosts.toml was replaced by an unmanaged file; it becomes the new original');
       }
-      await writeFileAtomic(backup, base.bytes, base.mode);
+      // A hard link keeps the admin's very file (inode, owner, mode, a symlink as a symlink) under the
+      // backup name; the managed file then replaces only the `hosts.toml` name.
+      await preserveAs(file, backup, base);
       this.#log.info({ registry, path: backup }, 'admin hosts.toml backed up');
     }
 
@@ -177,7 +179,7 @@ export class HostsManager {
   }
 
   #invalidAdminFile(registry: string, file: string, err: HostsTomlError): HostsReport {
-    const message = `${path.basename(file)} is not a valid hosts.toml, left untouched: ${err.message}`;
+    const message = `${path.basename(file)} is invalid, left untouched: ${err.message}`;
     this.#log.warn({ registry, path: file, err: err.message }, 'admin hosts.toml is invalid; not mirroring this registry');
     return { registry, path: this.#file(registry), state: 'admin_file_invalid', preservedAdminFile: true, message };
   }
@@ -225,7 +227,12 @@ export class HostsManager {
     for (const entry of entries) {
       if (!entry.isDirectory() || registryDirProblem(entry.name) !== undefined) continue;
       const dir = path.join(this.#hostsDir, entry.name);
-      const current = await readIfExists(path.join(dir, HOSTS_FILE)).catch(() => undefined);
+      let current;
+      try {
+        current = await readIfExists(path.join(dir, HOSTS_FILE));
+      } catch {
+        continue; // unreadable: certainly not a file we wrote, and never replaced blindly
+      }
       const ours = current !== undefined ? isManaged(current.bytes) : await exists(path.join(dir, BACKUP_FILE));
       if (ours) managed.push(entry.name);
     }
@@ -285,9 +292,10 @@ async function readIfExists(file: string): Promise<FileContent | undefined> {
   }
 }
 
+// lstat: a backup that is a (possibly dangling) symlink still exists and must still be put back.
 async function exists(file: string): Promise<boolean> {
   try {
-    await stat(file);
+    await lstat(file);
     return true;
   } catch (err) {
     if (isErrno(err, 'ENOENT')) return false;

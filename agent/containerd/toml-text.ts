@@ -63,11 +63,17 @@ export function parseTomlLossless(text: string): TomlTable {
   return toPlain(parsed) as TomlTable;
 }
 
+// Semantic errors carry `line`/`column`; syntax errors (from the generated parser) carry `location.start`.
 function positionOf(err: unknown): { line?: number; column?: number } {
   if (typeof err !== 'object' || err === null) return {};
-  const line = 'line' in err && typeof err.line === 'number' ? err.line : undefined;
-  const column = 'column' in err && typeof err.column === 'number' ? err.column : undefined;
+  const start = 'location' in err && isRecord(err.location) && isRecord(err.location['start']) ? err.location['start'] : err;
+  const line = 'line' in start && typeof start.line === 'number' ? start.line : undefined;
+  const column = 'column' in start && typeof start.column === 'number' ? start.column : undefined;
   return { ...(line === undefined ? {} : { line }), ...(column === undefined ? {} : { column }) };
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null;
 }
 
 // The parser builds prototype-less objects; plain ones compare and spread like any other model value.

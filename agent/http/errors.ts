@@ -28,6 +28,15 @@ function fromUpstream(error: UpstreamError): OciError {
         detail,
         cause: error,
       });
+    case 'proxy': {
+      const diagnosis = error.diagnosis;
+      const message = diagnosis ? `${diagnosis.cause}; fix: ${diagnosis.fix}` : error.message;
+      return new OciError('UNAVAILABLE', message, {
+        status: 502,
+        detail: { ...detail, ...(diagnosis ? { reason: diagnosis.code, fix: diagnosis.fix } : {}) },
+        cause: error,
+      });
+    }
     case 'invalid':
     case 'redirect':
       return new OciError('UNAVAILABLE', `upstream for ${error.registry} sent an invalid response`, { status: 502, detail, cause: error });

@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { BlobReadable } from '../cache/blob-reader.ts';
-import type { Mirror } from '../mirror/mirror.ts';
+import type { Mirror, PullContext } from '../mirror/mirror.ts';
 import type { Digest } from '../oci/digest.ts';
 import { OciError } from '../oci/errors.ts';
 import type { DistributionRequest } from '../oci/request.ts';
@@ -9,7 +9,7 @@ import { API_VERSION_HEADER, writeAll } from './respond.ts';
 
 /** What a handler learned, for the access log and metrics. */
 export interface Outcome {
-  kind: 'base' | 'manifest' | 'blob';
+  kind: 'base' | 'manifest' | 'blob' | 'token';
   registry?: string;
   /** hit | miss | joined | stale */
   cache?: string;
@@ -18,11 +18,11 @@ export interface Outcome {
 
 const IMMUTABLE = 'max-age=31536000, immutable';
 
-export async function handleBase(mirror: Mirror, res: ServerResponse, head: boolean): Promise<void> {
+export async function handleBase(mirror: Mirror, res: ServerResponse, head: boolean, ctx: PullContext): Promise<void> {
+  await mirror.ping(ctx);
   const body = Buffer.from('{}');
   res.writeHead(200, { ...API_VERSION_HEADER, 'content-type': 'application/json', 'content-length': String(body.length) });
   res.end(head ? undefined : body);
-  void mirror;
 }
 
 export async function handleManifest(
@@ -31,8 +31,9 @@ export async function handleManifest(
   res: ServerResponse,
   head: boolean,
   outcome: Outcome,
+  ctx: PullContext,
 ): Promise<void> {
-  const result = await mirror.manifest(request.name, request.reference, !head);
+  const result = await mirror.manifest(request.name, request.reference, !head, ctx);
   outcome.cache = result.origin;
   res.writeHead(200, {
     ...API_VERSION_HEADER,
@@ -50,8 +51,8 @@ export async function handleManifest(
   res.end(result.body);
 }
 
-export async function handleBlobHead(mirror: Mirror, name: Extract<DistributionRequest, { kind: 'blob' }>, res: ServerResponse): Promise<void> {
-  const size = await mirror.blobSize(name.name, name.digest);
+export async function handleBlobHead(mirror: Mirror, name: Extract<DistributionRequest, { kind: 'blob' }>, res: ServerResponse, ctx: PullContext): Promise<void> {
+  const size = await mirror.blobSize(name.name, name.digest, ctx);
   res.writeHead(200, blobHeaders(name.digest, size));
   res.end();
 }
@@ -62,8 +63,9 @@ export async function handleBlobGet(
   req: IncomingMessage,
   res: ServerResponse,
   outcome: Outcome,
+  ctx: PullContext,
 ): Promise<void> {
-  const blob = await mirror.blob(request.name, request.digest);
+  const blob = await mirror.blob(request.name, request.digest, ctx);
   outcome.cache = blob.origin;
   try {
     await sendBlob(blob, request.digest, req, res, outcome);

@@ -2,8 +2,11 @@ import { randomBytes } from 'node:crypto';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
+import { AccessDeniedError, AuthRequiredError } from '../auth/errors.ts';
+import type { Mirror, PullContext } from '../mirror/mirror.ts';
 import { OciError } from '../oci/errors.ts';
 import { type DistributionRequest, isReadMethod, parseDistributionRequest } from '../oci/request.ts';
+import { authError, handleTokenRequest, isTokenRequest } from './auth.ts';
 import { toOciError } from './errors.ts';
 import { type Outcome, handleBase, handleBlobGet, handleBlobHead, handleManifest } from './handlers.ts';
 import type { MirrorSet } from './mirror-set.ts';
@@ -22,6 +25,8 @@ export interface RequestRecord {
 export interface MirrorServerOptions {
   readonly mirrors: MirrorSet;
   readonly log: Logger;
+  /** The agent's URL as pullers reach it; token realms are rewritten to it. */
+  readonly agentBase: () => string;
   /** Called once per finished request (metrics). */
   readonly onRequest?: (record: RequestRecord) => void;
 }
@@ -51,19 +56,29 @@ async function handle(options: MirrorServerOptions, req: IncomingMessage, res: S
   let error: OciError | undefined;
   let aborted = false;
   res.setHeader('x-request-id', id);
-  // Request bodies are never used; drain them so keep-alive connections stay usable.
-  req.resume();
+  let mirror: Mirror | undefined;
   try {
+    if (isTokenRequest(req.url ?? '')) {
+      outcome.kind = 'token';
+      const { registry } = await handleTokenRequest(options.mirrors, req, res);
+      outcome.registry = registry;
+      return;
+    }
+    // Request bodies are never used; drain them so keep-alive connections stay usable.
+    req.resume();
     const request = parse(req);
     outcome.kind = request.kind;
-    const mirror = options.mirrors.select(request.ns);
+    mirror = options.mirrors.select(request.ns);
     outcome.registry = mirror.registry;
-    await dispatch(mirror, request, req, res, outcome);
+    await dispatch(mirror, request, req, res, outcome, { authorization: req.headers.authorization });
   } catch (caught) {
     if (caught instanceof ClientGoneError) {
       aborted = true;
     } else {
-      error = toOciError(caught);
+      error =
+        (caught instanceof AuthRequiredError || caught instanceof AccessDeniedError) && mirror
+          ? authError(caught, mirror, options.agentBase())
+          : toOciError(caught);
       if (res.headersSent) aborted = true;
       sendOciError(res, error, method);
     }
@@ -89,21 +104,15 @@ function parse(req: IncomingMessage): DistributionRequest {
   return parseDistributionRequest(req.url ?? '');
 }
 
-async function dispatch(
-  mirror: ReturnType<MirrorSet['select']>,
-  request: DistributionRequest,
-  req: IncomingMessage,
-  res: ServerResponse,
-  outcome: Outcome,
-): Promise<void> {
+async function dispatch(mirror: Mirror, request: DistributionRequest, req: IncomingMessage, res: ServerResponse, outcome: Outcome, ctx: PullContext): Promise<void> {
   const head = req.method === 'HEAD';
   switch (request.kind) {
     case 'base':
-      return handleBase(mirror, res, head);
+      return handleBase(mirror, res, head, ctx);
     case 'manifest':
-      return handleManifest(mirror, request, res, head, outcome);
+      return handleManifest(mirror, request, res, head, outcome, ctx);
     case 'blob':
-      return head ? handleBlobHead(mirror, request, res) : handleBlobGet(mirror, request, req, res, outcome);
+      return head ? handleBlobHead(mirror, request, res, ctx) : handleBlobGet(mirror, request, req, res, outcome, ctx);
   }
 }
 

@@ -1,5 +1,9 @@
 import { createHash } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
+import { AccessMemory } from '../auth/access-memory.ts';
+import { AccessDeniedError, AuthRequiredError } from '../auth/errors.ts';
+import { RealmRegistry } from '../auth/realms.ts';
 import type { BlobCache } from '../cache/blob-cache.ts';
 import type { BlobReadable } from '../cache/blob-reader.ts';
 import type { MirrorConfig } from '../config/types.ts';
@@ -24,6 +28,14 @@ export interface ManifestResult {
   readonly origin: ManifestOrigin;
 }
 
+/** Who is pulling: the credential the puller presented (passthrough mode). */
+export interface PullContext {
+  readonly authorization?: string | undefined;
+}
+
+/** How long an upstream "yes" for a credential + repository is trusted before asking again. */
+export const ACCESS_RECHECK_MS = 5 * 60_000;
+
 export interface MirrorDeps {
   readonly config: MirrorConfig;
   readonly upstream: UpstreamClient;
@@ -44,6 +56,14 @@ export class Mirror {
   readonly #tags: TagStore;
   readonly #log: Logger;
   readonly #now: () => number;
+  /** passthrough: credentials upstream accepted per repository (hashed). */
+  readonly access = new AccessMemory();
+  /** passthrough: token realms learned from this upstream's challenges. */
+  readonly realms = new RealmRegistry();
+  /** passthrough: digests upstream confirmed to belong to a repository. */
+  readonly #linked = new LRUCache<string, true>({ max: 200_000 });
+  /** The last challenge upstream sent, answered while it is unreachable. */
+  #lastChallenge: string | undefined;
 
   constructor(deps: MirrorDeps) {
     this.config = deps.config;
@@ -58,41 +78,79 @@ export class Mirror {
     return this.config.registry;
   }
 
-  async manifest(name: RepositoryName, reference: Reference, wantBody: boolean): Promise<ManifestResult> {
-    if (reference.kind === 'digest') return this.#manifestByDigest(name, reference.digest, undefined, 'miss');
-    return this.#manifestByTag(name, reference.tag, wantBody);
+  get passthrough(): boolean {
+    return this.upstream.authMode === 'passthrough';
   }
 
-  async blobSize(name: RepositoryName, digest: Digest): Promise<number> {
-    const cached = await this.#cache.sizeOf(digest);
-    if (cached !== undefined) return cached;
-    const response = await this.#request('HEAD', name, `blobs/${digest}`);
-    if (response.status !== 200) throw await upstreamFailure(this.registry, response, () => blobUnknown(digest));
+  /** `GET /v2/`: in passthrough, upstream decides whether the puller must authenticate. */
+  async ping(ctx: PullContext): Promise<void> {
+    if (!this.passthrough) return;
+    let response: UpstreamResponse;
+    try {
+      response = await this.upstream.request('GET', '/v2/', '', {}, ctx.authorization);
+    } catch (error) {
+      if (error instanceof UpstreamError && error.unavailable) return;
+      throw error;
+    }
     await response.body.dump().catch(() => undefined);
+    if (response.status === 401) {
+      const challenge = firstHeader(response.headers['www-authenticate']);
+      if (challenge) this.#lastChallenge = challenge;
+      throw new AuthRequiredError(this.registry, challenge);
+    }
+  }
+
+  async manifest(name: RepositoryName, reference: Reference, wantBody: boolean, ctx: PullContext = {}): Promise<ManifestResult> {
+    if (reference.kind === 'digest') return this.#manifestByDigest(name, reference.digest, undefined, 'miss', ctx);
+    return this.#manifestByTag(name, reference.tag, wantBody, ctx);
+  }
+
+  async blobSize(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<number> {
+    const cached = await this.#cache.sizeOf(digest);
+    if (cached !== undefined) {
+      await this.#guard(name, `blobs/${digest}`, digest, ctx);
+      return cached;
+    }
+    const response = await this.#request('HEAD', name, `blobs/${digest}`, ctx);
+    if (response.status !== 200) throw await this.#failure(response, ctx, () => blobUnknown(digest));
+    await response.body.dump().catch(() => undefined);
+    this.#confirm(name, digest, ctx);
     const size = contentLength(response);
     if (size === undefined) throw new UpstreamError(this.registry, 'invalid', 'blob HEAD without Content-Length');
     return size;
   }
 
   /** Opens a blob from cache, a running fill, or a new fill from upstream. */
-  async blob(name: RepositoryName, digest: Digest): Promise<BlobReadable> {
-    return this.#cache.open(digest, async () => {
-      const response = await this.#request('GET', name, `blobs/${digest}`);
-      if (response.status !== 200) throw await upstreamFailure(this.registry, response, () => blobUnknown(digest));
+  async blob(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<BlobReadable> {
+    const reader = await this.#cache.open(digest, async () => {
+      const response = await this.#request('GET', name, `blobs/${digest}`, ctx);
+      if (response.status !== 200) throw await this.#failure(response, ctx, () => blobUnknown(digest));
+      this.#confirm(name, digest, ctx);
       return { size: contentLength(response), body: response.body };
     });
+    if (reader.origin !== 'miss') {
+      try {
+        await this.#guard(name, `blobs/${digest}`, digest, ctx);
+      } catch (error) {
+        reader.close();
+        throw error;
+      }
+    }
+    return reader;
   }
 
-  async #manifestByTag(name: RepositoryName, tag: string, wantBody: boolean): Promise<ManifestResult> {
+  async #manifestByTag(name: RepositoryName, tag: string, wantBody: boolean, ctx: PullContext): Promise<ManifestResult> {
     const known = await this.#tags.get(this.registry, name, tag);
     const now = this.#now();
     if (known && now - known.checkedAt < this.config.tagTtlMs) {
-      return this.#manifestByDigest(name, known.digest, known.mediaType, 'hit');
+      await this.#guard(name, `manifests/${known.digest}`, known.digest, ctx);
+      return this.#manifestByDigest(name, known.digest, known.mediaType, 'hit', ctx);
     }
     try {
-      return await this.#resolveTag(name, tag, wantBody);
+      return await this.#resolveTag(name, tag, wantBody, ctx);
     } catch (error) {
       if (!(error instanceof UpstreamError) || !error.unavailable || !known) throw error;
+      await this.#guard(name, `manifests/${known.digest}`, known.digest, ctx);
       const age = now - known.checkedAt;
       if (age > this.config.maxStaleMs) {
         this.#log.warn({ registry: this.registry, tag, ageMs: age, err: error.message }, 'upstream unavailable and the cached tag is older than max_stale');
@@ -105,20 +163,21 @@ export class Mirror {
     }
   }
 
-  async #resolveTag(name: RepositoryName, tag: string, wantBody: boolean): Promise<ManifestResult> {
+  async #resolveTag(name: RepositoryName, tag: string, wantBody: boolean, ctx: PullContext): Promise<ManifestResult> {
     if (!wantBody) {
-      const head = await this.#request('HEAD', name, `manifests/${tag}`, { accept: MANIFEST_ACCEPT });
-      if (head.status !== 200) throw await upstreamFailure(this.registry, head, () => manifestUnknown(tag));
+      const head = await this.#request('HEAD', name, `manifests/${tag}`, ctx, { accept: MANIFEST_ACCEPT });
+      if (head.status !== 200) throw await this.#failure(head, ctx, () => manifestUnknown(tag));
       await head.body.dump().catch(() => undefined);
       const digest = firstHeader(head.headers['docker-content-digest']);
       const mediaType = firstHeader(head.headers['content-type']);
       if (digest && isDigest(digest) && mediaType) {
+        this.#confirm(name, digest, ctx);
         await this.#rememberTag(name, tag, { digest, mediaType, size: contentLength(head) ?? 0, checkedAt: this.#now() });
-        return this.#manifestByDigest(name, digest, mediaType, 'miss');
+        return this.#manifestByDigest(name, digest, mediaType, 'miss', ctx);
       }
     }
-    const response = await this.#request('GET', name, `manifests/${tag}`, { accept: MANIFEST_ACCEPT });
-    if (response.status !== 200) throw await upstreamFailure(this.registry, response, () => manifestUnknown(tag));
+    const response = await this.#request('GET', name, `manifests/${tag}`, ctx, { accept: MANIFEST_ACCEPT });
+    if (response.status !== 200) throw await this.#failure(response, ctx, () => manifestUnknown(tag));
     const body = await readLimited(this.registry, response);
     const digest = sha256(body);
     const announced = firstHeader(response.headers['docker-content-digest']);
@@ -126,6 +185,7 @@ export class Mirror {
       throw new UpstreamError(this.registry, 'invalid', `manifest digest header ${announced} does not match its content ${digest}`);
     }
     const mediaType = firstHeader(response.headers['content-type']) ?? mediaTypeFromBody(body) ?? 'application/octet-stream';
+    this.#confirm(name, digest, ctx);
     await this.#cache.putSmall(digest, body, mediaType);
     await this.#rememberTag(name, tag, { digest, mediaType, size: body.length, checkedAt: this.#now() });
     return { digest, mediaType, size: body.length, body, origin: 'miss' };
@@ -137,11 +197,21 @@ export class Mirror {
     });
   }
 
-  async #manifestByDigest(name: RepositoryName, digest: Digest, mediaTypeHint: string | undefined, origin: ManifestOrigin): Promise<ManifestResult> {
+  async #manifestByDigest(
+    name: RepositoryName,
+    digest: Digest,
+    mediaTypeHint: string | undefined,
+    origin: ManifestOrigin,
+    ctx: PullContext,
+  ): Promise<ManifestResult> {
     const cached = await this.#cachedManifest(digest, mediaTypeHint, origin === 'miss' ? 'hit' : origin);
-    if (cached) return cached;
-    const response = await this.#request('GET', name, `manifests/${digest}`, { accept: MANIFEST_ACCEPT });
-    if (response.status !== 200) throw await upstreamFailure(this.registry, response, () => manifestUnknown(digest));
+    if (cached) {
+      await this.#guard(name, `manifests/${digest}`, digest, ctx);
+      return cached;
+    }
+    const response = await this.#request('GET', name, `manifests/${digest}`, ctx, { accept: MANIFEST_ACCEPT });
+    if (response.status !== 200) throw await this.#failure(response, ctx, () => manifestUnknown(digest));
+    this.#confirm(name, digest, ctx);
     const body = await readLimited(this.registry, response);
     const actual = sha256(body);
     if (actual !== digest) {
@@ -160,9 +230,60 @@ export class Mirror {
     return { digest, mediaType, size: cached.bytes.length, body: cached.bytes, origin };
   }
 
-  #request(method: 'GET' | 'HEAD', name: RepositoryName, rest: string, headers: Record<string, string> = {}): Promise<UpstreamResponse> {
+  #request(method: 'GET' | 'HEAD', name: RepositoryName, rest: string, ctx: PullContext, headers: Record<string, string> = {}): Promise<UpstreamResponse> {
     const repository = upstreamRepository(this.config.repositoryPrefix, name);
-    return this.upstream.request(method, `/v2/${repository}/${rest}`, `repository:${repository}:pull`, headers);
+    return this.upstream.request(method, `/v2/${repository}/${rest}`, `repository:${repository}:pull`, headers, ctx.authorization);
+  }
+
+  /** Maps a non-200 answer; in passthrough a 401 goes back to the puller as a challenge. */
+  async #failure(response: UpstreamResponse, ctx: PullContext, notFound: () => OciError): Promise<Error> {
+    if (response.status === 401 && this.passthrough) {
+      await response.body.dump().catch(() => undefined);
+      const challenge = firstHeader(response.headers['www-authenticate']);
+      if (challenge) this.#lastChallenge = challenge;
+      return ctx.authorization
+        ? new AuthRequiredError(this.registry, challenge, 'upstream refused the presented credential')
+        : new AuthRequiredError(this.registry, challenge);
+    }
+    return upstreamFailure(this.registry, response, notFound);
+  }
+
+  /** Upstream just served `digest` under `name` to this credential: remember access and linkage. */
+  #confirm(name: RepositoryName, digest: Digest, ctx: PullContext): void {
+    if (!this.passthrough) return;
+    this.access.remember(ctx.authorization, name, this.#now());
+    this.#linked.set(`${name}@${digest}`, true);
+  }
+
+  /**
+   * passthrough: content about to be served from the cache goes only to a puller whose
+   * credential upstream accepted for this repository (and only for digests upstream showed in
+   * it). Asks upstream with a HEAD when the memory is older than ACCESS_RECHECK_MS; while
+   * upstream is unavailable, a credential accepted within max_stale is enough.
+   */
+  async #guard(name: RepositoryName, rest: string, digest: Digest, ctx: PullContext): Promise<void> {
+    if (!this.passthrough) return;
+    const now = this.#now();
+    const linked = this.#linked.has(`${name}@${digest}`);
+    const credential = ctx.authorization;
+    if (linked && (this.access.acceptedWithin(credential, name, ACCESS_RECHECK_MS, now) || this.access.acceptedWithin(undefined, name, ACCESS_RECHECK_MS, now))) return;
+    let response: UpstreamResponse;
+    try {
+      response = await this.#request('HEAD', name, rest, ctx, rest.startsWith('manifests/') ? { accept: MANIFEST_ACCEPT } : {});
+    } catch (error) {
+      if (!(error instanceof UpstreamError) || !error.unavailable) throw error;
+      const stale = this.config.maxStaleMs;
+      if (linked && (this.access.acceptedWithin(credential, name, stale, now) || this.access.acceptedWithin(undefined, name, stale, now))) return;
+      if (!credential) throw new AuthRequiredError(this.registry, this.#lastChallenge, 'upstream unavailable: present a credential');
+      throw new AccessDeniedError(this.registry, 'upstream is unavailable and this credential was not accepted for this repository recently');
+    }
+    if (response.status === 200) {
+      await response.body.dump().catch(() => undefined);
+      this.#confirm(name, digest, ctx);
+      return;
+    }
+    if (response.status === 401 || response.status === 403) this.access.forget(credential, name);
+    throw await this.#failure(response, ctx, () => (rest.startsWith('blobs/') ? blobUnknown(digest) : manifestUnknown(digest)));
   }
 }
 

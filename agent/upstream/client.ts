@@ -1,7 +1,8 @@
-import { Agent, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
 import type { IncomingHttpHeaders } from 'node:http';
 import { type Challenge, parseChallenge } from './challenge.ts';
-import { UpstreamError, fromTransportError } from './errors.ts';
+import { UpstreamError } from './errors.ts';
+import { DirectRoute, type Route } from './routes.ts';
 import { TokenCache } from './tokens.ts';
 
 export interface UpstreamTimeouts {
@@ -24,8 +25,10 @@ export interface UpstreamOptions {
   readonly base: URL;
   readonly credentials?: Credentials | undefined;
   readonly timeouts?: UpstreamTimeouts;
-  /** Shared connection pool; one per route. */
-  readonly dispatcher?: Dispatcher;
+  /** How requests travel (default: direct). The client closes it. */
+  readonly route?: Route;
+  /** `passthrough`: the puller's own Authorization is forwarded and challenges go back to it. */
+  readonly auth?: 'agent' | 'passthrough';
 }
 
 export interface UpstreamResponse {
@@ -49,7 +52,8 @@ export class UpstreamClient {
   readonly base: URL;
   readonly #credentials: Credentials | undefined;
   readonly #timeouts: UpstreamTimeouts;
-  readonly #dispatcher: Dispatcher;
+  readonly route: Route;
+  readonly authMode: 'agent' | 'passthrough';
   readonly #tokens = new TokenCache();
   #basicChallenged = false;
 
@@ -58,7 +62,8 @@ export class UpstreamClient {
     this.base = options.base;
     this.#credentials = options.credentials;
     this.#timeouts = options.timeouts ?? DEFAULT_TIMEOUTS;
-    this.#dispatcher = options.dispatcher ?? new Agent({ connectTimeout: this.#timeouts.connectMs, keepAliveTimeout: 30_000 });
+    this.route = options.route ?? new DirectRoute(this.#timeouts.connectMs);
+    this.authMode = options.auth ?? 'agent';
   }
 
   /** Builds the upstream URL for a registry API path such as `/v2/team/app/manifests/1.0`. */
@@ -72,7 +77,17 @@ export class UpstreamClient {
    * Sends a GET or HEAD. `scope` is the token scope to ask for on a Bearer challenge
    * (`repository:<name>:pull`). The caller owns the returned body and must consume or destroy it.
    */
-  async request(method: 'GET' | 'HEAD', apiPath: string, scope: string, headers: Record<string, string> = {}): Promise<UpstreamResponse> {
+  async request(
+    method: 'GET' | 'HEAD',
+    apiPath: string,
+    scope: string,
+    headers: Record<string, string> = {},
+    clientAuthorization?: string,
+  ): Promise<UpstreamResponse> {
+    if (this.authMode === 'passthrough') {
+      // The puller's credential goes to the upstream origin only; a 401 goes back to the puller.
+      return this.#send(method, this.url(apiPath), headers, clientAuthorization);
+    }
     let response = await this.#send(method, this.url(apiPath), headers, this.#authorization(scope));
     if (response.status === 401 && this.#credentialsCanHelp(response)) {
       const challenge = parseChallenge(firstHeader(response.headers['www-authenticate']));
@@ -83,8 +98,20 @@ export class UpstreamClient {
     return response;
   }
 
+  /** Forwards a puller's token request to a realm learned from this upstream's challenges (passthrough). */
+  async forwardTokenRequest(realm: URL, method: 'GET' | 'POST', headers: Record<string, string>, body: Buffer | undefined): Promise<UpstreamResponse> {
+    const response = await this.route.send(this.registry, realm, {
+      method,
+      headers: { ...headers, 'user-agent': 'registry-proxy-agent' },
+      ...(body ? { body } : {}),
+      headersTimeout: this.#timeouts.headersMs,
+      bodyTimeout: this.#timeouts.bodyMs,
+    });
+    return { status: response.statusCode, headers: response.headers, body: response.body, url: realm };
+  }
+
   async close(): Promise<void> {
-    await this.#dispatcher.close();
+    await this.route.close();
   }
 
   #credentialsCanHelp(response: UpstreamResponse): boolean {
@@ -150,20 +177,12 @@ export class UpstreamClient {
     for (let hop = 0; ; hop += 1) {
       const sendHeaders: Record<string, string> = { ...headers, 'user-agent': 'registry-proxy-agent' };
       if (authorization && current.origin === url.origin) sendHeaders['authorization'] = authorization;
-      let response: Dispatcher.ResponseData;
-      try {
-        response = await this.#dispatcher.request({
-          origin: current.origin,
-          path: `${current.pathname}${current.search}`,
-          method,
-          headers: sendHeaders,
-          headersTimeout: this.#timeouts.headersMs,
-          bodyTimeout: this.#timeouts.bodyMs,
-          highWaterMark: 256 * 1024,
-        });
-      } catch (error) {
-        throw fromTransportError(this.registry, error);
-      }
+      const response: Dispatcher.ResponseData = await this.route.send(this.registry, current, {
+        method,
+        headers: sendHeaders,
+        headersTimeout: this.#timeouts.headersMs,
+        bodyTimeout: this.#timeouts.bodyMs,
+      });
       const location = firstHeader(response.headers['location']);
       if (!REDIRECTS.has(response.statusCode) || !location) {
         return { status: response.statusCode, headers: response.headers, body: response.body, url: current };

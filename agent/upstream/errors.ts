@@ -9,7 +9,9 @@ export type UpstreamFailure =
   /** The response broke the protocol: missing or wrong headers, bad JSON, too large. */
   | 'invalid'
   /** Too many redirects, or a redirect the agent will not follow. */
-  | 'redirect';
+  | 'redirect'
+  /** The proxy on the route (Connectivity Proxy, forward proxy) refused or failed the request. */
+  | 'proxy';
 
 export class UpstreamError extends Error {
   override readonly name = 'UpstreamError';
@@ -19,17 +21,33 @@ export class UpstreamError extends Error {
   /** The mirror's registry, for logs. */
   readonly registry: string;
 
-  constructor(registry: string, failure: UpstreamFailure, message: string, options: { status?: number; cause?: unknown } = {}) {
+  /** For failure `proxy`: what went wrong on the route and how to fix it, in words for the node's admin. */
+  readonly diagnosis: ProxyDiagnosis | undefined;
+
+  constructor(registry: string, failure: UpstreamFailure, message: string, options: { status?: number; cause?: unknown; diagnosis?: ProxyDiagnosis } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.registry = registry;
     this.failure = failure;
     this.status = options.status;
+    this.diagnosis = options.diagnosis;
   }
 
   /** Upstream could not be asked at all, or failed on its side: cached content may be served instead. */
   get unavailable(): boolean {
-    return this.failure === 'unreachable' || this.failure === 'timeout' || (this.failure === 'status' && (this.status ?? 0) >= 500);
+    return (
+      this.failure === 'unreachable' ||
+      this.failure === 'timeout' ||
+      this.failure === 'proxy' ||
+      (this.failure === 'status' && (this.status ?? 0) >= 500)
+    );
   }
+}
+
+/** A route failure explained: a stable code (for metrics and status), the cause and the fix. */
+export interface ProxyDiagnosis {
+  readonly code: 'cp_https_refused' | 'cp_auth_failed' | 'cp_no_cloud_connector' | 'cp_unreachable' | 'cp_denied' | 'proxy_unreachable' | 'proxy_refused';
+  readonly cause: string;
+  readonly fix: string;
 }
 
 const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);

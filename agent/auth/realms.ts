@@ -1,0 +1,31 @@
+import { createHash } from 'node:crypto';
+
+/**
+ * Token realms learned from one mirror's own upstream challenges. Only these may be contacted by
+ * the agent's token endpoint: it can never be steered to an arbitrary host.
+ */
+export class RealmRegistry {
+  readonly #byId = new Map<string, URL>();
+  readonly #max: number;
+
+  constructor(max = 16) {
+    this.#max = max;
+  }
+
+  /** Records a realm and returns its stable id (used in the rewritten realm URL). */
+  learn(realm: URL): string {
+    const id = createHash('sha256').update(realm.href).digest('hex').slice(0, 16);
+    if (!this.#byId.has(id)) {
+      if (this.#byId.size >= this.#max) {
+        const oldest = this.#byId.keys().next();
+        if (!oldest.done) this.#byId.delete(oldest.value);
+      }
+      this.#byId.set(id, realm);
+    }
+    return id;
+  }
+
+  get(id: string): URL | undefined {
+    return this.#byId.get(id);
+  }
+}

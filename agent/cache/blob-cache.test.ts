@@ -1,0 +1,714 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { type Digest, parseDigest } from '../oci/digest.ts';
+import { BlobCache, type CacheEvents } from './blob-cache.ts';
+import type { BlobReadable } from './blob-reader.ts';
+import { DigestMismatchError, SizeMismatchError } from './errors.ts';
+import type { FillSource } from './fill.ts';
+
+function sha256(bytes: Buffer): Digest {
+  return parseDigest(`sha256:${createHash('sha256').update(bytes).digest('hex')}`);
+}
+
+/** An upstream body the test drives: the fill receives each chunk when the test pushes it. */
+class Feed {
+  readonly #chunks: Buffer[] = [];
+  #ended = false;
+  #error: Error | undefined;
+  #wake: (() => void) | undefined;
+
+  push(chunk: Buffer): void {
+    this.#chunks.push(chunk);
+    this.#signal();
+  }
+
+  end(): void {
+    this.#ended = true;
+    this.#signal();
+  }
+
+  fail(error: Error): void {
+    this.#error = error;
+    this.#signal();
+  }
+
+  async *body(): AsyncGenerator<Uint8Array> {
+    for (;;) {
+      const next = this.#chunks.shift();
+      if (next) {
+        yield next;
+        continue;
+      }
+      if (this.#error) throw this.#error;
+      if (this.#ended) return;
+      await new Promise<void>((resolve) => (this.#wake = resolve));
+    }
+  }
+
+  #signal(): void {
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake?.();
+  }
+}
+
+/** A fetch function that counts its calls and hands out one feed. */
+function upstream(size: number | undefined): { feed: Feed; calls: () => number; fetch: () => Promise<FillSource> } {
+  const feed = new Feed();
+  let calls = 0;
+  return {
+    feed,
+    calls: () => calls,
+    fetch: async () => {
+      calls += 1;
+      return { size, body: feed.body() };
+    },
+  };
+}
+
+/** Pulls a reader step by step, so a test can look at what has arrived so far. */
+class Drain {
+  readonly chunks: Buffer[] = [];
+  readonly #it: AsyncGenerator<Buffer>;
+
+  constructor(reader: BlobReadable, start = 0, end?: number) {
+    this.#it = reader.read(start, end);
+  }
+
+  get length(): number {
+    return this.chunks.reduce((sum, chunk) => sum + chunk.length, 0);
+  }
+
+  bytes(): Buffer {
+    return Buffer.concat(this.chunks);
+  }
+
+  /** Pulls until at least `n` bytes arrived. */
+  async atLeast(n: number): Promise<void> {
+    while (this.length < n) {
+      const result = await this.#it.next();
+      if (result.done) throw new Error(`reader ended after ${this.length} of ${n} bytes`);
+      this.chunks.push(result.value);
+    }
+  }
+
+  /** Pulls to the end. */
+  async rest(): Promise<Buffer> {
+    for (;;) {
+      const result = await this.#it.next();
+      if (result.done) return this.bytes();
+      this.chunks.push(result.value);
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.#it.return(undefined);
+  }
+}
+
+/** Compares bytes without a deep element-by-element diff (slow for large buffers). */
+function expectBytes(actual: Buffer | undefined, expected: Buffer): void {
+  expect(actual?.length).toBe(expected.length);
+  expect(actual?.equals(expected), 'bytes differ').toBe(true);
+}
+
+async function readAll(reader: BlobReadable, start = 0, end?: number): Promise<Buffer> {
+  try {
+    return await new Drain(reader, start, end).rest();
+  } finally {
+    reader.close();
+  }
+}
+
+/** Waits for a condition the cache reaches on its own (e.g. after fire-and-forget file work); not a fixed sleep. */
+async function until(check: () => boolean | Promise<boolean>, what: string): Promise<void> {
+  const deadline = Date.now() + 5_000;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+interface Recorded {
+  corrupt: Array<[Digest, Error]>;
+  fillFailed: Array<[Digest, Error]>;
+  evicted: Digest[];
+  storeError: Array<[string, Error]>;
+}
+
+function recorder(): { events: CacheEvents; seen: Recorded } {
+  const seen: Recorded = { corrupt: [], fillFailed: [], evicted: [], storeError: [] };
+  return {
+    seen,
+    events: {
+      corrupt: (digest, error) => seen.corrupt.push([digest, error]),
+      fillFailed: (digest, error) => seen.fillFailed.push([digest, error]),
+      evicted: (digest) => seen.evicted.push(digest),
+      storeError: (operation, error) => seen.storeError.push([operation, error]),
+    },
+  };
+}
+
+describe('BlobCache', () => {
+  let dir: string;
+  const opened: BlobCache[] = [];
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'rpa-blob-cache-'));
+  });
+
+  afterEach(async () => {
+    // Let every fill settle before the directory goes away.
+    await Promise.all(opened.splice(0).map((cache) => until(() => cache.stats().inflight === 0, 'fills to settle')));
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  async function newCache(maxBytes = 1 << 30, events: CacheEvents = {}): Promise<BlobCache> {
+    const cache = new BlobCache(dir, maxBytes, events);
+    await cache.init();
+    await cache.scan();
+    opened.push(cache);
+    return cache;
+  }
+
+  const blobFile = (digest: Digest): string => join(dir, 'blobs', 'sha256', digest.slice('sha256:'.length));
+  const tmpFiles = (): Promise<string[]> => readdir(join(dir, 'tmp'));
+  const blobFiles = (): Promise<string[]> => readdir(join(dir, 'blobs', 'sha256'));
+
+  /** Fills and commits a blob through the cache, the way a miss does. */
+  async function fill(cache: BlobCache, content: Buffer): Promise<Digest> {
+    const digest = sha256(content);
+    const { feed, fetch } = upstream(content.length);
+    feed.push(content);
+    feed.end();
+    expectBytes(await readAll(await cache.open(digest, fetch)), content);
+    return digest;
+  }
+
+  describe('fills', () => {
+    it('serves a miss, then hits from disk without asking upstream again', async () => {
+      const cache = await newCache();
+      const content = randomBytes(3 * 1024 * 1024 + 17);
+      const digest = sha256(content);
+      const { feed, fetch, calls } = upstream(content.length);
+      const reader = await cache.open(digest, fetch);
+      expect(reader.origin).toBe('miss');
+      expect(reader.size()).toBe(content.length);
+      for (let at = 0; at < content.length; at += 700_000) feed.push(content.subarray(at, at + 700_000));
+      feed.end();
+      expectBytes(await readAll(reader), content);
+
+      const hit = await cache.open(digest, fetch);
+      expect(hit.origin).toBe('hit');
+      expect(hit.size()).toBe(content.length);
+      expectBytes(await readAll(hit), content);
+      expectBytes(await readAll((await cache.lookup(digest))!, 1000, 1010), content.subarray(1000, 1010));
+      expect(calls()).toBe(1);
+      expectBytes(await readFile(blobFile(digest)), content);
+      expect(await tmpFiles()).toEqual([]);
+      expect(await cache.sizeOf(digest)).toBe(content.length);
+      expect(cache.stats()).toMatchObject({ bytes: content.length, entries: 1, inflight: 0, joined: 0, digestMismatches: 0, scanned: true });
+    });
+
+    it('runs one fill for concurrent opens of the same digest', async () => {
+      const cache = await newCache();
+      const content = randomBytes(200_000);
+      const digest = sha256(content);
+      const { feed, fetch, calls } = upstream(content.length);
+      const readers = await Promise.all(Array.from({ length: 6 }, () => cache.open(digest, fetch)));
+      expect(calls()).toBe(1);
+      expect(readers.map((r) => r.origin).sort()).toEqual(['joined', 'joined', 'joined', 'joined', 'joined', 'miss']);
+      expect(cache.stats()).toMatchObject({ inflight: 1, joined: 5 });
+      const bodies = Promise.all(readers.map((r) => readAll(r)));
+      feed.push(content.subarray(0, 50_000));
+      feed.push(content.subarray(50_000));
+      feed.end();
+      for (const body of await bodies) expectBytes(body, content);
+      expect(calls()).toBe(1);
+      // The racing opens created temp files of their own; none is left behind.
+      expect(await tmpFiles()).toEqual([]);
+      expect(await blobFiles()).toEqual([digest.slice(7)]);
+    });
+
+    it('gives a joiner the bytes written before it joined', async () => {
+      const cache = await newCache();
+      const content = randomBytes(64 * 1024);
+      const digest = sha256(content);
+      const { feed, fetch, calls } = upstream(content.length);
+      const first = await cache.open(digest, fetch);
+      const firstDrain = new Drain(first);
+      feed.push(content.subarray(0, 40_000));
+      await firstDrain.atLeast(40_000 - 1);
+
+      const joined = await cache.open(digest, fetch);
+      expect(joined.origin).toBe('joined');
+      expect(joined.size()).toBe(content.length);
+      const joinedDrain = new Drain(joined);
+      // Everything written so far except the held-back last byte is available at once.
+      await joinedDrain.atLeast(40_000 - 1);
+      expectBytes(joinedDrain.bytes(), content.subarray(0, joinedDrain.length));
+
+      feed.push(content.subarray(40_000));
+      feed.end();
+      expectBytes(await joinedDrain.rest(), content);
+      expectBytes(await firstDrain.rest(), content);
+      first.close();
+      joined.close();
+      expect(calls()).toBe(1);
+    });
+
+    it('serves a byte range of a running fill', async () => {
+      const cache = await newCache();
+      const content = randomBytes(10_000);
+      const digest = sha256(content);
+      const { feed, fetch } = upstream(content.length);
+      const reader = await cache.open(digest, fetch);
+      const range = new Drain(reader, 100, 200);
+      feed.push(content.subarray(0, 5_000));
+      // The range's last byte is held back until the whole blob is verified.
+      await range.atLeast(99);
+      expect(range.length).toBe(99);
+      const rest = range.rest();
+      feed.push(content.subarray(5_000));
+      feed.end();
+      expectBytes(await rest, content.subarray(100, 200));
+      reader.close();
+    });
+
+    it('holds back the final byte until the content is verified, and never yields it for a wrong digest', async () => {
+      const { events, seen } = recorder();
+      const cache = await newCache(1 << 30, events);
+      const content = randomBytes(5_000);
+      const wrong = sha256(Buffer.concat([content.subarray(0, -1), Buffer.from([content.at(-1)! ^ 1])]));
+      const { feed, fetch } = upstream(content.length);
+      const reader = await cache.open(wrong, fetch);
+      const drain = new Drain(reader);
+      feed.push(content);
+      // Everything has been written to the temp file; the reader has all but the last byte.
+      await drain.atLeast(content.length - 1);
+      expect(drain.length).toBe(content.length - 1);
+      const rest = drain.rest();
+      feed.end();
+      await expect(rest).rejects.toBeInstanceOf(DigestMismatchError);
+      expect(drain.length).toBe(content.length - 1);
+      expectBytes(drain.bytes(), content.subarray(0, -1));
+      reader.close();
+
+      await until(() => cache.stats().inflight === 0, 'fill to settle');
+      expect(await tmpFiles()).toEqual([]);
+      expect(await blobFiles()).toEqual([]);
+      expect(await cache.lookup(wrong)).toBeUndefined();
+      expect(seen.fillFailed.map(([d, e]) => [d, e.name])).toEqual([[wrong, 'DigestMismatchError']]);
+      expect(cache.stats()).toMatchObject({ digestMismatches: 1, entries: 0 });
+    });
+
+    it.each([
+      ['more bytes than announced', 10, 12],
+      ['fewer bytes than announced', 20, 12],
+    ])('fails on %s', async (_label, announced, actual) => {
+      const { events, seen } = recorder();
+      const cache = await newCache(1 << 30, events);
+      const content = randomBytes(actual);
+      const digest = sha256(content);
+      const { feed, fetch } = upstream(announced);
+      const reader = await cache.open(digest, fetch);
+      expect(reader.size()).toBe(announced);
+      feed.push(content);
+      feed.end();
+      await expect(readAll(reader)).rejects.toBeInstanceOf(SizeMismatchError);
+      await until(() => cache.stats().inflight === 0, 'fill to settle');
+      expect(await blobFiles()).toEqual([]);
+      expect(await tmpFiles()).toEqual([]);
+      expect(seen.fillFailed).toHaveLength(1);
+      expect(seen.fillFailed[0]?.[1]).toMatchObject({ expected: announced, actual });
+      expect(cache.stats().digestMismatches).toBe(1);
+    });
+
+    it('fails readers with the upstream error when the body breaks off', async () => {
+      const cache = await newCache();
+      const content = randomBytes(1_000);
+      const digest = sha256(content);
+      const { feed, fetch } = upstream(content.length);
+      const reader = await cache.open(digest, fetch);
+      feed.push(content.subarray(0, 500));
+      const reset = new Error('socket hang up');
+      feed.fail(reset);
+      await expect(readAll(reader)).rejects.toBe(reset);
+      await until(() => cache.stats().inflight === 0, 'fill to settle');
+      expect(await blobFiles()).toEqual([]);
+      expect(await tmpFiles()).toEqual([]);
+      expect(cache.stats().digestMismatches).toBe(0);
+    });
+
+    it('keeps filling after the only reader stops early, and commits the blob', async () => {
+      const cache = await newCache();
+      const content = randomBytes(100_000);
+      const digest = sha256(content);
+      const { feed, fetch, calls } = upstream(content.length);
+      const reader = await cache.open(digest, fetch);
+      const drain = new Drain(reader);
+      feed.push(content.subarray(0, 10_000));
+      await drain.atLeast(1_000);
+      await drain.stop();
+      reader.close();
+
+      feed.push(content.subarray(10_000));
+      feed.end();
+      await until(() => cache.stats().inflight === 0, 'fill to settle');
+      expectBytes(await readFile(blobFile(digest)), content);
+      const hit = await cache.open(digest, fetch);
+      expect(hit.origin).toBe('hit');
+      expectBytes(await readAll(hit), content);
+      expect(calls()).toBe(1);
+    });
+
+    it('rejects open() for every waiter with the error of a fetch that fails, and fetches again later', async () => {
+      const cache = await newCache();
+      const content = randomBytes(100);
+      const digest = sha256(content);
+      const notFound = new Error('blob unknown to upstream (404)');
+      let calls = 0;
+      let rejectFetch: (error: Error) => void = () => undefined;
+      const fetched = Promise.withResolvers<void>();
+      const failing = (): Promise<FillSource> => {
+        calls += 1;
+        fetched.resolve();
+        return new Promise<FillSource>((_resolve, reject) => (rejectFetch = reject));
+      };
+      const first = cache.open(digest, failing);
+      await fetched.promise;
+      const others = [cache.open(digest, failing), cache.open(digest, failing)];
+      await until(() => cache.stats().joined === 2, 'the other opens to join');
+      rejectFetch(notFound);
+      const results = await Promise.allSettled([first, ...others]);
+      expect(results).toEqual([
+        { status: 'rejected', reason: notFound },
+        { status: 'rejected', reason: notFound },
+        { status: 'rejected', reason: notFound },
+      ]);
+      expect(calls).toBe(1);
+      await until(() => cache.stats().inflight === 0, 'fill to settle');
+      expect(await tmpFiles()).toEqual([]);
+
+      // A failure is not cached: the next open asks upstream again.
+      const { feed, fetch, calls: secondCalls } = upstream(content.length);
+      feed.push(content);
+      feed.end();
+      expectBytes(await readAll(await cache.open(digest, fetch)), content);
+      expect(secondCalls()).toBe(1);
+    });
+
+    it.each([
+      ['no reader is attached', true],
+      ['the first reader is still attached', false],
+    ])('does not hand a failed fill to a request that arrives before it is cleaned up (%s)', async (_label, closeFirst) => {
+      const content = randomBytes(100);
+      const digest = sha256(content);
+      let lookupAfterFailure: Promise<PromiseSettledResult<BlobReadable | undefined>> | undefined;
+      const cache: BlobCache = await newCache(1 << 30, {
+        // Runs while the failed fill is being discarded (its temp file not yet removed).
+        fillFailed: () => {
+          lookupAfterFailure = Promise.allSettled([cache.lookup(digest)]).then(([result]) => result!);
+        },
+      });
+      const { feed, fetch } = upstream(content.length);
+      const reader = await cache.open(digest, fetch);
+      if (closeFirst) reader.close();
+      feed.push(randomBytes(100));
+      feed.end();
+      await until(() => lookupAfterFailure !== undefined, 'the fill to fail');
+      expect(await lookupAfterFailure).toEqual({ status: 'fulfilled', value: undefined });
+      if (!closeFirst) {
+        await expect(readAll(reader)).rejects.toBeInstanceOf(DigestMismatchError);
+      }
+
+      const retry = upstream(content.length);
+      retry.feed.push(content);
+      retry.feed.end();
+      const again = await cache.open(digest, retry.fetch);
+      expect(again.origin).toBe('miss');
+      expectBytes(await readAll(again), content);
+      expect(retry.calls()).toBe(1);
+      await until(() => cache.stats().inflight === 0, 'fills to settle');
+      expect(await tmpFiles()).toEqual([]);
+      expect(await blobFiles()).toEqual([digest.slice(7)]);
+    });
+
+    it('still serves verified bytes when the commit fails, and does not cache them', async () => {
+      const { events, seen } = recorder();
+      const cache = await newCache(1 << 30, events);
+      const content = randomBytes(10_000);
+      const digest = sha256(content);
+      const { feed, fetch } = upstream(content.length);
+      const reader = await cache.open(digest, fetch);
+      // The rename into blobs/sha256 will fail.
+      await rm(join(dir, 'blobs'), { recursive: true });
+      feed.push(content);
+      feed.end();
+      expectBytes(await readAll(reader), content);
+      expect(seen.storeError.map(([operation, error]) => [operation, (error as NodeJS.ErrnoException).code])).toEqual([['commit', 'ENOENT']]);
+      await until(() => cache.stats().inflight === 0, 'fill to settle');
+      expect(await tmpFiles()).toEqual([]);
+      expect(await cache.lookup(digest)).toBeUndefined();
+      expect(cache.stats()).toMatchObject({ entries: 0, digestMismatches: 0 });
+    });
+
+    it('serves but does not cache a blob larger than the cache', async () => {
+      const cache = await newCache(1_000);
+      const content = randomBytes(1_001);
+      const digest = sha256(content);
+      const { feed, fetch } = upstream(content.length);
+      feed.push(content);
+      feed.end();
+      expectBytes(await readAll(await cache.open(digest, fetch)), content);
+      expect(await cache.lookup(digest)).toBeUndefined();
+      expect(await blobFiles()).toEqual([]);
+      expect(await tmpFiles()).toEqual([]);
+    });
+
+    it('fills an empty blob', async () => {
+      const cache = await newCache();
+      const empty = Buffer.alloc(0);
+      const digest = await fill(cache, empty);
+      expectBytes(await readAll((await cache.lookup(digest))!), empty);
+    });
+
+    it('fills a blob of unknown size', async () => {
+      const cache = await newCache();
+      const content = randomBytes(3_000);
+      const digest = sha256(content);
+      const { feed, fetch } = upstream(undefined);
+      const reader = await cache.open(digest, fetch);
+      expect(reader.size()).toBeUndefined();
+      feed.push(content);
+      feed.end();
+      expectBytes(await readAll(reader), content);
+      expect(await cache.sizeOf(digest)).toBe(content.length);
+    });
+  });
+
+  describe('eviction', () => {
+    it('evicts the least recently used blobs and deletes their files', async () => {
+      const { events, seen } = recorder();
+      const cache = await newCache(1_000, events);
+      const [a, b, c] = [randomBytes(400), randomBytes(400), randomBytes(400)];
+      const da = await fill(cache, a);
+      const db = await fill(cache, b);
+      expect(seen.evicted).toEqual([]);
+      // Reading a makes b the oldest.
+      await readAll((await cache.lookup(da))!);
+      const dc = await fill(cache, c);
+      expect(seen.evicted).toEqual([db]);
+      await until(async () => !(await exists(blobFile(db))), 'the evicted file to be deleted');
+      expect(await cache.lookup(db)).toBeUndefined();
+      expect((await blobFiles()).sort()).toEqual([da.slice(7), dc.slice(7)].sort());
+      expect(cache.stats()).toMatchObject({ bytes: 800, entries: 2, evictions: 1 });
+    });
+
+    it('keeps an evicted file until its reader is done', async () => {
+      const cache = await newCache(1_000);
+      const a = randomBytes(600);
+      const da = await fill(cache, a);
+      const reader = (await cache.lookup(da))!;
+      await fill(cache, randomBytes(600));
+      expect(await exists(blobFile(da))).toBe(true);
+      expectBytes(await new Drain(reader).rest(), a);
+      reader.close();
+      await until(async () => !(await exists(blobFile(da))), 'the evicted file to be deleted');
+    });
+
+    it('evicts small content (putSmall) the same way', async () => {
+      const { events, seen } = recorder();
+      const cache = await newCache(100, events);
+      const blobs = [randomBytes(40), randomBytes(40), randomBytes(40)];
+      const digests = blobs.map(sha256);
+      for (const [i, bytes] of blobs.entries()) await cache.putSmall(digests[i]!, bytes, 'application/json');
+      expect(seen.evicted).toEqual([digests[0]]);
+      await until(async () => !(await exists(blobFile(digests[0]!))), 'the evicted file to be deleted');
+      expect(await cache.getSmall(digests[0]!)).toBeUndefined();
+      expectBytes((await cache.getSmall(digests[2]!))?.bytes, blobs[2]);
+    });
+  });
+
+  describe('small content', () => {
+    it('round-trips bytes and media type', async () => {
+      const cache = await newCache();
+      const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [] }));
+      const digest = sha256(manifest);
+      await cache.putSmall(digest, manifest, 'application/vnd.oci.image.index.v1+json');
+      expect(await cache.getSmall(digest)).toEqual({ bytes: manifest, mediaType: 'application/vnd.oci.image.index.v1+json' });
+
+      const plain = Buffer.from('{"config":{}}');
+      const plainDigest = sha256(plain);
+      await cache.putSmall(plainDigest, plain, undefined);
+      expect(await cache.getSmall(plainDigest)).toEqual({ bytes: plain, mediaType: undefined });
+
+      expect(await cache.getSmall(sha256(Buffer.from('unknown')))).toBeUndefined();
+      expect(await tmpFiles()).toEqual([]);
+    });
+
+    it('does not store content larger than the cache', async () => {
+      const cache = await newCache(10);
+      const bytes = randomBytes(11);
+      await cache.putSmall(sha256(bytes), bytes, 'application/json');
+      expect(await cache.getSmall(sha256(bytes))).toBeUndefined();
+      expect(await blobFiles()).toEqual([]);
+    });
+
+    it('detects small content corrupted on disk on every read', async () => {
+      const { events, seen } = recorder();
+      const cache = await newCache(1 << 30, events);
+      const bytes = Buffer.from('{"schemaVersion":2}');
+      const digest = sha256(bytes);
+      await cache.putSmall(digest, bytes, 'application/json');
+      await writeFile(blobFile(digest), '{"schemaVersion":3}');
+      expect(await cache.getSmall(digest)).toBeUndefined();
+      expect(seen.corrupt.map(([d, e]) => [d, e.name])).toEqual([[digest, 'DigestMismatchError']]);
+      await until(async () => !(await exists(blobFile(digest))), 'the corrupt file to be deleted');
+      expect(await cache.getSmall(digest)).toBeUndefined();
+    });
+  });
+
+  describe('restart', () => {
+    it('serves committed blobs after init() and scan(), and removes temp leftovers', async () => {
+      const first = await newCache();
+      const blob = randomBytes(50_000);
+      const digest = await fill(first, blob);
+      const manifest = Buffer.from('{"schemaVersion":2,"manifests":[]}');
+      const manifestDigest = sha256(manifest);
+      await first.putSmall(manifestDigest, manifest, 'application/vnd.oci.image.index.v1+json');
+      await writeFile(join(dir, 'tmp', 'crashed-fill'), randomBytes(1_000));
+      await writeFile(join(dir, 'blobs', 'sha256', 'not-a-digest'), 'ignored');
+
+      const second = new BlobCache(dir, 1 << 30);
+      opened.push(second);
+      expect(await second.init()).toEqual({ removedTemp: 1 });
+      expect(await tmpFiles()).toEqual([]);
+      expect(second.ready).toBe(false);
+      expect(await second.scan()).toEqual({ blobs: 2, bytes: blob.length + manifest.length });
+      expect(second.ready).toBe(true);
+
+      const reader = await second.open(digest, () => Promise.reject(new Error('upstream must not be asked')));
+      expect(reader.origin).toBe('hit');
+      expectBytes(await readAll(reader), blob);
+      expect(await second.getSmall(manifestDigest)).toEqual({ bytes: manifest, mediaType: 'application/vnd.oci.image.index.v1+json' });
+      expect(second.stats()).toMatchObject({ entries: 2, bytes: blob.length + manifest.length });
+    });
+
+    it('serves committed blobs before the scan has finished', async () => {
+      const first = await newCache();
+      const blob = randomBytes(1_000);
+      const digest = await fill(first, blob);
+      const second = new BlobCache(dir, 1 << 30);
+      opened.push(second);
+      await second.init();
+      expect(await second.sizeOf(digest)).toBe(blob.length);
+      expectBytes(await readAll((await second.lookup(digest))!), blob);
+    });
+
+    it('restores LRU order from file times and evicts what no longer fits', async () => {
+      const first = await newCache();
+      const blobs = [randomBytes(100), randomBytes(100), randomBytes(100)];
+      const digests: Digest[] = [];
+      for (const bytes of blobs) digests.push(await fill(first, bytes));
+      // Used order: 1 (oldest), 2, 0 (newest).
+      const times = [3_000, 1_000, 2_000];
+      for (const [i, digest] of digests.entries()) await utimes(blobFile(digest), times[i]!, times[i]!);
+
+      const { events, seen } = recorder();
+      const second = new BlobCache(dir, 250, events);
+      opened.push(second);
+      await second.init();
+      await second.scan();
+      expect(seen.evicted).toEqual([digests[1]]);
+      await until(async () => !(await exists(blobFile(digests[1]!))), 'the evicted file to be deleted');
+      // The next commit evicts the next oldest.
+      await fill(second, randomBytes(100));
+      expect(seen.evicted).toEqual([digests[1], digests[2]]);
+    });
+
+    it('detects a blob corrupted on disk at its first serve and removes it', async () => {
+      const first = await newCache();
+      const blob = randomBytes(20_000);
+      const digest = await fill(first, blob);
+      const corrupted = Buffer.from(blob);
+      corrupted[12_345] = corrupted[12_345]! ^ 0xff;
+      await writeFile(blobFile(digest), corrupted);
+
+      const { events, seen } = recorder();
+      const second = await newCache(1 << 30, events);
+      expect(await second.lookup(digest)).toBeUndefined();
+      expect(seen.corrupt).toHaveLength(1);
+      expect(seen.corrupt[0]?.[0]).toBe(digest);
+      expect(seen.corrupt[0]?.[1]).toBeInstanceOf(DigestMismatchError);
+      await until(async () => !(await exists(blobFile(digest))), 'the corrupt file to be deleted');
+      expect(second.stats()).toMatchObject({ entries: 0, digestMismatches: 1 });
+
+      // The next open fetches a good copy.
+      const { feed, fetch, calls } = upstream(blob.length);
+      feed.push(blob);
+      feed.end();
+      const reader = await second.open(digest, fetch);
+      expect(reader.origin).toBe('miss');
+      expectBytes(await readAll(reader), blob);
+      expect(calls()).toBe(1);
+    });
+
+    it('re-hashes a found blob once, for concurrent first serves', async () => {
+      const first = await newCache();
+      const blob = randomBytes(20_000);
+      const digest = await fill(first, blob);
+      const second = await newCache();
+      const readers = await Promise.all([second.lookup(digest), second.lookup(digest), second.lookup(digest)]);
+      for (const reader of readers) expectBytes(await readAll(reader!), blob);
+    });
+
+    it('detects a blob truncated after restart (by hash, before its first serve)', async () => {
+      const first = await newCache();
+      const blob = randomBytes(20_000);
+      const digest = await fill(first, blob);
+      const { events, seen } = recorder();
+      const second = await newCache(1 << 30, events);
+      await truncate(blobFile(digest), 10_000);
+      expect(await second.lookup(digest)).toBeUndefined();
+      expect(seen.corrupt[0]?.[1]).toBeInstanceOf(DigestMismatchError);
+      await until(async () => !(await exists(blobFile(digest))), 'the corrupt file to be deleted');
+    });
+
+    it('detects a verified blob truncated on disk by its size', async () => {
+      const { events, seen } = recorder();
+      const cache = await newCache(1 << 30, events);
+      const blob = randomBytes(20_000);
+      const digest = await fill(cache, blob);
+      await truncate(blobFile(digest), 19_999);
+      expect(await cache.lookup(digest)).toBeUndefined();
+      expect(seen.corrupt).toHaveLength(1);
+      expect(seen.corrupt[0]?.[1]).toBeInstanceOf(SizeMismatchError);
+      expect(seen.corrupt[0]?.[1]).toMatchObject({ expected: 20_000, actual: 19_999 });
+      await until(async () => !(await exists(blobFile(digest))), 'the corrupt file to be deleted');
+      expect(cache.stats()).toMatchObject({ entries: 0, bytes: 0, digestMismatches: 1 });
+    });
+
+    it('treats a blob deleted behind its back as a miss', async () => {
+      const { events, seen } = recorder();
+      const cache = await newCache(1 << 30, events);
+      const digest = await fill(cache, randomBytes(1_000));
+      await rm(blobFile(digest));
+      expect(await cache.lookup(digest)).toBeUndefined();
+      expect(await cache.sizeOf(digest)).toBeUndefined();
+      expect(seen.corrupt.map(([d, e]) => [d, (e as NodeJS.ErrnoException).code])).toEqual([[digest, 'ENOENT']]);
+    });
+  });
+});

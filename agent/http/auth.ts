@@ -1,0 +1,102 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { addPrefix, mapScopes, rewriteChallenge } from '../auth/challenge-rewrite.ts';
+import { AccessDeniedError, AuthRequiredError } from '../auth/errors.ts';
+import type { Mirror } from '../mirror/mirror.ts';
+import { OciError } from '../oci/errors.ts';
+import type { MirrorSet } from './mirror-set.ts';
+
+/** Turns a passthrough auth failure into the 401 the puller needs, with the challenge pointed at the agent. */
+export function authError(error: AuthRequiredError | AccessDeniedError, mirror: Mirror, agentBase: string): OciError {
+  const challenge = error instanceof AuthRequiredError ? error.challenge : undefined;
+  const headers: Record<string, string> = {};
+  if (challenge) {
+    headers['www-authenticate'] = rewriteChallenge(challenge, {
+      agentBase,
+      registry: mirror.registry,
+      realms: mirror.realms,
+      repositoryPrefix: mirror.config.repositoryPrefix,
+      upstreamBase: mirror.config.upstream,
+    });
+  }
+  return new OciError('UNAUTHORIZED', error.message, { headers, detail: { registry: mirror.registry } });
+}
+
+const TOKEN_PATH = /^\/_token\/([^/?]+)\/([0-9a-f]{16})(?:\?(.*))?$/;
+const MAX_FORM_BYTES = 64 * 1024;
+const MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024;
+
+export function isTokenRequest(target: string): boolean {
+  return target.startsWith('/_token/');
+}
+
+/**
+ * The agent's token endpoint (passthrough): forwards a puller's token request, GET with query or
+ * POST with an OAuth2 form, to a realm learned from that mirror's own upstream challenge, through
+ * the mirror's route. Status, content type and body come back unchanged so the puller's
+ * POST-then-GET fallback keeps working. Scopes gain the mirror's repository_prefix.
+ */
+export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessage, res: ServerResponse): Promise<{ registry: string; status: number }> {
+  const match = TOKEN_PATH.exec(req.url ?? '');
+  if (!match) throw new OciError('NAME_INVALID', 'malformed token endpoint path', { status: 404 });
+  let registry: string;
+  try {
+    registry = decodeURIComponent(match[1] ?? '');
+  } catch {
+    throw new OciError('NAME_INVALID', 'malformed token endpoint path', { status: 404 });
+  }
+  const mirror = mirrors.select(registry);
+  const realm = mirror.realms.get(match[2] ?? '');
+  if (!realm || !mirror.passthrough) throw new OciError('NAME_UNKNOWN', 'unknown token realm for this registry', { status: 404 });
+  const method = req.method === 'POST' ? 'POST' : req.method === 'GET' ? 'GET' : undefined;
+  if (!method) throw new OciError('UNSUPPORTED', 'token endpoint takes GET or POST', { headers: { allow: 'GET, POST' } });
+  const prefix = mirror.config.repositoryPrefix;
+  const target = new URL(realm.href);
+  for (const [key, value] of new URLSearchParams(match[3] ?? '')) {
+    target.searchParams.append(key, key === 'scope' ? mapScopes(value, (n) => addPrefix(n, prefix)) : value);
+  }
+  const headers: Record<string, string> = { accept: req.headers.accept ?? 'application/json' };
+  if (req.headers.authorization) headers['authorization'] = req.headers.authorization;
+  let body: Buffer | undefined;
+  if (method === 'POST') {
+    const form = new URLSearchParams((await readBody(req, MAX_FORM_BYTES)).toString('utf8'));
+    const rewritten = new URLSearchParams();
+    for (const [key, value] of form) rewritten.append(key, key === 'scope' ? mapScopes(value, (n) => addPrefix(n, prefix)) : value);
+    body = Buffer.from(rewritten.toString());
+    headers['content-type'] = 'application/x-www-form-urlencoded';
+  }
+  const response = await mirror.upstream.forwardTokenRequest(target, method, headers, body);
+  const answer = await readLimited(response.body, MAX_TOKEN_RESPONSE_BYTES);
+  const out: Record<string, string> = { 'content-length': String(answer.length), 'cache-control': 'no-store' };
+  const type = response.headers['content-type'];
+  if (typeof type === 'string') out['content-type'] = type;
+  const authenticate = response.headers['www-authenticate'];
+  if (typeof authenticate === 'string') out['www-authenticate'] = authenticate;
+  res.writeHead(response.status, out);
+  res.end(answer);
+  return { registry: mirror.registry, status: response.status };
+}
+
+async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of req) {
+    total += (chunk as Buffer).length;
+    if (total > limit) throw new OciError('SIZE_INVALID', `request body over ${limit} bytes`, { status: 413 });
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+async function readLimited(body: AsyncIterable<unknown> & { destroy(): void }, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of body) {
+    total += (chunk as Buffer).length;
+    if (total > limit) {
+      body.destroy();
+      throw new OciError('UNAVAILABLE', 'token endpoint response too large', { status: 502 });
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}

@@ -1,0 +1,60 @@
+import { request } from 'undici';
+
+/** Supplies a bearer token, cached until shortly before it expires. */
+export interface OAuthTokenSource {
+  /** `refresh` forces a new token (after a 407). */
+  token(refresh: boolean): Promise<string>;
+}
+
+export interface ClientCredentials {
+  readonly tokenUrl: URL;
+  readonly clientId: string;
+  readonly clientSecret: string;
+}
+
+/** OAuth2 client-credentials grant (RFC 6749 §4.4) with single-flight refresh. */
+export class ClientCredentialsTokenSource implements OAuthTokenSource {
+  readonly #credentials: ClientCredentials;
+  readonly #marginMs: number;
+  #cached: { token: string; expiresAt: number } | undefined;
+  #inflight: Promise<string> | undefined;
+
+  constructor(credentials: ClientCredentials, marginMs = 60_000) {
+    this.#credentials = credentials;
+    this.#marginMs = marginMs;
+  }
+
+  token(refresh: boolean): Promise<string> {
+    if (refresh) this.#cached = undefined;
+    const cached = this.#cached;
+    if (cached && cached.expiresAt - this.#marginMs > Date.now()) return Promise.resolve(cached.token);
+    this.#inflight ??= this.#fetch().finally(() => {
+      this.#inflight = undefined;
+    });
+    return this.#inflight;
+  }
+
+  async #fetch(): Promise<string> {
+    const { tokenUrl, clientId, clientSecret } = this.#credentials;
+    const response = await request(tokenUrl, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/x-www-form-urlencoded',
+        accept: 'application/json',
+        authorization: `Basic ${Buffer.from(`${encodeURIComponent(clientId)}:${encodeURIComponent(clientSecret)}`).toString('base64')}`,
+      },
+      body: new URLSearchParams({ grant_type: 'client_credentials', client_id: clientId }).toString(),
+      headersTimeout: 15_000,
+      bodyTimeout: 15_000,
+    });
+    if (response.statusCode !== 200) {
+      await response.body.dump().catch(() => undefined);
+      throw new Error(`token endpoint answered ${response.statusCode}`);
+    }
+    const parsed = (await response.body.json().catch(() => ({}))) as { access_token?: unknown; expires_in?: unknown };
+    if (typeof parsed.access_token !== 'string' || parsed.access_token === '') throw new Error('token endpoint returned no access_token');
+    const expiresIn = typeof parsed.expires_in === 'number' && parsed.expires_in > 0 ? parsed.expires_in : 300;
+    this.#cached = { token: parsed.access_token, expiresAt: Date.now() + expiresIn * 1000 };
+    return parsed.access_token;
+  }
+}

@@ -1,0 +1,214 @@
+import { Agent, type Dispatcher, Pool, ProxyAgent } from 'undici';
+import { UpstreamError, fromTransportError } from './errors.ts';
+import type { OAuthTokenSource } from './oauth.ts';
+
+/** One request as the upstream client hands it to a route. */
+export interface RouteRequest {
+  readonly method: 'GET' | 'HEAD' | 'POST';
+  readonly headers: Record<string, string>;
+  readonly body?: string | Buffer;
+  readonly headersTimeout: number;
+  readonly bodyTimeout: number;
+}
+
+/**
+ * How bytes travel to an upstream URL: directly, through a corporate forward proxy, or through
+ * the SAP Connectivity Proxy. Each route keeps its own keep-alive pool.
+ */
+export interface Route {
+  readonly kind: 'direct' | 'http-proxy' | 'connectivity-proxy';
+  send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData>;
+  close(): Promise<void>;
+}
+
+const HIGH_WATER_MARK = 256 * 1024;
+
+export class DirectRoute implements Route {
+  readonly kind = 'direct';
+  readonly #agent: Agent;
+
+  constructor(connectTimeoutMs: number) {
+    this.#agent = new Agent({ connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000 });
+  }
+
+  async send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData> {
+    try {
+      return await this.#agent.request({ origin: url.origin, path: `${url.pathname}${url.search}`, highWaterMark: HIGH_WATER_MARK, ...request });
+    } catch (error) {
+      throw fromTransportError(registry, error);
+    }
+  }
+
+  close(): Promise<void> {
+    return this.#agent.close();
+  }
+}
+
+/** A forward proxy: absolute-form requests for http:// upstreams, CONNECT tunnels for https://. */
+export class HttpProxyRoute implements Route {
+  readonly kind = 'http-proxy';
+  readonly #agent: ProxyAgent;
+  readonly #proxy: URL;
+
+  constructor(proxy: URL, connectTimeoutMs: number) {
+    this.#proxy = proxy;
+    this.#agent = new ProxyAgent({ uri: proxy.href, connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000 });
+  }
+
+  async send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData> {
+    try {
+      return await this.#agent.request({ origin: url.origin, path: `${url.pathname}${url.search}`, highWaterMark: HIGH_WATER_MARK, ...request });
+    } catch (error) {
+      const transport = fromTransportError(registry, error);
+      if (transport.failure === 'unreachable' && /ECONNREFUSED|ENOTFOUND|EAI_AGAIN/.test(transport.message)) {
+        throw new UpstreamError(registry, 'proxy', `forward proxy ${this.#proxy.host} unreachable`, {
+          cause: error,
+          diagnosis: { code: 'proxy_unreachable', cause: `the forward proxy ${this.#proxy.host} refused the connection or does not resolve`, fix: 'check http_proxy in the mirror configuration and that the proxy runs' },
+        });
+      }
+      if (/Proxy response \((\d+)\)/.test(String((error as Error).message))) {
+        throw new UpstreamError(registry, 'proxy', `forward proxy ${this.#proxy.host} refused the tunnel`, {
+          cause: error,
+          diagnosis: { code: 'proxy_refused', cause: `the forward proxy refused CONNECT: ${(error as Error).message}`, fix: 'allow CONNECT to the upstream host and port on the proxy' },
+        });
+      }
+      throw transport;
+    }
+  }
+
+  close(): Promise<void> {
+    return this.#agent.close();
+  }
+}
+
+export interface ConnectivityProxyRouteOptions {
+  readonly proxy: URL;
+  readonly locationId: string | undefined;
+  /** Non-trusted mode; undefined in trusted mode. */
+  readonly tokens: OAuthTokenSource | undefined;
+  readonly connectTimeoutMs: number;
+}
+
+export const LOCATION_ID_HEADER = 'SAP-Connectivity-SCC-Location_ID';
+
+/**
+ * The SAP Connectivity Proxy's HTTP port: a forward proxy taking absolute-form requests to
+ * http:// virtual hosts of the Cloud Connector, with the Location ID header and, in non-trusted
+ * mode, an OAuth bearer token as Proxy-Authorization (refreshed once on 407).
+ */
+export class ConnectivityProxyRoute implements Route {
+  readonly kind = 'connectivity-proxy';
+  readonly #pool: Pool;
+  readonly #options: ConnectivityProxyRouteOptions;
+
+  constructor(options: ConnectivityProxyRouteOptions) {
+    this.#options = options;
+    this.#pool = new Pool(options.proxy.origin, { connectTimeout: options.connectTimeoutMs, keepAliveTimeout: 30_000 });
+  }
+
+  async send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData> {
+    if (url.protocol !== 'http:') {
+      // Config validation refuses https upstreams on this route; a redirect may still point at one.
+      throw cpError(registry, 405, undefined, this.#options.locationId);
+    }
+    let response = await this.#once(registry, url, request, false);
+    if (response.statusCode === 407 && this.#options.tokens) {
+      await response.body.dump().catch(() => undefined);
+      response = await this.#once(registry, url, request, true);
+    }
+    if (isProxyFailure(response)) {
+      const body = await response.body.text().catch(() => '');
+      throw cpError(registry, response.statusCode, body, this.#options.locationId);
+    }
+    return response;
+  }
+
+  async #once(registry: string, url: URL, request: RouteRequest, refreshToken: boolean): Promise<Dispatcher.ResponseData> {
+    const headers: Record<string, string> = { ...request.headers, host: url.host };
+    if (this.#options.locationId) headers[LOCATION_ID_HEADER] = this.#options.locationId;
+    if (this.#options.tokens) {
+      try {
+        headers['proxy-authorization'] = `Bearer ${await this.#options.tokens.token(refreshToken)}`;
+      } catch (error) {
+        throw new UpstreamError(registry, 'proxy', 'could not obtain a Connectivity Proxy token', {
+          cause: error,
+          diagnosis: {
+            code: 'cp_auth_failed',
+            cause: `the OAuth token endpoint for the Connectivity Proxy failed: ${(error as Error).message}`,
+            fix: 'check [connectivity_proxy] token_url, client_id and client_secret_file (the connectivity service binding)',
+          },
+        });
+      }
+    }
+    try {
+      return await this.#pool.request({ ...request, headers, path: url.href, highWaterMark: HIGH_WATER_MARK });
+    } catch (error) {
+      const transport = fromTransportError(registry, error);
+      if (transport.failure === 'unreachable') {
+        throw new UpstreamError(registry, 'proxy', `Connectivity Proxy ${this.#options.proxy.host} unreachable`, {
+          cause: error,
+          diagnosis: {
+            code: 'cp_unreachable',
+            cause: `the Connectivity Proxy at ${this.#options.proxy.host} refused or reset the connection`,
+            fix: 'check [connectivity_proxy] url; with Istio mTLS STRICT the agent (hostNetwork, no sidecar) needs a PeerAuthentication making port 20003 PERMISSIVE',
+          },
+        });
+      }
+      throw transport;
+    }
+  }
+
+  close(): Promise<void> {
+    return this.#pool.close();
+  }
+}
+
+/**
+ * Answers that come from the Connectivity Proxy itself rather than the registry behind it. 405
+ * and 407 are never sent by a registry on a pull; a 503 is the proxy's when it names the Cloud
+ * Connector or location (a registry's own 503 passes through as an upstream error).
+ */
+function isProxyFailure(response: Dispatcher.ResponseData): boolean {
+  if (response.statusCode === 405 || response.statusCode === 407) return true;
+  if (response.statusCode !== 503) return false;
+  const type = String(response.headers['content-type'] ?? '');
+  return !type.includes('application/json');
+}
+
+function cpError(registry: string, status: number, body: string | undefined, locationId: string | undefined): UpstreamError {
+  const location = locationId ? `location ID "${locationId}"` : 'the default location (no location ID)';
+  switch (status) {
+    case 405:
+      return new UpstreamError(registry, 'proxy', 'Connectivity Proxy refused the request (405)', {
+        status,
+        diagnosis: {
+          code: 'cp_https_refused',
+          cause: 'the Connectivity Proxy HTTP port only forwards plain http:// requests to Cloud Connector virtual hosts',
+          fix: 'use an http://<virtual-host>:<port> upstream as exposed in the Cloud Connector; the Cloud Connector does TLS to the real registry',
+        },
+      });
+    case 407:
+      return new UpstreamError(registry, 'proxy', 'Connectivity Proxy requires authentication (407)', {
+        status,
+        diagnosis: {
+          code: 'cp_auth_failed',
+          cause: 'the Connectivity Proxy runs in non-trusted mode and refused the token (or none was sent)',
+          fix: 'configure [connectivity_proxy] token_url, client_id and client_secret_file from the connectivity service binding',
+        },
+      });
+    case 503:
+      return new UpstreamError(registry, 'proxy', `no Cloud Connector reachable for ${location} (503)`, {
+        status,
+        diagnosis: {
+          code: 'cp_no_cloud_connector',
+          cause: `no Cloud Connector is connected for ${location}${body ? `: ${body.trim().slice(0, 200)}` : ''}`,
+          fix: 'connect the Cloud Connector to the subaccount with this location ID, or fix location_id',
+        },
+      });
+    default:
+      return new UpstreamError(registry, 'proxy', `Connectivity Proxy answered ${status}`, {
+        status,
+        diagnosis: { code: 'cp_denied', cause: `the Connectivity Proxy answered ${status}`, fix: 'check the Cloud Connector access control for this virtual host' },
+      });
+  }
+}
