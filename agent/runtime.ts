@@ -6,6 +6,8 @@ import { BlobCache } from './cache/blob-cache.ts';
 import { type WiringState, wireContainerd } from './containerd/wiring.ts';
 import type { AgentConfig, ConnectivityProxyConfig, ListenAddress, MirrorConfig } from './config/types.ts';
 import { createHealthServer } from './health.ts';
+import { type Instrumentation, instrument } from './metrics/instrument.ts';
+import { AgentMetrics } from './metrics/metrics.ts';
 import { MirrorSet } from './http/mirror-set.ts';
 import { type RequestRecord, causeChain, createMirrorServer } from './http/server.ts';
 import { Mirror } from './mirror/mirror.ts';
@@ -17,6 +19,8 @@ import { ConnectivityProxyRoute, DirectRoute, HttpProxyRoute, type Route } from 
 
 export interface RuntimeOptions {
   readonly onRequest?: (record: RequestRecord) => void;
+  /** Period of the upstream reachability probe (default 30 s; 0 disables it). */
+  readonly probeIntervalMs?: number;
 }
 
 /**
@@ -27,6 +31,8 @@ export class AgentRuntime {
   readonly config: AgentConfig;
   readonly cache: BlobCache;
   readonly mirrors: MirrorSet;
+  readonly metrics: AgentMetrics;
+  readonly #instrumentation: Instrumentation;
   readonly #log: Logger;
   readonly #mirrorServer: Server;
   readonly #healthServer: Server;
@@ -34,25 +40,40 @@ export class AgentRuntime {
   #scan: Promise<void> = Promise.resolve();
   #wiring: WiringState | undefined;
 
-  private constructor(config: AgentConfig, log: Logger, cache: BlobCache, mirrors: MirrorSet, options: RuntimeOptions) {
+  private constructor(config: AgentConfig, log: Logger, cache: BlobCache, mirrors: MirrorSet, instrumentation: Instrumentation, options: RuntimeOptions) {
     this.config = config;
     this.#log = log;
     this.cache = cache;
     this.mirrors = mirrors;
+    this.metrics = instrumentation.metrics;
+    this.#instrumentation = instrumentation;
     this.#mirrorServer = createMirrorServer({
       mirrors,
       log: log.child({ component: 'mirror' }),
       agentBase: () => agentUrlForContainerd(config.listen, this.#mirrorServer),
-      ...(options.onRequest ? { onRequest: options.onRequest } : {}),
+      onRequest: (record) => {
+        instrumentation.request(record);
+        options.onRequest?.(record);
+      },
     });
-    this.#healthServer = createHealthServer({ ready: () => this.#readiness() });
+    this.#healthServer = createHealthServer({ ready: () => this.#readiness(), metrics: () => instrumentation.scrape(this.cache, this.#wiring) });
   }
 
   static async start(config: AgentConfig, log: Logger, options: RuntimeOptions = {}): Promise<AgentRuntime> {
+    const instrumentation = instrument(new AgentMetrics(), config.cacheMaxBytes);
     const cache = new BlobCache(config.cacheDir, config.cacheMaxBytes, {
-      corrupt: (digest, error) => log.error({ digest, err: error.message }, 'cached blob failed verification: removed, will refetch'),
-      fillFailed: (digest, error) => log.warn({ digest, err: causeChain(error) }, 'blob fetch failed: nothing cached'),
-      evicted: (digest) => log.debug({ digest }, 'evicted'),
+      corrupt: (digest, error) => {
+        instrumentation.corrupt(error);
+        log.error({ digest, err: error.message }, 'cached blob failed verification: removed, will refetch');
+      },
+      fillFailed: (digest, error) => {
+        instrumentation.fillFailed(error);
+        log.warn({ digest, err: causeChain(error) }, 'blob fetch failed: nothing cached');
+      },
+      evicted: (digest) => {
+        instrumentation.evicted();
+        log.debug({ digest }, 'evicted');
+      },
       storeError: (operation, error) => log.error({ operation, err: error.message }, 'cache store error'),
     });
     const { removedTemp } = await cache.init();
@@ -60,12 +81,35 @@ export class AgentRuntime {
     const tags = new TagStore(join(config.cacheDir, 'tags'));
     await tags.init();
     const cpTokens = await connectivityProxyTokens(config.connectivityProxy);
-    const mirrors = new MirrorSet(await Promise.all(config.mirrors.map((m) => buildMirror(m, config.connectivityProxy, cpTokens, cache, tags, log))));
-    const runtime = new AgentRuntime(config, log, cache, mirrors, options);
+    const mirrors = new MirrorSet(
+      await Promise.all(config.mirrors.map((m) => buildMirror(m, config.connectivityProxy, cpTokens, cache, tags, log, instrumentation))),
+    );
+    const runtime = new AgentRuntime(config, log, cache, mirrors, instrumentation, options);
     await runtime.#listen();
     runtime.#scan = runtime.#rebuildIndex();
     await runtime.rewire();
+    runtime.#startProbe(options.probeIntervalMs ?? 30_000);
     return runtime;
+  }
+
+  #probeTimer: NodeJS.Timeout | undefined;
+
+  /** Periodic GET /v2/ through each mirror's route: 200 or 401 means upstream is reachable. */
+  #startProbe(intervalMs: number): void {
+    if (intervalMs <= 0) return;
+    const probe = (): void => {
+      for (const mirror of this.mirrors.list()) {
+        mirror.probe().then((up) => this.#instrumentation.upstreamUp(mirror.registry, up, this.#log));
+      }
+    };
+    probe();
+    this.#probeTimer = setInterval(probe, intervalMs);
+    this.#probeTimer.unref();
+  }
+
+  /** Runs the upstream probe once for every mirror (tests, and the first scrape). */
+  async probeNow(): Promise<void> {
+    await Promise.all(this.mirrors.list().map(async (m) => this.#instrumentation.upstreamUp(m.registry, await m.probe(), this.#log)));
   }
 
   /** hosts.toml files and containerd's config verdict, as last reconciled. */
@@ -76,6 +120,7 @@ export class AgentRuntime {
   /** Writes hosts.toml for the configured mirrors and re-reads containerd's config. */
   async rewire(): Promise<WiringState> {
     this.#wiring = await wireContainerd(this.config, agentUrlForContainerd(this.config.listen, this.#mirrorServer), this.#log, this.#wiring?.containerd);
+    this.#instrumentation.wiring(this.#wiring);
     return this.#wiring;
   }
 
@@ -96,6 +141,7 @@ export class AgentRuntime {
   /** Stops accepting connections and waits (bounded) for in-flight responses to finish. */
   async stop(graceMs = 25_000): Promise<void> {
     this.#listening = false;
+    if (this.#probeTimer) clearInterval(this.#probeTimer);
     const timer = setTimeout(() => this.#mirrorServer.closeAllConnections(), graceMs);
     this.#mirrorServer.closeIdleConnections();
     await Promise.all([closeServer(this.#mirrorServer), closeServer(this.#healthServer)]);
@@ -137,10 +183,18 @@ async function buildMirror(
   cache: BlobCache,
   tags: TagStore,
   log: Logger,
+  instrumentation: Instrumentation,
 ): Promise<Mirror> {
   const credentials = config.auth === 'agent' ? await readCredentials(config) : undefined;
   const route = buildRoute(config, cp, cpTokens);
-  const upstream = new UpstreamClient({ registry: config.registry, base: config.upstream, credentials, route, auth: config.auth });
+  const upstream = new UpstreamClient({
+    registry: config.registry,
+    base: config.upstream,
+    credentials,
+    route,
+    auth: config.auth,
+    observe: (o) => instrumentation.upstream(o, log),
+  });
   return new Mirror({ config, upstream, cache, tags, log: log.child({ component: 'mirror', registry: config.registry }) });
 }
 

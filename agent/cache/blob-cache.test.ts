@@ -538,7 +538,7 @@ describe('BlobCache', () => {
       expect(seen.evicted).toEqual([digests[0]]);
       await until(async () => !(await exists(blobFile(digests[0]!))), 'the evicted file to be deleted');
       expect(await cache.getSmall(digests[0]!)).toBeUndefined();
-      expectBytes((await cache.getSmall(digests[2]!))?.bytes, blobs[2]);
+      expectBytes((await cache.getSmall(digests[2]!))?.bytes, blobs[2]!);
     });
   });
 

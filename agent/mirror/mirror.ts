@@ -82,6 +82,17 @@ export class Mirror {
     return this.upstream.authMode === 'passthrough';
   }
 
+  /** Reachability probe: GET /v2/ through the route without credentials; 200 or 401 means upstream answers. */
+  async probe(): Promise<boolean> {
+    try {
+      const response = await this.upstream.request('GET', '/v2/', '', {}, undefined, { probe: true });
+      await response.body.dump().catch(() => undefined);
+      return response.status === 200 || response.status === 401;
+    } catch {
+      return false;
+    }
+  }
+
   /** `GET /v2/`: in passthrough, upstream decides whether the puller must authenticate. */
   async ping(ctx: PullContext): Promise<void> {
     if (!this.passthrough) return;

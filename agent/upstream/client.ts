@@ -29,6 +29,19 @@ export interface UpstreamOptions {
   readonly route?: Route;
   /** `passthrough`: the puller's own Authorization is forwarded and challenges go back to it. */
   readonly auth?: 'agent' | 'passthrough';
+  /** Told about every request sent upstream (metrics). */
+  readonly observe?: (observation: UpstreamObservation) => void;
+}
+
+/** One upstream exchange, for metrics: status (or failure cause) and time to response headers. */
+export interface UpstreamObservation {
+  readonly registry: string;
+  readonly route: string;
+  readonly purpose: 'registry' | 'token';
+  readonly status: number | undefined;
+  /** Set when no usable answer came: a failure kind, or a route diagnosis code (cp_*, proxy_*). */
+  readonly cause: string | undefined;
+  readonly seconds: number;
 }
 
 export interface UpstreamResponse {
@@ -55,6 +68,7 @@ export class UpstreamClient {
   readonly route: Route;
   readonly authMode: 'agent' | 'passthrough';
   readonly #tokens = new TokenCache();
+  readonly #observe: ((observation: UpstreamObservation) => void) | undefined;
   #basicChallenged = false;
 
   constructor(options: UpstreamOptions) {
@@ -64,6 +78,7 @@ export class UpstreamClient {
     this.#timeouts = options.timeouts ?? DEFAULT_TIMEOUTS;
     this.route = options.route ?? new DirectRoute(this.#timeouts.connectMs);
     this.authMode = options.auth ?? 'agent';
+    this.#observe = options.observe;
   }
 
   /** Builds the upstream URL for a registry API path such as `/v2/team/app/manifests/1.0`. */
@@ -83,8 +98,9 @@ export class UpstreamClient {
     scope: string,
     headers: Record<string, string> = {},
     clientAuthorization?: string,
+    options: { probe?: boolean } = {},
   ): Promise<UpstreamResponse> {
-    if (this.authMode === 'passthrough') {
+    if (this.authMode === 'passthrough' || options.probe) {
       // The puller's credential goes to the upstream origin only; a 401 goes back to the puller.
       return this.#send(method, this.url(apiPath), headers, clientAuthorization);
     }
@@ -100,14 +116,30 @@ export class UpstreamClient {
 
   /** Forwards a puller's token request to a realm learned from this upstream's challenges (passthrough). */
   async forwardTokenRequest(realm: URL, method: 'GET' | 'POST', headers: Record<string, string>, body: Buffer | undefined): Promise<UpstreamResponse> {
-    const response = await this.route.send(this.registry, realm, {
-      method,
-      headers: { ...headers, 'user-agent': 'registry-proxy-agent' },
-      ...(body ? { body } : {}),
-      headersTimeout: this.#timeouts.headersMs,
-      bodyTimeout: this.#timeouts.bodyMs,
-    });
+    const response = await this.#timed('token', () =>
+      this.route.send(this.registry, realm, {
+        method,
+        headers: { ...headers, 'user-agent': 'registry-proxy-agent' },
+        ...(body ? { body } : {}),
+        headersTimeout: this.#timeouts.headersMs,
+        bodyTimeout: this.#timeouts.bodyMs,
+      }),
+    );
     return { status: response.statusCode, headers: response.headers, body: response.body, url: realm };
+  }
+
+  async #timed(purpose: 'registry' | 'token', send: () => Promise<Dispatcher.ResponseData>): Promise<Dispatcher.ResponseData> {
+    const started = performance.now();
+    const report = (status: number | undefined, cause: string | undefined): void =>
+      this.#observe?.({ registry: this.registry, route: this.route.kind, purpose, status, cause, seconds: (performance.now() - started) / 1000 });
+    try {
+      const response = await send();
+      report(response.statusCode, response.statusCode >= 500 ? 'status_5xx' : undefined);
+      return response;
+    } catch (error) {
+      report(undefined, error instanceof UpstreamError ? (error.diagnosis?.code ?? error.failure) : 'unreachable');
+      throw error;
+    }
   }
 
   async close(): Promise<void> {
@@ -151,9 +183,8 @@ export class UpstreamClient {
     const service = challenge.params['service'];
     if (service) url.searchParams.set('service', service);
     url.searchParams.set('scope', challenge.params['scope'] ?? scope);
-    const headers: Record<string, string> = { accept: 'application/json' };
-    if (this.#credentials) headers['authorization'] = basic(this.#credentials);
-    const response = await this.#send('GET', url, headers, undefined);
+    // Credentials go as #send's authorization, which is only sent to the realm's own origin (not across redirects).
+    const response = await this.#send('GET', url, { accept: 'application/json' }, this.#credentials ? basic(this.#credentials) : undefined);
     if (response.status !== 200) {
       await response.body.dump().catch(() => undefined);
       throw new UpstreamError(this.registry, 'status', `token endpoint answered ${response.status}`, { status: response.status });
@@ -172,17 +203,21 @@ export class UpstreamClient {
   }
 
   /** One request, following redirects for GET; Authorization only ever goes to the origin it was meant for. */
-  async #send(method: 'GET' | 'HEAD', url: URL, headers: Record<string, string>, authorization: string | undefined): Promise<UpstreamResponse> {
+  async #send(
+    method: 'GET' | 'HEAD',
+    url: URL,
+    headers: Record<string, string>,
+    authorization: string | undefined,
+    purpose: 'registry' | 'token' = 'registry',
+  ): Promise<UpstreamResponse> {
     let current = url;
     for (let hop = 0; ; hop += 1) {
       const sendHeaders: Record<string, string> = { ...headers, 'user-agent': 'registry-proxy-agent' };
       if (authorization && current.origin === url.origin) sendHeaders['authorization'] = authorization;
-      const response: Dispatcher.ResponseData = await this.route.send(this.registry, current, {
-        method,
-        headers: sendHeaders,
-        headersTimeout: this.#timeouts.headersMs,
-        bodyTimeout: this.#timeouts.bodyMs,
-      });
+      const target = current;
+      const response = await this.#timed(purpose, () =>
+        this.route.send(this.registry, target, { method, headers: sendHeaders, headersTimeout: this.#timeouts.headersMs, bodyTimeout: this.#timeouts.bodyMs }),
+      );
       const location = firstHeader(response.headers['location']);
       if (!REDIRECTS.has(response.statusCode) || !location) {
         return { status: response.statusCode, headers: response.headers, body: response.body, url: current };

@@ -1,0 +1,125 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * Every metric the agent exports, on its own registry. Labels are bounded: mirror registry
+ * (from config), kind, result, status class, cause. Never repository, tag or digest.
+ */
+export class AgentMetrics {
+  readonly registry = new Registry();
+
+  readonly requests = new Counter({
+    name: 'registry_proxy_requests_total',
+    help: 'Requests answered by the mirror endpoint.',
+    labelNames: ['registry', 'kind', 'method', 'status_class', 'cache'] as const,
+    registers: [this.registry],
+  });
+
+  readonly requestDuration = new Histogram({
+    name: 'registry_proxy_request_duration_seconds',
+    help: 'Time from request to the end of the response.',
+    labelNames: ['registry', 'kind', 'cache'] as const,
+    buckets: [0.001, 0.005, 0.025, 0.1, 0.25, 1, 2.5, 10, 30, 120, 600],
+    registers: [this.registry],
+  });
+
+  readonly servedBytes = new Counter({
+    name: 'registry_proxy_served_bytes_total',
+    help: 'Response body bytes sent to pullers, by where they came from (cache or upstream).',
+    labelNames: ['registry', 'source'] as const,
+    registers: [this.registry],
+  });
+
+  readonly upstreamRequests = new Counter({
+    name: 'registry_proxy_upstream_requests_total',
+    help: 'Requests sent upstream (through the mirror route), by status class or failure.',
+    labelNames: ['registry', 'route', 'result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly upstreamDuration = new Histogram({
+    name: 'registry_proxy_upstream_request_duration_seconds',
+    help: 'Time until upstream response headers (or failure).',
+    labelNames: ['registry', 'route'] as const,
+    buckets: [0.005, 0.025, 0.1, 0.25, 1, 2.5, 10, 30],
+    registers: [this.registry],
+  });
+
+  readonly upstreamErrors = new Counter({
+    name: 'registry_proxy_upstream_errors_total',
+    help: 'Upstream failures by cause (unreachable, timeout, status_5xx, invalid, redirect, and Connectivity Proxy causes such as cp_https_refused, cp_auth_failed, cp_no_cloud_connector, cp_unreachable).',
+    labelNames: ['registry', 'cause'] as const,
+    registers: [this.registry],
+  });
+
+  readonly upstreamUp = new Gauge({
+    name: 'registry_proxy_upstream_up',
+    help: 'Whether the periodic probe (GET /v2/ through the mirror route) reached upstream: 200 or 401 is up.',
+    labelNames: ['registry'] as const,
+    registers: [this.registry],
+  });
+
+  readonly tokenRequests = new Counter({
+    name: 'registry_proxy_token_requests_total',
+    help: 'Token requests: forwarded for pullers (passthrough) or fetched by the agent (agent auth, Connectivity Proxy OAuth).',
+    labelNames: ['registry', 'for', 'status_class'] as const,
+    registers: [this.registry],
+  });
+
+  readonly fillsInflight = new Gauge({
+    name: 'registry_proxy_fills_inflight',
+    help: 'Blob downloads from upstream in progress.',
+    registers: [this.registry],
+  });
+
+  readonly fillJoins = new Counter({
+    name: 'registry_proxy_fill_joined_total',
+    help: 'Requests that joined a download already in progress instead of fetching again.',
+    registers: [this.registry],
+  });
+
+  readonly cacheBytes = new Gauge({ name: 'registry_proxy_cache_bytes', help: 'Bytes of verified content in the cache.', registers: [this.registry] });
+  readonly cacheMaxBytes = new Gauge({ name: 'registry_proxy_cache_max_bytes', help: 'Configured cache_max_bytes.', registers: [this.registry] });
+  readonly cacheEntries = new Gauge({ name: 'registry_proxy_cache_entries', help: 'Blobs and manifests in the cache.', registers: [this.registry] });
+  readonly cacheEvictions = new Counter({ name: 'registry_proxy_cache_evictions_total', help: 'Cache entries evicted to stay under cache_max_bytes.', registers: [this.registry] });
+  readonly digestMismatches = new Counter({
+    name: 'registry_proxy_digest_mismatches_total',
+    help: 'Content that did not match its digest (from upstream, or corrupted on disk); never served.',
+    labelNames: ['where'] as const,
+    registers: [this.registry],
+  });
+
+  readonly hostsState = new Gauge({
+    name: 'registry_proxy_hosts_toml_state',
+    help: 'hosts.toml state per mirror (1 for the current state).',
+    labelNames: ['registry', 'state'] as const,
+    registers: [this.registry],
+  });
+
+  readonly containerdConfigState = new Gauge({
+    name: 'registry_proxy_containerd_config_state',
+    help: "containerd config verdict (1 for the current state; 'ok' means containerd reads the agent's hosts dir).",
+    labelNames: ['state'] as const,
+    registers: [this.registry],
+  });
+
+  readonly configReloads = new Counter({
+    name: 'registry_proxy_config_reloads_total',
+    help: 'Configuration reloads by result.',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
+  constructor(options: { processMetrics?: boolean } = {}) {
+    if (options.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Sets a one-hot state gauge: 1 for `state`, 0 for the others seen before. */
+  static oneHot<T extends string>(gauge: Gauge<T>, labels: Partial<Record<T, string>>, stateLabel: T, state: string, all: readonly string[]): void {
+    for (const candidate of all) gauge.set({ ...labels, [stateLabel]: candidate } as Partial<Record<T, string>>, candidate === state ? 1 : 0);
+  }
+}
+
+export function statusClass(status: number): string {
+  if (status <= 0) return 'none';
+  return `${Math.floor(status / 100)}xx`;
+}
