@@ -38,12 +38,10 @@ export class ClientCredentialsTokenSource implements OAuthTokenSource {
     const { tokenUrl, clientId, clientSecret } = this.#credentials;
     const response = await request(tokenUrl, {
       method: 'POST',
-      headers: {
-        'content-type': 'application/x-www-form-urlencoded',
-        accept: 'application/json',
-        authorization: `Basic ${Buffer.from(`${encodeURIComponent(clientId)}:${encodeURIComponent(clientSecret)}`).toString('base64')}`,
-      },
-      body: new URLSearchParams({ grant_type: 'client_credentials', client_id: clientId }).toString(),
+      // client_secret_post: unambiguous for secrets with characters that Basic would need encoded
+      // (XSUAA secrets contain '$' and '='), and accepted by XSUAA.
+      headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
+      body: new URLSearchParams({ grant_type: 'client_credentials', client_id: clientId, client_secret: clientSecret }).toString(),
       headersTimeout: 15_000,
       bodyTimeout: 15_000,
     });

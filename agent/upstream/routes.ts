@@ -116,7 +116,7 @@ export class ConnectivityProxyRoute implements Route {
       await response.body.dump().catch(() => undefined);
       response = await this.#once(registry, url, request, true);
     }
-    if (isProxyFailure(response)) {
+    if (isProxyFailure(response, request.method)) {
       const body = await response.body.text().catch(() => '');
       throw cpError(registry, response.statusCode, body, this.#options.locationId);
     }
@@ -164,12 +164,14 @@ export class ConnectivityProxyRoute implements Route {
 }
 
 /**
- * Answers that come from the Connectivity Proxy itself rather than the registry behind it. 405
- * and 407 are never sent by a registry on a pull; a 503 is the proxy's when it names the Cloud
- * Connector or location (a registry's own 503 passes through as an upstream error).
+ * Answers that come from the Connectivity Proxy itself rather than the registry behind it. 407 is
+ * never a registry's; 405 is not a registry's answer to GET/HEAD (a token endpoint may answer a
+ * POST with 405, and the puller's fallback needs it); a 503 that is not a registry's JSON error is
+ * the proxy's "no Cloud Connector for this location".
  */
-function isProxyFailure(response: Dispatcher.ResponseData): boolean {
-  if (response.statusCode === 405 || response.statusCode === 407) return true;
+function isProxyFailure(response: Dispatcher.ResponseData, method: string): boolean {
+  if (response.statusCode === 407) return true;
+  if (response.statusCode === 405) return method !== 'POST';
   if (response.statusCode !== 503) return false;
   const type = String(response.headers['content-type'] ?? '');
   return !type.includes('application/json');
