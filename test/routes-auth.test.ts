@@ -6,6 +6,7 @@ import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
 import { type ConnectivityProxy, type OAuthServer, startConnectivityProxy, startOAuthServer } from './fixtures/connectivity-proxy.ts';
 import { type ContainerdHandle, startContainerd } from './fixtures/containerd.ts';
 import { type TestImage, makeImage, pushImage } from './fixtures/image.ts';
+import { pollUntil } from './fixtures/poll.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
 import { type TinyproxyHandle, startTinyproxy } from './fixtures/tinyproxy.ts';
 import { type TokenRegistry, startTokenRegistry } from './fixtures/token-registry.ts';
@@ -195,6 +196,8 @@ describe('token auth (realm on another host:port) through the Connectivity Proxy
   let dir: string;
   let tokens: TokenRegistry;
   let cp: ConnectivityProxy;
+  let cpHosts: Record<string, string>;
+  let cpPort: number;
   let agent: InProcessAgent;
   let containerd: ContainerdHandle;
 
@@ -208,7 +211,9 @@ describe('token auth (realm on another host:port) through the Connectivity Proxy
     await tokens.push('priv/app', 'v1', image);
     await tokens.push('pub/app', 'v1', image);
     const realm = new URL(tokens.tokenServer.url);
-    cp = await startConnectivityProxy({ virtualHosts: { [VIRTUAL]: tokens.registry.url, [realm.host]: realm.origin } });
+    cpHosts = { [VIRTUAL]: tokens.registry.url, [realm.host]: realm.origin };
+    cp = await startConnectivityProxy({ virtualHosts: cpHosts });
+    cpPort = cp.port;
     agent = await startAgent({
       dir,
       manageHosts: true,
@@ -245,6 +250,18 @@ describe('token auth (realm on another host:port) through the Connectivity Proxy
     expect(methods).toContain('POST 405');
     expect(tokens.tokenServer.requests.some((r) => r.method === 'GET' && r.hadBasic && r.status === 200)).toBe(true);
     tokens.tokenServer.setPostMode('supported');
+  });
+
+  it('while the tunnel is down, containerd still gets a token (minted by the agent) for a credential the realm accepted', async () => {
+    await cp.stop();
+    try {
+      const offline = await containerd.pull(`${REGISTRY}/app:v1`, { hostsDir: join(dir, 'certs.d'), namespace: 'offline', user: `${alice.username}:${alice.password}` });
+      expect(offline.code, offline.stderr).toBe(0);
+      const wrong = await containerd.pull(`${REGISTRY}/app:v1`, { hostsDir: join(dir, 'certs.d'), namespace: 'offline-wrong', user: `${alice.username}:nope` });
+      expect(wrong.code).not.toBe(0);
+    } finally {
+      cp = await startConnectivityProxy({ virtualHosts: cpHosts, port: cpPort });
+    }
   });
 
   it('refuses cached private content without credentials, and never contacts a realm it did not learn', async () => {
@@ -285,7 +302,10 @@ describe('http-proxy route through a real tinyproxy', () => {
     expect(manifest.body.equals(image.manifest)).toBe(true);
     const blob = await get(`${agent.url}/v2/team/app/blobs/${image.layers[0]!.digest}`);
     expect(sha256(blob.body)).toBe(image.layers[0]!.digest);
-    const seen = await proxy.requests();
-    expect(seen.some((r) => r.target.includes(`/v2/team/app/blobs/${image.layers[0]!.digest}`))).toBe(true);
+    // tinyproxy writes its log line on its own schedule: wait for it rather than read once.
+    await pollUntil(async () => (await proxy.requests()).some((r) => r.target.includes(`/v2/team/app/blobs/${image.layers[0]!.digest}`)), {
+      timeoutMs: 10_000,
+      what: 'tinyproxy logged the blob request',
+    });
   });
 });

@@ -2,7 +2,9 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { addPrefix, mapScopes, rewriteChallenge } from '../auth/challenge-rewrite.ts';
 import { AccessDeniedError, AuthRequiredError } from '../auth/errors.ts';
 import type { Mirror } from '../mirror/mirror.ts';
+import { randomBytes } from 'node:crypto';
 import { OciError } from '../oci/errors.ts';
+import { UpstreamError } from '../upstream/errors.ts';
 import type { MirrorSet } from './mirror-set.ts';
 
 /** Turns a passthrough auth failure into the 401 the puller needs, with the challenge pointed at the agent. */
@@ -51,8 +53,14 @@ export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessag
   if (!method) throw new OciError('UNSUPPORTED', 'token endpoint takes GET or POST', { headers: { allow: 'GET, POST' } });
   const prefix = mirror.config.repositoryPrefix;
   const target = new URL(realm.href);
+  const repositories: string[] = [];
+  const mapScope = (scope: string): string =>
+    mapScopes(scope, (name) => {
+      repositories.push(name);
+      return addPrefix(name, prefix);
+    });
   for (const [key, value] of new URLSearchParams(match[3] ?? '')) {
-    target.searchParams.append(key, key === 'scope' ? mapScopes(value, (n) => addPrefix(n, prefix)) : value);
+    target.searchParams.append(key, key === 'scope' ? mapScope(value) : value);
   }
   const headers: Record<string, string> = { accept: req.headers.accept ?? 'application/json' };
   if (req.headers.authorization) headers['authorization'] = req.headers.authorization;
@@ -60,11 +68,23 @@ export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessag
   if (method === 'POST') {
     const form = new URLSearchParams((await readBody(req, MAX_FORM_BYTES)).toString('utf8'));
     const rewritten = new URLSearchParams();
-    for (const [key, value] of form) rewritten.append(key, key === 'scope' ? mapScopes(value, (n) => addPrefix(n, prefix)) : value);
+    for (const [key, value] of form) rewritten.append(key, key === 'scope' ? mapScope(value) : value);
     body = Buffer.from(rewritten.toString());
     headers['content-type'] = 'application/x-www-form-urlencoded';
   }
-  const response = await mirror.upstream.forwardTokenRequest(target, method, headers, body);
+  const credential = tokenCredential(req.headers.authorization, body);
+  let response;
+  try {
+    response = await mirror.upstream.forwardTokenRequest(target, method, headers, body);
+  } catch (error) {
+    if (error instanceof UpstreamError && error.unavailable && offlineToken(mirror, credential, repositories, res)) {
+      return { registry: mirror.registry, status: 200 };
+    }
+    throw error;
+  }
+  if (response.status === 200) {
+    for (const repository of repositories) mirror.access.remember(credential, `token:${repository}`);
+  }
   const answer = await readLimited(response.body, MAX_TOKEN_RESPONSE_BYTES);
   const out: Record<string, string> = { 'content-length': String(answer.length), 'cache-control': 'no-store' };
   const type = response.headers['content-type'];
@@ -74,6 +94,37 @@ export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessag
   res.writeHead(response.status, out);
   res.end(answer);
   return { registry: mirror.registry, status: response.status };
+}
+
+/** What identifies the puller at the realm: its Basic header, or the password grant's username and password. Hashed, never stored. */
+function tokenCredential(authorization: string | undefined, form: Buffer | undefined): string {
+  if (form) {
+    const fields = new URLSearchParams(form.toString('utf8'));
+    const user = fields.get('username');
+    if (user !== null) return `password:${user}\0${fields.get('password') ?? ''}`;
+    const refresh = fields.get('refresh_token');
+    if (refresh !== null) return `refresh:${refresh}`;
+  }
+  return authorization ? `header:${authorization}` : 'anonymous';
+}
+
+/** How long a token minted while upstream is unreachable is good for. */
+const OFFLINE_TOKEN_TTL_S = 300;
+
+/**
+ * The realm is unreachable: if the realm accepted this very credential for every requested
+ * repository within max_stale, answer with a token of the agent's own. It opens nothing but this
+ * mirror's cache (the access guard accepts it for those repositories only); upstream never sees it.
+ */
+function offlineToken(mirror: Mirror, credential: string, repositories: readonly string[], res: ServerResponse): boolean {
+  const maxAge = mirror.config.maxStaleMs;
+  if (repositories.length === 0 || !repositories.every((r) => mirror.access.acceptedWithin(credential, `token:${r}`, maxAge))) return false;
+  const token = `rpa-offline.${randomBytes(24).toString('base64url')}`;
+  for (const repository of repositories) mirror.access.remember(`Bearer ${token}`, repository);
+  const body = Buffer.from(JSON.stringify({ token, access_token: token, expires_in: OFFLINE_TOKEN_TTL_S, issued_at: new Date().toISOString() }));
+  res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(body.length), 'cache-control': 'no-store' });
+  res.end(body);
+  return true;
 }
 
 async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {

@@ -53,6 +53,7 @@ export interface UpstreamResponse {
 }
 
 const MAX_REDIRECTS = 5;
+const RETRY_PAUSE_MS = 200;
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 
 /**
@@ -126,6 +127,22 @@ export class UpstreamClient {
       }),
     );
     return { status: response.statusCode, headers: response.headers, body: response.body, url: realm };
+  }
+
+  /**
+   * GET and HEAD are safe to repeat: one more try after a short pause when the connection failed
+   * before any response (a stale keep-alive socket, a proxy restarting). Timeouts are not retried:
+   * that would double the wait of every puller.
+   */
+  async #withRetry(send: () => Promise<Dispatcher.ResponseData>): Promise<Dispatcher.ResponseData> {
+    try {
+      return await send();
+    } catch (error) {
+      const retryable = error instanceof UpstreamError && (error.failure === 'unreachable' || error.diagnosis?.code === 'cp_unreachable');
+      if (!retryable) throw error;
+      await new Promise((resolve) => setTimeout(resolve, RETRY_PAUSE_MS));
+      return send();
+    }
   }
 
   async #timed(purpose: 'registry' | 'token', send: () => Promise<Dispatcher.ResponseData>): Promise<Dispatcher.ResponseData> {
@@ -215,8 +232,10 @@ export class UpstreamClient {
       const sendHeaders: Record<string, string> = { ...headers, 'user-agent': 'registry-proxy-agent' };
       if (authorization && current.origin === url.origin) sendHeaders['authorization'] = authorization;
       const target = current;
-      const response = await this.#timed(purpose, () =>
-        this.route.send(this.registry, target, { method, headers: sendHeaders, headersTimeout: this.#timeouts.headersMs, bodyTimeout: this.#timeouts.bodyMs }),
+      const response = await this.#withRetry(() =>
+        this.#timed(purpose, () =>
+          this.route.send(this.registry, target, { method, headers: sendHeaders, headersTimeout: this.#timeouts.headersMs, bodyTimeout: this.#timeouts.bodyMs }),
+        ),
       );
       const location = firstHeader(response.headers['location']);
       if (!REDIRECTS.has(response.statusCode) || !location) {
