@@ -16,12 +16,13 @@ async function main(argv: readonly string[]): Promise<number> {
   const config = commandLine.configFile ? await loadConfig(commandLine.configFile) : defaultConfig(process.cwd());
   const log = createLogger(config.logLevel);
   if (commandLine.command === 'cleanup') return cleanup(config, log);
-  return serve(config, log);
+  return serve(config, log, commandLine.configFile);
 }
 
-async function serve(config: AgentConfig, log: Logger): Promise<number> {
+async function serve(config: AgentConfig, log: Logger, configFile: string | undefined): Promise<number> {
   const runtime = await AgentRuntime.start(config, log);
   explain(runtime, log);
+  if (configFile) process.on('SIGHUP', () => void reload(runtime, configFile, log));
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       // hosts.toml entries stay: a restarting agent must not send pulls to the unreachable original registry.
@@ -33,6 +34,17 @@ async function serve(config: AgentConfig, log: Logger): Promise<number> {
   });
   log.info('stopped');
   return 0;
+}
+
+/** SIGHUP: re-reads the file and applies its mirrors live; other keys need a restart. A bad file changes nothing. */
+async function reload(runtime: AgentRuntime, file: string, log: Logger): Promise<void> {
+  try {
+    const next = await loadConfig(file);
+    await runtime.setMirrors(next.mirrors);
+  } catch (error) {
+    runtime.metrics.configReloads.inc({ result: 'error' });
+    log.error({ err: error instanceof Error ? error.message : String(error) }, 'configuration reload failed: keeping the running configuration');
+  }
 }
 
 async function cleanup(config: AgentConfig, log: Logger): Promise<number> {

@@ -28,7 +28,7 @@ export interface RuntimeOptions {
  * process concerns (CLI, signals); tests start this directly.
  */
 export class AgentRuntime {
-  readonly config: AgentConfig;
+  #config: AgentConfig;
   readonly cache: BlobCache;
   readonly mirrors: MirrorSet;
   readonly metrics: AgentMetrics;
@@ -40,8 +40,22 @@ export class AgentRuntime {
   #scan: Promise<void> = Promise.resolve();
   #wiring: WiringState | undefined;
 
-  private constructor(config: AgentConfig, log: Logger, cache: BlobCache, mirrors: MirrorSet, instrumentation: Instrumentation, options: RuntimeOptions) {
-    this.config = config;
+  readonly #tags: TagStore;
+  readonly #cpTokens: OAuthTokenSource | undefined;
+
+  private constructor(
+    config: AgentConfig,
+    log: Logger,
+    cache: BlobCache,
+    mirrors: MirrorSet,
+    instrumentation: Instrumentation,
+    options: RuntimeOptions,
+    tags: TagStore,
+    cpTokens: OAuthTokenSource | undefined,
+  ) {
+    this.#config = config;
+    this.#tags = tags;
+    this.#cpTokens = cpTokens;
     this.#log = log;
     this.cache = cache;
     this.mirrors = mirrors;
@@ -84,7 +98,7 @@ export class AgentRuntime {
     const mirrors = new MirrorSet(
       await Promise.all(config.mirrors.map((m) => buildMirror(m, config.connectivityProxy, cpTokens, cache, tags, log, instrumentation))),
     );
-    const runtime = new AgentRuntime(config, log, cache, mirrors, instrumentation, options);
+    const runtime = new AgentRuntime(config, log, cache, mirrors, instrumentation, options, tags, cpTokens);
     await runtime.#listen();
     runtime.#scan = runtime.#rebuildIndex();
     await runtime.rewire();
@@ -110,6 +124,54 @@ export class AgentRuntime {
   /** Runs the upstream probe once for every mirror (tests, and the first scrape). */
   async probeNow(): Promise<void> {
     await Promise.all(this.mirrors.list().map(async (m) => this.#instrumentation.upstreamUp(m.registry, await m.probe(), this.#log)));
+  }
+
+  get config(): AgentConfig {
+    return this.#config;
+  }
+
+  /**
+   * Replaces the set of mirrors live (config reload, RegistryMirror changes): unchanged mirrors keep
+   * their state (tag answers, access memory, connection pools), changed ones are rebuilt, removed
+   * ones close their pools once in-flight requests finished; hosts.toml follows.
+   */
+  async setMirrors(mirrors: readonly MirrorConfig[]): Promise<{ added: string[]; changed: string[]; removed: string[] }> {
+    const current = new Map(this.mirrors.list().map((m) => [m.registry, m]));
+    const next: Mirror[] = [];
+    const added: string[] = [];
+    const changed: string[] = [];
+    const retired: Mirror[] = [];
+    try {
+      for (const config of mirrors) {
+        const existing = current.get(config.registry);
+        current.delete(config.registry);
+        if (existing && sameMirror(existing.config, config)) {
+          next.push(existing);
+          continue;
+        }
+        next.push(await buildMirror(config, this.#config.connectivityProxy, this.#cpTokens, this.cache, this.#tags, this.#log, this.#instrumentation));
+        if (existing) {
+          changed.push(config.registry);
+          retired.push(existing);
+        } else {
+          added.push(config.registry);
+        }
+      }
+    } catch (error) {
+      this.metrics.configReloads.inc({ result: 'error' });
+      throw error;
+    }
+    const removed = [...current.keys()];
+    retired.push(...current.values());
+    this.mirrors.replace(next);
+    this.#config = { ...this.#config, mirrors: [...mirrors] };
+    for (const mirror of retired) void mirror.upstream.close().catch(() => undefined);
+    this.metrics.configReloads.inc({ result: 'ok' });
+    if (added.length + changed.length + removed.length > 0) {
+      this.#log.info({ added, changed, removed }, 'mirrors reconfigured');
+      await this.rewire();
+    }
+    return { added, changed, removed };
   }
 
   /** hosts.toml files and containerd's config verdict, as last reconciled. */
@@ -196,6 +258,11 @@ async function buildMirror(
     observe: (o) => instrumentation.upstream(o, log),
   });
   return new Mirror({ config, upstream, cache, tags, log: log.child({ component: 'mirror', registry: config.registry }) });
+}
+
+/** Same configuration, credentials included (compared, never printed). */
+function sameMirror(a: MirrorConfig, b: MirrorConfig): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
 }
 
 function buildRoute(config: MirrorConfig, cp: ConnectivityProxyConfig | undefined, cpTokens: OAuthTokenSource | undefined): Route {

@@ -44,6 +44,8 @@ export interface MirrorConfig {
   readonly username?: string;
   /** Absolute path of the file holding the password (read at start-up, never logged). */
   readonly passwordFile?: string;
+  /** Credentials handed over in memory (from a Kubernetes Secret); never logged, never in a file of ours but the node's last-good state. */
+  readonly inlineCredentials?: { readonly username: string; readonly password: string };
   /** Absolute path of a `.dockerconfigjson` file whose entry for the upstream host gives the credentials. */
   readonly dockerConfigFile?: string;
   /** Default `direct`. */

@@ -8,6 +8,7 @@ export class CredentialsError extends Error {
 
 /** Reads a mirror's upstream credentials (password file or .dockerconfigjson). Contents never reach a message. */
 export async function readCredentials(mirror: MirrorConfig): Promise<Credentials | undefined> {
+  if (mirror.inlineCredentials) return mirror.inlineCredentials;
   if (mirror.username && mirror.passwordFile) {
     return { username: mirror.username, password: await readSecretFile(mirror.passwordFile) };
   }
