@@ -21,6 +21,8 @@ export interface RuntimeOptions {
   readonly onRequest?: (record: RequestRecord) => void;
   /** Period of the upstream reachability probe (default 30 s; 0 disables it). */
   readonly probeIntervalMs?: number;
+  /** Period of the hosts.toml repair and containerd-config re-check (default 60 s; 0 disables it). */
+  readonly rewireIntervalMs?: number;
 }
 
 /**
@@ -103,10 +105,25 @@ export class AgentRuntime {
     runtime.#scan = runtime.#rebuildIndex();
     await runtime.rewire();
     runtime.#startProbe(options.probeIntervalMs ?? 30_000);
+    runtime.#startRewire(options.rewireIntervalMs ?? 60_000);
     return runtime;
   }
 
   #probeTimer: NodeJS.Timeout | undefined;
+  #rewireTimer: NodeJS.Timeout | undefined;
+
+  /**
+   * containerd's config can change under the agent (an admin sets config_path) and a hosts.toml
+   * can be deleted by hand: re-check periodically. Reconciling is idempotent (no rewrite when the
+   * content is right) and the verdict is logged only when it changes.
+   */
+  #startRewire(intervalMs: number): void {
+    if (intervalMs <= 0) return;
+    this.#rewireTimer = setInterval(() => {
+      this.rewire().catch((error: unknown) => this.#log.error({ err: (error as Error).message }, 'hosts.toml reconcile failed'));
+    }, intervalMs);
+    this.#rewireTimer.unref();
+  }
 
   /** Periodic GET /v2/ through each mirror's route: 200 or 401 means upstream is reachable. */
   #startProbe(intervalMs: number): void {
@@ -204,6 +221,7 @@ export class AgentRuntime {
   async stop(graceMs = 25_000): Promise<void> {
     this.#listening = false;
     if (this.#probeTimer) clearInterval(this.#probeTimer);
+    if (this.#rewireTimer) clearInterval(this.#rewireTimer);
     const timer = setTimeout(() => this.#mirrorServer.closeAllConnections(), graceMs);
     this.#mirrorServer.closeIdleConnections();
     await Promise.all([closeServer(this.#mirrorServer), closeServer(this.#healthServer)]);

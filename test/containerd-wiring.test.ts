@@ -1,5 +1,6 @@
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type InProcessAgent, startAgent, writeAgentConfig } from './fixtures/agent.ts';
 import { type ContainerdHandle, startContainerd } from './fixtures/containerd.ts';
@@ -122,5 +123,38 @@ describe('the agent wires containerd itself and cleans up after itself', () => {
     expect(await readdir(join(hostsDir, ADMIN_REGISTRY))).toEqual(['corp-ca.pem', 'hosts.toml']);
     expect(await readFile(join(hostsDir, UNRELATED, 'hosts.toml'), 'utf8')).toBe(unrelatedOriginal);
     expect((await readdir(hostsDir)).sort()).toEqual([ADMIN_REGISTRY, UNRELATED].sort());
+  });
+});
+
+describe('telling the admin whether containerd listens to the hosts dir', () => {
+  let dir: string;
+  let agent: InProcessAgent | undefined;
+
+  afterAll(async () => {
+    await agent?.stop();
+    if (dir) await removeTempDir(dir);
+  });
+
+  it('reports the verdict at start and again only when it changes, with what to set', async () => {
+    dir = await makeTempDir('rpa-verdict');
+    const containerdConfig = join(dir, 'containerd-config.toml');
+    await writeFile(containerdConfig, 'version = 2\n');
+    agent = await startAgent({ dir, manageHosts: true, containerdConfig, mirrors: [{ registry: ADMIN_REGISTRY, upstream: 'http://127.0.0.1:1' }] });
+    const hostsDir = join(dir, 'certs.d');
+    const unset = agent.logs.filter((l) => l['state'] === 'config_path_unset');
+    expect(unset).toHaveLength(1);
+    expect(String(unset[0]!['msg'])).toContain(`plugins."io.containerd.grpc.v1.cri".registry.config_path`);
+    expect(String(unset[0]!['msg'])).toContain(hostsDir);
+    expect(agent.runtime.wiring?.containerd.state).toBe('config_path_unset');
+    await agent.runtime.rewire();
+    expect(agent.logs.filter((l) => l['state'] === 'config_path_unset')).toHaveLength(1);
+    await writeFile(containerdConfig, `version = 3\n[plugins."io.containerd.cri.v1.images".registry]\n  config_path = "${hostsDir}"\n`);
+    await agent.runtime.rewire();
+    expect(agent.runtime.wiring?.containerd.state).toBe('ok');
+    expect(agent.logs.filter((l) => l['state'] === 'ok')).toHaveLength(1);
+    const metrics = await (await request(`${agent.runtime.healthUrl}/metrics`)).body.text();
+    expect(metrics).toContain('registry_proxy_containerd_config_state{state="ok"} 1');
+    expect(metrics).toContain('registry_proxy_containerd_config_state{state="config_path_unset"} 0');
+    expect(metrics).toContain(`registry_proxy_hosts_toml_state{registry="${ADMIN_REGISTRY}",state="unchanged"} 1`);
   });
 });

@@ -1,0 +1,751 @@
+// The Kubernetes manifests under manifests/: they parse, kustomize renders them, the rendered objects
+// have the properties the agent relies on (DaemonSet, RBAC, configuration), and the RegistryMirror
+// CRD's schema admits the examples and refuses what the agent's config loader would refuse.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, relative, resolve } from 'node:path';
+import type {
+  V1ClusterRole,
+  V1ClusterRoleBinding,
+  V1ConfigMap,
+  V1Container,
+  V1DaemonSet,
+  V1Namespace,
+  V1PodSpec,
+  V1PolicyRule,
+  V1Probe,
+  V1Role,
+  V1RoleBinding,
+  V1Service,
+} from '@kubernetes/client-node';
+import { Ajv } from 'ajv';
+import type { ValidateFunction } from 'ajv';
+import { parseAllDocuments } from 'yaml';
+import { afterAll, describe, expect, it } from 'vitest';
+import { isLoopback, parseRegistry } from '../agent/config/address.ts';
+import { parseDuration } from '../agent/config/duration.ts';
+import { parseConfig } from '../agent/config/load.ts';
+import type { AgentConfig } from '../agent/config/types.ts';
+import { parseLocationId, parseProxyUrl, parseRepositoryPrefix, parseUpstream } from '../agent/config/values.ts';
+
+const ROOT = resolve(import.meta.dirname, '..');
+const MANIFESTS = join(ROOT, 'manifests');
+const NAMESPACE = 'registry-proxy-agent';
+const SERVICE_ACCOUNT = 'registry-proxy-agent';
+const CONFIG_FILE = '/etc/registry-proxy-agent/config.toml';
+const METRICS_PORT = 9402;
+
+interface Manifest {
+  readonly apiVersion: string;
+  readonly kind: string;
+  readonly metadata: { readonly name: string; readonly namespace?: string; readonly labels?: Record<string, string> };
+  readonly [key: string]: unknown;
+}
+
+type JsonObject = Record<string, unknown>;
+
+// ---------------------------------------------------------------------------------------------------
+// YAML and kustomize
+
+function yamlFiles(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) return yamlFiles(path);
+    return /\.ya?ml$/.test(entry.name) ? [path] : [];
+  });
+}
+
+/** Every document of a multi-document YAML text, empty documents left out; throws on any YAML error. */
+function parseYaml(text: string, source: string): Manifest[] {
+  return parseAllDocuments(text).flatMap((doc) => {
+    const problems = [...doc.errors, ...doc.warnings];
+    if (problems.length > 0) throw new Error(`${source}: ${problems.map((p) => p.message).join('; ')}`);
+    const value: unknown = doc.toJS();
+    return value === null || value === undefined ? [] : [value as Manifest];
+  });
+}
+
+const rendered = new Map<string, Manifest[]>();
+
+/** `kubectl kustomize DIR`, parsed (memoized per directory). */
+function render(dir: string): Manifest[] {
+  const cached = rendered.get(dir);
+  if (cached) return cached;
+  const result = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  if (result.error) {
+    throw new Error(
+      `cannot run kubectl (${result.error.message}): these tests render the manifests with \`kubectl kustomize\`; ` +
+        'install kubectl (Debian package kubectl, as .ci/run does)',
+    );
+  }
+  if (result.status !== 0) throw new Error(`kubectl kustomize ${relative(ROOT, dir) || dir} failed:\n${result.stderr}`);
+  const docs = parseYaml(result.stdout, `kubectl kustomize ${dir}`);
+  rendered.set(dir, docs);
+  return docs;
+}
+
+const base = (): Manifest[] => render(MANIFESTS);
+
+function all(docs: readonly Manifest[], kind: string): Manifest[] {
+  return docs.filter((d) => d.kind === kind);
+}
+
+/** The one object of `kind` (named `name` if given), typed as the caller says. */
+function one<T>(docs: readonly Manifest[], kind: string, name?: string): T {
+  const found = all(docs, kind).filter((d) => name === undefined || d.metadata.name === name);
+  expect(found.map((d) => `${d.kind}/${d.metadata.name}`), `exactly one ${kind} ${name ?? ''}`).toHaveLength(1);
+  return found[0] as unknown as T;
+}
+
+function podSpec(ds: V1DaemonSet): V1PodSpec {
+  const spec = ds.spec?.template.spec;
+  if (!spec) throw new Error(`DaemonSet ${ds.metadata?.name} has no pod spec`);
+  return spec;
+}
+
+function container(ds: V1DaemonSet, name: string): V1Container {
+  const found = podSpec(ds).containers.find((c) => c.name === name);
+  if (!found) throw new Error(`DaemonSet ${ds.metadata?.name} has no container ${name}`);
+  return found;
+}
+
+/** The ConfigMap a DaemonSet mounts (by its generated name), and its config.toml parsed by the agent's own loader. */
+function mountedConfig(docs: readonly Manifest[], ds: V1DaemonSet): AgentConfig {
+  const volume = podSpec(ds).volumes?.find((v) => v.configMap !== undefined);
+  const name = volume?.configMap?.name;
+  expect(name, 'a ConfigMap volume').toBeDefined();
+  const configMap = one<V1ConfigMap>(docs, 'ConfigMap', name);
+  const text = configMap.data?.['config.toml'];
+  if (text === undefined) throw new Error(`ConfigMap ${name} has no config.toml`);
+  return parseConfig(text, `ConfigMap ${name} config.toml`);
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+describe('manifests: files and rendering', () => {
+  it('every YAML file under manifests/ parses', () => {
+    const files = yamlFiles(MANIFESTS);
+    expect(files.length).toBeGreaterThan(10);
+    for (const file of files) {
+      const docs = parseYaml(readFileSync(file, 'utf8'), relative(ROOT, file));
+      expect(docs.length, relative(ROOT, file)).toBeGreaterThan(0);
+      for (const doc of docs) {
+        expect(typeof doc.apiVersion, `${relative(ROOT, file)}: apiVersion`).toBe('string');
+        expect(typeof doc.kind, `${relative(ROOT, file)}: kind`).toBe('string');
+      }
+    }
+  });
+
+  it.each(['manifests', 'manifests/overlays/kyma', 'manifests/cleanup'])('kubectl kustomize %s renders', (dir) => {
+    const docs = render(join(ROOT, dir));
+    expect(docs.length).toBeGreaterThan(0);
+    for (const doc of docs) expect(doc.metadata.name, `${doc.kind} has a name`).toBeTruthy();
+  });
+
+  it('the default install is the base: namespace, CRD, RBAC, ConfigMap, DaemonSet, metrics Service', () => {
+    const kinds = base().map((d) => `${d.kind}/${d.metadata.name.replace(/-[a-z0-9]{10}$/, '-<hash>')}`).sort();
+    expect(kinds).toEqual(
+      [
+        'ClusterRole/registry-proxy-agent',
+        'ClusterRoleBinding/registry-proxy-agent',
+        'ConfigMap/registry-proxy-agent-config-<hash>',
+        'CustomResourceDefinition/registrymirrors.registry-proxy.dev',
+        'DaemonSet/registry-proxy-agent',
+        'Namespace/registry-proxy-agent',
+        'ResourceQuota/registry-proxy-agent-critical-pods',
+        'Role/registry-proxy-agent',
+        'RoleBinding/registry-proxy-agent',
+        'Service/registry-proxy-agent-metrics',
+        'ServiceAccount/registry-proxy-agent',
+      ].sort(),
+    );
+    for (const doc of base()) {
+      const clusterScoped = ['Namespace', 'CustomResourceDefinition', 'ClusterRole', 'ClusterRoleBinding'].includes(doc.kind);
+      expect(doc.metadata.namespace, `${doc.kind}/${doc.metadata.name} namespace`).toBe(clusterScoped ? undefined : NAMESPACE);
+    }
+  });
+
+  it('the namespace admits hostNetwork and hostPath (pod security "privileged")', () => {
+    for (const dir of [MANIFESTS, join(MANIFESTS, 'cleanup')]) {
+      const ns = one<V1Namespace>(render(dir), 'Namespace', NAMESPACE);
+      expect(ns.metadata?.labels?.['pod-security.kubernetes.io/enforce']).toBe('privileged');
+    }
+  });
+});
+
+describe('manifests: the agent DaemonSet', () => {
+  const ds = (): V1DaemonSet => one<V1DaemonSet>(base(), 'DaemonSet', 'registry-proxy-agent');
+  const agent = (): V1Container => container(ds(), 'agent');
+
+  it('uses the node network, resolving cluster services', () => {
+    expect(podSpec(ds()).hostNetwork).toBe(true);
+    expect(podSpec(ds()).dnsPolicy).toBe('ClusterFirstWithHostNet');
+  });
+
+  it('runs on every node, tainted or not, as node-critical', () => {
+    expect(podSpec(ds()).tolerations).toEqual([{ operator: 'Exists' }]);
+    expect(podSpec(ds()).priorityClassName).toBe('system-node-critical');
+    expect(podSpec(ds()).nodeSelector).toBeUndefined();
+    expect(podSpec(ds()).affinity).toBeUndefined();
+  });
+
+  it('runs as its own ServiceAccount', () => {
+    expect(podSpec(ds()).serviceAccountName).toBe(SERVICE_ACCOUNT);
+    one(base(), 'ServiceAccount', SERVICE_ACCOUNT);
+  });
+
+  it('pulls a pinned image only when the node does not have it (the agent never depends on itself)', () => {
+    expect(agent().image).toMatch(/^[a-z0-9.-]+(:[0-9]+)?\/[a-z0-9/._-]+:[0-9]+\.[0-9]+\.[0-9]+$/);
+    expect(agent().imagePullPolicy).toBe('IfNotPresent');
+  });
+
+  it('starts with the mounted configuration', () => {
+    expect(agent().args).toEqual(['start', '--config', CONFIG_FILE]);
+    const mount = agent().volumeMounts?.find((m) => m.mountPath === '/etc/registry-proxy-agent');
+    const volume = podSpec(ds()).volumes?.find((v) => v.name === mount?.name);
+    expect(volume?.configMap?.name).toMatch(/^registry-proxy-agent-config-/);
+    expect(mount?.readOnly).toBe(true);
+  });
+
+  it('knows its node and namespace (downward API)', () => {
+    const env = agent().env ?? [];
+    expect(env.find((e) => e.name === 'NODE_NAME')?.valueFrom?.fieldRef?.fieldPath).toBe('spec.nodeName');
+    expect(env.find((e) => e.name === 'POD_NAMESPACE')?.valueFrom?.fieldRef?.fieldPath).toBe('metadata.namespace');
+  });
+
+  it('mounts from the node exactly the hosts dir and the cache (writable) and containerd config (read-only)', () => {
+    const volumes = podSpec(ds()).volumes ?? [];
+    const hostPaths = volumes.flatMap((v) => (v.hostPath ? [{ name: v.name, path: v.hostPath.path, type: v.hostPath.type }] : []));
+    expect(hostPaths.map(({ path, type }) => ({ path, type })).sort((a, b) => a.path.localeCompare(b.path))).toEqual([
+      { path: '/etc/containerd', type: 'DirectoryOrCreate' },
+      { path: '/etc/containerd/certs.d', type: 'DirectoryOrCreate' },
+      { path: '/var/lib/registry-proxy-agent', type: 'DirectoryOrCreate' },
+    ]);
+    const mounts = new Map((agent().volumeMounts ?? []).map((m) => [m.name, m]));
+    const mountOf = (hostPath: string) => {
+      const volume = hostPaths.find((h) => h.path === hostPath);
+      const mount = volume && mounts.get(volume.name);
+      if (!mount) throw new Error(`hostPath ${hostPath} is not mounted`);
+      return mount;
+    };
+    const config = mountedConfig(base(), ds());
+    // Writable: exactly the hosts dir and the cache, where the configuration says they are.
+    expect(mountOf('/etc/containerd/certs.d')).toMatchObject({ mountPath: config.hostsDir });
+    expect(mountOf('/etc/containerd/certs.d').readOnly).not.toBe(true);
+    expect(mountOf('/var/lib/registry-proxy-agent')).toMatchObject({ mountPath: config.cacheDir });
+    expect(mountOf('/var/lib/registry-proxy-agent').readOnly).not.toBe(true);
+    // containerd's config: read, never written.
+    const containerd = mountOf('/etc/containerd');
+    expect(containerd).toMatchObject({ mountPath: '/host/etc/containerd', readOnly: true });
+    expect(config.containerdConfig).toBe('/host/etc/containerd/config.toml');
+    // Nothing else from the node: only the ConfigMap and an emptyDir for /tmp besides.
+    const others = volumes.filter((v) => !v.hostPath).map((v) => Object.keys(v).filter((k) => k !== 'name')[0]);
+    expect(others.sort()).toEqual(['configMap', 'emptyDir']);
+    expect(agent().volumeMounts?.find((m) => m.mountPath === '/tmp')).toBeDefined();
+  });
+
+  it('has no capabilities, no privilege escalation, a read-only root file system and the runtime seccomp profile', () => {
+    const security = agent().securityContext;
+    expect(security?.readOnlyRootFilesystem).toBe(true);
+    expect(security?.allowPrivilegeEscalation).toBe(false);
+    expect(security?.privileged).not.toBe(true);
+    expect(security?.capabilities?.drop).toEqual(['ALL']);
+    expect(security?.capabilities?.add).toBeUndefined();
+    const seccomp = security?.seccompProfile ?? podSpec(ds()).securityContext?.seccompProfile;
+    expect(seccomp?.type).toBe('RuntimeDefault');
+    // Root (uid 0) because the hosts dir is root-owned; with no capability at all.
+    expect(security?.runAsUser ?? podSpec(ds()).securityContext?.runAsUser).toBe(0);
+    expect(podSpec(ds()).hostPID).toBeUndefined();
+    expect(podSpec(ds()).hostIPC).toBeUndefined();
+  });
+
+  it('requests CPU and memory, limits memory, and has no CPU limit', () => {
+    const resources = agent().resources;
+    expect(resources?.requests).toMatchObject({ cpu: '50m', memory: '64Mi' });
+    expect(resources?.limits?.['memory']).toBe('256Mi');
+    expect(resources?.limits?.['cpu']).toBeUndefined();
+  });
+
+  it('is probed on the metrics port: /healthz for startup and liveness, /readyz for readiness', () => {
+    const port = agent().ports?.find((p) => p.name === 'metrics');
+    expect(port).toMatchObject({ containerPort: METRICS_PORT, protocol: 'TCP' });
+    const target = (probe: V1Probe | undefined) => {
+      const get = probe?.httpGet;
+      if (!get) throw new Error('probe is not an httpGet probe');
+      const resolved = typeof get.port === 'number' ? get.port : agent().ports?.find((p) => p.name === get.port)?.containerPort;
+      return { port: resolved, path: get.path, host: get.host };
+    };
+    expect(target(agent().startupProbe)).toEqual({ port: METRICS_PORT, path: '/healthz', host: undefined });
+    expect(target(agent().livenessProbe)).toEqual({ port: METRICS_PORT, path: '/healthz', host: undefined });
+    expect(target(agent().readinessProbe)).toEqual({ port: METRICS_PORT, path: '/readyz', host: undefined });
+    // The kubelet probes the pod IP (the node's, with hostNetwork), so metrics_listen must not be loopback.
+    const config = mountedConfig(base(), ds());
+    expect(config.metricsListen.port).toBe(METRICS_PORT);
+    expect(isLoopback(config.metricsListen.host)).toBe(false);
+  });
+
+  it('rolls out a bounded share of the nodes at a time, without surge', () => {
+    const strategy = ds().spec?.updateStrategy;
+    expect(strategy?.type).toBe('RollingUpdate');
+    const maxUnavailable = strategy?.rollingUpdate?.maxUnavailable;
+    expect(maxUnavailable).toBeDefined();
+    if (typeof maxUnavailable === 'string') {
+      const percent = /^(\d+)%$/.exec(maxUnavailable);
+      expect(percent, `maxUnavailable ${maxUnavailable}`).not.toBeNull();
+      expect(Number(percent?.[1])).toBeGreaterThan(0);
+      expect(Number(percent?.[1])).toBeLessThanOrEqual(25);
+    } else {
+      expect(maxUnavailable).toBeGreaterThanOrEqual(1);
+    }
+    expect(strategy?.rollingUpdate?.maxSurge ?? 0).toBe(0);
+  });
+
+  it('gives in-flight blobs time to finish on termination', () => {
+    expect(podSpec(ds()).terminationGracePeriodSeconds).toBeGreaterThanOrEqual(30);
+  });
+
+  it('serves the mirror on loopback only', () => {
+    const config = mountedConfig(base(), ds());
+    expect(isLoopback(config.listen.host)).toBe(true);
+    expect(config.listen.port).toBe(5050);
+    expect(agent().ports?.map((p) => p.containerPort)).toEqual([METRICS_PORT]);
+  });
+
+  it('has a headless metrics Service selecting exactly the agent pods', () => {
+    const service = one<V1Service>(base(), 'Service', 'registry-proxy-agent-metrics');
+    expect(service.spec?.clusterIP).toBe('None');
+    expect(service.spec?.ports).toEqual([{ name: 'metrics', port: METRICS_PORT, targetPort: 'metrics', protocol: 'TCP' }]);
+    const podLabels = ds().spec?.template.metadata?.labels ?? {};
+    expect(podLabels).toMatchObject(service.spec?.selector ?? { missing: 'selector' });
+    expect(ds().spec?.selector.matchLabels).toEqual(service.spec?.selector);
+  });
+});
+
+describe('manifests: RBAC is least privilege', () => {
+  const normalize = (rules: readonly V1PolicyRule[] | undefined) =>
+    (rules ?? []).map((r) => ({
+      apiGroups: [...(r.apiGroups ?? [])].sort(),
+      resources: [...(r.resources ?? [])].sort(),
+      verbs: [...r.verbs].sort(),
+      ...(r.resourceNames ? { resourceNames: r.resourceNames } : {}),
+      ...(r.nonResourceURLs ? { nonResourceURLs: r.nonResourceURLs } : {}),
+    }));
+
+  it('the ClusterRole reads RegistryMirrors, writes their status, records events and gets nodes; nothing else', () => {
+    const role = one<V1ClusterRole>(base(), 'ClusterRole', 'registry-proxy-agent');
+    expect(role.aggregationRule).toBeUndefined();
+    expect(normalize(role.rules)).toEqual([
+      { apiGroups: ['registry-proxy.dev'], resources: ['registrymirrors'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: ['registry-proxy.dev'], resources: ['registrymirrors/status'], verbs: ['patch', 'update'] },
+      { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },
+      { apiGroups: ['events.k8s.io'], resources: ['events'], verbs: ['create', 'patch'] },
+      { apiGroups: [''], resources: ['nodes'], verbs: ['get'] },
+    ]);
+  });
+
+  it('the namespaced Role reads the Secrets of its own namespace and keeps Leases; nothing else', () => {
+    const role = one<V1Role>(base(), 'Role', 'registry-proxy-agent');
+    expect(role.metadata?.namespace).toBe(NAMESPACE);
+    expect(normalize(role.rules)).toEqual([
+      { apiGroups: [''], resources: ['secrets'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['create', 'get', 'list', 'patch', 'update', 'watch'] },
+    ]);
+  });
+
+  it('the roles are bound to the agent ServiceAccount only', () => {
+    const subjects = [{ kind: 'ServiceAccount', name: SERVICE_ACCOUNT, namespace: NAMESPACE }];
+    const clusterBinding = one<V1ClusterRoleBinding>(base(), 'ClusterRoleBinding', 'registry-proxy-agent');
+    expect(clusterBinding.roleRef).toEqual({ apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'registry-proxy-agent' });
+    expect(clusterBinding.subjects).toEqual(subjects);
+    const binding = one<V1RoleBinding>(base(), 'RoleBinding', 'registry-proxy-agent');
+    expect(binding.metadata?.namespace).toBe(NAMESPACE);
+    expect(binding.roleRef).toEqual({ apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'registry-proxy-agent' });
+    expect(binding.subjects).toEqual(subjects);
+  });
+
+  it.each(['manifests', 'manifests/overlays/kyma', 'manifests/cleanup'])('%s: no wildcard anywhere, Secrets only in a namespaced Role', (dir) => {
+    const docs = render(join(ROOT, dir));
+    for (const role of [...all(docs, 'ClusterRole'), ...all(docs, 'Role')]) {
+      const rules = (role as unknown as V1Role).rules ?? [];
+      for (const rule of rules) {
+        for (const value of [...(rule.apiGroups ?? []), ...(rule.resources ?? []), ...rule.verbs]) {
+          expect(value, `${role.kind}/${role.metadata.name}`).not.toContain('*');
+        }
+        if (role.kind === 'ClusterRole') expect(rule.resources ?? [], 'Secrets in a ClusterRole').not.toContain('secrets');
+      }
+    }
+    // Nothing grants cluster-admin or any other built-in role.
+    for (const binding of [...all(docs, 'ClusterRoleBinding'), ...all(docs, 'RoleBinding')]) {
+      expect((binding as unknown as V1RoleBinding).roleRef.name).toBe('registry-proxy-agent');
+    }
+  });
+});
+
+describe('manifests: configuration', () => {
+  it('the base ConfigMap parses with the agent loader: loopback mirror, node paths, one example mirror', () => {
+    const config = mountedConfig(base(), one<V1DaemonSet>(base(), 'DaemonSet', 'registry-proxy-agent'));
+    expect(config).toMatchObject({
+      listen: { host: '127.0.0.1', port: 5050 },
+      metricsListen: { host: '0.0.0.0', port: METRICS_PORT },
+      cacheDir: '/var/lib/registry-proxy-agent',
+      cacheMaxBytes: 20 * 1024 ** 3,
+      hostsDir: '/etc/containerd/certs.d',
+      manageHosts: true,
+      containerdConfig: '/host/etc/containerd/config.toml',
+      logLevel: 'info',
+    });
+    expect(config.connectivityProxy).toBeUndefined();
+    expect(config.mirrors.map((m) => m.registry)).toEqual(['registry.corp.example:5000']);
+  });
+
+  it('the Kyma overlay adds the Connectivity Proxy and routes the example mirror through it', () => {
+    const docs = render(join(MANIFESTS, 'overlays/kyma'));
+    const ds = one<V1DaemonSet>(docs, 'DaemonSet', 'registry-proxy-agent');
+    expect(all(docs, 'ConfigMap')).toHaveLength(1);
+    const config = mountedConfig(docs, ds);
+    expect(config.connectivityProxy?.url.href).toBe('http://connectivity-proxy.kyma-system.svc.cluster.local:20003/');
+    expect(config.mirrors.map((m) => [m.registry, m.route, m.upstream.protocol])).toEqual([
+      ['registry.corp.example:5000', 'connectivity-proxy', 'http:'],
+    ]);
+    // Everything else as in the base.
+    const baseConfig = mountedConfig(base(), one<V1DaemonSet>(base(), 'DaemonSet', 'registry-proxy-agent'));
+    const { source: _s1, mirrors: _m1, connectivityProxy: _c1, ...kymaRest } = config;
+    const { source: _s2, mirrors: _m2, connectivityProxy: _c2, ...baseRest } = baseConfig;
+    expect(kymaRest).toEqual(baseRest);
+  });
+
+  it('the Kyma overlay lets the sidecar-less agent reach the proxy port 20003 (PeerAuthentication)', () => {
+    const docs = render(join(MANIFESTS, 'overlays/kyma'));
+    const peer = one<Manifest>(docs, 'PeerAuthentication');
+    expect(peer.apiVersion).toBe('security.istio.io/v1');
+    expect(peer.metadata.namespace).toBe('kyma-system');
+    expect(peer['spec']).toEqual({
+      selector: { matchLabels: { app: 'connectivity-proxy' } },
+      portLevelMtls: { '20003': { mode: 'PERMISSIVE' } },
+    });
+  });
+});
+
+describe('manifests: cleanup', () => {
+  const docs = (): Manifest[] => render(join(MANIFESTS, 'cleanup'));
+  const ds = (): V1DaemonSet => one<V1DaemonSet>(docs(), 'DaemonSet', 'registry-proxy-agent-cleanup');
+
+  it('runs `cleanup` once per node in an init container, then idles without a shell', () => {
+    const init = podSpec(ds()).initContainers ?? [];
+    expect(init.map((c) => c.args)).toEqual([['cleanup', '--config', CONFIG_FILE]]);
+    const agentImage = container(one<V1DaemonSet>(base(), 'DaemonSet', 'registry-proxy-agent'), 'agent').image;
+    const containers = podSpec(ds()).containers;
+    expect(containers).toHaveLength(1);
+    for (const c of [...init, ...containers]) {
+      expect(c.image).toBe(agentImage);
+      expect(c.imagePullPolicy).toBe('IfNotPresent');
+      expect(c.securityContext).toMatchObject({ readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } });
+    }
+    const idle = containers[0]?.command ?? [];
+    expect(idle.slice(0, 2)).toEqual(['node', '-e']);
+    expect(idle[2]).toContain('SIGTERM');
+    expect(podSpec(ds()).tolerations).toEqual([{ operator: 'Exists' }]);
+    expect(podSpec(ds()).automountServiceAccountToken).toBe(false);
+  });
+
+  it('mounts only the hosts dir from the node, the same one the agent manages', () => {
+    const hostPaths = (podSpec(ds()).volumes ?? []).flatMap((v) => (v.hostPath ? [v.hostPath.path] : []));
+    expect(hostPaths).toEqual(['/etc/containerd/certs.d']);
+    const cleanupConfig = mountedConfig(docs(), ds());
+    const agentConfig = mountedConfig(base(), one<V1DaemonSet>(base(), 'DaemonSet', 'registry-proxy-agent'));
+    expect(cleanupConfig.hostsDir).toBe(agentConfig.hostsDir);
+    const mount = podSpec(ds()).initContainers?.[0]?.volumeMounts?.find((m) => m.mountPath === cleanupConfig.hostsDir);
+    expect(mount?.readOnly).not.toBe(true);
+  });
+
+  it('is self-contained: namespace and configuration of its own, nothing of the agent', () => {
+    expect(docs().map((d) => d.kind).sort()).toEqual(['ConfigMap', 'DaemonSet', 'Namespace']);
+  });
+});
+
+describe('manifests: monitoring component', () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'rpa-kustomize-'));
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  it('adds a PodMonitor scraping /metrics on the agent pods', () => {
+    // kustomize takes directories by relative path; an overlay in a temp dir uses the component.
+    writeFileSync(
+      join(tmp, 'kustomization.yaml'),
+      [
+        'apiVersion: kustomize.config.k8s.io/v1beta1',
+        'kind: Kustomization',
+        `resources: [${JSON.stringify(relative(tmp, join(MANIFESTS, 'base')))}]`,
+        `components: [${JSON.stringify(relative(tmp, join(MANIFESTS, 'components/monitoring')))}]`,
+        '',
+      ].join('\n'),
+    );
+    const docs = render(tmp);
+    const monitor = one<Manifest>(docs, 'PodMonitor', 'registry-proxy-agent');
+    expect(monitor.apiVersion).toBe('monitoring.coreos.com/v1');
+    expect(monitor.metadata.namespace).toBe(NAMESPACE);
+    const spec = monitor['spec'] as { selector: { matchLabels: Record<string, string> }; podMetricsEndpoints: JsonObject[] };
+    expect(spec.podMetricsEndpoints.map((e) => [e['port'], e['path']])).toEqual([['metrics', '/metrics']]);
+    const ds = one<V1DaemonSet>(docs, 'DaemonSet', 'registry-proxy-agent');
+    expect(ds.spec?.template.metadata?.labels).toMatchObject(spec.selector.matchLabels);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------
+// The RegistryMirror CRD
+
+interface CrdVersion {
+  name: string;
+  served: boolean;
+  storage: boolean;
+  subresources?: JsonObject;
+  additionalPrinterColumns?: { name: string; type: string; jsonPath: string; priority?: number }[];
+  schema: { openAPIV3Schema: JsonObject };
+}
+
+interface Crd extends Manifest {
+  spec: { group: string; scope: string; names: JsonObject; versions: CrdVersion[] };
+}
+
+interface CelRule {
+  rule: string;
+  message: string;
+}
+
+const crd = (): Crd => one<Crd>(base(), 'CustomResourceDefinition', 'registrymirrors.registry-proxy.dev');
+const openApiSchema = (): JsonObject => {
+  const version = crd().spec.versions[0];
+  if (!version) throw new Error('the CRD has no version');
+  return version.schema.openAPIV3Schema;
+};
+
+function objectAt(schema: JsonObject, ...path: string[]): JsonObject {
+  let node: unknown = schema;
+  for (const key of path) node = (node as JsonObject | undefined)?.[key];
+  if (typeof node !== 'object' || node === null) throw new Error(`no schema at ${path.join('.')}`);
+  return node as JsonObject;
+}
+
+/** The schema without Kubernetes' own keywords (x-kubernetes-*), which JSON Schema validators do not know. */
+function withoutKubernetesKeywords(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(withoutKubernetesKeywords);
+  if (typeof value !== 'object' || value === null) return value;
+  return Object.fromEntries(
+    Object.entries(value).filter(([key]) => !key.startsWith('x-kubernetes-')).map(([key, v]) => [key, withoutKubernetesKeywords(v)]),
+  );
+}
+
+function newAjv(): Ajv {
+  const ajv = new Ajv({ strict: false, allErrors: true });
+  ajv.addFormat('int32', { type: 'number', validate: (n: number) => Number.isInteger(n) && Math.abs(n) < 2 ** 31 });
+  ajv.addFormat('int64', { type: 'number', validate: (n: number) => Number.isSafeInteger(n) });
+  ajv.addFormat('date-time', (s: string) => /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/.test(s) && !Number.isNaN(Date.parse(s)));
+  return ajv;
+}
+
+let compiled: ValidateFunction | undefined;
+function validateMirror(object: unknown): string[] {
+  compiled ??= newAjv().compile(withoutKubernetesKeywords(openApiSchema()) as JsonObject);
+  return compiled(object) ? [] : (compiled.errors ?? []).map((e) => `${e.instancePath} ${e.message ?? ''}`);
+}
+
+function fieldAccepts(field: string, value: unknown): boolean {
+  const schema = withoutKubernetesKeywords(objectAt(openApiSchema(), 'properties', 'spec', 'properties', field)) as JsonObject;
+  return newAjv().validate(schema, value);
+}
+
+function loaderAccepts(parse: (value: unknown) => unknown, value: unknown): boolean {
+  try {
+    parse(value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const examples = (): Manifest[] => parseYaml(readFileSync(join(MANIFESTS, 'examples/registrymirror.yaml'), 'utf8'), 'examples/registrymirror.yaml');
+
+const VALID: JsonObject = {
+  apiVersion: 'registry-proxy.dev/v1alpha1',
+  kind: 'RegistryMirror',
+  metadata: { name: 'corp' },
+  spec: { registry: 'registry.corp.example:5000', upstream: 'http://registry.corp.example:5000' },
+};
+
+function withSpec(spec: JsonObject): JsonObject {
+  return { ...VALID, spec: { ...(VALID['spec'] as JsonObject), ...spec } };
+}
+
+function withoutSpecField(field: string): JsonObject {
+  const spec: JsonObject = { ...(VALID['spec'] as JsonObject) };
+  delete spec[field];
+  return { ...VALID, spec };
+}
+
+const failingNodes = (n: number) => Array.from({ length: n }, (_, i) => ({ node: `node-${i}`, reason: 'ConfigPathUnset', message: 'set config_path' }));
+
+describe('manifests: the RegistryMirror CRD', () => {
+  it('defines registry-proxy.dev/v1alpha1 RegistryMirror, cluster-scoped, with a status subresource', () => {
+    const { spec } = crd();
+    expect(spec.group).toBe('registry-proxy.dev');
+    expect(spec.scope).toBe('Cluster');
+    expect(spec.names).toMatchObject({ kind: 'RegistryMirror', plural: 'registrymirrors', singular: 'registrymirror' });
+    expect(spec.versions.map((v) => [v.name, v.served, v.storage])).toEqual([['v1alpha1', true, true]]);
+    expect(spec.versions[0]?.subresources).toEqual({ status: {} });
+  });
+
+  it('prints registry, upstream, route, ready nodes and age', () => {
+    const columns = crd().spec.versions[0]?.additionalPrinterColumns ?? [];
+    const shown = columns.filter((c) => (c.priority ?? 0) === 0).map((c) => [c.name, c.jsonPath]);
+    expect(shown).toEqual([
+      ['Registry', '.spec.registry'],
+      ['Upstream', '.spec.upstream'],
+      ['Route', '.spec.route'],
+      ['Ready Nodes', '.status.nodes.ready'],
+      ['Age', '.metadata.creationTimestamp'],
+    ]);
+  });
+
+  it('admits the examples', () => {
+    const mirrors = all(examples(), 'RegistryMirror');
+    expect(mirrors.length).toBeGreaterThanOrEqual(2);
+    for (const mirror of mirrors) expect(validateMirror(mirror), mirror.metadata.name).toEqual([]);
+    const secret = one<Manifest>(examples(), 'Secret');
+    expect(secret.metadata.namespace).toBe(NAMESPACE);
+    expect(secret['type']).toBe('kubernetes.io/basic-auth');
+  });
+
+  it('the examples are mirrors the agent accepts, credentials Secrets resolved to files', () => {
+    for (const mirror of all(examples(), 'RegistryMirror')) {
+      const toml = mirrorToml(mirror['spec'] as JsonObject);
+      expect(() => parseConfig(toml, `RegistryMirror ${mirror.metadata.name}`), toml).not.toThrow();
+    }
+    const referenced = all(examples(), 'RegistryMirror').flatMap((m) => {
+      const ref = (m['spec'] as JsonObject)['credentialsSecretRef'] as { name: string } | undefined;
+      return ref ? [ref.name] : [];
+    });
+    for (const name of referenced) one(examples(), 'Secret', name);
+  });
+
+  it('admits a full status: conditions and per-node counts', () => {
+    const status = {
+      observedGeneration: 3,
+      conditions: [{ type: 'Ready', status: 'True', observedGeneration: 3, lastTransitionTime: '2025-11-22T13:00:00Z', reason: 'AllNodesReady', message: '' }],
+      nodes: { ready: 12, failing: 10, failingNodes: failingNodes(10) },
+    };
+    expect(validateMirror({ ...VALID, status })).toEqual([]);
+  });
+
+  it.each<[string, JsonObject]>([
+    ['an upper-case registry', withSpec({ registry: 'Registry.Corp.Example:5000' })],
+    ['a registry with a scheme', withSpec({ registry: 'https://registry.corp.example' })],
+    ['a registry with a path', withSpec({ registry: 'registry.corp.example/team' })],
+    ['a registry with a bad port', withSpec({ registry: 'registry.corp.example:70000' })],
+    ['a registry that is no IPv4 address', withSpec({ registry: '999.1.1.1' })],
+    ['an ftp:// upstream', withSpec({ upstream: 'ftp://registry.corp.example' })],
+    ['an upstream with credentials', withSpec({ upstream: 'https://alice:secret@registry.corp.example' })],
+    ['an upstream with a query', withSpec({ upstream: 'https://registry.corp.example/?x=1' })],
+    ['an unknown route', withSpec({ route: 'socks5' })],
+    ['an unknown auth', withSpec({ auth: 'anonymous' })],
+    ['an https:// httpProxy', withSpec({ route: 'http-proxy', httpProxy: 'https://proxy.corp.example:3128' })],
+    ['a tagTTL in words', withSpec({ tagTTL: '5 minutes' })],
+    ['a maxStale without unit', withSpec({ maxStale: '86400' })],
+    ['a locationId with a space', withSpec({ route: 'connectivity-proxy', locationId: 'on prem' })],
+    ['a repositoryPrefix with upper case', withSpec({ repositoryPrefix: 'Team/images' })],
+    ['a credentialsSecretRef without name', withSpec({ auth: 'agent', credentialsSecretRef: {} })],
+    ['a credentialsSecretRef with a bad name', withSpec({ auth: 'agent', credentialsSecretRef: { name: 'Bad_Name' } })],
+    ['no registry', withoutSpecField('registry')],
+    ['no upstream', withoutSpecField('upstream')],
+    ['no spec', { apiVersion: VALID['apiVersion'], kind: VALID['kind'], metadata: VALID['metadata'] }],
+    ['11 failing nodes', { ...VALID, status: { nodes: { failing: 11, failingNodes: failingNodes(11) } } }],
+    ['a failing node message over 256 characters', { ...VALID, status: { nodes: { failingNodes: [{ node: 'n', reason: 'Failed', message: 'x'.repeat(257) }] } } }],
+    ['a negative ready count', { ...VALID, status: { nodes: { ready: -1 } } }],
+    ['a condition status other than True/False/Unknown', { ...VALID, status: { conditions: [{ type: 'Ready', status: 'Maybe', lastTransitionTime: '2025-11-22T13:00:00Z', reason: 'X', message: '' }] } }],
+  ])('refuses %s', (_name, object) => {
+    expect(validateMirror(object)).not.toEqual([]);
+  });
+
+  it('has CEL rules for what spans fields (evaluated by the API server, not here)', () => {
+    const rules = objectAt(openApiSchema(), 'properties', 'spec')['x-kubernetes-validations'] as CelRule[];
+    const find = (rule: RegExp, message: RegExp) =>
+      expect(rules.filter((r) => rule.test(r.rule) && message.test(r.message)), `${rule} / ${message}`).toHaveLength(1);
+    find(/has\(self\.httpProxy\).*'http-proxy'/, /httpProxy is required with route http-proxy/);
+    find(/has\(self\.locationId\).*'connectivity-proxy'/, /locationId is only used with route connectivity-proxy/);
+    find(/self\.auth != 'agent' \|\| has\(self\.credentialsSecretRef\)/, /auth agent needs credentialsSecretRef/);
+    find(/has\(self\.credentialsSecretRef\).*self\.auth == 'agent'/, /credentialsSecretRef is only used with auth agent/);
+    find(/'connectivity-proxy'.*self\.upstream\.startsWith\('http:\/\/'\)/, /http:\/\/ upstream.*virtual host.*Cloud Connector/s);
+    expect(rules).toHaveLength(5);
+  });
+
+  it('conditions and failing nodes are maps keyed by type and node (server-side apply merges them)', () => {
+    const status = objectAt(openApiSchema(), 'properties', 'status', 'properties');
+    expect(objectAt(status, 'conditions')).toMatchObject({ 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['type'] });
+    expect(objectAt(status, 'nodes', 'properties', 'failingNodes')).toMatchObject({
+      maxItems: 10,
+      'x-kubernetes-list-type': 'map',
+      'x-kubernetes-list-map-keys': ['node'],
+    });
+  });
+
+  // The CRD must never admit what the agent refuses; it may be stricter (lower case only, no
+  // leading zeros in ports, no slashes around a prefix).
+  describe.each<[string, (value: unknown) => unknown, string[], string[], string[]]>([
+    [
+      'registry',
+      parseRegistry,
+      ['docker.io', 'registry.corp.example:5000', 'localhost:5000', '10.0.0.7:5000', '[fd00::7]:5000', '[::1]', '[::ffff:10.0.0.7]:5000', '[2001:db8:0:0:0:0:0:1]', '_default', 'a-b.example', '1a.example', 'quay.io:443'],
+      ['http://registry.corp', 'registry.corp/team', 'user@registry.corp', '999.1.1.1', '10.0.0.256:5000', '123', 'registry:0', 'registry:65536', '-bad.example', 'bad-.example', 'a..b', '', 'fd00::7', '[1.2.3.4]', '[zz::1]', '[fd00::7', '[]', 'registry.corp:'],
+      ['Registry.Corp.Example', 'registry.corp.example:05000'],
+    ],
+    ['upstream', parseUpstream, ['http://registry.virtual:5000', 'https://registry-1.docker.io', 'https://registry.corp.example/prefix/path', 'https://registry.corp.example/', 'http://[fd00::7]:5000'], ['ftp://registry.corp.example', 'https://alice:pw@registry.corp.example', 'https://registry.corp.example?x=1', 'https://registry.corp.example/#f', 'registry.corp.example:5000', 'https://'], []],
+    ['httpProxy', parseProxyUrl, ['http://proxy.corp.example:3128', 'http://proxy:3128/'], ['https://proxy:3128', 'http://alice:pw@proxy:3128', 'http://proxy:3128/path', 'http://proxy:3128?x=1', 'proxy:3128'], []],
+    ['tagTTL', parseDuration, ['0', '0s', '90s', '1h30m', '1.5h', '500ms', '7d'], ['5 minutes', '5', '-1s', '1w', '1h 30m', '', 'ms', '1H'], []],
+    ['maxStale', parseDuration, ['24h', '7d'], ['24 h', 'forever'], []],
+    ['repositoryPrefix', parseRepositoryPrefix, ['', 'library', 'team/images', 'a.b_c__d--e/f'], ['Team', 'team//images', 'team/-x', 'with space', 'a/../b'], ['/team/']],
+    ['locationId', parseLocationId, ['onprem-1', 'loc.A_b'], ['on prem', '', 'tab\tx', 'ümlaut'], []],
+  ])('the CRD field %s agrees with the config loader', (field, parse, validBoth, invalidBoth, crdStricter) => {
+    it.each(validBoth)('both accept %j', (value) => {
+      expect(loaderAccepts(parse, value)).toBe(true);
+      expect(fieldAccepts(field, value)).toBe(true);
+    });
+    it.each(invalidBoth)('both refuse %j', (value) => {
+      expect(loaderAccepts(parse, value)).toBe(false);
+      expect(fieldAccepts(field, value)).toBe(false);
+    });
+    if (crdStricter.length > 0) {
+      it.each(crdStricter)('the CRD is stricter on %j', (value) => {
+        expect(loaderAccepts(parse, value)).toBe(true);
+        expect(fieldAccepts(field, value)).toBe(false);
+      });
+    }
+  });
+});
+
+/**
+ * A RegistryMirror spec as the agent's TOML: a [[mirror]] with the keys in snake_case, a
+ * [connectivity_proxy] table for its route, and credentials as files (as the agent will mount them).
+ */
+function mirrorToml(spec: JsonObject): string {
+  const keys: Record<string, string> = {
+    registry: 'registry',
+    upstream: 'upstream',
+    route: 'route',
+    httpProxy: 'http_proxy',
+    locationId: 'location_id',
+    auth: 'auth',
+    tagTTL: 'tag_ttl',
+    maxStale: 'max_stale',
+    repositoryPrefix: 'repository_prefix',
+  };
+  const lines = ['[connectivity_proxy]', 'url = "http://connectivity-proxy.kyma-system.svc.cluster.local:20003"', '', '[[mirror]]'];
+  for (const [field, value] of Object.entries(spec)) {
+    if (field === 'credentialsSecretRef') {
+      lines.push('username = "from-secret"', `password_file = "/var/run/secrets/registry-proxy-agent/${(value as { name: string }).name}/password"`);
+      continue;
+    }
+    const key = keys[field];
+    if (key === undefined) throw new Error(`spec.${field} has no [[mirror]] key`);
+    lines.push(`${key} = ${JSON.stringify(value)}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
