@@ -220,13 +220,23 @@ async function runStep(args: string, cwd: string, env: Record<string, string>, w
   }
   const [command = '', ...rest] = argv;
   try {
-    // A plain environment, as in a build container; HOME keeps npm's cache.
-    const base = { PATH: nodeFirstPath(), HOME: process.env['HOME'] ?? cwd };
-    await run(command, rest, { cwd, env: { ...base, ...env }, timeout: 120_000, maxBuffer: 16 * 1024 * 1024 });
+    await run(command, rest, { cwd, env: { ...buildEnvironment(), ...env }, timeout: 120_000, maxBuffer: 16 * 1024 * 1024 });
   } catch (error) {
     const e = error as { stderr?: string; message: string };
     throw new Error(`${where} failed: ${e.stderr ?? e.message}`, { cause: error });
   }
+}
+
+/**
+ * This machine's environment (network settings such as proxies and CA certificates included) without
+ * what `npm run`/`npx` put there for this repository: npm_config_local_prefix alone would make a RUN
+ * step's `npm ci` install into the repository instead of the stage.
+ */
+function buildEnvironment(): Record<string, string> {
+  const inherited = Object.entries(process.env).filter(
+    (entry): entry is [string, string] => entry[1] !== undefined && !/^(npm_|INIT_CWD$|NODE$|VITEST|TEST$)/i.test(entry[0]),
+  );
+  return { ...Object.fromEntries(inherited), PATH: nodeFirstPath() };
 }
 
 /** PATH with this Node 24 first, so that npm and `node` in RUN steps use it (the image's Node). */
