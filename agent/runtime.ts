@@ -91,6 +91,10 @@ export class AgentRuntime {
         log.debug({ digest }, 'evicted');
       },
       storeError: (operation, error) => log.error({ operation, err: error.message }, 'cache store error'),
+      cacheBypassed: (digest, reason) => {
+        instrumentation.bypassed();
+        log.warn({ digest, err: reason.message }, 'streaming without caching');
+      },
     });
     const { removedTemp } = await cache.init();
     if (removedTemp > 0) log.info({ removedTemp }, 'removed partial downloads left by an earlier run');

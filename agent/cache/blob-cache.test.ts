@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -675,7 +675,7 @@ describe('BlobCache', () => {
       for (const reader of readers) expectBytes(await readAll(reader!), blob);
     });
 
-    it('detects a blob truncated after restart (by hash, before its first serve)', async () => {
+    it('detects a blob truncated after restart, before its first serve (size check first, then hash)', async () => {
       const first = await newCache();
       const blob = randomBytes(20_000);
       const digest = await fill(first, blob);
@@ -683,8 +683,21 @@ describe('BlobCache', () => {
       const second = await newCache(1 << 30, events);
       await truncate(blobFile(digest), 10_000);
       expect(await second.lookup(digest)).toBeUndefined();
-      expect(seen.corrupt[0]?.[1]).toBeInstanceOf(DigestMismatchError);
+      expect(seen.corrupt[0]?.[1]).toBeInstanceOf(SizeMismatchError);
       await until(async () => !(await exists(blobFile(digest))), 'the corrupt file to be deleted');
+    });
+
+    it('detects a blob rewritten in place with the same size while running (stamp changed → re-hash)', async () => {
+      const { events, seen } = recorder();
+      const cache = await newCache(1 << 30, events);
+      const blob = randomBytes(20_000);
+      const digest = await fill(cache, blob);
+      expectBytes(await readAll((await cache.lookup(digest))!), blob);
+      const handle = await open(blobFile(digest), 'r+');
+      await handle.write(Buffer.from([blob[100]! ^ 0xff]), 0, 1, 100);
+      await handle.close();
+      expect(await cache.lookup(digest)).toBeUndefined();
+      expect(seen.corrupt[0]?.[1]).toBeInstanceOf(DigestMismatchError);
     });
 
     it('detects a verified blob truncated on disk by its size', async () => {

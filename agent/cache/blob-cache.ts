@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { open, readFile } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { type FileHandle, open, readFile, stat, statfs } from 'node:fs/promises';
 import type { Digest } from '../oci/digest.ts';
 import { BlobStore, ignoreMissing } from './blob-store.ts';
 import { type BlobReadable, FileBlob, FillBlob } from './blob-reader.ts';
@@ -8,7 +9,13 @@ import { DigestMismatchError, SizeMismatchError } from './errors.ts';
 import { Fill, type FillSource } from './fill.ts';
 
 /** What the cache reports; the caller logs and counts. Keeps this module free of logger/metrics choices. */
+/** Free space kept on the cache's file system: 5% of it, at most 1 GiB. */
+const RESERVE_FRACTION = 0.05;
+const RESERVE_MAX_BYTES = 1024 ** 3;
+
 export interface CacheEvents {
+  /** A blob is being streamed without caching (no room, or the cache dir is unusable). */
+  cacheBypassed?(digest: Digest, reason: Error): void;
   corrupt?(digest: Digest, error: Error): void;
   fillFailed?(digest: Digest, error: Error): void;
   evicted?(digest: Digest): void;
@@ -124,20 +131,61 @@ export class BlobCache {
       this.#joined += 1;
       return new FillBlob(again, 'joined');
     }
-    const { path, handle } = await this.store.createTemp();
+    const temp = await this.#createTemp();
     // Re-check: another request may have started the fill while the temp file was created.
     const raced = this.#running(digest);
     if (raced) {
-      await handle.close();
-      await this.store.removeTemp(path);
+      if (temp) {
+        await temp.handle.close();
+        await this.store.removeTemp(temp.path);
+      }
       this.#joined += 1;
       return new FillBlob(raced, 'joined');
     }
-    const fill = new Fill(digest, path, handle, fetch());
+    const fill = new Fill(
+      digest,
+      temp?.path ?? '',
+      {
+        handle: temp?.handle,
+        mayWrite: (size) => this.#hasRoomFor(size),
+        onRelay: (reason) => this.#events.cacheBypassed?.(digest, reason),
+      },
+      fetch(),
+    );
     this.#inflight.set(digest, fill);
     const reader = new FillBlob(fill, 'miss');
     void this.#settle(fill);
     return reader;
+  }
+
+  /**
+   * A temp file for a fill. When the cache dir vanished (deleted while running) it is recreated
+   * once; when that fails too, the fill relays without a file (the pull still works, uncached).
+   */
+  async #createTemp(): Promise<{ path: string; handle: FileHandle } | undefined> {
+    try {
+      return await this.store.createTemp();
+    } catch (first) {
+      try {
+        await this.store.init();
+        return await this.store.createTemp();
+      } catch {
+        this.#events.storeError?.('create temp file', first as Error);
+        return undefined;
+      }
+    }
+  }
+
+  /** Free space check before caching a blob: the node's disk matters more than a cache entry. */
+  async #hasRoomFor(size: number | undefined): Promise<boolean> {
+    try {
+      const fs = await statfs(this.store.root);
+      const free = fs.bavail * fs.bsize;
+      const reserve = Math.min(RESERVE_MAX_BYTES, fs.blocks * fs.bsize * RESERVE_FRACTION);
+      return free - (size ?? 0) > reserve;
+    } catch {
+      return false;
+    }
   }
 
   /** Commits a verified fill or discards a failed one; runs independently of any client. */
@@ -151,9 +199,12 @@ export class BlobCache {
         return;
       }
       const size = fill.written;
-      if (this.#index.fits(size)) {
+      if (fill.relaying) {
+        // Streamed without caching (no disk space, or the cache dir went away): nothing to commit.
+        await this.store.removeTemp(fill.tempPath);
+      } else if (this.#index.fits(size)) {
         await this.store.commit(fill.tempPath, fill.digest);
-        this.#index.add(fill.digest, size, true);
+        this.#index.add(fill.digest, size, true, await this.#stampOf(fill.digest));
       } else {
         await this.store.removeTemp(fill.tempPath);
       }
@@ -176,31 +227,41 @@ export class BlobCache {
    */
   #running(digest: Digest): Fill | undefined {
     const fill = this.#inflight.get(digest);
-    return fill?.failed ? undefined : fill;
+    return fill && fill.joinable ? fill : undefined;
   }
 
   #forget(fill: Fill): void {
     if (this.#inflight.get(fill.digest) === fill) this.#inflight.delete(fill.digest);
   }
 
+  /**
+   * Opens a committed blob for serving. The file's size is checked on every open; its inode, size
+   * and mtime are compared with those recorded when it was last verified, and any difference
+   * (first serve after a restart, the file rewritten in place) means a full re-hash before a
+   * single byte is served.
+   */
   async #openCommitted(digest: Digest): Promise<FileBlob | undefined> {
     const lease = this.#index.acquire(digest) ?? (await this.#adoptFromDisk(digest));
     if (!lease) return undefined;
     try {
-      if (!lease.verified && !(await this.#verifyOnce(digest))) {
-        lease.release();
-        return undefined;
-      }
-      lease.markVerified();
       const handle = await open(this.store.blobPath(digest), 'r');
-      const { size } = await handle.stat();
-      if (size !== lease.size) {
+      const info = await handle.stat();
+      if (info.size !== lease.size) {
         await handle.close();
-        this.#dropCorrupt(digest, new SizeMismatchError(lease.size, size));
+        this.#dropCorrupt(digest, new SizeMismatchError(lease.size, info.size));
         lease.release();
         return undefined;
       }
-      return new FileBlob(handle, size, lease.release);
+      const stamp = stampOf(info);
+      if (!lease.verified || lease.stamp !== stamp) {
+        if (!(await this.#verifyOnce(digest))) {
+          await handle.close();
+          lease.release();
+          return undefined;
+        }
+        lease.markVerified(stamp);
+      }
+      return new FileBlob(handle, info.size, lease.release);
     } catch (error) {
       lease.release();
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
@@ -208,6 +269,14 @@ export class BlobCache {
         return undefined;
       }
       throw error;
+    }
+  }
+
+  async #stampOf(digest: Digest): Promise<string | undefined> {
+    try {
+      return stampOf(await stat(this.store.blobPath(digest)));
+    } catch {
+      return undefined;
     }
   }
 
@@ -265,18 +334,33 @@ export class BlobCache {
     return this.#index.acquire(digest);
   }
 
-  /** Stores small verified content (the caller hashed it). */
-  async putSmall(digest: Digest, bytes: Buffer, mediaType: string | undefined): Promise<void> {
-    if (!this.#index.fits(bytes.length)) return;
-    const { path, handle } = await this.store.createTemp();
+  /**
+   * Stores small verified content (the caller hashed it). Never throws: a manifest that cannot be
+   * cached (disk full, cache dir gone) is still served; the failure is reported as an event.
+   */
+  async putSmall(digest: Digest, bytes: Buffer, mediaType: string | undefined): Promise<boolean> {
+    if (!this.#index.fits(bytes.length)) return false;
+    const temp = await this.#createTemp();
+    if (!temp) return false;
     try {
-      await handle.writeFile(bytes);
-      await handle.sync();
-    } finally {
-      await handle.close();
+      try {
+        await temp.handle.writeFile(bytes);
+        await temp.handle.sync();
+      } finally {
+        await temp.handle.close();
+      }
+      if (mediaType) await this.store.writeMediaType(digest, mediaType);
+      await this.store.commit(temp.path, digest);
+      this.#index.add(digest, bytes.length, true, await this.#stampOf(digest));
+      return true;
+    } catch (error) {
+      this.#events.cacheBypassed?.(digest, error as Error);
+      await this.store.removeTemp(temp.path).catch(() => undefined);
+      return false;
     }
-    if (mediaType) await this.store.writeMediaType(digest, mediaType);
-    await this.store.commit(path, digest);
-    this.#index.add(digest, bytes.length, true);
   }
+}
+
+function stampOf(info: Stats): string {
+  return `${info.ino}:${info.size}:${info.mtimeMs}`;
 }

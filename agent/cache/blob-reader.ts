@@ -1,5 +1,5 @@
 import type { FileHandle } from 'node:fs/promises';
-import type { Fill } from './fill.ts';
+import type { Fill, FillReader } from './fill.ts';
 
 /** Read size for streaming; large enough to keep syscalls per MiB low, small enough to keep memory flat. */
 export const CHUNK_BYTES = 1024 * 1024;
@@ -62,12 +62,12 @@ export class FileBlob implements BlobReadable {
 export class FillBlob implements BlobReadable {
   readonly origin: BlobOrigin;
   readonly #fill: Fill;
-  readonly #detach: () => void;
+  readonly #reader: FillReader;
 
   constructor(fill: Fill, origin: BlobOrigin) {
     this.origin = origin;
     this.#fill = fill;
-    this.#detach = fill.attach();
+    this.#reader = fill.attach();
   }
 
   size(): number | undefined {
@@ -82,6 +82,7 @@ export class FillBlob implements BlobReadable {
   async *read(start: number, end?: number): AsyncGenerator<Buffer> {
     const fill = this.#fill;
     let position = start;
+    this.#reader.advance(position);
     for (;;) {
       if (fill.failed) throw fill.error ?? new Error('fill failed');
       // Until verified, hold back the last byte of the range so no response can complete on unverified content.
@@ -91,6 +92,8 @@ export class FillBlob implements BlobReadable {
         if (chunk.length === 0) throw new Error(`fill of ${fill.digest} could not be read at ${position}`);
         position += chunk.length;
         yield chunk;
+        // Only after the consumer took the chunk: relayed memory may then be released.
+        this.#reader.advance(position);
         continue;
       }
       if (fill.done) return;
@@ -99,6 +102,6 @@ export class FillBlob implements BlobReadable {
   }
 
   close(): void {
-    this.#detach();
+    this.#reader.detach();
   }
 }

@@ -62,6 +62,7 @@ export class BlobStore {
   }
 
   async removeTemp(tempPath: string): Promise<void> {
+    if (tempPath === '') return;
     await unlink(tempPath).catch(ignoreMissing);
   }
 

@@ -6,6 +6,8 @@ interface IndexEntry {
   readonly size: number;
   /** False for entries found on disk at start-up until they are re-hashed on first serve. */
   verified: boolean;
+  /** inode, size and mtime of the file when it was verified: a different stamp means re-hash before serving. */
+  stamp: string | undefined;
   leases: number;
   /** Evicted while leased: the file is removed when the last lease is released. */
   evicted: boolean;
@@ -16,7 +18,8 @@ export interface Lease {
   readonly digest: Digest;
   readonly size: number;
   readonly verified: boolean;
-  markVerified(): void;
+  readonly stamp: string | undefined;
+  markVerified(stamp?: string): void;
   release(): void;
 }
 
@@ -57,17 +60,20 @@ export class CacheIndex {
     return size <= this.maxBytes;
   }
 
-  add(digest: Digest, size: number, verified: boolean): void {
+  add(digest: Digest, size: number, verified: boolean, stamp?: string): void {
     const existing = this.#lru.get(digest);
     if (existing) {
-      if (verified) existing.verified = true;
+      if (verified) {
+        existing.verified = true;
+        existing.stamp = stamp;
+      }
       return;
     }
     if (!this.fits(size)) {
       this.#remove(digest);
       return;
     }
-    this.#lru.set(digest, { digest, size, verified, leases: 0, evicted: false });
+    this.#lru.set(digest, { digest, size, verified, stamp, leases: 0, evicted: false });
   }
 
   /** Takes a lease and marks the entry most recently used; undefined when not cached. */
@@ -80,8 +86,10 @@ export class CacheIndex {
       digest,
       size: entry.size,
       verified: entry.verified,
-      markVerified: () => {
+      stamp: entry.stamp,
+      markVerified: (stamp?: string) => {
         entry.verified = true;
+        if (stamp !== undefined) entry.stamp = stamp;
       },
       release: () => {
         if (released) return;

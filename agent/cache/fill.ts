@@ -10,31 +10,66 @@ export interface FillSource {
   readonly body: AsyncIterable<Uint8Array>;
 }
 
+export interface FillOptions {
+  /** The temp file; undefined when no file could be created (the fill relays from the start). */
+  readonly handle: FileHandle | undefined;
+  /** Asked once the size is known: false means "do not write to disk" (not enough free space). */
+  readonly mayWrite?: (size: number | undefined) => Promise<boolean>;
+  /** Told once when the fill stops writing to disk and relays from memory instead. */
+  readonly onRelay?: (reason: Error) => void;
+  /** Most bytes held in memory for the slowest reader while relaying (default 16 MiB). */
+  readonly relayWindowBytes?: number;
+}
+
 type FillState = 'starting' | 'running' | 'done' | 'failed';
 
+/** A reader's hold on a fill: where it is, so memory is only dropped once every reader passed it. */
+export interface FillReader {
+  advance(position: number): void;
+  detach(): void;
+}
+
+/** Write failures that mean "no room / no cache": the bytes are still streamed, just not kept. */
+const CACHE_WRITE_ERRORS = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EIO', 'EFBIG', 'ENOENT', 'EBADF']);
+
 /**
- * One upstream download of one digest into a temp file, hashed as bytes pass. Readers (the
- * request that started it and every request that joined) read the temp file as it grows; the
- * fill does not depend on any of them, so a client that disconnects does not abort it.
+ * One upstream download of one digest, hashed as bytes pass. Normally the bytes go to a temp
+ * file and every reader (the request that started it and every request that joined) reads that
+ * file as it grows; the fill does not depend on any of them, so a client that disconnects does
+ * not abort it. When the disk cannot take the bytes (no space, cache dir gone), the fill relays
+ * them from a bounded memory window instead: readers still get the whole blob, paced by the
+ * slowest one, and nothing is cached.
  */
 export class Fill {
   readonly digest: Digest;
   readonly tempPath: string;
   #size: number | undefined;
   #written = 0;
+  /** Bytes that are in the temp file; the rest (relay mode) is in `#memory`. */
+  #fileBytes = 0;
+  #relay = false;
+  #memory: Buffer[] = [];
+  #memoryStart = 0;
+  #memoryBytes = 0;
+  #dropped = false;
   #state: FillState = 'starting';
   #error: Error | undefined;
   #wake: Array<() => void> = [];
-  readonly #handle: FileHandle;
-  #readers = 0;
+  #readerWake: Array<() => void> = [];
+  readonly #handle: FileHandle | undefined;
+  readonly #options: FillOptions;
+  readonly #positions = new Map<number, number>();
+  #nextReader = 0;
   #closed = false;
   readonly #started: Promise<void>;
   readonly #verified: Promise<boolean>;
 
-  constructor(digest: Digest, tempPath: string, handle: FileHandle, source: Promise<FillSource>) {
+  constructor(digest: Digest, tempPath: string, options: FillOptions, source: Promise<FillSource>) {
     this.digest = digest;
     this.tempPath = tempPath;
-    this.#handle = handle;
+    this.#handle = options.handle;
+    this.#options = options;
+    if (!options.handle) this.#relay = true;
     this.#started = source.then(
       (s) => {
         this.#size = s.size;
@@ -48,7 +83,7 @@ export class Fill {
     );
     // Observed through started(); keep unhandled-rejection noise away.
     this.#started.catch(() => undefined);
-    this.#verified = source.then((s) => this.#copy(s.body)).then(
+    this.#verified = source.then((s) => this.#copy(s)).then(
       () => true,
       (error: unknown) => {
         this.#fail(toError(error));
@@ -79,9 +114,23 @@ export class Fill {
     return this.#state === 'done';
   }
 
+  get failed(): boolean {
+    return this.#state === 'failed';
+  }
+
   /** The failure, once the fill has failed. */
   get error(): Error | undefined {
     return this.#error;
+  }
+
+  /** True when the bytes were not (all) written to disk: the blob is streamed, not cached. */
+  get relaying(): boolean {
+    return this.#relay;
+  }
+
+  /** A new reader can start from byte 0 only while nothing was dropped from the relay window. */
+  get joinable(): boolean {
+    return !this.#dropped && !this.#closed && this.#state !== 'failed';
   }
 
   /** Resolves on the next progress, completion or failure. */
@@ -92,29 +141,107 @@ export class Fill {
 
   /** Reads bytes already written; the caller bounds `length` by `written`. */
   async read(position: number, length: number): Promise<Buffer> {
-    const buffer = Buffer.allocUnsafe(length);
-    const { bytesRead } = await this.#handle.read(buffer, 0, length, position);
-    return bytesRead === length ? buffer : buffer.subarray(0, bytesRead);
+    if (position < this.#fileBytes) {
+      if (!this.#handle) throw new Error('fill has no file');
+      const bounded = Math.min(length, this.#fileBytes - position);
+      const buffer = Buffer.allocUnsafe(bounded);
+      const { bytesRead } = await this.#handle.read(buffer, 0, bounded, position);
+      return bytesRead === bounded ? buffer : buffer.subarray(0, bytesRead);
+    }
+    return this.#readMemory(position, length);
   }
 
-  async #copy(body: AsyncIterable<Uint8Array>): Promise<void> {
-    const hash = createHash('sha256');
-    for await (const chunk of body) {
-      hash.update(chunk);
-      let offset = 0;
-      while (offset < chunk.byteLength) {
-        const { bytesWritten } = await this.#handle.write(chunk, offset, chunk.byteLength - offset, this.#written);
-        offset += bytesWritten;
-        this.#written += bytesWritten;
+  #readMemory(position: number, length: number): Buffer {
+    if (position < this.#memoryStart) throw new Error(`relayed bytes at ${position} were already released`);
+    let offset = this.#memoryStart;
+    for (const chunk of this.#memory) {
+      if (position < offset + chunk.length) {
+        const from = position - offset;
+        return chunk.subarray(from, Math.min(chunk.length, from + length));
       }
+      offset += chunk.length;
+    }
+    return Buffer.alloc(0);
+  }
+
+  async #copy(source: FillSource): Promise<void> {
+    if (!this.#relay && this.#options.mayWrite && !(await this.#options.mayWrite(source.size))) {
+      this.#startRelay(new Error('not enough free disk space to cache this blob'));
+    }
+    const hash = createHash('sha256');
+    for await (const raw of source.body) {
+      const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+      hash.update(chunk);
+      if (!this.#relay) await this.#writeToFile(chunk);
+      if (this.#relay) {
+        this.#memory.push(chunk);
+        this.#memoryBytes += chunk.length;
+      }
+      this.#written += chunk.length;
       if (this.#size !== undefined && this.#written > this.#size) throw new SizeMismatchError(this.#size, this.#written);
       this.#notify();
+      if (this.#relay) await this.#paceRelay();
     }
     if (this.#size !== undefined && this.#written !== this.#size) throw new SizeMismatchError(this.#size, this.#written);
     const actual = `sha256:${hash.digest('hex')}`;
     if (actual !== this.digest) throw new DigestMismatchError(this.digest, actual);
-    await this.#handle.sync();
+    if (!this.#relay && this.#handle) {
+      try {
+        await this.#handle.sync();
+      } catch (error) {
+        this.#startRelay(toError(error));
+      }
+    }
     this.#size = this.#written;
+  }
+
+  async #writeToFile(chunk: Buffer): Promise<void> {
+    const handle = this.#handle;
+    if (!handle) return;
+    let offset = 0;
+    try {
+      while (offset < chunk.length) {
+        const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset, this.#fileBytes + offset);
+        offset += bytesWritten;
+      }
+      this.#fileBytes += chunk.length;
+    } catch (error) {
+      if (!CACHE_WRITE_ERRORS.has((error as NodeJS.ErrnoException).code ?? '')) throw error;
+      // Whatever part of this chunk reached the file is ignored: the chunk goes to memory whole.
+      this.#startRelay(toError(error));
+    }
+  }
+
+  #startRelay(reason: Error): void {
+    if (this.#relay && this.#memoryBytes > 0) return;
+    this.#relay = true;
+    this.#memoryStart = this.#fileBytes;
+    this.#options.onRelay?.(reason);
+  }
+
+  /** Relay mode: drop what every reader has passed; wait while the slowest lags a full window. */
+  async #paceRelay(): Promise<void> {
+    const window = this.#options.relayWindowBytes ?? 16 * 1024 * 1024;
+    for (;;) {
+      this.#releaseMemory();
+      if (this.#memoryBytes <= window || this.#positions.size === 0) {
+        if (this.#positions.size === 0) this.#releaseMemory(true);
+        return;
+      }
+      await new Promise<void>((resolve) => this.#readerWake.push(resolve));
+    }
+  }
+
+  #releaseMemory(all = false): void {
+    const slowest = all ? Infinity : Math.min(...this.#positions.values());
+    while (this.#memory.length > 0) {
+      const first = this.#memory[0]!;
+      if (this.#memoryStart + first.length > slowest) break;
+      this.#memory.shift();
+      this.#memoryStart += first.length;
+      this.#memoryBytes -= first.length;
+      this.#dropped = true;
+    }
   }
 
   /** Marks the verified content complete; readers may now send the final bytes. */
@@ -128,6 +255,7 @@ export class Fill {
     this.#state = 'failed';
     this.#error = error;
     this.#notify();
+    this.#wakeReaders();
     this.#closeIfUnused();
   }
 
@@ -136,27 +264,40 @@ export class Fill {
     if (this.#state !== 'done') this.#fail(error);
   }
 
-  get failed(): boolean {
-    return this.#state === 'failed';
-  }
-
-  /** Registers a reader; the returned function unregisters it. The file closes after the last reader of an ended fill. */
-  attach(): () => void {
+  /** Registers a reader at `position`; detach when done. The file closes after the last reader of an ended fill. */
+  attach(position = 0): FillReader {
     if (this.#closed) throw new Error(`fill of ${this.digest} is closed`);
-    this.#readers += 1;
+    const id = this.#nextReader++;
+    this.#positions.set(id, position);
     let detached = false;
-    return () => {
-      if (detached) return;
-      detached = true;
-      this.#readers -= 1;
-      this.#closeIfUnused();
+    return {
+      advance: (next) => {
+        if (detached) return;
+        this.#positions.set(id, next);
+        this.#wakeReaders();
+      },
+      detach: () => {
+        if (detached) return;
+        detached = true;
+        this.#positions.delete(id);
+        this.#wakeReaders();
+        this.#closeIfUnused();
+      },
     };
   }
 
+  #wakeReaders(): void {
+    const wake = this.#readerWake;
+    this.#readerWake = [];
+    for (const resolve of wake) resolve();
+  }
+
   #closeIfUnused(): void {
-    if (!this.#closed && this.#readers === 0 && (this.#state === 'done' || this.#state === 'failed')) {
+    if (!this.#closed && this.#positions.size === 0 && (this.#state === 'done' || this.#state === 'failed')) {
       this.#closed = true;
-      this.#handle.close().catch(() => undefined);
+      this.#memory = [];
+      this.#memoryBytes = 0;
+      this.#handle?.close().catch(() => undefined);
     }
   }
 

@@ -27,6 +27,7 @@ export interface Instrumentation {
   corrupt(error: Error): void;
   fillFailed(error: Error): void;
   evicted(): void;
+  bypassed(): void;
   wiring(state: WiringState): void;
   scrape(cache: BlobCache, wiring: WiringState | undefined): Promise<{ contentType: string; body: string }>;
 }
@@ -77,6 +78,9 @@ export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instru
     },
     evicted() {
       metrics.cacheEvictions.inc();
+    },
+    bypassed() {
+      metrics.cacheBypassed.inc();
     },
     wiring(state) {
       for (const report of state.hosts) AgentMetrics.oneHot(metrics.hostsState, { registry: report.registry }, 'state', report.state, HOSTS_STATES);

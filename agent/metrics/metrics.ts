@@ -88,6 +88,12 @@ export class AgentMetrics {
     registers: [this.registry],
   });
 
+  readonly cacheBypassed = new Counter({
+    name: 'registry_proxy_cache_bypassed_total',
+    help: 'Content streamed to pullers without being cached (not enough free disk space, cache dir unusable).',
+    registers: [this.registry],
+  });
+
   readonly hostsState = new Gauge({
     name: 'registry_proxy_hosts_toml_state',
     help: 'hosts.toml state per mirror (1 for the current state).',
