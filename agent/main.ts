@@ -4,6 +4,7 @@ import { USAGE, UsageError, parseCommandLine } from './cli.ts';
 import { ConfigError } from './config/errors.ts';
 import { defaultConfig, loadConfig } from './config/load.ts';
 import type { AgentConfig } from './config/types.ts';
+import type { KubernetesIntegration } from './kube/kubernetes.ts';
 import { createLogger } from './log.ts';
 import { AgentRuntime } from './runtime.ts';
 
@@ -20,14 +21,19 @@ async function main(argv: readonly string[]): Promise<number> {
 }
 
 async function serve(config: AgentConfig, log: Logger, configFile: string | undefined): Promise<number> {
-  const runtime = await AgentRuntime.start(config, log);
+  // With [kubernetes] enabled the runtime starts with the persisted RegistryMirror mirrors too, so a
+  // restart never drops their hosts.toml; the live RegistryMirrors replace them once listed.
+  const kube = config.kubernetes?.enabled ? await (await import('./kube/kubernetes.ts')).KubernetesIntegration.prepare(config, log) : undefined;
+  const runtime = await AgentRuntime.start(kube?.startConfig ?? config, log);
+  await kube?.start(runtime);
   explain(runtime, log);
-  if (configFile) process.on('SIGHUP', () => void reload(runtime, configFile, log));
+  if (configFile) process.on('SIGHUP', () => void reload(runtime, kube, configFile, log));
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       // hosts.toml entries stay: a restarting agent must not send pulls to the unreachable original registry.
       log.info({ signal }, 'stopping: finishing in-flight responses; hosts.toml entries are kept');
-      runtime.stop().then(resolve, resolve);
+      const stopKube = kube ? kube.stop().catch(() => undefined) : Promise.resolve();
+      stopKube.then(() => runtime.stop()).then(resolve, resolve);
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
@@ -37,10 +43,12 @@ async function serve(config: AgentConfig, log: Logger, configFile: string | unde
 }
 
 /** SIGHUP: re-reads the file and applies its mirrors live; other keys need a restart. A bad file changes nothing. */
-async function reload(runtime: AgentRuntime, file: string, log: Logger): Promise<void> {
+async function reload(runtime: AgentRuntime, kube: KubernetesIntegration | undefined, file: string, log: Logger): Promise<void> {
   try {
     const next = await loadConfig(file);
-    await runtime.setMirrors(next.mirrors);
+    // The file's mirrors are merged with the RegistryMirrors, never applied alone.
+    if (kube) await kube.setTomlMirrors(next.mirrors);
+    else await runtime.setMirrors(next.mirrors);
   } catch (error) {
     runtime.metrics.configReloads.inc({ result: 'error' });
     log.error({ err: error instanceof Error ? error.message : String(error) }, 'configuration reload failed: keeping the running configuration');

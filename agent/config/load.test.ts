@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConfigError } from './errors.ts';
-import { defaultConfig, loadConfig, parseConfig } from './load.ts';
+import { defaultConfig, loadConfig, parseConfig, parseMirrorTable } from './load.ts';
 import type { AgentConfig, ConnectivityProxyConfig, MirrorConfig } from './types.ts';
 
 const GiB = 1024 ** 3;
@@ -20,6 +20,7 @@ const ROUTE_PROBLEM = 'must be one of "direct", "connectivity-proxy", "http-prox
 const CP_HTTPS_UPSTREAM =
   "the Connectivity Proxy's HTTP port takes plain http:// virtual hosts and the Cloud Connector does the TLS " +
   'to the real registry; use http://<virtual-host>:<port> as configured in the Cloud Connector';
+const NO_MIRROR = 'no [[mirror]] configured (or set [kubernetes] enabled = true to take mirrors from RegistryMirror resources)';
 const CP = '[connectivity_proxy]\nurl = "http://cp.example:20003"\n';
 /** A mirror on the connectivity-proxy route; `[connectivity_proxy]` is not included. */
 const CP_MIRROR =
@@ -426,8 +427,9 @@ describe('parseConfig', () => {
     [`cache_dir = ""\n${MIRROR}`, 'cache_dir: must not be empty'],
     [`log_level = "verbose"\n${MIRROR}`, 'log_level: must be one of trace, debug, info, warn, error, fatal, silent'],
     // mirrors
-    ['listen = "127.0.0.1:5050"', 'no [[mirror]] configured'],
-    ['mirror = []', 'no [[mirror]] configured'],
+    ['listen = "127.0.0.1:5050"', NO_MIRROR],
+    ['mirror = []', NO_MIRROR],
+    ['[kubernetes]\nenabled = false\nnode_name = "n1"', NO_MIRROR],
     ['[[mirror]]\nupstream = "https://x"', 'mirror[0].registry: required key is missing'],
     ['[[mirror]]\nregistry = "x"', 'mirror[0].upstream: required key is missing'],
     [
@@ -642,6 +644,59 @@ describe('parseConfig', () => {
     const error = errorOf(() => parse(text));
     expect(error.message).not.toContain('hunter2');
     expect(String(error.cause)).not.toContain('hunter2');
+  });
+});
+
+describe('[kubernetes]', () => {
+  const env = { NODE_NAME: 'node-env', POD_NAMESPACE: 'agents' };
+  const parseWith = (text: string, e: Record<string, string | undefined> = env): AgentConfig =>
+    parseConfig(text, FILE, { baseDir: BASE, env: e });
+
+  it('allows zero [[mirror]] tables when enabled, with defaults from the Downward API variables', () => {
+    const config = parseWith('cache_dir = "/var/cache/rpa"\n[kubernetes]\nenabled = true\n');
+    expect(config.mirrors).toEqual([]);
+    expect(config.kubernetes).toEqual({ enabled: true, namespace: 'agents', nodeName: 'node-env', stateFile: '/var/cache/rpa/kubernetes-mirrors.json' });
+  });
+
+  it('takes explicit keys over the environment, resolves paths, and defaults the namespace without POD_NAMESPACE', () => {
+    const text = '[kubernetes]\nenabled = true\nnode_name = "worker-1.example"\nkubeconfig = "kube/config"\nstate_file = "state.json"\n';
+    expect(parseWith(text, {}).kubernetes).toEqual({
+      enabled: true,
+      namespace: 'registry-proxy-agent',
+      nodeName: 'worker-1.example',
+      kubeconfig: '/etc/rpa/kube/config',
+      stateFile: '/etc/rpa/state.json',
+    });
+  });
+
+  it.each([
+    ['[kubernetes]\nenabled = true\n', 'kubernetes.node_name: required with enabled = true: set node_name or NODE_NAME (the DaemonSet sets it from spec.nodeName)'],
+    ['[kubernetes]\nenabled = "yes"\nnode_name = "n"\n', 'kubernetes.enabled: expected a boolean, got string'],
+    ['[kubernetes]\nenabled = true\nnode_name = "N_1"\n', "kubernetes.node_name: must be a node name (DNS subdomain): lower-case letters, digits and '-'"],
+    ['[kubernetes]\nenabled = true\nnode_name = "n"\nnamespace = "a.b"\n', "kubernetes.namespace: must be a DNS label: lower-case letters, digits and '-'"],
+    ['[kubernetes]\nenabled = true\nnode_name = "n"\nwatch = true\n', 'kubernetes.watch: unknown key'],
+  ])('%j fails with %j', (text, expected) => {
+    expect(errorOf(() => parseWith(text, {})).message).toBe(`${FILE}: ${expected}`);
+  });
+});
+
+describe('parseMirrorTable', () => {
+  const cp: ConnectivityProxyConfig = { url: new URL('http://cp.example:20003') };
+
+  it('validates a table like [[mirror]]; in-memory credentials make auth default to agent', () => {
+    const table = { registry: 'Registry.Corp.Example:5000', upstream: 'http://registry.virtual:5000/', route: 'connectivity-proxy', location_id: 'onprem-2' };
+    const mirror = parseMirrorTable(table, 'RegistryMirror/corp', { connectivityProxy: cp, inlineCredentials: { username: 'u', password: 'p' } });
+    expect(mirror).toMatchObject({ registry: 'registry.corp.example:5000', route: 'connectivity-proxy', locationId: 'onprem-2', auth: 'agent', inlineCredentials: { username: 'u', password: 'p' } });
+    expect(mirror.upstream.href).toBe('http://registry.virtual:5000/');
+  });
+
+  it.each([
+    [{ registry: 'r.example', upstream: 'https://r.example', route: 'connectivity-proxy' }, { connectivityProxy: cp }, `spec.upstream: ${CP_HTTPS_UPSTREAM}`],
+    [{ registry: 'r.example', upstream: 'http://r.example', route: 'connectivity-proxy' }, {}, 'spec.route: route = "connectivity-proxy" needs a [connectivity_proxy] table with url'],
+    [{ registry: 'r.example', upstream: 'http://r.example', auth: 'agent' }, {}, 'spec.auth: auth = "agent" needs username + password_file or docker_config_file'],
+    [{ registry: 'r.example', upstream: 'http://r.example', username: 'u' }, { inlineCredentials: { username: 'u', password: 'p' } }, 'spec.username: credentials are handed over in memory (a Secret); remove this key'],
+  ])('%j fails', (table, opts, expected) => {
+    expect(errorOf(() => parseMirrorTable(table, 'RegistryMirror/x', { ...opts, path: 'spec' })).message).toBe(`RegistryMirror/x: ${expected}`);
   });
 });
 

@@ -1,5 +1,5 @@
 import { open, readFile } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import toml from 'toml';
 import { isLoopback, parseListenAddress, parseRegistry } from './address.ts';
 import { parseDuration } from './duration.ts';
@@ -7,9 +7,10 @@ import { ConfigError } from './errors.ts';
 import { isTable, Section } from './section.ts';
 import type { Table } from './section.ts';
 import { parseSize } from './size.ts';
-import type { AgentConfig, AuthMode, ConnectivityProxyConfig, ListenAddress, MirrorConfig } from './types.ts';
+import type { AgentConfig, AuthMode, ConnectivityProxyConfig, KubernetesConfig, ListenAddress, MirrorConfig } from './types.ts';
 import {
   expectBoolean,
+  expectString,
   parseAuthMode,
   parseClientId,
   parseLocationId,
@@ -27,6 +28,20 @@ import {
 export interface ParseOptions {
   /** Directory that relative paths are resolved against (default: the process's working directory). */
   readonly baseDir?: string;
+  /** Environment for `[kubernetes]` defaults (NODE_NAME, POD_NAMESPACE); default `process.env`. */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+}
+
+/** How a mirror table outside the file (a RegistryMirror spec, the Kubernetes state file) is read. */
+export interface MirrorTableOptions {
+  /** The agent's `[connectivity_proxy]`: route = "connectivity-proxy" needs one. */
+  readonly connectivityProxy?: ConnectivityProxyConfig;
+  /** Directory that relative paths are resolved against (default: the process's working directory). */
+  readonly baseDir?: string;
+  /** Dotted path of the table in error keys (default: none, keys are named bare). */
+  readonly path?: string;
+  /** Credentials handed over in memory (a Kubernetes Secret); they count as credentials for `auth`. */
+  readonly inlineCredentials?: { readonly username: string; readonly password: string };
 }
 
 const TOP_LEVEL_KEYS = [
@@ -40,8 +55,14 @@ const TOP_LEVEL_KEYS = [
   'log_level',
   'allow_non_loopback_listen',
   'connectivity_proxy',
+  'kubernetes',
   'mirror',
 ] as const;
+
+const KUBERNETES_KEYS = ['enabled', 'namespace', 'node_name', 'kubeconfig', 'state_file'] as const;
+const DEFAULT_NAMESPACE = 'registry-proxy-agent';
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+const DNS_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
 const CONNECTIVITY_PROXY_KEYS = ['url', 'location_id', 'token_url', 'client_id', 'client_secret_file'] as const;
 
@@ -65,7 +86,7 @@ const CP_HTTPS_UPSTREAM =
   'to the real registry; use http://<virtual-host>:<port> as configured in the Cloud Connector';
 
 type PathParser = (value: unknown) => string;
-type Credentials = Pick<MirrorConfig, 'username' | 'passwordFile' | 'dockerConfigFile'>;
+type Credentials = Pick<MirrorConfig, 'username' | 'passwordFile' | 'dockerConfigFile' | 'inlineCredentials'>;
 type Route = Pick<MirrorConfig, 'route' | 'httpProxy' | 'locationId'>;
 
 /** What `npm start` runs with when no file is given; relative paths land under the working directory. */
@@ -96,19 +117,35 @@ export function parseConfig(text: string, source: string, opts: ParseOptions = {
   const path: PathParser = (value) => parsePath(value, baseDir);
   const root = new Section(source, '', parseToml(text, source), TOP_LEVEL_KEYS);
   const connectivityProxy = readConnectivityProxy(root, path);
+  const listen = readListen(root);
+  const metricsListen = root.read('metrics_listen', parseListenAddress, '127.0.0.1:9402');
+  const cacheDir = root.read('cache_dir', path, '/var/lib/registry-proxy-agent');
+  const kubernetes = readKubernetes(root, path, cacheDir, opts.env ?? process.env);
   return {
     source,
-    listen: readListen(root),
-    metricsListen: root.read('metrics_listen', parseListenAddress, '127.0.0.1:9402'),
-    cacheDir: root.read('cache_dir', path, '/var/lib/registry-proxy-agent'),
+    listen,
+    metricsListen,
+    cacheDir,
     cacheMaxBytes: root.read('cache_max_bytes', (v) => requirePositive(parseSize(v)), '20GiB'),
     hostsDir: root.read('hosts_dir', path, '/etc/containerd/certs.d'),
     manageHosts: root.read('manage_hosts', expectBoolean, true),
     containerdConfig: root.read('containerd_config', path, '/etc/containerd/config.toml'),
     logLevel: root.read('log_level', parseLogLevel, 'info'),
     ...present('connectivityProxy', connectivityProxy),
-    mirrors: readMirrors(root, path, connectivityProxy !== undefined),
+    ...present('kubernetes', kubernetes),
+    mirrors: readMirrors(root, path, connectivityProxy !== undefined, kubernetes?.enabled === true),
   };
+}
+
+/**
+ * Validates one mirror table given outside the file (a RegistryMirror spec translated to the TOML keys,
+ * an entry of the Kubernetes state file) exactly like a `[[mirror]]` table. Throws ConfigError naming
+ * `source` and the key.
+ */
+export function parseMirrorTable(table: Table, source: string, opts: MirrorTableOptions = {}): MirrorConfig {
+  const baseDir = opts.baseDir ?? process.cwd();
+  const section = new Section(source, opts.path ?? '', table, MIRROR_KEYS);
+  return readMirror(section, (value) => parsePath(value, baseDir), opts.connectivityProxy !== undefined, opts.inlineCredentials);
 }
 
 /** The embedded default configuration, with its data under `<cwd>/.agent-data`. */
@@ -176,7 +213,38 @@ function readConnectivityProxy(root: Section, path: PathParser): ConnectivityPro
   return { ...proxy, tokenUrl, clientId, clientSecretFile };
 }
 
-function readMirrors(root: Section, path: PathParser, hasConnectivityProxy: boolean): MirrorConfig[] {
+/** `[kubernetes]`: node name and namespace default to the Downward API variables the DaemonSet sets. */
+function readKubernetes(
+  root: Section,
+  path: PathParser,
+  cacheDir: string,
+  env: Readonly<Record<string, string | undefined>>,
+): KubernetesConfig | undefined {
+  const section = root.table('kubernetes', KUBERNETES_KEYS);
+  if (section === undefined) return undefined;
+  const enabled = section.read('enabled', expectBoolean, false);
+  const namespace = section.read('namespace', (v) => matching(v, DNS_LABEL, 'a DNS label'), nonEmpty(env.POD_NAMESPACE) ?? DEFAULT_NAMESPACE);
+  const nodeName = section.optional('node_name', (v) => matching(v, DNS_SUBDOMAIN, 'a node name (DNS subdomain)'));
+  const envNodeName = nonEmpty(env.NODE_NAME);
+  if (enabled && nodeName === undefined && envNodeName === undefined) {
+    section.fail('node_name', 'required with enabled = true: set node_name or NODE_NAME (the DaemonSet sets it from spec.nodeName)');
+  }
+  const kubeconfig = section.optional('kubeconfig', path);
+  const stateFile = section.read('state_file', path, join(cacheDir, 'kubernetes-mirrors.json'));
+  return { enabled, namespace, nodeName: nodeName ?? envNodeName ?? '', ...present('kubeconfig', kubeconfig), stateFile };
+}
+
+function matching(value: unknown, pattern: RegExp, what: string): string {
+  const text = expectString(value);
+  if (!pattern.test(text)) throw new Error(`must be ${what}: lower-case letters, digits and '-'`);
+  return text;
+}
+
+function nonEmpty(value: string | undefined): string | undefined {
+  return value === undefined || value === '' ? undefined : value;
+}
+
+function readMirrors(root: Section, path: PathParser, hasConnectivityProxy: boolean, kubernetesEnabled: boolean): MirrorConfig[] {
   const sections = root.tables('mirror', MIRROR_KEYS);
   const mirrors = sections.map((section) => readMirror(section, path, hasConnectivityProxy));
   const firstIndex = new Map<string, number>();
@@ -187,18 +255,25 @@ function readMirrors(root: Section, path: PathParser, hasConnectivityProxy: bool
     }
     firstIndex.set(mirror.registry, i);
   });
-  if (mirrors.length === 0) root.fail('', 'no [[mirror]] configured');
+  if (mirrors.length === 0 && !kubernetesEnabled) {
+    root.fail('', 'no [[mirror]] configured (or set [kubernetes] enabled = true to take mirrors from RegistryMirror resources)');
+  }
   return mirrors;
 }
 
-function readMirror(section: Section, path: PathParser, hasConnectivityProxy: boolean): MirrorConfig {
+function readMirror(
+  section: Section,
+  path: PathParser,
+  hasConnectivityProxy: boolean,
+  inlineCredentials?: MirrorTableOptions['inlineCredentials'],
+): MirrorConfig {
   const registry = section.required('registry', parseRegistry);
   const upstream = section.required('upstream', parseUpstream);
   const tagTtlMs = section.read('tag_ttl', parseDuration, '0s');
   const maxStaleMs = section.read('max_stale', parseDuration, '24h');
   const repositoryPrefix = section.read('repository_prefix', parseRepositoryPrefix, '');
   const route = readRoute(section, upstream, hasConnectivityProxy);
-  const credentials = readCredentials(section, path);
+  const credentials = readCredentials(section, path, inlineCredentials);
   const auth = readAuth(section, credentials !== undefined);
   return { registry, upstream, tagTtlMs, maxStaleMs, repositoryPrefix, ...route, auth, ...credentials };
 }
@@ -224,11 +299,22 @@ function readRoute(section: Section, upstream: URL, hasConnectivityProxy: boolea
   return { route, ...present('httpProxy', httpProxy), ...present('locationId', locationId) };
 }
 
-/** username + password_file, or docker_config_file, or none. */
-function readCredentials(section: Section, path: PathParser): Credentials | undefined {
+/** username + password_file, or docker_config_file, or credentials handed over in memory, or none. */
+function readCredentials(
+  section: Section,
+  path: PathParser,
+  inline: MirrorTableOptions['inlineCredentials'],
+): Credentials | undefined {
   const username = section.optional('username', parseUsername);
   const passwordFile = section.optional('password_file', path);
   const dockerConfigFile = section.optional('docker_config_file', path);
+  if (inline !== undefined) {
+    const given = { username, password_file: passwordFile, docker_config_file: dockerConfigFile };
+    for (const [key, value] of Object.entries(given)) {
+      if (value !== undefined) section.fail(key, 'credentials are handed over in memory (a Secret); remove this key');
+    }
+    return { inlineCredentials: { username: inline.username, password: inline.password } };
+  }
   if (dockerConfigFile !== undefined) {
     if (username !== undefined || passwordFile !== undefined) {
       section.fail(

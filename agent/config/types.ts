@@ -58,6 +58,20 @@ export interface MirrorConfig {
   readonly auth: AuthMode;
 }
 
+/** `[kubernetes]`: mirrors from RegistryMirror resources and per-node status reports (agent/kube/). */
+export interface KubernetesConfig {
+  /** Default false: the table may stay in the file while Kubernetes integration is off. */
+  readonly enabled: boolean;
+  /** The agent's namespace: credentials Secrets and the report and leader Leases live here. */
+  readonly namespace: string;
+  /** This node's name (NODE_NAME); '' only when not enabled. */
+  readonly nodeName: string;
+  /** A kubeconfig file; absent: the in-cluster service account. */
+  readonly kubeconfig?: string;
+  /** The last good RegistryMirror-derived mirrors (credentials included, mode 0600), served when the API is unreachable. */
+  readonly stateFile: string;
+}
+
 export interface AgentConfig {
   /** Where this configuration came from: the file path, or `<embedded default>`. */
   readonly source: string;
@@ -72,5 +86,8 @@ export interface AgentConfig {
   readonly containerdConfig: string;
   readonly logLevel: LogLevel;
   readonly connectivityProxy?: ConnectivityProxyConfig;
+  /** Present when the file has a `[kubernetes]` table. */
+  readonly kubernetes?: KubernetesConfig;
+  /** The file's `[[mirror]]` tables; with Kubernetes enabled there may be none. */
   readonly mirrors: readonly MirrorConfig[];
 }

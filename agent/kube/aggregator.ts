@@ -1,0 +1,241 @@
+import type { V1Lease } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import { type KubeClients, SERVER_SIDE_APPLY, messageOf, statusOf } from './client.ts';
+import { type Backoff, ResilientInformer } from './informer.ts';
+import { type MirrorReport, type NodeReport, REPORT_ANNOTATION, REPORT_LABEL, parseReport } from './node-report.ts';
+import {
+  API_VERSION,
+  type Condition,
+  type FailingNode,
+  FIELD_MANAGER,
+  GROUP,
+  KIND,
+  PLURAL,
+  type RegistryMirror,
+  type RegistryMirrorStatus,
+  VERSION,
+  nameOf,
+  nowTime,
+  truncate,
+} from './resources.ts';
+
+export interface AggregatorOptions {
+  /** Status is computed, and applied where it changed, at most this often (default 10 s). */
+  readonly intervalMs?: number;
+  /** Reports not renewed for this long are from nodes that are gone (default 30 min). */
+  readonly staleMs?: number;
+  readonly backoff?: Backoff;
+}
+
+interface Deps {
+  readonly clients: KubeClients;
+  readonly namespace: string;
+  readonly log: Logger;
+  /** The RegistryMirrors as the agent's informer knows them. */
+  readonly registryMirrors: () => readonly RegistryMirror[];
+  readonly options: AggregatorOptions;
+}
+
+interface ParsedLease {
+  readonly rv: string;
+  readonly node: string;
+  readonly renewedAt: number;
+  readonly report: NodeReport;
+}
+
+const MAX_FAILING_NODES = 10;
+const REASON = /^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$/;
+
+/** The status the leader wants, without lastTransitionTime (which only follows a change of `ready`). */
+export interface DesiredStatus {
+  readonly observedGeneration: number;
+  readonly ready: { readonly status: 'True' | 'False'; readonly reason: string; readonly message: string };
+  readonly nodes: { readonly ready: number; readonly failing: number; readonly failingNodes: readonly FailingNode[] };
+}
+
+/**
+ * The leader's job: fold the per-node report Leases into each RegistryMirror's status. It is the only
+ * writer of that status (server-side apply, field manager `registry-proxy-agent`, forced), it writes a
+ * RegistryMirror only when the folded result differs from what the object already says, and it does
+ * so at most once per interval, whatever the number of nodes.
+ */
+export class StatusAggregator {
+  readonly #d: Deps;
+  readonly #intervalMs: number;
+  readonly #staleMs: number;
+  readonly #leases: ResilientInformer<V1Lease>;
+  readonly #parsed = new Map<string, ParsedLease>();
+  /** Per RegistryMirror: what we applied last, and its resourceVersion before, to tell a lagging informer from a changed object. */
+  readonly #applied = new Map<string, { key: string; rvBefore: string | undefined }>();
+  #timer: NodeJS.Timeout | undefined;
+  #running = false;
+
+  constructor(deps: Deps) {
+    this.#d = deps;
+    this.#intervalMs = deps.options.intervalMs ?? 10_000;
+    this.#staleMs = deps.options.staleMs ?? 1_800_000;
+    const { coordination } = deps.clients;
+    this.#leases = new ResilientInformer<V1Lease>({
+      kc: deps.clients.kc,
+      path: `/apis/coordination.k8s.io/v1/namespaces/${deps.namespace}/leases`,
+      list: () => coordination.listNamespacedLease({ namespace: deps.namespace, labelSelector: `${REPORT_LABEL}=true` }),
+      labelSelector: `${REPORT_LABEL}=true`,
+      what: 'node report leases',
+      log: deps.log,
+      onChange: () => undefined,
+      ...(deps.options.backoff === undefined ? {} : { backoff: deps.options.backoff }),
+    });
+  }
+
+  start(): void {
+    this.#leases.start();
+    clearInterval(this.#timer);
+    this.#timer = setInterval(() => void this.#tick(), this.#intervalMs);
+    this.#timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+    this.#applied.clear();
+    await this.#leases.stop();
+  }
+
+  async #tick(): Promise<void> {
+    if (this.#running || !this.#leases.synced) return;
+    this.#running = true;
+    try {
+      const reports = this.#reports();
+      for (const rm of this.#d.registryMirrors()) await this.#reconcile(rm, reports);
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  /** Fresh reports per RegistryMirror name: node → report. */
+  #reports(): Map<string, Array<{ node: string; report: MirrorReport }>> {
+    const now = Date.now();
+    const byMirror = new Map<string, Array<{ node: string; report: MirrorReport }>>();
+    const seen = new Set<string>();
+    for (const lease of this.#leases.list()) {
+      const parsed = this.#parse(lease);
+      seen.add(nameOf(lease));
+      if (parsed === undefined || now - parsed.renewedAt > this.#staleMs) continue;
+      for (const [name, report] of Object.entries(parsed.report)) {
+        const list = byMirror.get(name) ?? [];
+        list.push({ node: parsed.node, report });
+        byMirror.set(name, list);
+      }
+    }
+    for (const name of this.#parsed.keys()) if (!seen.has(name)) this.#parsed.delete(name);
+    return byMirror;
+  }
+
+  /** Parsed once per resourceVersion: 5,000 Leases are re-read every interval, not re-parsed. */
+  #parse(lease: V1Lease): ParsedLease | undefined {
+    const name = nameOf(lease);
+    const rv = lease.metadata?.resourceVersion ?? '';
+    const cached = this.#parsed.get(name);
+    if (cached?.rv === rv) return cached;
+    const node = lease.spec?.holderIdentity;
+    const renewedAt = Date.parse(String(lease.spec?.renewTime ?? ''));
+    if (node === undefined || node === '' || Number.isNaN(renewedAt)) return undefined;
+    const parsed = { rv, node, renewedAt, report: parseReport(lease.metadata?.annotations?.[REPORT_ANNOTATION]) };
+    this.#parsed.set(name, parsed);
+    return parsed;
+  }
+
+  async #reconcile(rm: RegistryMirror, reports: ReadonlyMap<string, Array<{ node: string; report: MirrorReport }>>): Promise<void> {
+    const name = nameOf(rm);
+    const desired = aggregate(rm.metadata?.generation ?? 0, reports.get(name) ?? []);
+    if (sameStatus(rm.status, desired)) return;
+    const key = JSON.stringify(desired);
+    const rv = rm.metadata?.resourceVersion;
+    const last = this.#applied.get(name);
+    if (last?.key === key && last.rvBefore === rv) return; // our write is not in the informer yet
+    try {
+      await this.#d.clients.custom.patchClusterCustomObjectStatus(
+        {
+          group: GROUP,
+          version: VERSION,
+          plural: PLURAL,
+          name,
+          fieldManager: FIELD_MANAGER,
+          force: true,
+          body: { apiVersion: API_VERSION, kind: KIND, metadata: { name }, status: render(desired, rm.status) },
+        },
+        SERVER_SIDE_APPLY,
+      );
+      this.#applied.set(name, { key, rvBefore: rv });
+      this.#d.log.debug({ registryMirror: name, ready: desired.nodes.ready, failing: desired.nodes.failing }, 'RegistryMirror status applied');
+    } catch (error) {
+      if (statusOf(error) === 404) return; // deleted meanwhile
+      this.#d.log.warn({ registryMirror: name, err: messageOf(error) }, 'cannot apply RegistryMirror status: retrying next interval');
+    }
+  }
+}
+
+/** Folds the nodes' reports on one RegistryMirror. */
+export function aggregate(generation: number, reports: ReadonlyArray<{ node: string; report: MirrorReport }>): DesiredStatus {
+  const failing = reports.filter((r) => !r.report.ok).sort((a, b) => a.node.localeCompare(b.node));
+  const ready = reports.length - failing.length;
+  const failingNodes = failing.slice(0, MAX_FAILING_NODES).map(({ node, report }) => ({ node, reason: reason(report.reason), message: truncate(report.message) }));
+  // The oldest generation any node has evaluated: what the whole status stands for.
+  const observedGeneration = reports.length === 0 ? generation : Math.min(...reports.map((r) => r.report.generation));
+  const first = failingNodes[0];
+  let condition: DesiredStatus['ready'];
+  if (reports.length === 0) condition = { status: 'False', reason: 'NoReports', message: 'no node has reported on this RegistryMirror yet' };
+  else if (first === undefined) condition = { status: 'True', reason: 'AllNodesReady', message: `${ready} of ${ready} nodes serve this mirror` };
+  else {
+    condition = {
+      status: 'False',
+      reason: mostCommon(failing.map((f) => reason(f.report.reason))),
+      message: truncate(`${failing.length} of ${reports.length} nodes failing; ${first.node}: ${first.reason}: ${first.message}`, 1024),
+    };
+  }
+  return { observedGeneration, ready: condition, nodes: { ready, failing: failing.length, failingNodes } };
+}
+
+/** Whether the object's status already says what `desired` says (lastTransitionTime aside). */
+export function sameStatus(status: RegistryMirrorStatus | undefined, desired: DesiredStatus): boolean {
+  if (status === undefined || status.observedGeneration !== desired.observedGeneration) return false;
+  const c = status.conditions?.find((x) => x.type === 'Ready');
+  if (c === undefined || c.status !== desired.ready.status || c.reason !== desired.ready.reason || c.message !== desired.ready.message) return false;
+  if (c.observedGeneration !== desired.observedGeneration) return false;
+  const nodes = status.nodes;
+  return (
+    nodes !== undefined &&
+    nodes.ready === desired.nodes.ready &&
+    nodes.failing === desired.nodes.failing &&
+    sameFailingNodes(nodes.failingNodes ?? [], desired.nodes.failingNodes)
+  );
+}
+
+/** Field by field: the API server returns object keys in its own order. */
+function sameFailingNodes(a: readonly FailingNode[], b: readonly FailingNode[]): boolean {
+  const text = (list: readonly FailingNode[]): string[] => list.map((n) => JSON.stringify([n.node, n.reason, n.message ?? '']));
+  return JSON.stringify(text(a)) === JSON.stringify(text(b));
+}
+
+function render(desired: DesiredStatus, live: RegistryMirrorStatus | undefined): RegistryMirrorStatus {
+  const previous = live?.conditions?.find((c) => c.type === 'Ready');
+  const condition: Condition = {
+    type: 'Ready',
+    ...desired.ready,
+    observedGeneration: desired.observedGeneration,
+    lastTransitionTime: previous?.status === desired.ready.status ? previous.lastTransitionTime : nowTime(),
+  };
+  return { observedGeneration: desired.observedGeneration, conditions: [condition], nodes: { ...desired.nodes } };
+}
+
+/** A report's reason as the CRD admits it (condition and failingNodes reason pattern, 64 characters). */
+function reason(text: string): string {
+  const cleaned = text.replace(/[^A-Za-z0-9_,:]/g, '').slice(0, 64);
+  return REASON.test(cleaned) ? cleaned : 'Unknown';
+}
+
+function mostCommon(values: readonly string[]): string {
+  const counts = new Map<string, number>();
+  for (const v of values) counts.set(v, (counts.get(v) ?? 0) + 1);
+  return [...counts].sort(([a, x], [b, y]) => y - x || a.localeCompare(b))[0]?.[0] ?? 'Unknown';
+}

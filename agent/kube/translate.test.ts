@@ -1,0 +1,68 @@
+import type { V1Secret } from '@kubernetes/client-node';
+import { describe, expect, it } from 'vitest';
+import type { RegistryMirror } from './resources.ts';
+import { isTranslated, translate } from './translate.ts';
+
+const NS = 'agents';
+const b64 = (text: string): string => Buffer.from(text).toString('base64');
+
+function rm(spec: Record<string, unknown>): RegistryMirror {
+  return { apiVersion: 'registry-proxy.dev/v1alpha1', kind: 'RegistryMirror', metadata: { name: 'corp', generation: 3 }, spec };
+}
+
+function run(spec: Record<string, unknown>, secrets: Record<string, V1Secret> = {}) {
+  return translate(rm(spec), { namespace: NS, secret: (name) => secrets[name], connectivityProxy: { url: new URL('http://cp:20003') } });
+}
+
+describe('translate', () => {
+  it('maps the camelCase spec onto the [[mirror]] keys and validates it the same way', () => {
+    const result = run({ registry: 'R.corp.example:5000', upstream: 'http://registry.virtual:5000', route: 'connectivity-proxy', locationId: 'onprem-2', tagTTL: '5m', maxStale: '7d', repositoryPrefix: 'team' });
+    if (!isTranslated(result)) throw new Error(result.message);
+    expect(result.table).toEqual({ registry: 'R.corp.example:5000', upstream: 'http://registry.virtual:5000', route: 'connectivity-proxy', location_id: 'onprem-2', tag_ttl: '5m', max_stale: '7d', repository_prefix: 'team' });
+    expect(result.mirror).toMatchObject({ registry: 'r.corp.example:5000', route: 'connectivity-proxy', locationId: 'onprem-2', tagTtlMs: 300_000, maxStaleMs: 7 * 86_400_000, repositoryPrefix: 'team', auth: 'passthrough' });
+  });
+
+  it.each([
+    [{ registry: 'r.example', upstream: 'https://r.example', route: 'connectivity-proxy' }, 'spec.upstream: the Connectivity Proxy'],
+    [{ registry: 'r.example', upstream: 'http://r.example', maxStale: 'forever' }, 'spec.maxStale: invalid duration "forever"'],
+    [{ registry: 'r.example', upstream: 'http://r.example', httpProxy: 'http://p:3128' }, 'spec.httpProxy: http_proxy is only used with route = "http-proxy"'],
+    [{ registry: 'r.example', upstream: 'http://r.example', username: 'u' }, 'spec.username: unknown field'],
+    [{ upstream: 'http://r.example' }, 'spec.registry: required key is missing'],
+    [{ registry: 'r.example', upstream: 'http://r.example', auth: 'passthrough', credentialsSecretRef: { name: 's' } }, 'spec.auth: credentials are only used with auth = "agent"'],
+  ])('%j is InvalidSpec', (spec, message) => {
+    const result = run(spec);
+    expect(result).toMatchObject({ reason: 'InvalidSpec' });
+    expect(isTranslated(result) ? '' : result.message).toContain(message);
+  });
+
+  it('reads a basic-auth Secret; auth defaults to agent', () => {
+    const secret: V1Secret = { type: 'kubernetes.io/basic-auth', data: { username: b64('alice'), password: b64('s3cret') } };
+    const result = run({ registry: 'r.example', upstream: 'http://r.example', credentialsSecretRef: { name: 'creds' } }, { creds: secret });
+    expect(result).toMatchObject({ mirror: { auth: 'agent', inlineCredentials: { username: 'alice', password: 's3cret' } }, credentials: { username: 'alice', password: 's3cret' } });
+  });
+
+  it('picks the .dockerconfigjson entry for the upstream host before the registry', () => {
+    const config = { auths: { 'https://r.example': { auth: b64('reg:1') }, 'upstream.example:5000': { username: 'up', password: '2' } } };
+    const secret: V1Secret = { type: 'kubernetes.io/dockerconfigjson', data: { '.dockerconfigjson': b64(JSON.stringify(config)) } };
+    const both = run({ registry: 'r.example', upstream: 'http://upstream.example:5000', credentialsSecretRef: { name: 'd' } }, { d: secret });
+    expect(both).toMatchObject({ credentials: { username: 'up', password: '2' } });
+    const registryOnly = run({ registry: 'r.example', upstream: 'http://other.example', credentialsSecretRef: { name: 'd' } }, { d: secret });
+    expect(registryOnly).toMatchObject({ credentials: { username: 'reg', password: '1' } });
+  });
+
+  it.each([
+    [undefined, 'SecretNotFound', 'Secret agents/creds not found'],
+    [{ type: 'Opaque', data: { password: b64('x') } }, 'InvalidSecret', 'type "Opaque": expected kubernetes.io/basic-auth or kubernetes.io/dockerconfigjson'],
+    [{ type: 'kubernetes.io/basic-auth', data: { username: b64('a') } }, 'InvalidSecret', 'needs both username and password'],
+    [{ type: 'kubernetes.io/basic-auth', data: { username: b64('a:b'), password: b64('x') } }, 'InvalidSecret', "username must not contain ':'"],
+    [{ type: 'kubernetes.io/dockerconfigjson', data: { '.dockerconfigjson': b64('{"auths":{}}') } }, 'InvalidSecret', 'has no entry for r.example'],
+  ] as Array<[V1Secret | undefined, string, string]>)('a bad Secret is a problem that names it, never its content (%#)', (secret, reason, message) => {
+    const result = run({ registry: 'r.example', upstream: 'http://r.example', credentialsSecretRef: { name: 'creds' } }, secret === undefined ? {} : { creds: secret });
+    expect(result).toMatchObject({ reason });
+    expect(isTranslated(result) ? '' : result.message).toContain(message);
+  });
+
+  it('reports a broken spec before a missing Secret', () => {
+    expect(run({ registry: 'r.example', upstream: 'ftp://r.example', credentialsSecretRef: { name: 'gone' } })).toMatchObject({ reason: 'InvalidSpec' });
+  });
+});
