@@ -14,7 +14,9 @@ async function main(argv: readonly string[]): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
-  const config = commandLine.configFile ? await loadConfig(commandLine.configFile) : defaultConfig(process.cwd());
+  const config = commandLine.configFile
+    ? await loadConfig(commandLine.configFile, { requireMirrors: commandLine.command !== 'cleanup' })
+    : defaultConfig(process.cwd());
   const log = createLogger(config.logLevel);
   if (commandLine.command === 'cleanup') return cleanup(config, log);
   return serve(config, log, commandLine.configFile);

@@ -111,14 +111,18 @@ function container(ds: V1DaemonSet, name: string): V1Container {
 }
 
 /** The ConfigMap a DaemonSet mounts (by its generated name), and its config.toml parsed by the agent's own loader. */
-function mountedConfig(docs: readonly Manifest[], ds: V1DaemonSet): AgentConfig {
+function mountedConfig(docs: readonly Manifest[], ds: V1DaemonSet, purpose: 'agent' | 'cleanup' = 'agent'): AgentConfig {
   const volume = podSpec(ds).volumes?.find((v) => v.configMap !== undefined);
   const name = volume?.configMap?.name;
   expect(name, 'a ConfigMap volume').toBeDefined();
   const configMap = one<V1ConfigMap>(docs, 'ConfigMap', name);
   const text = configMap.data?.['config.toml'];
   if (text === undefined) throw new Error(`ConfigMap ${name} has no config.toml`);
-  return parseConfig(text, `ConfigMap ${name} config.toml`);
+  // The DaemonSet sets NODE_NAME and POD_NAMESPACE; `cleanup` takes no mirror.
+  return parseConfig(text, `ConfigMap ${name} config.toml`, {
+    env: { NODE_NAME: 'node-1', POD_NAMESPACE: 'registry-proxy-agent' },
+    requireMirrors: purpose === 'agent',
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -383,7 +387,7 @@ describe('manifests: RBAC is least privilege', () => {
 });
 
 describe('manifests: configuration', () => {
-  it('the base ConfigMap parses with the agent loader: loopback mirror, node paths, one example mirror', () => {
+  it('the base ConfigMap parses with the agent loader: loopback mirror, node paths, mirrors from RegistryMirrors', () => {
     const config = mountedConfig(base(), one<V1DaemonSet>(base(), 'DaemonSet', 'registry-proxy-agent'));
     expect(config).toMatchObject({
       listen: { host: '127.0.0.1', port: 5050 },
@@ -396,18 +400,18 @@ describe('manifests: configuration', () => {
       logLevel: 'info',
     });
     expect(config.connectivityProxy).toBeUndefined();
-    expect(config.mirrors.map((m) => m.registry)).toEqual(['registry.corp.example:5000']);
+    expect(config.mirrors).toEqual([]);
+    expect(config.kubernetes).toMatchObject({ enabled: true, nodeName: 'node-1', namespace: 'registry-proxy-agent' });
   });
 
-  it('the Kyma overlay adds the Connectivity Proxy and routes the example mirror through it', () => {
+  it('the Kyma overlay adds the Connectivity Proxy; mirrors come from RegistryMirrors', () => {
     const docs = render(join(MANIFESTS, 'overlays/kyma'));
     const ds = one<V1DaemonSet>(docs, 'DaemonSet', 'registry-proxy-agent');
     expect(all(docs, 'ConfigMap')).toHaveLength(1);
     const config = mountedConfig(docs, ds);
     expect(config.connectivityProxy?.url.href).toBe('http://connectivity-proxy.kyma-system.svc.cluster.local:20003/');
-    expect(config.mirrors.map((m) => [m.registry, m.route, m.upstream.protocol])).toEqual([
-      ['registry.corp.example:5000', 'connectivity-proxy', 'http:'],
-    ]);
+    expect(config.mirrors).toEqual([]);
+    expect(config.kubernetes?.enabled).toBe(true);
     // Everything else as in the base.
     const baseConfig = mountedConfig(base(), one<V1DaemonSet>(base(), 'DaemonSet', 'registry-proxy-agent'));
     const { source: _s1, mirrors: _m1, connectivityProxy: _c1, ...kymaRest } = config;
@@ -452,7 +456,7 @@ describe('manifests: cleanup', () => {
   it('mounts only the hosts dir from the node, the same one the agent manages', () => {
     const hostPaths = (podSpec(ds()).volumes ?? []).flatMap((v) => (v.hostPath ? [v.hostPath.path] : []));
     expect(hostPaths).toEqual(['/etc/containerd/certs.d']);
-    const cleanupConfig = mountedConfig(docs(), ds());
+    const cleanupConfig = mountedConfig(docs(), ds(), 'cleanup');
     const agentConfig = mountedConfig(base(), one<V1DaemonSet>(base(), 'DaemonSet', 'registry-proxy-agent'));
     expect(cleanupConfig.hostsDir).toBe(agentConfig.hostsDir);
     const mount = podSpec(ds()).initContainers?.[0]?.volumeMounts?.find((m) => m.mountPath === cleanupConfig.hostsDir);

@@ -28,6 +28,8 @@ import {
 export interface ParseOptions {
   /** Directory that relative paths are resolved against (default: the process's working directory). */
   readonly baseDir?: string;
+  /** false for commands that need no mirror (`cleanup` only uses hosts_dir). Default true. */
+  readonly requireMirrors?: boolean;
   /** Environment for `[kubernetes]` defaults (NODE_NAME, POD_NAMESPACE); default `process.env`. */
   readonly env?: Readonly<Record<string, string | undefined>>;
 }
@@ -104,9 +106,9 @@ upstream = "https://registry-1.docker.io"
  * Reads and validates a configuration file, including that every password_file, docker_config_file
  * and client_secret_file is readable.
  */
-export async function loadConfig(file: string): Promise<AgentConfig> {
+export async function loadConfig(file: string, opts: Pick<ParseOptions, 'requireMirrors'> = {}): Promise<AgentConfig> {
   const text = await readText(file);
-  const config = parseConfig(text, file, { baseDir: dirname(resolve(file)) });
+  const config = parseConfig(text, file, { ...opts, baseDir: dirname(resolve(file)) });
   await checkSecretFiles(config);
   return config;
 }
@@ -133,7 +135,7 @@ export function parseConfig(text: string, source: string, opts: ParseOptions = {
     logLevel: root.read('log_level', parseLogLevel, 'info'),
     ...present('connectivityProxy', connectivityProxy),
     ...present('kubernetes', kubernetes),
-    mirrors: readMirrors(root, path, connectivityProxy !== undefined, kubernetes?.enabled === true),
+    mirrors: readMirrors(root, path, connectivityProxy !== undefined, kubernetes?.enabled === true || opts.requireMirrors === false),
   };
 }
 
