@@ -204,6 +204,16 @@ describe('manifests: the agent DaemonSet', () => {
     expect(agent().imagePullPolicy).toBe('IfNotPresent');
   });
 
+  it("tells the agent its own image, so it refuses to mirror that image's registry", () => {
+    const env = agent().env?.find((e) => e.name === 'AGENT_IMAGE');
+    expect(env?.value).toBe(agent().image);
+    const config = mountedConfig(base(), ds());
+    expect(() => parseConfig(`[[mirror]]\nregistry = "ghcr.io"\nupstream = "https://ghcr.io"\n`, 'x', { env: { AGENT_IMAGE: env?.value ?? '' } })).toThrow(
+      /allow_own_registry_mirror/,
+    );
+    expect(config.allowOwnRegistryMirror).toBe(false);
+  });
+
   it('starts with the mounted configuration', () => {
     expect(agent().args).toEqual(['start', '--config', CONFIG_FILE]);
     const mount = agent().volumeMounts?.find((m) => m.mountPath === '/etc/registry-proxy-agent');

@@ -149,6 +149,7 @@ describe('parseConfig', () => {
       manageHosts: true,
       containerdConfig: '/etc/containerd/config.toml',
       logLevel: 'info',
+      allowOwnRegistryMirror: false,
       mirrors: [
         {
           registry: 'registry.corp.example:5000',
@@ -232,6 +233,7 @@ describe('parseConfig', () => {
       manageHosts: true,
       containerdConfig: '/etc/containerd/config.toml',
       logLevel: 'info',
+      allowOwnRegistryMirror: false,
       mirrors: [
         {
           registry: 'docker.io',
@@ -809,6 +811,7 @@ describe('defaultConfig', () => {
       manageHosts: true,
       containerdConfig: '/etc/containerd/config.toml',
       logLevel: 'info',
+      allowOwnRegistryMirror: false,
       mirrors: [
         {
           registry: 'docker.io',
@@ -833,5 +836,28 @@ describe('ConfigError', () => {
     const error = new ConfigError(file, key, problem, { cause });
     expect(error).toBeInstanceOf(Error);
     expect(error).toMatchObject({ name: 'ConfigError', file, key, problem, message, cause });
+  });
+});
+
+describe('the agent image registry (bootstrap deadlock)', () => {
+  const mirrorOf = (registry: string) => `[[mirror]]\nregistry = "${registry}"\nupstream = "https://${registry}"\n`;
+
+  it.each([
+    ['ghcr.io/registry-proxy-agent/registry-proxy-agent:0.1.0', 'ghcr.io'],
+    ['registry.corp.example:5000/platform/agent@sha256:' + 'a'.repeat(64), 'registry.corp.example:5000'],
+    ['library/node:24', 'docker.io'],
+    ['node:24', 'docker.io'],
+    ['localhost/agent:1', 'localhost'],
+  ])('refuses to mirror the registry of %s unless confirmed', (image, registry) => {
+    const text = `own_image = "${image}"\n${mirrorOf(registry)}`;
+    expect(() => parseConfig(text, '/etc/rpa/agent.toml', { env: {} })).toThrow(
+      new RegExp(`^/etc/rpa/agent.toml: mirror\\[0\\]\\.registry: the agent's own image .* comes from ${registry.replace('.', '\\.')}`),
+    );
+    expect(parseConfig(`allow_own_registry_mirror = true\n${text}`, 'x', { env: {} }).mirrors).toHaveLength(1);
+  });
+
+  it('takes the image from AGENT_IMAGE (set by the DaemonSet) and allows other registries', () => {
+    expect(() => parseConfig(mirrorOf('ghcr.io'), 'x', { env: { AGENT_IMAGE: 'ghcr.io/a/b:1' } })).toThrow(/allow_own_registry_mirror/);
+    expect(parseConfig(mirrorOf('registry.corp.example'), 'x', { env: { AGENT_IMAGE: 'ghcr.io/a/b:1' } }).ownImage).toBe('ghcr.io/a/b:1');
   });
 });

@@ -3,6 +3,7 @@ import { dirname, join, resolve } from 'node:path';
 import toml from 'toml';
 import { isLoopback, parseListenAddress, parseRegistry } from './address.ts';
 import { parseDuration } from './duration.ts';
+import { ownImageProblem } from './own-image.ts';
 import { ConfigError } from './errors.ts';
 import { isTable, Section } from './section.ts';
 import type { Table } from './section.ts';
@@ -56,6 +57,8 @@ const TOP_LEVEL_KEYS = [
   'containerd_config',
   'log_level',
   'allow_non_loopback_listen',
+  'own_image',
+  'allow_own_registry_mirror',
   'connectivity_proxy',
   'kubernetes',
   'mirror',
@@ -122,7 +125,10 @@ export function parseConfig(text: string, source: string, opts: ParseOptions = {
   const listen = readListen(root);
   const metricsListen = root.read('metrics_listen', parseListenAddress, '127.0.0.1:9402');
   const cacheDir = root.read('cache_dir', path, '/var/lib/registry-proxy-agent');
-  const kubernetes = readKubernetes(root, path, cacheDir, opts.env ?? process.env);
+  const env = opts.env ?? process.env;
+  const kubernetes = readKubernetes(root, path, cacheDir, env);
+  const ownImage = root.optional('own_image', expectString) ?? (env['AGENT_IMAGE'] || undefined);
+  const allowOwnRegistryMirror = root.read('allow_own_registry_mirror', expectBoolean, false);
   return {
     source,
     listen,
@@ -133,9 +139,15 @@ export function parseConfig(text: string, source: string, opts: ParseOptions = {
     manageHosts: root.read('manage_hosts', expectBoolean, true),
     containerdConfig: root.read('containerd_config', path, '/etc/containerd/config.toml'),
     logLevel: root.read('log_level', parseLogLevel, 'info'),
+    ...present('ownImage', ownImage),
+    allowOwnRegistryMirror,
     ...present('connectivityProxy', connectivityProxy),
     ...present('kubernetes', kubernetes),
-    mirrors: readMirrors(root, path, connectivityProxy !== undefined, kubernetes?.enabled === true || opts.requireMirrors === false),
+    mirrors: refuseOwnRegistry(
+      root,
+      readMirrors(root, path, connectivityProxy !== undefined, kubernetes?.enabled === true || opts.requireMirrors === false),
+      allowOwnRegistryMirror ? undefined : ownImage,
+    ),
   };
 }
 
@@ -244,6 +256,15 @@ function matching(value: unknown, pattern: RegExp, what: string): string {
 
 function nonEmpty(value: string | undefined): string | undefined {
   return value === undefined || value === '' ? undefined : value;
+}
+
+/** A mirror of the registry the agent's own image comes from is refused unless confirmed (bootstrap deadlock). */
+function refuseOwnRegistry(root: Section, mirrors: MirrorConfig[], ownImage: string | undefined): MirrorConfig[] {
+  mirrors.forEach((mirror, i) => {
+    const problem = ownImageProblem(mirror.registry, ownImage);
+    if (problem) root.fail(`mirror[${i}].registry`, problem);
+  });
+  return mirrors;
 }
 
 function readMirrors(root: Section, path: PathParser, hasConnectivityProxy: boolean, kubernetesEnabled: boolean): MirrorConfig[] {

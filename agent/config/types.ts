@@ -85,6 +85,9 @@ export interface AgentConfig {
   /** The node's containerd config, read (never written) to tell whether containerd uses `hostsDir`. */
   readonly containerdConfig: string;
   readonly logLevel: LogLevel;
+  /** The agent's own image reference (default $AGENT_IMAGE): its registry may not be mirrored unless confirmed. */
+  readonly ownImage?: string;
+  readonly allowOwnRegistryMirror: boolean;
   readonly connectivityProxy?: ConnectivityProxyConfig;
   /** Present when the file has a `[kubernetes]` table. */
   readonly kubernetes?: KubernetesConfig;

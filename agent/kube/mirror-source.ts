@@ -1,3 +1,4 @@
+import { ownImageProblem } from '../config/own-image.ts';
 import type { KubernetesListObject, V1Secret } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { AgentConfig, MirrorConfig } from '../config/types.ts';
@@ -247,6 +248,11 @@ export class MirrorSource {
       const registry = entry.mirror.registry;
       const owner = owners.get(registry);
       let conflict: string | undefined;
+      const own = this.#config.allowOwnRegistryMirror ? undefined : ownImageProblem(registry, this.#config.ownImage);
+      if (own !== undefined) {
+        if (!problems.has(name)) problems.set(name, { reason: 'OwnImageRegistry', message: own });
+        continue;
+      }
       if (fileRegistries.has(registry)) conflict = `registry ${registry} is also configured in ${this.#config.source}, which wins`;
       else if (owner !== undefined) conflict = `registry ${registry} is already mirrored by RegistryMirror ${owner} (the older one wins)`;
       if (conflict === undefined) {
