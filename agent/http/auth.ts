@@ -4,12 +4,22 @@ import { AccessDeniedError, AuthRequiredError } from '../auth/errors.ts';
 import type { Mirror } from '../mirror/mirror.ts';
 import { randomBytes } from 'node:crypto';
 import { OciError } from '../oci/errors.ts';
-import { UpstreamError } from '../upstream/errors.ts';
+import { refusedRealm } from '../upstream/destination.ts';
+import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
 import type { MirrorSet } from './mirror-set.ts';
 
 /** Turns a passthrough auth failure into the 401 the puller needs, with the challenge pointed at the agent. */
 export function authError(error: AuthRequiredError | AccessDeniedError, mirror: Mirror, agentBase: string): OciError {
   const challenge = error instanceof AuthRequiredError ? error.challenge : undefined;
+  // A realm the agent would not contact itself is not handed to the puller as the agent's either.
+  const refused = challenge === undefined ? undefined : refusedRealm(challenge, mirror.config.upstream, mirror.upstream.route.kind);
+  if (refused) {
+    return new OciError('UNAVAILABLE', `upstream for ${mirror.registry} named a token realm the agent will not use`, {
+      status: 502,
+      detail: { registry: mirror.registry, cause: refused },
+      cause: error,
+    });
+  }
   const headers: Record<string, string> = {};
   if (challenge) {
     headers['www-authenticate'] = rewriteChallenge(challenge, {
@@ -85,7 +95,7 @@ export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessag
   if (response.status === 200) {
     for (const repository of repositories) mirror.access.remember(credential, `token:${repository}`);
   }
-  const answer = await readLimited(response.body, MAX_TOKEN_RESPONSE_BYTES);
+  const answer = await readLimited(mirror.registry, response.body, MAX_TOKEN_RESPONSE_BYTES);
   const out: Record<string, string> = { 'content-length': String(answer.length), 'cache-control': 'no-store' };
   const type = response.headers['content-type'];
   if (typeof type === 'string') out['content-type'] = type;
@@ -138,16 +148,21 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-async function readLimited(body: AsyncIterable<unknown> & { destroy(): void }, limit: number): Promise<Buffer> {
+async function readLimited(registry: string, body: AsyncIterable<unknown> & { destroy(): void }, limit: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
-  for await (const chunk of body) {
-    total += (chunk as Buffer).length;
-    if (total > limit) {
-      body.destroy();
-      throw new OciError('UNAVAILABLE', 'token endpoint response too large', { status: 502 });
+  try {
+    for await (const chunk of body) {
+      total += (chunk as Buffer).length;
+      if (total > limit) {
+        body.destroy();
+        throw new OciError('UNAVAILABLE', 'token endpoint response too large', { status: 502 });
+      }
+      chunks.push(chunk as Buffer);
     }
-    chunks.push(chunk as Buffer);
+  } catch (error) {
+    // A realm's body cut short is the realm failing, not an internal error.
+    throw error instanceof OciError ? error : fromTransportError(registry, error);
   }
   return Buffer.concat(chunks);
 }

@@ -38,7 +38,8 @@ function fromUpstream(error: UpstreamError): OciError {
       });
     }
     case 'invalid':
-    case 'redirect':
       return new OciError('UNAVAILABLE', `upstream for ${error.registry} sent an invalid response`, { status: 502, detail, cause: error });
+    case 'redirect':
+      return new OciError('UNAVAILABLE', `upstream for ${error.registry} sent a redirect the agent does not follow`, { status: 502, detail, cause: error });
   }
 }

@@ -1,4 +1,4 @@
-import type { ServerResponse } from 'node:http';
+import { STATUS_CODES, type ServerResponse } from 'node:http';
 import type { OciError } from '../oci/errors.ts';
 
 export const API_VERSION_HEADER = { 'docker-distribution-api-version': 'registry/2.0' } as const;
@@ -17,6 +17,20 @@ export function sendOciError(res: ServerResponse, error: OciError, method: strin
     'content-length': String(body.length),
   });
   res.end(method === 'HEAD' ? undefined : body);
+}
+
+/** An OCI error as raw HTTP/1.1 bytes, for sockets that never got a ServerResponse (parse errors, CONNECT). */
+export function rawOciResponse(error: OciError): string {
+  const body = JSON.stringify(error.toJSON());
+  const headers: Record<string, string> = {
+    ...API_VERSION_HEADER,
+    ...error.headers,
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': String(Buffer.byteLength(body)),
+    connection: 'close',
+  };
+  const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
+  return `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? 'Error'}\r\n${head}\r\n${body}`;
 }
 
 /**

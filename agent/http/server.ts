@@ -10,7 +10,8 @@ import { authError, handleTokenRequest, isTokenRequest } from './auth.ts';
 import { toOciError } from './errors.ts';
 import { type Outcome, handleBase, handleBlobGet, handleBlobHead, handleManifest } from './handlers.ts';
 import type { MirrorSet } from './mirror-set.ts';
-import { ClientGoneError, sendOciError } from './respond.ts';
+import { OpenResponses, clientErrorFor, protocolRefusal } from './client-errors.ts';
+import { ClientGoneError, rawOciResponse, sendOciError } from './respond.ts';
 
 export interface RequestRecord {
   readonly id: string;
@@ -33,17 +34,24 @@ export interface MirrorServerOptions {
 
 /** The mirror's HTTP surface: the only code that knows status codes and headers. */
 export function createMirrorServer(options: MirrorServerOptions): Server {
+  const open = new OpenResponses();
+  const serve = (req: IncomingMessage, res: ServerResponse): void => {
+    open.track(req.socket, res);
+    void handle(options, req, res);
+  };
   const server = createServer(
-    { requestTimeout: 60_000, headersTimeout: 20_000, keepAliveTimeout: 30_000, maxHeaderSize: 16 * 1024 },
-    (req, res) => void handle(options, req, res),
+    // Host and Expect are checked in handle() (protocolRefusal), so that those refusals are OCI errors too.
+    { requestTimeout: 60_000, headersTimeout: 20_000, keepAliveTimeout: 30_000, maxHeaderSize: 16 * 1024, requireHostHeader: false },
+    serve,
   );
+  server.on('checkExpectation', serve);
   // A forward-proxy tunnel request is never served: this is a mirror, not a proxy.
   server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
-    socket.end('HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+    socket.end(rawOciResponse(new OciError('UNSUPPORTED', 'CONNECT is not supported: this is a mirror, not a proxy', { headers: { allow: 'GET, HEAD' } })));
   });
-  server.on('clientError', (_error, socket: Duplex) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
-    else socket.destroy();
+  server.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => {
+    if (error.code === 'ECONNRESET' || !socket.writable) socket.destroy();
+    else open.answer(socket, clientErrorFor(error.code));
   });
   return server;
 }
@@ -58,6 +66,11 @@ async function handle(options: MirrorServerOptions, req: IncomingMessage, res: S
   res.setHeader('x-request-id', id);
   let mirror: Mirror | undefined;
   try {
+    const refusal = protocolRefusal(req);
+    if (refusal) {
+      req.resume();
+      throw refusal;
+    }
     if (isTokenRequest(req.url ?? '')) {
       outcome.kind = 'token';
       const { registry } = await handleTokenRequest(options.mirrors, req, res);

@@ -12,7 +12,7 @@ import { OciError } from '../oci/errors.ts';
 import { MANIFEST_ACCEPT, MANIFEST_MAX_BYTES, mediaTypeFromBody } from '../oci/media-types.ts';
 import { type Reference, type RepositoryName, upstreamRepository } from '../oci/reference.ts';
 import { type UpstreamClient, type UpstreamResponse, firstHeader } from '../upstream/client.ts';
-import { UpstreamError } from '../upstream/errors.ts';
+import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
 import type { TagRecord, TagStore } from './tag-store.ts';
 import { contentLength, upstreamFailure } from './upstream-status.ts';
 
@@ -306,13 +306,18 @@ async function readLimited(registry: string, response: UpstreamResponse): Promis
   }
   const chunks: Buffer[] = [];
   let total = 0;
-  for await (const chunk of response.body) {
-    total += (chunk as Buffer).length;
-    if (total > MANIFEST_MAX_BYTES) {
-      response.body.destroy();
-      throw new UpstreamError(registry, 'invalid', `manifest exceeds the ${MANIFEST_MAX_BYTES}-byte limit`);
+  try {
+    for await (const chunk of response.body) {
+      total += (chunk as Buffer).length;
+      if (total > MANIFEST_MAX_BYTES) {
+        response.body.destroy();
+        throw new UpstreamError(registry, 'invalid', `manifest exceeds the ${MANIFEST_MAX_BYTES}-byte limit`);
+      }
+      chunks.push(chunk as Buffer);
     }
-    chunks.push(chunk as Buffer);
+  } catch (error) {
+    // A body cut short or stalled is upstream failing, not an internal error.
+    throw fromTransportError(registry, error);
   }
   return Buffer.concat(chunks, total);
 }

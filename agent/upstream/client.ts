@@ -1,6 +1,7 @@
 import type { Dispatcher } from 'undici';
 import type { IncomingHttpHeaders } from 'node:http';
 import { type Challenge, parseChallenge } from './challenge.ts';
+import { refusedDestination } from './destination.ts';
 import { UpstreamError } from './errors.ts';
 import { DirectRoute, type Route } from './routes.ts';
 import { TokenCache } from './tokens.ts';
@@ -59,7 +60,9 @@ const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 /**
  * Talks to one mirror's upstream registry: resolves paths against the base URL, answers auth
  * challenges with the mirror's credentials (Basic, or a Bearer token from the challenge's realm),
- * and follows redirects itself, never carrying Authorization to another origin.
+ * and follows redirects itself, never carrying Authorization to another origin. A redirect target
+ * or realm that names a node-local address other than the upstream's own host is refused
+ * (see refusedDestination).
  */
 export class UpstreamClient {
   readonly registry: string;
@@ -117,6 +120,8 @@ export class UpstreamClient {
 
   /** Forwards a puller's token request to a realm learned from this upstream's challenges (passthrough). */
   async forwardTokenRequest(realm: URL, method: 'GET' | 'POST', headers: Record<string, string>, body: Buffer | undefined): Promise<UpstreamResponse> {
+    const refused = refusedDestination(realm, this.base, this.route.kind);
+    if (refused) throw new UpstreamError(this.registry, 'invalid', `token realm refused: ${refused}`);
     const response = await this.#timed('token', () =>
       this.route.send(this.registry, realm, {
         method,
@@ -196,7 +201,8 @@ export class UpstreamClient {
     } catch (cause) {
       throw new UpstreamError(this.registry, 'invalid', 'Bearer challenge realm is not a URL', { cause });
     }
-    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new UpstreamError(this.registry, 'invalid', 'Bearer realm must be http(s)');
+    const refused = refusedDestination(url, this.base, this.route.kind);
+    if (refused) throw new UpstreamError(this.registry, 'invalid', `Bearer realm refused: ${refused}`);
     const service = challenge.params['service'];
     if (service) url.searchParams.set('service', service);
     url.searchParams.set('scope', challenge.params['scope'] ?? scope);
@@ -254,8 +260,8 @@ export class UpstreamClient {
     } catch (cause) {
       throw new UpstreamError(this.registry, 'redirect', 'redirect Location is not a URL', { cause });
     }
-    if (next.protocol !== 'https:' && next.protocol !== 'http:') throw new UpstreamError(this.registry, 'redirect', `redirect to unsupported scheme ${next.protocol}`);
-    if (next.username || next.password) throw new UpstreamError(this.registry, 'redirect', 'redirect Location carries credentials');
+    const refused = refusedDestination(next, this.base, this.route.kind);
+    if (refused) throw new UpstreamError(this.registry, 'redirect', `redirect not followed: ${refused}`);
     return next;
   }
 }
