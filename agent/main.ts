@@ -23,23 +23,33 @@ async function main(argv: readonly string[]): Promise<number> {
 }
 
 async function serve(config: AgentConfig, log: Logger, configFile: string | undefined): Promise<number> {
+  // Signals are taken from the first moment: a SIGHUP during start-up must not kill the process
+  // (its default action), and a SIGTERM during start-up stops the agent once it is up.
+  let runtime: AgentRuntime | undefined;
+  let kube: KubernetesIntegration | undefined;
+  let reloadPending = false;
+  if (configFile) {
+    process.on('SIGHUP', () => {
+      if (runtime) void reload(runtime, kube, configFile, log);
+      else reloadPending = true;
+    });
+  }
+  const stopSignal = new Promise<string>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+  });
   // With [kubernetes] enabled the runtime starts with the persisted RegistryMirror mirrors too, so a
   // restart never drops their hosts.toml; the live RegistryMirrors replace them once listed.
-  const kube = config.kubernetes?.enabled ? await (await import('./kube/kubernetes.ts')).KubernetesIntegration.prepare(config, log) : undefined;
-  const runtime = await AgentRuntime.start(kube?.startConfig ?? config, log);
+  kube = config.kubernetes?.enabled ? await (await import('./kube/kubernetes.ts')).KubernetesIntegration.prepare(config, log) : undefined;
+  runtime = await AgentRuntime.start(kube?.startConfig ?? config, log);
   await kube?.start(runtime);
   explain(runtime, log);
-  if (configFile) process.on('SIGHUP', () => void reload(runtime, kube, configFile, log));
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string): void => {
-      // hosts.toml entries stay: a restarting agent must not send pulls to the unreachable original registry.
-      log.info({ signal }, 'stopping: finishing in-flight responses; hosts.toml entries are kept');
-      const stopKube = kube ? kube.stop().catch(() => undefined) : Promise.resolve();
-      stopKube.then(() => runtime.stop()).then(resolve, resolve);
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
+  if (reloadPending && configFile) void reload(runtime, kube, configFile, log);
+  const signal = await stopSignal;
+  // hosts.toml entries stay: a restarting agent must not send pulls to the unreachable original registry.
+  log.info({ signal }, 'stopping: finishing in-flight responses; hosts.toml entries are kept');
+  await kube?.stop().catch(() => undefined);
+  await runtime.stop().catch(() => undefined);
   log.info('stopped');
   return 0;
 }

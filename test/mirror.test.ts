@@ -1,12 +1,13 @@
 import { createHash } from 'node:crypto';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { request } from 'undici';
+import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
 import { type ContainerdHandle, startContainerd } from './fixtures/containerd.ts';
 import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
 import { type MemoryBlob, type TestImage, makeImage, makeRandomBlob, pushBlob, pushImage } from './fixtures/image.ts';
+import { pollUntil } from './fixtures/poll.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
 
@@ -18,8 +19,10 @@ function sha256(bytes: Buffer): string {
   return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 }
 
+/** Each GET on its own connection, as separate containerd pulls would be: a shared pool could queue them. */
 async function getBlob(agentUrl: string, digest: string, headers: Record<string, string> = {}) {
-  const response = await request(`${agentUrl}/v2/${REPO}/blobs/${digest}?ns=${REGISTRY}`, { headers });
+  const dispatcher = new Agent({ keepAliveTimeout: 10, keepAliveMaxTimeout: 10 });
+  const response = await request(`${agentUrl}/v2/${REPO}/blobs/${digest}?ns=${REGISTRY}`, { headers, dispatcher });
   const body = Buffer.from(await response.body.arrayBuffer());
   return { status: response.statusCode, headers: response.headers, body };
 }
@@ -135,12 +138,15 @@ describe('pull-through mirror core with a real registry and containerd', () => {
   it('6. Range requests on a cached and on an in-flight blob return the right bytes', async () => {
     const blob = makeRandomBlob(8 * 1024 * 1024);
     await pushBlob(registry.url, REPO, blob, auth);
-    await proxy.setFault({ kind: 'throttle', bytesPerSecond: 8 * 1024 * 1024, pathIncludes: blob.digest });
+    await proxy.setFault({ kind: 'throttle', bytesPerSecond: 4 * 1024 * 1024, pathIncludes: blob.digest });
     try {
       const full = getBlob(agent.url, blob.digest);
-      await proxy.waitFor((reqs) => reqs.some((r) => r.path.includes(blob.digest) && r.bytes > 0));
+      // The fill is running (about 2 s at this pace): the range request joins it.
+      await pollUntil(() => agent.runtime.cache.stats().inflight === 1, { timeoutMs: 10_000, intervalMs: 5, what: 'fill running' });
       const inflight = await getBlob(agent.url, blob.digest, { range: 'bytes=1000-2999' });
       expect(inflight.status).toBe(206);
+      // It joined the fill (its last byte waits for the whole blob to be verified, like every in-flight read).
+      expect(agent.requests.some((r) => r.status === 206 && r.outcome.cache === 'joined')).toBe(true);
       expect(inflight.headers['content-range']).toBe(`bytes 1000-2999/${blob.bytes.length}`);
       expect(inflight.body.equals(blob.bytes.subarray(1000, 3000))).toBe(true);
       expect((await full).body.equals(blob.bytes)).toBe(true);

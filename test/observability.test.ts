@@ -1,10 +1,11 @@
 import { Writable } from 'node:stream';
-import { request } from 'undici';
+import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../agent/log.ts';
 import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
 import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
 import { makeImage, makeRandomBlob, pushBlob, pushImage } from './fixtures/image.ts';
+import { pollUntil } from './fixtures/poll.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
 
@@ -72,12 +73,15 @@ describe('metrics, health and logs after real traffic', () => {
     await pushImage(registry.url, 'team/app', 'v1', image);
     const blob = makeRandomBlob(2 * 1024 * 1024);
     await pushBlob(registry.url, 'team/app', blob);
-    await proxy.setFault({ kind: 'throttle', bytesPerSecond: 8 * 1024 * 1024, pathIncludes: blob.digest });
+    // Slow enough (about 2 s) that the joiners always arrive while the fill runs, even on a loaded machine.
+    await proxy.setFault({ kind: 'throttle', bytesPerSecond: 1024 * 1024, pathIncludes: blob.digest });
     const url = `${agent.url}/v2/team/app/blobs/${blob.digest}`;
     // One miss and two joins while the fill runs, then one hit.
-    const first = request(url).then((r) => r.body.arrayBuffer());
-    await proxy.waitFor((reqs) => reqs.some((r) => r.path.includes(blob.digest) && r.bytes > 0));
-    await Promise.all([first, request(url).then((r) => r.body.arrayBuffer()), request(url).then((r) => r.body.arrayBuffer())]);
+    // Each client on its own connection: one shared pool could queue the joiners behind the first.
+    const get = () => request(url, { dispatcher: new Agent() }).then((r) => r.body.arrayBuffer());
+    const first = get();
+    await pollUntil(() => agent.runtime.cache.stats().inflight === 1, { timeoutMs: 10_000, intervalMs: 5, what: 'fill running' });
+    await Promise.all([first, get(), get()]);
     await proxy.setFault(undefined);
     await (await request(url)).body.arrayBuffer();
     await (await request(`${agent.url}/v2/team/app/manifests/v1`)).body.arrayBuffer();

@@ -8,7 +8,16 @@ export interface FillSource {
   /** Announced length (Content-Length), when upstream sent one. */
   readonly size: number | undefined;
   readonly body: AsyncIterable<Uint8Array>;
+  /**
+   * Continues a download that broke off after `offset` bytes (a Range request). The fill asks at
+   * most MAX_RESUMES times, only after a transport failure, and only when bytes arrived since the
+   * last attempt; the whole blob is still verified against its digest at the end.
+   */
+  readonly resume?: (offset: number) => Promise<{ readonly body: AsyncIterable<Uint8Array> }>;
 }
+
+/** Resumes after a connection broke mid-blob (flaky tunnels, proxies that drop connections). */
+const MAX_RESUMES = 2;
 
 export interface FillOptions {
   /** The temp file; undefined when no file could be created (the fill relays from the start). */
@@ -169,18 +178,22 @@ export class Fill {
       this.#startRelay(new Error('not enough free disk space to cache this blob'));
     }
     const hash = createHash('sha256');
-    for await (const raw of source.body) {
-      const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
-      hash.update(chunk);
-      if (!this.#relay) await this.#writeToFile(chunk);
-      if (this.#relay) {
-        this.#memory.push(chunk);
-        this.#memoryBytes += chunk.length;
+    let body = source.body;
+    for (let resumes = 0; ; resumes += 1) {
+      const before = this.#written;
+      try {
+        await this.#consume(body, hash);
+        break;
+      } catch (error) {
+        if (!isTransportError(error)) throw error;
+        // Every announced byte arrived and then the connection dropped (proxies that close without
+        // saying so): nothing is missing, and the digest check below decides.
+        if (this.#size !== undefined && this.#written === this.#size) break;
+        // A retry that brought nothing new is not repeated.
+        const stalled = resumes > 0 && this.#written === before;
+        if (!source.resume || resumes >= MAX_RESUMES || stalled) throw error;
+        body = (await source.resume(this.#written)).body;
       }
-      this.#written += chunk.length;
-      if (this.#size !== undefined && this.#written > this.#size) throw new SizeMismatchError(this.#size, this.#written);
-      this.#notify();
-      if (this.#relay) await this.#paceRelay();
     }
     if (this.#size !== undefined && this.#written !== this.#size) throw new SizeMismatchError(this.#size, this.#written);
     const actual = `sha256:${hash.digest('hex')}`;
@@ -193,6 +206,22 @@ export class Fill {
       }
     }
     this.#size = this.#written;
+  }
+
+  async #consume(body: AsyncIterable<Uint8Array>, hash: ReturnType<typeof createHash>): Promise<void> {
+    for await (const raw of body) {
+      const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+      hash.update(chunk);
+      if (!this.#relay) await this.#writeToFile(chunk);
+      if (this.#relay) {
+        this.#memory.push(chunk);
+        this.#memoryBytes += chunk.length;
+      }
+      this.#written += chunk.length;
+      if (this.#size !== undefined && this.#written > this.#size) throw new SizeMismatchError(this.#size, this.#written);
+      this.#notify();
+      if (this.#relay) await this.#paceRelay();
+    }
   }
 
   async #writeToFile(chunk: Buffer): Promise<void> {
@@ -306,6 +335,13 @@ export class Fill {
     this.#wake = [];
     for (const resolve of wake) resolve();
   }
+}
+
+/** A broken connection or stalled body, as opposed to content that is wrong (never resumed). */
+function isTransportError(error: unknown): boolean {
+  if (error instanceof DigestMismatchError || error instanceof SizeMismatchError) return false;
+  const code = (error as { code?: unknown }).code;
+  return typeof code === 'string' && /^(UND_ERR_SOCKET|UND_ERR_BODY_TIMEOUT|UND_ERR_ABORTED|ECONNRESET|EPIPE|ETIMEDOUT)$/.test(code);
 }
 
 function toError(error: unknown): Error {

@@ -41,7 +41,7 @@ export function createMirrorServer(options: MirrorServerOptions): Server {
   };
   const server = createServer(
     // Host and Expect are checked in handle() (protocolRefusal), so that those refusals are OCI errors too.
-    { requestTimeout: 60_000, headersTimeout: 20_000, keepAliveTimeout: 30_000, maxHeaderSize: 16 * 1024, requireHostHeader: false },
+    { requestTimeout: 60_000, headersTimeout: 20_000, keepAliveTimeout: 30_000, maxHeaderSize: 16 * 1024, requireHostHeader: false, connectionsCheckingInterval: 1_000 },
     serve,
   );
   server.on('checkExpectation', serve);

@@ -137,7 +137,8 @@ export class Mirror {
       const response = await this.#request('GET', name, `blobs/${digest}`, ctx);
       if (response.status !== 200) throw await this.#failure(response, ctx, () => blobUnknown(digest));
       this.#confirm(name, digest, ctx);
-      return { size: contentLength(response), body: response.body };
+      const size = contentLength(response);
+      return { size, body: response.body, resume: (offset: number) => this.#resumeBlob(name, digest, offset, size, ctx) };
     });
     if (reader.origin !== 'miss') {
       try {
@@ -148,6 +149,20 @@ export class Mirror {
       }
     }
     return reader;
+  }
+
+  /** The rest of a blob from `offset` (Range request); only a 206 for exactly that offset is accepted. */
+  async #resumeBlob(name: RepositoryName, digest: Digest, offset: number, size: number | undefined, ctx: PullContext): Promise<{ body: UpstreamResponse['body'] }> {
+    const response = await this.#request('GET', name, `blobs/${digest}`, ctx, { range: `bytes=${offset}-` });
+    const range = firstHeader(response.headers['content-range']);
+    const match = range ? /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(range) : null;
+    const total = match?.[3] === '*' ? undefined : Number(match?.[3]);
+    if (response.status !== 206 || !match || Number(match[1]) !== offset || (size !== undefined && total !== undefined && total !== size)) {
+      await response.body.dump().catch(() => undefined);
+      throw new UpstreamError(this.registry, 'invalid', `upstream cannot resume ${digest} at byte ${offset} (status ${response.status})`);
+    }
+    this.#log.info({ registry: this.registry, digest, offset }, 'resuming a blob download that broke off');
+    return { body: response.body };
   }
 
   async #manifestByTag(name: RepositoryName, tag: string, wantBody: boolean, ctx: PullContext): Promise<ManifestResult> {
