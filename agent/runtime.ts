@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { BlobCache } from './cache/blob-cache.ts';
+import { isLoopback } from './config/address.ts';
 import { type WiringState, wireContainerd } from './containerd/wiring.ts';
 import type { AgentConfig, ConnectivityProxyConfig, ListenAddress, MirrorConfig } from './config/types.ts';
 import { createHealthServer } from './health.ts';
@@ -237,6 +238,12 @@ export class AgentRuntime {
     await listen(this.#mirrorServer, this.config.listen);
     await listen(this.#healthServer, this.config.metricsListen);
     this.#listening = true;
+    if (!isLoopback(this.config.listen.host)) {
+      this.#log.warn(
+        { listen: this.mirrorUrl },
+        'the mirror port is reachable from the network (allow_non_loopback_listen = true): anyone who reaches it can pull what the agent caches',
+      );
+    }
     this.#log.info(
       { listen: this.mirrorUrl, health: this.healthUrl, registries: this.mirrors.list().map((m) => m.registry), config: this.config.source },
       'mirror listening',
