@@ -13,7 +13,7 @@ import { MirrorSet } from './http/mirror-set.ts';
 import { type RequestRecord, causeChain, createMirrorServer } from './http/server.ts';
 import { Mirror } from './mirror/mirror.ts';
 import { TagStore } from './mirror/tag-store.ts';
-import { DEFAULT_TIMEOUTS, UpstreamClient } from './upstream/client.ts';
+import { UpstreamClient, type UpstreamTimeouts } from './upstream/client.ts';
 import { readCredentials, readSecretFile } from './upstream/credentials.ts';
 import { ClientCredentialsTokenSource, type OAuthTokenSource } from './upstream/oauth.ts';
 import { ConnectivityProxyRoute, DirectRoute, HttpProxyRoute, type Route } from './upstream/routes.ts';
@@ -103,7 +103,7 @@ export class AgentRuntime {
     await tags.init();
     const cpTokens = await connectivityProxyTokens(config.connectivityProxy);
     const mirrors = new MirrorSet(
-      await Promise.all(config.mirrors.map((m) => buildMirror(m, config.connectivityProxy, cpTokens, cache, tags, log, instrumentation))),
+      await Promise.all(config.mirrors.map((m) => buildMirror(m, config.connectivityProxy, cpTokens, cache, tags, log, instrumentation, config.upstreamTimeouts))),
     );
     const runtime = new AgentRuntime(config, log, cache, mirrors, instrumentation, options, tags, cpTokens);
     await runtime.#listen();
@@ -171,7 +171,7 @@ export class AgentRuntime {
           next.push(existing);
           continue;
         }
-        next.push(await buildMirror(config, this.#config.connectivityProxy, this.#cpTokens, this.cache, this.#tags, this.#log, this.#instrumentation));
+        next.push(await buildMirror(config, this.#config.connectivityProxy, this.#cpTokens, this.cache, this.#tags, this.#log, this.#instrumentation, this.#config.upstreamTimeouts));
         if (existing) {
           changed.push(config.registry);
           retired.push(existing);
@@ -275,15 +275,17 @@ async function buildMirror(
   tags: TagStore,
   log: Logger,
   instrumentation: Instrumentation,
+  timeouts: UpstreamTimeouts,
 ): Promise<Mirror> {
   const credentials = config.auth === 'agent' ? await readCredentials(config) : undefined;
-  const route = buildRoute(config, cp, cpTokens);
+  const route = buildRoute(config, cp, cpTokens, timeouts.connectMs);
   const upstream = new UpstreamClient({
     registry: config.registry,
     base: config.upstream,
     credentials,
     route,
     auth: config.auth,
+    timeouts,
     observe: (o) => instrumentation.upstream(o, log),
   });
   return new Mirror({ config, upstream, cache, tags, log: log.child({ component: 'mirror', registry: config.registry }) });
@@ -294,16 +296,16 @@ function sameMirror(a: MirrorConfig, b: MirrorConfig): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
-function buildRoute(config: MirrorConfig, cp: ConnectivityProxyConfig | undefined, cpTokens: OAuthTokenSource | undefined): Route {
+function buildRoute(config: MirrorConfig, cp: ConnectivityProxyConfig | undefined, cpTokens: OAuthTokenSource | undefined, connectMs: number): Route {
   switch (config.route) {
     case 'connectivity-proxy':
       if (!cp) throw new Error(`mirror ${config.registry}: route connectivity-proxy without [connectivity_proxy]`);
-      return new ConnectivityProxyRoute({ proxy: cp.url, locationId: config.locationId ?? cp.locationId, tokens: cpTokens, connectTimeoutMs: DEFAULT_TIMEOUTS.connectMs });
+      return new ConnectivityProxyRoute({ proxy: cp.url, locationId: config.locationId ?? cp.locationId, tokens: cpTokens, connectTimeoutMs: connectMs });
     case 'http-proxy':
       if (!config.httpProxy) throw new Error(`mirror ${config.registry}: route http-proxy without http_proxy`);
-      return new HttpProxyRoute(config.httpProxy, DEFAULT_TIMEOUTS.connectMs);
+      return new HttpProxyRoute(config.httpProxy, connectMs);
     default:
-      return new DirectRoute(DEFAULT_TIMEOUTS.connectMs);
+      return new DirectRoute(connectMs);
   }
 }
 

@@ -79,21 +79,25 @@ describe('Dockerfile: instructions', () => {
     for (const stage of stages) expect(stage.image).toMatch(NODE_24_IMAGE);
   });
 
-  it('installs production dependencies only, from the lock file', () => {
+  it('installs from the lock file, and ships node_modules only from a production-only install', () => {
     const installs = runs().filter((r) => /\bnpm\s+(ci|install|i)\b/.test(r));
     expect(installs.length).toBeGreaterThan(0);
-    for (const install of installs) {
-      expect(install).toMatch(/\bnpm ci\b/);
-      expect(install).toContain('--omit=dev');
-    }
+    for (const install of installs) expect(install).toMatch(/\bnpm ci\b/);
+    const shipped = instructions(finalStage(), 'COPY').find((c) => c.args.includes('node_modules'));
+    const from = /--from=(\S+)/.exec(shipped?.args ?? '')?.[1];
+    const source = stages.find((s) => s.name === from);
+    expect(source, 'node_modules copied from a named stage').toBeDefined();
+    const sourceInstalls = instructions(source!, 'RUN').filter((r) => /\bnpm ci\b/.test(r.args));
+    expect(sourceInstalls.length).toBeGreaterThan(0);
+    for (const install of sourceInstalls) expect(install.args).toContain('--omit=dev');
   });
 
-  it('runs agent/main.ts with node as its ENTRYPOINT (exec form)', () => {
+  it('runs the compiled dist/agent/main.js with node as its ENTRYPOINT (exec form)', () => {
     const [entrypoint, ...more] = instructions(finalStage(), 'ENTRYPOINT');
     expect(more).toEqual([]);
     const argv = execForm(entrypoint?.args ?? '');
     expect(argv?.[0]).toBe('node');
-    expect(argv?.[1]).toMatch(/(^|\/)agent\/main\.ts$/);
+    expect(argv?.[1]).toMatch(/(^|\/)dist\/agent\/main\.js$/);
   });
 
   it('the shipped stage takes sources only from stages where tests were deleted, and deletes nothing itself', () => {
@@ -103,6 +107,9 @@ describe('Dockerfile: instructions', () => {
       .filter((c) => !c.args.includes('--from='))
       .flatMap((c) => c.args.split(/\s+/).filter((a) => !a.startsWith('--')).slice(0, -1));
     expect(fromContext.every((source) => ['package.json', 'package-lock.json'].includes(source)), fromContext.join(' ')).toBe(true);
+    // Only compiled output comes from the build stage.
+    const fromBuild = instructions(finalStage(), 'COPY').filter((c) => c.args.includes('--from=build'));
+    for (const copy of fromBuild) expect(copy.args).toMatch(/\/app\/dist\b/);
   });
 });
 
@@ -285,10 +292,11 @@ describe('Dockerfile: performed', () => {
 
   it('ships the agent and its production dependencies, and no tests, test data or dev dependencies', () => {
     const app = hostPath(built.root, built.workdir, '.');
-    expect(existsSync(join(app, 'agent/main.ts'))).toBe(true);
+    expect(existsSync(join(app, 'dist/agent/main.js'))).toBe(true);
     expect(existsSync(join(app, 'package.json'))).toBe(true);
-    const shipped = filesUnder(join(app, 'agent'));
-    expect(shipped.filter((f) => f.endsWith('.test.ts') || f.split('/').includes('testdata'))).toEqual([]);
+    expect(existsSync(join(app, 'agent'))).toBe(false);
+    const shipped = filesUnder(join(app, 'dist'));
+    expect(shipped.filter((f) => /\.test\.(ts|js)$/.test(f) || f.split('/').includes('testdata') || f.endsWith('.ts'))).toEqual([]);
     expect(existsSync(join(app, 'test'))).toBe(false);
     const dependencies = Object.keys((JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { dependencies: Record<string, string> }).dependencies);
     for (const dependency of dependencies) expect(existsSync(join(app, 'node_modules', dependency)), dependency).toBe(true);

@@ -3,7 +3,7 @@ import type { Stats } from 'node:fs';
 import { type FileHandle, open, readFile, stat, statfs } from 'node:fs/promises';
 import type { Digest } from '../oci/digest.ts';
 import { BlobStore, ignoreMissing } from './blob-store.ts';
-import { type BlobReadable, FileBlob, FillBlob } from './blob-reader.ts';
+import { type BlobReadable, FileBlob, FillBlob, ReadBudget } from './blob-reader.ts';
 import { CacheIndex, type CacheIndexStats, type Lease } from './cache-index.ts';
 import { DigestMismatchError, SizeMismatchError } from './errors.ts';
 import { Fill, type FillSource } from './fill.ts';
@@ -44,6 +44,8 @@ export class BlobCache {
   readonly #index: CacheIndex;
   readonly #events: CacheEvents;
   readonly #inflight = new Map<Digest, Fill>();
+  /** Sizes reads by how many streams run at once: memory stays bounded under 1,000 clients. */
+  readonly #budget = new ReadBudget();
   readonly #verifying = new Map<Digest, Promise<boolean>>();
   #scanned = false;
   #joined = 0;
@@ -102,7 +104,7 @@ export class BlobCache {
     const fill = this.#running(digest);
     if (fill) {
       this.#joined += 1;
-      return new FillBlob(fill, 'joined');
+      return new FillBlob(fill, 'joined', this.#budget);
     }
     return undefined;
   }
@@ -129,7 +131,7 @@ export class BlobCache {
     const again = this.#running(digest);
     if (again) {
       this.#joined += 1;
-      return new FillBlob(again, 'joined');
+      return new FillBlob(again, 'joined', this.#budget);
     }
     const temp = await this.#createTemp();
     // Re-check: another request may have started the fill while the temp file was created.
@@ -140,7 +142,7 @@ export class BlobCache {
         await this.store.removeTemp(temp.path);
       }
       this.#joined += 1;
-      return new FillBlob(raced, 'joined');
+      return new FillBlob(raced, 'joined', this.#budget);
     }
     const fill = new Fill(
       digest,
@@ -153,7 +155,7 @@ export class BlobCache {
       fetch(),
     );
     this.#inflight.set(digest, fill);
-    const reader = new FillBlob(fill, 'miss');
+    const reader = new FillBlob(fill, 'miss', this.#budget);
     void this.#settle(fill);
     return reader;
   }
@@ -261,7 +263,7 @@ export class BlobCache {
         }
         lease.markVerified(stamp);
       }
-      return new FileBlob(handle, info.size, lease.release);
+      return new FileBlob(handle, info.size, lease.release, this.#budget);
     } catch (error) {
       lease.release();
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') {

@@ -1,8 +1,44 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { Fill, FillReader } from './fill.ts';
 
-/** Read size for streaming; large enough to keep syscalls per MiB low, small enough to keep memory flat. */
+/** Largest read: few syscalls per MiB for a lone stream. */
 export const CHUNK_BYTES = 1024 * 1024;
+/** Smallest read, used when very many streams run at once. */
+export const MIN_CHUNK_BYTES = 16 * 1024;
+/**
+ * Total bytes of read chunks the agent aims to hold at once, across all streams: a chunk stays in
+ * memory until the client's socket takes it, so with 1,000 concurrent clients 1 MiB chunks would
+ * mean ~1 GiB. Each stream's chunk is the budget divided by the active streams, within the bounds.
+ */
+export const CHUNK_BUDGET_BYTES = 32 * 1024 * 1024;
+
+/** Counts active streams and sizes their reads to keep memory bounded under high concurrency. */
+export class ReadBudget {
+  #active = 0;
+  readonly #budget: number;
+
+  constructor(budget = CHUNK_BUDGET_BYTES) {
+    this.#budget = budget;
+  }
+
+  open(): () => void {
+    this.#active += 1;
+    let closed = false;
+    return () => {
+      if (closed) return;
+      closed = true;
+      this.#active -= 1;
+    };
+  }
+
+  get active(): number {
+    return this.#active;
+  }
+
+  chunkBytes(): number {
+    return Math.max(MIN_CHUNK_BYTES, Math.min(CHUNK_BYTES, Math.floor(this.#budget / Math.max(1, this.#active))));
+  }
+}
 
 /** Where the bytes of a response come from, for logs and metrics. */
 export type BlobOrigin = 'hit' | 'miss' | 'joined';
@@ -26,12 +62,16 @@ export class FileBlob implements BlobReadable {
   readonly #handle: FileHandle;
   readonly #size: number;
   readonly #release: () => void;
+  readonly #budget: ReadBudget;
+  readonly #leaveBudget: () => void;
   #closed = false;
 
-  constructor(handle: FileHandle, size: number, release: () => void) {
+  constructor(handle: FileHandle, size: number, release: () => void, budget: ReadBudget) {
     this.#handle = handle;
     this.#size = size;
     this.#release = release;
+    this.#budget = budget;
+    this.#leaveBudget = budget.open();
   }
 
   size(): number {
@@ -41,7 +81,7 @@ export class FileBlob implements BlobReadable {
   async *read(start: number, end: number = this.#size): AsyncGenerator<Buffer> {
     let position = start;
     while (position < end) {
-      const length = Math.min(CHUNK_BYTES, end - position);
+      const length = Math.min(this.#budget.chunkBytes(), end - position);
       const buffer = Buffer.allocUnsafe(length);
       const { bytesRead } = await this.#handle.read(buffer, 0, length, position);
       if (bytesRead === 0) throw new Error(`cached file ended early at ${position} of ${this.#size} bytes`);
@@ -53,6 +93,7 @@ export class FileBlob implements BlobReadable {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#leaveBudget();
     this.#release();
     this.#handle.close().catch(() => undefined);
   }
@@ -63,11 +104,15 @@ export class FillBlob implements BlobReadable {
   readonly origin: BlobOrigin;
   readonly #fill: Fill;
   readonly #reader: FillReader;
+  readonly #budget: ReadBudget;
+  readonly #leaveBudget: () => void;
 
-  constructor(fill: Fill, origin: BlobOrigin) {
+  constructor(fill: Fill, origin: BlobOrigin, budget: ReadBudget) {
     this.origin = origin;
     this.#fill = fill;
     this.#reader = fill.attach();
+    this.#budget = budget;
+    this.#leaveBudget = budget.open();
   }
 
   size(): number | undefined {
@@ -88,7 +133,7 @@ export class FillBlob implements BlobReadable {
       // Until verified, hold back the last byte of the range so no response can complete on unverified content.
       const limit = fill.done ? (end ?? fill.size ?? fill.written) : Math.min(fill.written, end ?? Infinity) - 1;
       if (position < limit) {
-        const chunk = await fill.read(position, Math.min(CHUNK_BYTES, limit - position));
+        const chunk = await fill.read(position, Math.min(this.#budget.chunkBytes(), limit - position));
         if (chunk.length === 0) throw new Error(`fill of ${fill.digest} could not be read at ${position}`);
         position += chunk.length;
         yield chunk;
@@ -102,6 +147,7 @@ export class FillBlob implements BlobReadable {
   }
 
   close(): void {
+    this.#leaveBudget();
     this.#reader.detach();
   }
 }

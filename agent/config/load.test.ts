@@ -149,6 +149,7 @@ describe('parseConfig', () => {
       manageHosts: true,
       containerdConfig: '/etc/containerd/config.toml',
       logLevel: 'info',
+      upstreamTimeouts: { connectMs: 10_000, headersMs: 30_000, bodyMs: 60_000 },
       allowOwnRegistryMirror: false,
       mirrors: [
         {
@@ -233,6 +234,7 @@ describe('parseConfig', () => {
       manageHosts: true,
       containerdConfig: '/etc/containerd/config.toml',
       logLevel: 'info',
+      upstreamTimeouts: { connectMs: 10_000, headersMs: 30_000, bodyMs: 60_000 },
       allowOwnRegistryMirror: false,
       mirrors: [
         {
@@ -811,6 +813,7 @@ describe('defaultConfig', () => {
       manageHosts: true,
       containerdConfig: '/etc/containerd/config.toml',
       logLevel: 'info',
+      upstreamTimeouts: { connectMs: 10_000, headersMs: 30_000, bodyMs: 60_000 },
       allowOwnRegistryMirror: false,
       mirrors: [
         {
@@ -859,5 +862,15 @@ describe('the agent image registry (bootstrap deadlock)', () => {
   it('takes the image from AGENT_IMAGE (set by the DaemonSet) and allows other registries', () => {
     expect(() => parseConfig(mirrorOf('ghcr.io'), 'x', { env: { AGENT_IMAGE: 'ghcr.io/a/b:1' } })).toThrow(/allow_own_registry_mirror/);
     expect(parseConfig(mirrorOf('registry.corp.example'), 'x', { env: { AGENT_IMAGE: 'ghcr.io/a/b:1' } }).ownImage).toBe('ghcr.io/a/b:1');
+  });
+});
+
+describe('upstream timeouts', () => {
+  const mirror = '[[mirror]]\nregistry = "r.example"\nupstream = "http://r.example"\n';
+  it('are durations, positive', () => {
+    const config = parseConfig(`upstream_connect_timeout = "2s"\nupstream_response_timeout = "1m30s"\nupstream_idle_timeout = "500ms"\n${mirror}`, 'x');
+    expect(config.upstreamTimeouts).toEqual({ connectMs: 2_000, headersMs: 90_000, bodyMs: 500 });
+    expect(() => parseConfig(`upstream_response_timeout = "0s"\n${mirror}`, 'f.toml')).toThrow(/^f\.toml: upstream_response_timeout: /);
+    expect(() => parseConfig(`upstream_idle_timeout = 5\n${mirror}`, 'f.toml')).toThrow(/^f\.toml: upstream_idle_timeout: /);
   });
 });

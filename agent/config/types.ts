@@ -85,6 +85,8 @@ export interface AgentConfig {
   /** The node's containerd config, read (never written) to tell whether containerd uses `hostsDir`. */
   readonly containerdConfig: string;
   readonly logLevel: LogLevel;
+  /** Upstream timeouts (ms): connect, first byte (response headers), silence while a body streams. */
+  readonly upstreamTimeouts: { readonly connectMs: number; readonly headersMs: number; readonly bodyMs: number };
   /** The agent's own image reference (default $AGENT_IMAGE): its registry may not be mirrored unless confirmed. */
   readonly ownImage?: string;
   readonly allowOwnRegistryMirror: boolean;
