@@ -150,6 +150,7 @@ describe('parseConfig', () => {
       containerdConfig: '/etc/containerd/config.toml',
       logLevel: 'info',
       upstreamTimeouts: { connectMs: 10_000, headersMs: 30_000, bodyMs: 60_000 },
+      hostRoot: '',
       allowOwnRegistryMirror: false,
       mirrors: [
         {
@@ -235,6 +236,7 @@ describe('parseConfig', () => {
       containerdConfig: '/etc/containerd/config.toml',
       logLevel: 'info',
       upstreamTimeouts: { connectMs: 10_000, headersMs: 30_000, bodyMs: 60_000 },
+      hostRoot: '',
       allowOwnRegistryMirror: false,
       mirrors: [
         {
@@ -814,6 +816,7 @@ describe('defaultConfig', () => {
       containerdConfig: '/etc/containerd/config.toml',
       logLevel: 'info',
       upstreamTimeouts: { connectMs: 10_000, headersMs: 30_000, bodyMs: 60_000 },
+      hostRoot: '',
       allowOwnRegistryMirror: false,
       mirrors: [
         {

@@ -55,6 +55,7 @@ const TOP_LEVEL_KEYS = [
   'hosts_dir',
   'manage_hosts',
   'containerd_config',
+  'host_root',
   'log_level',
   'allow_non_loopback_listen',
   'upstream_connect_timeout',
@@ -141,6 +142,7 @@ export function parseConfig(text: string, source: string, opts: ParseOptions = {
     hostsDir: root.read('hosts_dir', path, '/etc/containerd/certs.d'),
     manageHosts: root.read('manage_hosts', expectBoolean, true),
     containerdConfig: root.read('containerd_config', path, '/etc/containerd/config.toml'),
+    hostRoot: root.optional('host_root', path) ?? '',
     logLevel: root.read('log_level', parseLogLevel, 'info'),
     upstreamTimeouts: {
       connectMs: root.read('upstream_connect_timeout', (v) => requirePositive(parseDuration(v)), '10s'),

@@ -84,6 +84,8 @@ export interface AgentConfig {
   readonly manageHosts: boolean;
   /** The node's containerd config, read (never written) to tell whether containerd uses `hostsDir`. */
   readonly containerdConfig: string;
+  /** Where the node's root is mounted ('' = the agent sees node paths directly): absolute containerd imports are read under it. */
+  readonly hostRoot: string;
   readonly logLevel: LogLevel;
   /** Upstream timeouts (ms): connect, first byte (response headers), silence while a body streams. */
   readonly upstreamTimeouts: { readonly connectMs: number; readonly headersMs: number; readonly bodyMs: number };

@@ -22,7 +22,12 @@ export type LoadedConfig =
 /** Far more than any real node has; stops runaway globs. */
 const MAX_FILES = 64;
 
-export async function loadContainerdConfig(configFile: string): Promise<LoadedConfig> {
+/**
+ * Loads containerd's config and its imports. `hostRoot` is where the node's root file system is
+ * mounted when the agent runs in a container ('' when it sees the node's paths directly): an
+ * absolute import such as /etc/containerd/conf.d/*.toml is read under it.
+ */
+export async function loadContainerdConfig(configFile: string, hostRoot = ''): Promise<LoadedConfig> {
   const main = path.resolve(configFile);
   const first = await readConfigFile(main);
   if (first.kind !== 'loaded') return first;
@@ -47,7 +52,7 @@ export async function loadContainerdConfig(configFile: string): Promise<LoadedCo
     if (read.kind !== 'loaded') return read;
     files.push({ path: file, doc: read.doc });
     loaded.add(file);
-    const imports = await resolveImports(file, read.doc['imports'], warnings);
+    const imports = await resolveImports(file, read.doc['imports'], warnings, hostRoot);
     if (typeof imports === 'string') return { kind: 'invalid', path: file, reason: imports };
     pending.push(...imports);
   }
@@ -82,12 +87,12 @@ function configVersion(doc: TomlTable): number | undefined {
 }
 
 /** The files `imports` names, or an error text when containerd itself would refuse the list. */
-async function resolveImports(parent: string, imports: unknown, warnings: string[]): Promise<string[] | string> {
+async function resolveImports(parent: string, imports: unknown, warnings: string[], hostRoot: string): Promise<string[] | string> {
   if (imports === undefined) return [];
   if (!Array.isArray(imports) || !imports.every((i) => typeof i === 'string')) return '"imports" must be an array of strings';
   const out: string[] = [];
   for (const entry of imports as string[]) {
-    const resolved = path.resolve(path.dirname(parent), entry);
+    const resolved = path.isAbsolute(entry) && hostRoot !== '' ? path.join(hostRoot, entry) : path.resolve(path.dirname(parent), entry);
     if (!resolved.includes('*')) {
       out.push(resolved);
     } else if (resolved.includes('**')) {

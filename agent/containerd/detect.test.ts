@@ -252,3 +252,28 @@ describe('globPaths', () => {
 function escape(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
+
+describe('detectContainerd in a container (host_root)', () => {
+  let host: string;
+  beforeEach(async () => {
+    host = await mkdtemp(path.join(os.tmpdir(), 'hostroot-'));
+  });
+  afterEach(async () => {
+    await rm(host, { recursive: true, force: true });
+  });
+
+  it('reads absolute imports under the node root mounted at host_root', async () => {
+    await mkdir(path.join(host, 'etc/containerd/conf.d'), { recursive: true });
+    await writeFile(path.join(host, 'etc/containerd/config.toml'), 'version = 2\nimports = ["/etc/containerd/conf.d/*.toml"]\n');
+    await writeFile(
+      path.join(host, 'etc/containerd/conf.d/registry.toml'),
+      'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "/etc/containerd/certs.d"\n',
+    );
+    const configFile = path.join(host, 'etc/containerd/config.toml');
+    const mounted = await detectContainerd(configFile, '/etc/containerd/certs.d', host);
+    expect(mounted.state).toBe('ok');
+    // Without host_root the import is looked up in the container's own /etc and not found.
+    const unmounted = await detectContainerd(configFile, '/etc/containerd/certs.d');
+    expect(unmounted.state).not.toBe('ok');
+  });
+});

@@ -53,9 +53,9 @@ const NEVER_EDITS = 'and restart containerd (the agent never edits it)';
 /** containerd 2.x's built-in default, used when no config file exists. */
 const CONTAINERD2_DEFAULT_CONFIG_PATH = '/etc/containerd/certs.d:/etc/docker/certs.d';
 
-export async function detectContainerd(configPath: string, hostsDir: string): Promise<ContainerdVerdict> {
+export async function detectContainerd(configPath: string, hostsDir: string, hostRoot = ''): Promise<ContainerdVerdict> {
   const configFile = path.resolve(configPath);
-  const loaded = await loadContainerdConfig(configFile);
+  const loaded = await loadContainerdConfig(configFile, hostRoot);
   switch (loaded.kind) {
     case 'missing':
       return {

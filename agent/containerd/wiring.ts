@@ -23,7 +23,7 @@ export async function wireContainerd(config: AgentConfig, agentUrl: string, log:
       }
     }
   }
-  const containerd = await detectContainerd(config.containerdConfig, config.hostsDir);
+  const containerd = await detectContainerd(config.containerdConfig, config.hostsDir, config.hostRoot);
   if (!previous || previous.state !== containerd.state || previous.message !== containerd.message) {
     const line = { state: containerd.state, containerdConfig: config.containerdConfig, hostsDir: config.hostsDir, warnings: containerd.warnings };
     if (containerd.ok) log.info(line, containerd.message);
