@@ -53,8 +53,13 @@ export interface BlobReadable {
    * fails; the last byte of the range is only yielded once the whole blob is verified.
    */
   read(start: number, end?: number): AsyncGenerator<Buffer>;
+  /** Hands back a chunk `read` yielded once nothing references it any more (the socket took it). */
+  recycle?(chunk: Buffer): void;
   close(): void;
 }
+
+/** Buffers kept for reuse per stream: the one being read into, the ones the socket still holds. */
+const FREE_BUFFERS = 4;
 
 /** A committed, verified file, opened before the response starts so a vanished file is a miss, not a broken response. */
 export class FileBlob implements BlobReadable {
@@ -78,11 +83,28 @@ export class FileBlob implements BlobReadable {
     return this.#size;
   }
 
+  readonly #free: Buffer[] = [];
+
+  recycle(chunk: Buffer): void {
+    if (this.#free.length >= FREE_BUFFERS || this.#closed) return;
+    // Chunks are views from offset 0 of buffers this reader allocated; recover the whole buffer.
+    if (chunk.byteOffset !== 0 || chunk.buffer.byteLength < MIN_CHUNK_BYTES) return;
+    this.#free.push(Buffer.from(chunk.buffer, 0, chunk.buffer.byteLength));
+  }
+
+  #buffer(length: number): Buffer {
+    while (this.#free.length > 0) {
+      const candidate = this.#free.pop()!;
+      if (candidate.length >= length) return candidate.subarray(0, length);
+    }
+    return Buffer.allocUnsafeSlow(length);
+  }
+
   async *read(start: number, end: number = this.#size): AsyncGenerator<Buffer> {
     let position = start;
     while (position < end) {
       const length = Math.min(this.#budget.chunkBytes(), end - position);
-      const buffer = Buffer.allocUnsafe(length);
+      const buffer = this.#buffer(length);
       const { bytesRead } = await this.#handle.read(buffer, 0, length, position);
       if (bytesRead === 0) throw new Error(`cached file ended early at ${position} of ${this.#size} bytes`);
       position += bytesRead;

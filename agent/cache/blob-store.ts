@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { type Digest, digestHex, isDigest } from '../oci/digest.ts';
 import { DigestMismatchError } from './errors.ts';
 
+const SCAN_BATCH = 64;
+
 export interface StoredBlob {
   readonly digest: Digest;
   readonly size: number;
@@ -79,19 +81,24 @@ export class BlobStore {
 
   /** Lists committed blobs; names that are not a sha256 hex are ignored. */
   async scan(): Promise<StoredBlob[]> {
-    const names = await readdir(this.#blobs);
+    const names = (await readdir(this.#blobs)).filter((name) => isDigest(`sha256:${name}`));
     const found: StoredBlob[] = [];
-    for (const name of names) {
-      const digest = `sha256:${name}`;
-      if (!isDigest(digest)) continue;
-      try {
-        const info = await stat(join(this.#blobs, name));
-        if (info.isFile()) found.push({ digest, size: info.size, usedAtMs: Math.max(info.atimeMs, info.mtimeMs) });
-      } catch (error) {
-        ignoreMissing(error);
-      }
+    // stat in parallel batches: 10,000 sequential round trips to the thread pool delay readiness.
+    for (let i = 0; i < names.length; i += SCAN_BATCH) {
+      const batch = await Promise.all(names.slice(i, i + SCAN_BATCH).map((name) => this.#statBlob(name)));
+      for (const blob of batch) if (blob) found.push(blob);
     }
     return found;
+  }
+
+  async #statBlob(name: string): Promise<StoredBlob | undefined> {
+    try {
+      const info = await stat(join(this.#blobs, name));
+      return info.isFile() ? { digest: `sha256:${name}` as Digest, size: info.size, usedAtMs: Math.max(info.atimeMs, info.mtimeMs) } : undefined;
+    } catch (error) {
+      ignoreMissing(error);
+      return undefined;
+    }
   }
 
   /** Re-hashes a committed blob; throws DigestMismatchError when the file no longer matches. */

@@ -16,6 +16,9 @@ export interface FillSource {
   readonly resume?: (offset: number) => Promise<{ readonly body: AsyncIterable<Uint8Array> }>;
 }
 
+/** Most bytes received but not yet written before reading from upstream pauses. */
+const MAX_QUEUED_BYTES = 4 * 1024 * 1024;
+
 /** Resumes after a connection broke mid-blob (flaky tunnels, proxies that drop connections). */
 const MAX_RESUMES = 2;
 
@@ -208,35 +211,84 @@ export class Fill {
     this.#size = this.#written;
   }
 
+  /**
+   * Hashes every chunk as it arrives; a separate writer stores whatever has queued up in one
+   * `writev`. The socket hands over ~64 KiB at a time and one awaited write per chunk cost more
+   * than the copy itself; batching by "what queued while the last write ran" keeps latency at one
+   * chunk for a slow upstream and batches grow by themselves for a fast one. The queue is bounded:
+   * past MAX_QUEUED_BYTES the reading pauses until the writer caught up.
+   */
   async #consume(body: AsyncIterable<Uint8Array>, hash: ReturnType<typeof createHash>): Promise<void> {
-    for await (const raw of body) {
-      const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
-      hash.update(chunk);
-      if (!this.#relay) await this.#writeToFile(chunk);
-      if (this.#relay) {
-        this.#memory.push(chunk);
-        this.#memoryBytes += chunk.length;
+    let queue: Buffer[] = [];
+    let queuedBytes = 0;
+    let writer: Promise<void> | undefined;
+    let writeError: unknown;
+    const startWriter = (): Promise<void> => {
+      writer ??= (async () => {
+        try {
+          while (queue.length > 0) {
+            const batch = queue;
+            const bytes = queuedBytes;
+            queue = [];
+            queuedBytes = 0;
+            await this.#store(batch, bytes);
+          }
+        } finally {
+          writer = undefined;
+        }
+      })();
+      writer.catch((error: unknown) => {
+        writeError ??= error;
+      });
+      return writer;
+    };
+    let received = this.#written;
+    try {
+      for await (const raw of body) {
+        if (writeError !== undefined) throw writeError;
+        const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+        hash.update(chunk);
+        received += chunk.length;
+        if (this.#size !== undefined && received > this.#size) throw new SizeMismatchError(this.#size, received);
+        queue.push(chunk);
+        queuedBytes += chunk.length;
+        const running = startWriter();
+        if (queuedBytes >= MAX_QUEUED_BYTES) await running;
       }
-      this.#written += chunk.length;
-      if (this.#size !== undefined && this.#written > this.#size) throw new SizeMismatchError(this.#size, this.#written);
-      this.#notify();
-      if (this.#relay) await this.#paceRelay();
+    } finally {
+      // Bytes that arrived before a failure still count (a resume continues after them).
+      while (writer !== undefined || queue.length > 0) await (writer ?? startWriter()).catch(() => undefined);
     }
+    if (writeError !== undefined) throw writeError;
   }
 
-  async #writeToFile(chunk: Buffer): Promise<void> {
+  /** Puts one batch in the temp file (or the relay window) and tells the readers. */
+  async #store(batch: Buffer[], bytes: number): Promise<void> {
+    if (!this.#relay) await this.#writeToFile(batch, bytes);
+    if (this.#relay) {
+      for (const chunk of batch) this.#memory.push(chunk);
+      this.#memoryBytes += bytes;
+    }
+    this.#written += bytes;
+    this.#notify();
+    if (this.#relay) await this.#paceRelay();
+  }
+
+  async #writeToFile(chunks: Buffer[], bytes: number): Promise<void> {
     const handle = this.#handle;
     if (!handle) return;
-    let offset = 0;
     try {
-      while (offset < chunk.length) {
-        const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset, this.#fileBytes + offset);
-        offset += bytesWritten;
+      let written = 0;
+      let rest = chunks;
+      while (written < bytes) {
+        const { bytesWritten } = await handle.writev(rest, this.#fileBytes + written);
+        written += bytesWritten;
+        if (written < bytes) rest = [Buffer.concat(chunks).subarray(written)];
       }
-      this.#fileBytes += chunk.length;
+      this.#fileBytes += bytes;
     } catch (error) {
       if (!CACHE_WRITE_ERRORS.has((error as NodeJS.ErrnoException).code ?? '')) throw error;
-      // Whatever part of this chunk reached the file is ignored: the chunk goes to memory whole.
+      // Whatever part of this batch reached the file is ignored: the batch goes to memory whole.
       this.#startRelay(toError(error));
     }
   }

@@ -83,10 +83,10 @@ async function sendBlob(blob: BlobReadable, digest: Digest, req: IncomingMessage
   if (range.kind === 'partial' && size !== undefined) {
     const { start, end } = range.range;
     res.writeHead(206, { ...blobHeaders(digest, end - start), 'content-range': `bytes ${start}-${end - 1}/${size}` });
-    outcome.bytes = await writeAll(res, blob.read(start, end));
+    outcome.bytes = await writeAll(res, blob.read(start, end), blob.recycle?.bind(blob));
   } else {
     res.writeHead(200, blobHeaders(digest, size));
-    outcome.bytes = await writeAll(res, blob.read(0));
+    outcome.bytes = await writeAll(res, blob.read(0), blob.recycle?.bind(blob));
   }
   res.end();
 }

@@ -19,6 +19,8 @@ export interface BenchOptions {
   out: string;
   /** Keep the temp dir (blobs, logs, profiles) for inspection. */
   keep: boolean;
+  /** Before measuring, wait (at most this many minutes) until other processes leave the CPUs alone. */
+  waitIdleMinutes: number;
 }
 
 export const USAGE = `usage: bash scripts/bench [options]
@@ -37,6 +39,8 @@ references measured in the same run.
   --profile          also run the profile section (agent with --cpu-prof, warm GETs)
   --out FILE         report file (default BENCHMARKS.md)
   --keep             keep the temp dir
+  --wait-idle[=MIN]  before measuring, wait up to MIN minutes (default 15) until other processes
+                     use < 0.1 cores (each section reports what other processes used anyway)
   --help
 `;
 
@@ -60,6 +64,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions | 'help' {
   let profile = false;
   let out = 'BENCHMARKS.md';
   let keep = false;
+  let waitIdleMinutes = 0;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] ?? '';
     const [flag, inline] = arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined];
@@ -99,6 +104,9 @@ export function parseArgs(argv: readonly string[]): BenchOptions | 'help' {
       case '--keep':
         keep = true;
         break;
+      case '--wait-idle':
+        waitIdleMinutes = inline === undefined ? 15 : positiveInt(flag, inline);
+        break;
       default:
         throw new UsageError(`unknown option ${arg}`);
     }
@@ -117,6 +125,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions | 'help' {
     sections,
     out,
     keep,
+    waitIdleMinutes,
   };
 }
 

@@ -101,7 +101,7 @@ export async function startProxyRegistry(remote: string): Promise<Service> {
 
 let clockTicks: number | undefined;
 
-async function ticksPerSecond(): Promise<number> {
+export async function ticksPerSecond(): Promise<number> {
   if (clockTicks === undefined) {
     const res = await runCommand('getconf', ['CLK_TCK'], { timeoutMs: 5_000 });
     clockTicks = Number(res.stdout.trim()) || 100;
@@ -149,6 +149,10 @@ export interface AgentChild {
   /** performance.now() at spawn, at the "mirror listening" line, at the first /readyz 200 (only with timing). */
   timing?: { spawnedAt: number; listeningAt: number; readyAt: number };
   usage(): Promise<ProcessUsage>;
+  /** How the process ended, when it did (it should not before stop()). */
+  exitInfo(): string | undefined;
+  /** The last part of its log. */
+  logTail(bytes?: number): Promise<string>;
   /** SIGTERM, wait for exit, remove the working dir. */
   stop(): Promise<void>;
 }
@@ -186,7 +190,8 @@ export async function startAgentChild(opts: AgentChildOptions, timed = false): P
     if (opts.nodeArgs === undefined && !timed) {
       proc = (await startAgentProcess(configFile, logFile, port)).process;
     } else {
-      const main = new URL('../../agent/main.ts', import.meta.url).pathname;
+      // The production artifact (scripts/bench builds it first), as the image runs it.
+      const main = new URL('../../dist/agent/main.js', import.meta.url).pathname;
       const spawnedAt = performance.now();
       proc = await startProcess(process.execPath, [...(opts.nodeArgs ?? []), main, '--config', configFile], { logFile });
       let listeningAt = 0;
@@ -221,6 +226,11 @@ export async function startAgentChild(opts: AgentChildOptions, timed = false): P
     logFile,
     ...(timing ? { timing } : {}),
     usage: () => processUsage(child.pid),
+    exitInfo() {
+      const info = child.exitInfo();
+      return info === undefined ? undefined : `exit code ${String(info.code)}, signal ${String(info.signal)}`;
+    },
+    logTail: (bytes = 4_096) => tailFile(logFile, bytes),
     async stop() {
       await child.stop(10_000);
       await removeTempDir(dir);
