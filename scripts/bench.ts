@@ -3,7 +3,7 @@
  * Run with `bash scripts/bench [--quick] [--runs N] [--sizes 16,256,1024] ...` (see --help).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { copyFile, mkdir, readdir, rm, statfs, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, rm, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -732,7 +732,9 @@ async function main(argv: readonly string[]): Promise<number> {
     `CPU used by other processes on the machine (cores, average per section; sampled from /proc each second): ${foreign.join(', ')}`,
   ];
   const out = resolve(process.cwd(), opts.out);
-  await writeFile(out, renderReport(machine, settings, report));
+  // What was tried and what it changed is kept by hand in scripts/bench-notes.md and appended.
+  const notes = await readFile(new URL('./bench-notes.md', import.meta.url), 'utf8').catch(() => '');
+  await writeFile(out, `${renderReport(machine, settings, report).trimEnd()}\n\n${notes}`.trimEnd() + '\n');
   log(`wrote ${out} in ${seconds(total)} total`);
   process.stdout.write(`\nGoals:\n${report.goals.map((g) => `  ${g.verdict.padEnd(12)} ${g.goal}: ${g.measured}`).join('\n')}\n`);
   return 0;
