@@ -1,7 +1,6 @@
 // The Kubernetes manifests under manifests/: they parse, kustomize renders them, the rendered objects
 // have the properties the agent relies on (DaemonSet, RBAC, configuration), and the RegistryMirror
 // CRD's schema admits the examples and refuses what the agent's config loader would refuse.
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
@@ -21,7 +20,8 @@ import type {
 } from '@kubernetes/client-node';
 import { Ajv } from 'ajv';
 import type { ValidateFunction } from 'ajv';
-import { parseAllDocuments } from 'yaml';
+import { type Manifest, all, kustomize, one, parseYaml } from './fixtures/kustomize.ts';
+import { SPEC_TO_TOML } from '../agent/kube/translate.ts';
 import { afterAll, describe, expect, it } from 'vitest';
 import { isLoopback, parseRegistry } from '../agent/config/address.ts';
 import { parseDuration } from '../agent/config/duration.ts';
@@ -35,13 +35,6 @@ const NAMESPACE = 'registry-proxy-agent';
 const SERVICE_ACCOUNT = 'registry-proxy-agent';
 const CONFIG_FILE = '/etc/registry-proxy-agent/config.toml';
 const METRICS_PORT = 9402;
-
-interface Manifest {
-  readonly apiVersion: string;
-  readonly kind: string;
-  readonly metadata: { readonly name: string; readonly namespace?: string; readonly labels?: Record<string, string> };
-  readonly [key: string]: unknown;
-}
 
 type JsonObject = Record<string, unknown>;
 
@@ -57,46 +50,19 @@ function yamlFiles(dir: string): string[] {
 }
 
 /** Every document of a multi-document YAML text, empty documents left out; throws on any YAML error. */
-function parseYaml(text: string, source: string): Manifest[] {
-  return parseAllDocuments(text).flatMap((doc) => {
-    const problems = [...doc.errors, ...doc.warnings];
-    if (problems.length > 0) throw new Error(`${source}: ${problems.map((p) => p.message).join('; ')}`);
-    const value: unknown = doc.toJS();
-    return value === null || value === undefined ? [] : [value as Manifest];
-  });
-}
-
 const rendered = new Map<string, Manifest[]>();
 
 /** `kubectl kustomize DIR`, parsed (memoized per directory). */
 function render(dir: string): Manifest[] {
   const cached = rendered.get(dir);
   if (cached) return cached;
-  const result = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
-  if (result.error) {
-    throw new Error(
-      `cannot run kubectl (${result.error.message}): these tests render the manifests with \`kubectl kustomize\`; ` +
-        'install kubectl (Debian package kubectl, as .ci/run does)',
-    );
-  }
-  if (result.status !== 0) throw new Error(`kubectl kustomize ${relative(ROOT, dir) || dir} failed:\n${result.stderr}`);
-  const docs = parseYaml(result.stdout, `kubectl kustomize ${dir}`);
+  const docs = kustomize(dir, relative(ROOT, dir) || dir);
   rendered.set(dir, docs);
   return docs;
 }
 
 const base = (): Manifest[] => render(MANIFESTS);
 
-function all(docs: readonly Manifest[], kind: string): Manifest[] {
-  return docs.filter((d) => d.kind === kind);
-}
-
-/** The one object of `kind` (named `name` if given), typed as the caller says. */
-function one<T>(docs: readonly Manifest[], kind: string, name?: string): T {
-  const found = all(docs, kind).filter((d) => name === undefined || d.metadata.name === name);
-  expect(found.map((d) => `${d.kind}/${d.metadata.name}`), `exactly one ${kind} ${name ?? ''}`).toHaveLength(1);
-  return found[0] as unknown as T;
-}
 
 function podSpec(ds: V1DaemonSet): V1PodSpec {
   const spec = ds.spec?.template.spec;
@@ -740,17 +706,7 @@ describe('manifests: the RegistryMirror CRD', () => {
  * [connectivity_proxy] table for its route, and credentials as files (as the agent will mount them).
  */
 function mirrorToml(spec: JsonObject): string {
-  const keys: Record<string, string> = {
-    registry: 'registry',
-    upstream: 'upstream',
-    route: 'route',
-    httpProxy: 'http_proxy',
-    locationId: 'location_id',
-    auth: 'auth',
-    tagTTL: 'tag_ttl',
-    maxStale: 'max_stale',
-    repositoryPrefix: 'repository_prefix',
-  };
+  const keys = SPEC_TO_TOML;
   const lines = ['[connectivity_proxy]', 'url = "http://connectivity-proxy.kyma-system.svc.cluster.local:20003"', '', '[[mirror]]'];
   for (const [field, value] of Object.entries(spec)) {
     if (field === 'credentialsSecretRef') {

@@ -8,7 +8,8 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
-import { parseAllDocuments, stringify } from 'yaml';
+import { stringify } from 'yaml';
+import { type Manifest, all, kustomize, one } from './fixtures/kustomize.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DigestMismatchError } from '../agent/cache/errors.ts';
 import type { Outcome } from '../agent/http/handlers.ts';
@@ -24,24 +25,9 @@ const NAMESPACE = 'registry-proxy-agent';
 const JOB = 'registry-proxy-agent';
 const DASHBOARD_KEY = 'registry-proxy-agent.json';
 
-interface Manifest {
-  readonly apiVersion: string;
-  readonly kind: string;
-  readonly metadata: { readonly name: string; readonly namespace?: string; readonly labels?: Record<string, string> };
-  readonly [key: string]: unknown;
-}
-
 // ---------------------------------------------------------------------------------------------------
 // kustomize
 
-function parseYaml(text: string, source: string): Manifest[] {
-  return parseAllDocuments(text).flatMap((doc) => {
-    const problems = [...doc.errors, ...doc.warnings];
-    if (problems.length > 0) throw new Error(`${source}: ${problems.map((p) => p.message).join('; ')}`);
-    const value: unknown = doc.toJS();
-    return value === null || value === undefined ? [] : [value as Manifest];
-  });
-}
 
 const tmp = mkdtempSync(join(tmpdir(), 'rpa-monitoring-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -66,25 +52,11 @@ function renderWith(...components: string[]): Manifest[] {
       '',
     ].join('\n'),
   );
-  const result = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
-  if (result.error) {
-    throw new Error(`cannot run kubectl (${result.error.message}): install kubectl (Debian package kubectl, as .ci/run does)`);
-  }
-  if (result.status !== 0) throw new Error(`kubectl kustomize with components ${key} failed:\n${result.stderr}`);
-  const docs = parseYaml(result.stdout, `kubectl kustomize (components ${key})`);
+  const docs = kustomize(dir, `with components ${key}`);
   rendered.set(key, docs);
   return docs;
 }
 
-function all(docs: readonly Manifest[], kind: string): Manifest[] {
-  return docs.filter((d) => d.kind === kind);
-}
-
-function one<T>(docs: readonly Manifest[], kind: string, name?: string): T {
-  const found = all(docs, kind).filter((d) => name === undefined || d.metadata.name === name);
-  expect(found.map((d) => `${d.kind}/${d.metadata.name}`), `exactly one ${kind} ${name ?? ''}`).toHaveLength(1);
-  return found[0] as unknown as T;
-}
 
 interface Relabeling {
   sourceLabels?: string[];

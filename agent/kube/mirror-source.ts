@@ -56,7 +56,6 @@ interface Computed {
  *   removes a mirror: the informers keep their last known objects.
  */
 export class MirrorSource {
-  readonly #clients: KubeClients;
   readonly #config: AgentConfig;
   readonly #namespace: string;
   readonly #stateFile: string;
@@ -81,7 +80,6 @@ export class MirrorSource {
   private constructor(clients: KubeClients, config: AgentConfig, log: Logger, options: MirrorSourceOptions, lastGood: readonly Entry[]) {
     const kube = config.kubernetes;
     if (kube === undefined) throw new Error('MirrorSource needs a [kubernetes] configuration');
-    this.#clients = clients;
     this.#config = config;
     this.#namespace = kube.namespace;
     this.#stateFile = kube.stateFile;
