@@ -94,7 +94,7 @@ describe('RegistryMirrors from the Kubernetes API', () => {
   });
 
   /** One node: its own dir (cache, hosts dir, state file), a containerd config that uses the hosts dir. */
-  async function startNode(nodeName: string, opts: { mirrors?: TestMirror[]; dir?: string } = {}): Promise<InProcessAgent> {
+  async function startNode(nodeName: string, opts: { mirrors?: TestMirror[]; dir?: string; extraToml?: string } = {}): Promise<InProcessAgent> {
     let dir = opts.dir;
     if (dir === undefined) {
       dir = await makeTempDir(`rpa-kube-${nodeName}`);
@@ -109,6 +109,7 @@ describe('RegistryMirrors from the Kubernetes API', () => {
       manageHosts: true,
       kubernetes: { kubeconfig, nodeName, namespace: NS },
       kubernetesOptions: FAST,
+      ...(opts.extraToml ? { extraToml: opts.extraToml } : {}),
     });
     agents.push(agent);
     dirOf.set(agent, dir);
@@ -214,6 +215,15 @@ describe('RegistryMirrors from the Kubernetes API', () => {
     expect(statusOf('corp').observedGeneration).toBe(2);
     expect(await pull(agent, REG, 'team/app', 'v1')).toBe(200);
     expect(agent.logs.some((l) => l.msg === 'RegistryMirror not applied' && l.registryMirror === 'corp' && l.serving === 'previous good version')).toBe(true);
+  });
+
+  it("refuses a RegistryMirror for the registry of the agent's own image (bootstrap deadlock) unless confirmed", async () => {
+    const agent = await startNode('node-a', { extraToml: `own_image = "${REG}/platform/registry-proxy-agent:1.0"` });
+    putMirror('own', { registry: REG, upstream: registry.url });
+    await until('OwnImageRegistry status', () => ready(statusOf('own'))?.reason === 'OwnImageRegistry');
+    expect(statusOf('own').nodes?.failingNodes?.[0]?.message).toContain("the agent's own image");
+    expect(await pull(agent, REG, 'team/app', 'v1')).toBe(404);
+    expect(agent.runtime.mirrors.list()).toHaveLength(0);
   });
 
   it('reports a registry configured in the TOML file and by a RegistryMirror as a conflict; the file wins', async () => {
