@@ -61,6 +61,37 @@ export interface BlobReadable {
 /** Buffers kept for reuse per stream: the one being read into, the ones the socket still holds. */
 const FREE_BUFFERS = 4;
 
+/**
+ * Read buffers of one stream, handed back once the socket took them: one allocation per stream
+ * instead of one per chunk (the profile showed a third of the time in GC and allocation).
+ */
+class BufferRing {
+  readonly #free: Buffer[] = [];
+  readonly #ours = new WeakSet<ArrayBufferLike>();
+  #closed = false;
+
+  take(length: number): Buffer {
+    while (this.#free.length > 0) {
+      const candidate = this.#free.pop()!;
+      if (candidate.length >= length) return candidate.subarray(0, length);
+    }
+    const buffer = Buffer.allocUnsafeSlow(length);
+    this.#ours.add(buffer.buffer);
+    return buffer;
+  }
+
+  /** Only buffers this ring allocated come back (not, e.g., slices of a fill's relay memory). */
+  give(chunk: Buffer): void {
+    if (this.#closed || this.#free.length >= FREE_BUFFERS || !this.#ours.has(chunk.buffer)) return;
+    this.#free.push(Buffer.from(chunk.buffer, 0, chunk.buffer.byteLength));
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#free.length = 0;
+  }
+}
+
 /** A committed, verified file, opened before the response starts so a vanished file is a miss, not a broken response. */
 export class FileBlob implements BlobReadable {
   readonly origin: BlobOrigin = 'hit';
@@ -83,28 +114,17 @@ export class FileBlob implements BlobReadable {
     return this.#size;
   }
 
-  readonly #free: Buffer[] = [];
+  readonly #ring = new BufferRing();
 
   recycle(chunk: Buffer): void {
-    if (this.#free.length >= FREE_BUFFERS || this.#closed) return;
-    // Chunks are views from offset 0 of buffers this reader allocated; recover the whole buffer.
-    if (chunk.byteOffset !== 0 || chunk.buffer.byteLength < MIN_CHUNK_BYTES) return;
-    this.#free.push(Buffer.from(chunk.buffer, 0, chunk.buffer.byteLength));
-  }
-
-  #buffer(length: number): Buffer {
-    while (this.#free.length > 0) {
-      const candidate = this.#free.pop()!;
-      if (candidate.length >= length) return candidate.subarray(0, length);
-    }
-    return Buffer.allocUnsafeSlow(length);
+    this.#ring.give(chunk);
   }
 
   async *read(start: number, end: number = this.#size): AsyncGenerator<Buffer> {
     let position = start;
     while (position < end) {
       const length = Math.min(this.#budget.chunkBytes(), end - position);
-      const buffer = this.#buffer(length);
+      const buffer = this.#ring.take(length);
       const { bytesRead } = await this.#handle.read(buffer, 0, length, position);
       if (bytesRead === 0) throw new Error(`cached file ended early at ${position} of ${this.#size} bytes`);
       position += bytesRead;
@@ -115,6 +135,7 @@ export class FileBlob implements BlobReadable {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#ring.close();
     this.#leaveBudget();
     this.#release();
     this.#handle.close().catch(() => undefined);
@@ -128,6 +149,7 @@ export class FillBlob implements BlobReadable {
   readonly #reader: FillReader;
   readonly #budget: ReadBudget;
   readonly #leaveBudget: () => void;
+  readonly #ring = new BufferRing();
 
   constructor(fill: Fill, origin: BlobOrigin, budget: ReadBudget) {
     this.origin = origin;
@@ -155,7 +177,7 @@ export class FillBlob implements BlobReadable {
       // Until verified, hold back the last byte of the range so no response can complete on unverified content.
       const limit = fill.done ? (end ?? fill.size ?? fill.written) : Math.min(fill.written, end ?? Infinity) - 1;
       if (position < limit) {
-        const chunk = await fill.read(position, Math.min(this.#budget.chunkBytes(), limit - position));
+        const chunk = await fill.read(position, Math.min(this.#budget.chunkBytes(), limit - position), (n) => this.#ring.take(n));
         if (chunk.length === 0) throw new Error(`fill of ${fill.digest} could not be read at ${position}`);
         position += chunk.length;
         yield chunk;
@@ -168,7 +190,12 @@ export class FillBlob implements BlobReadable {
     }
   }
 
+  recycle(chunk: Buffer): void {
+    this.#ring.give(chunk);
+  }
+
   close(): void {
+    this.#ring.close();
     this.#leaveBudget();
     this.#reader.detach();
   }

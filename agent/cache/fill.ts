@@ -152,11 +152,11 @@ export class Fill {
   }
 
   /** Reads bytes already written; the caller bounds `length` by `written`. */
-  async read(position: number, length: number): Promise<Buffer> {
+  async read(position: number, length: number, into?: (length: number) => Buffer): Promise<Buffer> {
     if (position < this.#fileBytes) {
       if (!this.#handle) throw new Error('fill has no file');
       const bounded = Math.min(length, this.#fileBytes - position);
-      const buffer = Buffer.allocUnsafe(bounded);
+      const buffer = into ? into(bounded) : Buffer.allocUnsafe(bounded);
       const { bytesRead } = await this.#handle.read(buffer, 0, bounded, position);
       return bytesRead === bounded ? buffer : buffer.subarray(0, bytesRead);
     }
