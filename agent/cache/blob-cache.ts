@@ -169,7 +169,8 @@ export class BlobCache {
       return await this.store.createTemp();
     } catch (first) {
       try {
-        await this.store.init();
+        // Only the directories: temp files of fills still running must stay.
+        await this.store.ensureLayout();
         return await this.store.createTemp();
       } catch {
         this.#events.storeError?.('create temp file', first as Error);
@@ -207,19 +208,36 @@ export class BlobCache {
       } else if (this.#index.fits(size)) {
         await this.store.commit(fill.tempPath, fill.digest);
         this.#index.add(fill.digest, size, true, await this.#stampOf(fill.digest));
+        this.#forget(fill);
+        await this.#persist(fill);
+        return;
       } else {
         await this.store.removeTemp(fill.tempPath);
       }
-      fill.complete();
+      void fill.complete();
     } catch (error) {
       this.#events.storeError?.('commit', error as Error);
       // The bytes were verified; only caching failed. Readers may still complete; nobody new may join,
       // since complete() may have closed the temp file.
-      fill.complete();
+      void fill.complete();
       this.#forget(fill);
       await this.store.removeTemp(fill.tempPath).catch(() => undefined);
     } finally {
       this.#forget(fill);
+    }
+  }
+
+  /**
+   * Lets the readers finish, then fsyncs the committed file. A write error the disk reports only
+   * now (EIO on write-back) means the file may not hold the verified bytes once the page cache
+   * lets go of them: the entry is dropped and the blob fetched again next time.
+   */
+  async #persist(fill: Fill): Promise<void> {
+    try {
+      await fill.complete(true);
+    } catch (error) {
+      this.#events.storeError?.('fsync', error as Error);
+      this.#index.delete(fill.digest);
     }
   }
 

@@ -35,12 +35,17 @@ export class BlobStore {
 
   /** Creates the layout and removes temp files left by a crash. Returns how many were removed. */
   async init(): Promise<number> {
-    await mkdir(this.#blobs, { recursive: true, mode: 0o700 });
-    await mkdir(this.#types, { recursive: true, mode: 0o700 });
-    await mkdir(this.#tmp, { recursive: true, mode: 0o700 });
+    await this.ensureLayout();
     const leftovers = await readdir(this.#tmp);
     await Promise.all(leftovers.map((name) => rm(join(this.#tmp, name), { force: true, recursive: true })));
     return leftovers.length;
+  }
+
+  /** Creates missing directories (e.g. the cache dir was deleted while running); touches no file. */
+  async ensureLayout(): Promise<void> {
+    await mkdir(this.#blobs, { recursive: true, mode: 0o700 });
+    await mkdir(this.#types, { recursive: true, mode: 0o700 });
+    await mkdir(this.#tmp, { recursive: true, mode: 0o700 });
   }
 
   blobPath(digest: Digest): string {

@@ -73,6 +73,8 @@ export class Fill {
   readonly #positions = new Map<number, number>();
   #nextReader = 0;
   #closed = false;
+  /** The file is no longer needed by the fill itself (synced or abandoned): it closes after the last reader. */
+  #released = false;
   readonly #started: Promise<void>;
   readonly #verified: Promise<boolean>;
 
@@ -201,13 +203,6 @@ export class Fill {
     if (this.#size !== undefined && this.#written !== this.#size) throw new SizeMismatchError(this.#size, this.#written);
     const actual = `sha256:${hash.digest('hex')}`;
     if (actual !== this.digest) throw new DigestMismatchError(this.digest, actual);
-    if (!this.#relay && this.#handle) {
-      try {
-        await this.#handle.sync();
-      } catch (error) {
-        this.#startRelay(toError(error));
-      }
-    }
     this.#size = this.#written;
   }
 
@@ -325,14 +320,25 @@ export class Fill {
     }
   }
 
-  /** Marks the verified content complete; readers may now send the final bytes. */
-  complete(): void {
+  /**
+   * Marks the verified content complete: readers may now send the final bytes. With `persist`, the
+   * temp file (by now renamed into the cache) is then fsynced; the promise rejects when that
+   * fails. The fsync runs after the readers finished instead of before: for a large blob it takes
+   * hundreds of milliseconds, and the bytes the readers get are the verified ones either way.
+   */
+  async complete(persist = false): Promise<void> {
     this.#state = 'done';
     this.#notify();
-    this.#closeIfUnused();
+    try {
+      if (persist && !this.#relay && this.#handle && !this.#closed) await this.#handle.sync();
+    } finally {
+      this.#released = true;
+      this.#closeIfUnused();
+    }
   }
 
   #fail(error: Error): void {
+    this.#released = true;
     this.#state = 'failed';
     this.#error = error;
     this.#notify();
@@ -374,7 +380,7 @@ export class Fill {
   }
 
   #closeIfUnused(): void {
-    if (!this.#closed && this.#positions.size === 0 && (this.#state === 'done' || this.#state === 'failed')) {
+    if (!this.#closed && this.#positions.size === 0 && this.#released) {
       this.#closed = true;
       this.#memory = [];
       this.#memoryBytes = 0;
