@@ -639,6 +639,28 @@ describe('BlobCache', () => {
       expect(seen.evicted).toEqual([digests[1], digests[2]]);
     });
 
+    it('keeps blobs committed while the start-up scan ran as the most recently used', async () => {
+      const first = await newCache();
+      const older = await fill(first, randomBytes(100));
+      const newer = await fill(first, randomBytes(100));
+      await utimes(blobFile(older), 1_000, 1_000);
+      await utimes(blobFile(newer), 2_000, 2_000);
+
+      const { events, seen } = recorder();
+      const second = new BlobCache(dir, 250, events);
+      opened.push(second);
+      await second.init();
+      // Committed before the scan indexed what is on disk: newer than anything found there.
+      const during = await fill(second, randomBytes(100));
+      await second.scan();
+      expect(seen.evicted).toEqual([older]);
+      expect(await exists(blobFile(older))).toBe(false);
+      // The next commit evicts the oldest found blob, not the one committed during the scan.
+      await fill(second, randomBytes(100));
+      expect(seen.evicted).toEqual([older, newer]);
+      expect(await exists(blobFile(during))).toBe(true);
+    });
+
     it('detects a blob corrupted on disk at its first serve and removes it', async () => {
       const first = await newCache();
       const blob = randomBytes(20_000);

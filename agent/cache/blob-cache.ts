@@ -47,6 +47,10 @@ export class BlobCache {
   /** Sizes reads by how many streams run at once: memory stays bounded under 1,000 clients. */
   readonly #budget = new ReadBudget();
   readonly #verifying = new Map<Digest, Promise<boolean>>();
+  /** Digests being renamed into place: an older copy's delayed removal must not hit the new file. */
+  readonly #committing = new Set<Digest>();
+  /** File removals in flight: a commit of the same digest waits for them (the thread pool may reorder). */
+  readonly #removing = new Map<Digest, Promise<void>>();
   #scanned = false;
   #joined = 0;
   #mismatches = 0;
@@ -54,9 +58,15 @@ export class BlobCache {
   constructor(dir: string, maxBytes: number, events: CacheEvents = {}) {
     this.store = new BlobStore(dir);
     this.#events = events;
-    this.#index = new CacheIndex(maxBytes, (digest) => {
-      events.evicted?.(digest);
-      this.store.remove(digest).catch((error: unknown) => events.storeError?.('remove', error as Error));
+    this.#index = new CacheIndex(maxBytes, (digest, evicted) => {
+      if (evicted) events.evicted?.(digest);
+      // The path now belongs to a new verified copy being committed: removing it would drop that copy.
+      if (this.#committing.has(digest)) return;
+      const removal = this.store.remove(digest).catch((error: unknown) => events.storeError?.('remove', error as Error));
+      this.#removing.set(digest, removal);
+      void removal.finally(() => {
+        if (this.#removing.get(digest) === removal) this.#removing.delete(digest);
+      });
     });
   }
 
@@ -65,15 +75,30 @@ export class BlobCache {
     return { removedTemp: await this.store.init() };
   }
 
-  /** Rebuilds the index from disk, oldest first so LRU order survives a restart. */
+  /**
+   * Rebuilds the index from disk, oldest first so LRU order survives a restart. Blobs committed
+   * (or adopted) while the scan ran are newer than anything on disk: they stay the most recently
+   * used, and what no longer fits is evicted from the oldest found blobs, not from them.
+   */
   async scan(): Promise<{ blobs: number; bytes: number }> {
-    const found = await this.store.scan();
-    found.sort((a, b) => a.usedAtMs - b.usedAtMs);
+    const found = (await this.store.scan()).filter((blob) => !this.#index.has(blob.digest));
+    found.sort((a, b) => b.usedAtMs - a.usedAtMs);
+    const live = this.#index.digestsOldestFirst();
+    let room = this.#index.room();
+    const kept: typeof found = [];
     let bytes = 0;
     for (const blob of found) {
-      this.#index.add(blob.digest, blob.size, false);
       bytes += blob.size;
+      if (blob.size <= room) {
+        kept.push(blob);
+        room -= blob.size;
+      } else {
+        this.#events.evicted?.(blob.digest);
+        await this.store.remove(blob.digest).catch((error: unknown) => this.#events.storeError?.('remove', error as Error));
+      }
     }
+    for (const blob of kept.reverse()) this.#index.add(blob.digest, blob.size, false);
+    for (const digest of live) this.#index.touch(digest);
     this.#scanned = true;
     return { blobs: found.length, bytes };
   }
@@ -206,8 +231,7 @@ export class BlobCache {
         // Streamed without caching (no disk space, or the cache dir went away): nothing to commit.
         await this.store.removeTemp(fill.tempPath);
       } else if (this.#index.fits(size)) {
-        await this.store.commit(fill.tempPath, fill.digest);
-        this.#index.add(fill.digest, size, true, await this.#stampOf(fill.digest));
+        await this.#commit(fill.tempPath, fill.digest, size);
         this.#forget(fill);
         await this.#persist(fill);
         return;
@@ -292,11 +316,17 @@ export class BlobCache {
     }
   }
 
-  async #stampOf(digest: Digest): Promise<string | undefined> {
+  /** Renames a verified temp file into place and indexes it, safe against a delayed removal of an older copy. */
+  async #commit(tempPath: string, digest: Digest, size: number): Promise<void> {
+    this.#committing.add(digest);
     try {
-      return stampOf(await stat(this.store.blobPath(digest)));
-    } catch {
-      return undefined;
+      await this.#removing.get(digest);
+      // rename keeps inode and mtime: the stamp taken here is the committed file's.
+      const stamp = await stat(tempPath).then(stampOf, () => undefined);
+      await this.store.commit(tempPath, digest);
+      this.#index.add(digest, size, true, stamp);
+    } finally {
+      this.#committing.delete(digest);
     }
   }
 
@@ -370,8 +400,7 @@ export class BlobCache {
         await temp.handle.close();
       }
       if (mediaType) await this.store.writeMediaType(digest, mediaType);
-      await this.store.commit(temp.path, digest);
-      this.#index.add(digest, bytes.length, true, await this.#stampOf(digest));
+      await this.#commit(temp.path, digest, bytes.length);
       return true;
     } catch (error) {
       this.#events.cacheBypassed?.(digest, error as Error);

@@ -11,6 +11,8 @@ interface IndexEntry {
   leases: number;
   /** Evicted while leased: the file is removed when the last lease is released. */
   evicted: boolean;
+  /** Left the index by LRU eviction (as opposed to being dropped). */
+  evictedByLru?: boolean;
 }
 
 /** A hold on a cached blob: while held, eviction does not remove the file. */
@@ -37,10 +39,11 @@ export interface CacheIndexStats {
 export class CacheIndex {
   readonly maxBytes: number;
   readonly #lru: LRUCache<Digest, IndexEntry>;
-  readonly #remove: (digest: Digest) => void;
+  readonly #remove: (digest: Digest, evicted: boolean) => void;
   #evictions = 0;
 
-  constructor(maxBytes: number, remove: (digest: Digest) => void) {
+  /** `remove` deletes the file; `evicted` tells an eviction (LRU, size) from a dropped entry (e.g. corrupt). */
+  constructor(maxBytes: number, remove: (digest: Digest, evicted: boolean) => void) {
     this.maxBytes = maxBytes;
     this.#remove = remove;
     this.#lru = new LRUCache<Digest, IndexEntry>({
@@ -49,8 +52,9 @@ export class CacheIndex {
       noDisposeOnSet: true,
       dispose: (entry, _digest, reason) => {
         if (reason === 'evict') this.#evictions += 1;
+        entry.evictedByLru = reason === 'evict';
         if (entry.leases > 0) entry.evicted = true;
-        else this.#remove(entry.digest);
+        else this.#remove(entry.digest, entry.evictedByLru);
       },
     });
   }
@@ -70,7 +74,7 @@ export class CacheIndex {
       return;
     }
     if (!this.fits(size)) {
-      this.#remove(digest);
+      this.#remove(digest, false);
       return;
     }
     this.#lru.set(digest, { digest, size, verified, stamp, leases: 0, evicted: false });
@@ -95,13 +99,28 @@ export class CacheIndex {
         if (released) return;
         released = true;
         entry.leases -= 1;
-        if (entry.leases === 0 && entry.evicted && !this.#lru.has(entry.digest)) this.#remove(entry.digest);
+        if (entry.leases === 0 && entry.evicted && !this.#lru.has(entry.digest)) this.#remove(entry.digest, entry.evictedByLru === true);
       },
     };
   }
 
   has(digest: Digest): boolean {
     return this.#lru.has(digest);
+  }
+
+  /** Indexed digests, least recently used first. */
+  digestsOldestFirst(): Digest[] {
+    return [...this.#lru.rkeys()];
+  }
+
+  /** Marks an entry most recently used. */
+  touch(digest: Digest): void {
+    this.#lru.get(digest);
+  }
+
+  /** Bytes that can still be added without evicting anything. */
+  room(): number {
+    return Math.max(0, this.maxBytes - this.#lru.calculatedSize);
   }
 
   /** Drops an entry (e.g. found corrupt); the file is removed once no reader holds it. */
