@@ -111,9 +111,13 @@ export class Mirror {
     }
   }
 
-  async manifest(name: RepositoryName, reference: Reference, wantBody: boolean, ctx: PullContext = {}): Promise<ManifestResult> {
+  /**
+   * A manifest by tag or digest. HEAD and GET are answered alike (`_wantBody` is not needed): a HEAD
+   * also fetches and caches the manifest, because containerd's next request is a GET by that digest.
+   */
+  async manifest(name: RepositoryName, reference: Reference, _wantBody: boolean, ctx: PullContext = {}): Promise<ManifestResult> {
     if (reference.kind === 'digest') return this.#manifestByDigest(name, reference.digest, undefined, 'miss', ctx);
-    return this.#manifestByTag(name, reference.tag, wantBody, ctx);
+    return this.#manifestByTag(name, reference.tag, ctx);
   }
 
   async blobSize(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<number> {
@@ -165,7 +169,7 @@ export class Mirror {
     return { body: response.body };
   }
 
-  async #manifestByTag(name: RepositoryName, tag: string, wantBody: boolean, ctx: PullContext): Promise<ManifestResult> {
+  async #manifestByTag(name: RepositoryName, tag: string, ctx: PullContext): Promise<ManifestResult> {
     const known = await this.#tags.get(this.registry, name, tag);
     const now = this.#now();
     if (known && now - known.checkedAt < this.config.tagTtlMs) {
@@ -173,7 +177,7 @@ export class Mirror {
       return this.#manifestByDigest(name, known.digest, known.mediaType, 'hit', ctx);
     }
     try {
-      return await this.#resolveTag(name, tag, wantBody, ctx);
+      return await this.#resolveTag(name, tag, ctx);
     } catch (error) {
       if (!(error instanceof UpstreamError) || !error.unavailable || !known) throw error;
       await this.#guard(name, `manifests/${known.digest}`, known.digest, ctx);
@@ -189,22 +193,31 @@ export class Mirror {
     }
   }
 
-  async #resolveTag(name: RepositoryName, tag: string, wantBody: boolean, ctx: PullContext): Promise<ManifestResult> {
-    if (!wantBody) {
-      const head = await this.#request('HEAD', name, `manifests/${tag}`, ctx, { accept: MANIFEST_ACCEPT });
-      if (head.status !== 200) throw await this.#failure(head, ctx, () => manifestUnknown(tag));
-      await head.body.dump().catch(() => undefined);
-      const digest = firstHeader(head.headers['docker-content-digest']);
-      const mediaType = firstHeader(head.headers['content-type']);
-      if (digest && isDigest(digest) && mediaType) {
-        this.#confirm(name, digest, ctx);
-        await this.#rememberTag(name, tag, { digest, mediaType, size: contentLength(head) ?? 0, checkedAt: this.#now() });
-        return this.#manifestByDigest(name, digest, mediaType, 'miss', ctx);
-      }
-    }
+  /**
+   * Asks upstream what the tag points at with a HEAD (same Accept as a GET, so it names the manifest
+   * a GET would return), then serves that digest from the cache or fetches it by digest. Only a HEAD
+   * without a usable Docker-Content-Digest or Content-Type (some registries) costs a GET by tag.
+   */
+  async #resolveTag(name: RepositoryName, tag: string, ctx: PullContext): Promise<ManifestResult> {
+    const head = await this.#request('HEAD', name, `manifests/${tag}`, ctx, { accept: MANIFEST_ACCEPT });
+    if (head.status !== 200) throw await this.#failure(head, ctx, () => manifestUnknown(tag));
+    await head.body.dump().catch(() => undefined);
+    const checkedAt = this.#now();
+    const digest = firstHeader(head.headers['docker-content-digest']);
+    const mediaType = firstHeader(head.headers['content-type']);
+    if (!digest || !isDigest(digest) || !mediaType) return this.#fetchTag(name, tag, ctx);
+    this.#confirm(name, digest, ctx);
+    const { result, cached } = await this.#loadByDigest(name, digest, mediaType, 'miss', ctx);
+    if (cached) await this.#rememberTag(name, tag, { digest, mediaType: result.mediaType, size: result.size, checkedAt });
+    return result;
+  }
+
+  /** GET by tag, for registries whose HEAD does not name the digest: verified and cached by the computed digest. */
+  async #fetchTag(name: RepositoryName, tag: string, ctx: PullContext): Promise<ManifestResult> {
     const response = await this.#request('GET', name, `manifests/${tag}`, ctx, { accept: MANIFEST_ACCEPT });
     if (response.status !== 200) throw await this.#failure(response, ctx, () => manifestUnknown(tag));
     const body = await readLimited(this.registry, response);
+    const checkedAt = this.#now();
     const digest = sha256(body);
     const announced = firstHeader(response.headers['docker-content-digest']);
     if (announced && announced.startsWith('sha256:') && announced !== digest) {
@@ -212,11 +225,16 @@ export class Mirror {
     }
     const mediaType = firstHeader(response.headers['content-type']) ?? mediaTypeFromBody(body) ?? 'application/octet-stream';
     this.#confirm(name, digest, ctx);
-    await this.#cache.putSmall(digest, body, mediaType);
-    await this.#rememberTag(name, tag, { digest, mediaType, size: body.length, checkedAt: this.#now() });
+    if (await this.#cache.putSmall(digest, body, mediaType)) {
+      await this.#rememberTag(name, tag, { digest, mediaType, size: body.length, checkedAt });
+    }
     return { digest, mediaType, size: body.length, body, origin: 'miss' };
   }
 
+  /**
+   * Only called once the manifest is in the cache: a record pointing at a digest that is not cached
+   * would leave nothing to serve when upstream is down later (the stale answer needs the bytes).
+   */
   async #rememberTag(name: RepositoryName, tag: string, record: TagRecord): Promise<void> {
     await this.#tags.set(this.registry, name, tag, record).catch((error: unknown) => {
       this.#log.warn({ registry: this.registry, err: (error as Error).message }, 'could not persist tag record');
@@ -230,10 +248,21 @@ export class Mirror {
     origin: ManifestOrigin,
     ctx: PullContext,
   ): Promise<ManifestResult> {
-    const cached = await this.#cachedManifest(digest, mediaTypeHint, origin === 'miss' ? 'hit' : origin);
-    if (cached) {
+    return (await this.#loadByDigest(name, digest, mediaTypeHint, origin, ctx)).result;
+  }
+
+  /** The manifest from the cache or upstream, and whether it is in the cache now. */
+  async #loadByDigest(
+    name: RepositoryName,
+    digest: Digest,
+    mediaTypeHint: string | undefined,
+    origin: ManifestOrigin,
+    ctx: PullContext,
+  ): Promise<{ result: ManifestResult; cached: boolean }> {
+    const hit = await this.#cachedManifest(digest, mediaTypeHint, origin === 'miss' ? 'hit' : origin);
+    if (hit) {
       await this.#guard(name, `manifests/${digest}`, digest, ctx);
-      return cached;
+      return { result: hit, cached: true };
     }
     const response = await this.#request('GET', name, `manifests/${digest}`, ctx, { accept: MANIFEST_ACCEPT });
     if (response.status !== 200) throw await this.#failure(response, ctx, () => manifestUnknown(digest));
@@ -244,8 +273,8 @@ export class Mirror {
       throw new UpstreamError(this.registry, 'invalid', `upstream manifest for ${digest} hashes to ${actual}`);
     }
     const mediaType = firstHeader(response.headers['content-type']) ?? mediaTypeHint ?? mediaTypeFromBody(body) ?? 'application/octet-stream';
-    await this.#cache.putSmall(digest, body, mediaType);
-    return { digest, mediaType, size: body.length, body, origin: 'miss' };
+    const cached = await this.#cache.putSmall(digest, body, mediaType);
+    return { result: { digest, mediaType, size: body.length, body, origin: 'miss' }, cached };
   }
 
   async #cachedManifest(digest: Digest, mediaTypeHint: string | undefined, origin: ManifestOrigin): Promise<ManifestResult | undefined> {
