@@ -1,0 +1,276 @@
+import { createHash } from 'node:crypto';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { getGlobalDispatcher, request, setGlobalDispatcher } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type InProcessAgent, type TestMirror, agentMain, startAgent, writeAgentConfig } from './fixtures/agent.ts';
+import { type ConnectivityProxy, startConnectivityProxy } from './fixtures/connectivity-proxy.ts';
+import { type ContainerdHandle, startContainerd } from './fixtures/containerd.ts';
+import { type TestImage, makeImage, pushImage } from './fixtures/image.ts';
+import { freePort } from './fixtures/net.ts';
+import { pollUntil } from './fixtures/poll.ts';
+import { type ManagedProcess, startProcess, tailFile } from './fixtures/process.ts';
+import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
+import { type TinyproxyHandle, startTinyproxy } from './fixtures/tinyproxy.ts';
+import { type TlsRegistryHandle, makeTestCa, startTlsRegistry } from './fixtures/tls-registry.ts';
+import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
+
+const REGISTRY = 'registry.corp.example:5000';
+const VIRTUAL = 'registry.virtual:5000';
+const REPO = 'team/app';
+const alice = { username: 'alice', password: 'wonder land' };
+
+interface OciErrorBody {
+  errors: Array<{ code: string; message: string; detail?: Record<string, unknown> }>;
+}
+
+function sha256(bytes: Buffer): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+}
+
+async function get(url: string, headers: Record<string, string> = {}) {
+  const response = await request(url, { headers });
+  const body = Buffer.from(await response.body.arrayBuffer());
+  return { status: response.statusCode, headers: response.headers, body, json: () => JSON.parse(body.toString()) as OciErrorBody };
+}
+
+/** Status of every `GET <path>` in distribution's access log (combined log format). */
+async function registryGets(logFile: string, path: string): Promise<number[]> {
+  const text = await readFile(logFile, 'utf8');
+  const line = new RegExp(`"GET ${path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} HTTP/[\\d.]+" (\\d{3}) `);
+  return text.split('\n').flatMap((l) => {
+    const m = line.exec(l);
+    return m?.[1] ? [Number(m[1])] : [];
+  });
+}
+
+describe('containerd → agent (auth = "agent") → Connectivity Proxy → htpasswd registry', () => {
+  let dir: string;
+  let registry: RegistryHandle;
+  let cp: ConnectivityProxy;
+  let agent: InProcessAgent;
+  let containerd: ContainerdHandle;
+  let image: TestImage;
+  let blobs: string[];
+
+  beforeAll(async () => {
+    dir = await makeTempDir('rpa-e2e-cp-agent');
+    await Promise.all([
+      startRegistry({ auth: alice }).then((r) => (registry = r)),
+      startContainerd().then((c) => (containerd = c)),
+      makeImage({ layers: 2, layerBytes: 128 * 1024 }).then((i) => (image = i)),
+    ]);
+    blobs = [image.config.digest, ...image.layers.map((l) => l.digest)];
+    await pushImage(registry.url, REPO, 'v1', image, alice);
+    cp = await startConnectivityProxy({ virtualHosts: { [VIRTUAL]: registry.url }, locations: { 'loc-1': 'connected' } });
+    agent = await startAgent({
+      dir,
+      manageHosts: true,
+      connectivityProxy: { url: cp.url, locationId: 'loc-1' },
+      mirrors: [{ registry: REGISTRY, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', auth: 'agent', ...alice }],
+    });
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await Promise.all([containerd?.stop(), cp?.stop()]);
+    await registry?.stop();
+    if (dir) await removeTempDir(dir);
+  });
+
+  it('containerd pulls without any credential; each blob crosses the Connectivity Proxy and the registry once', async () => {
+    const result = await containerd.pull(`${REGISTRY}/${REPO}:v1`, { hostsDir: join(dir, 'certs.d') });
+    expect(result.code, result.stderr).toBe(0);
+    // containerd was never challenged: the agent answered everything with its own credential.
+    expect(agent.requests.filter((r) => r.status === 401)).toEqual([]);
+    for (const r of cp.requests) {
+      expect(r.target.startsWith(`http://${VIRTUAL}/v2/`), r.target).toBe(true);
+      expect(r.locationId).toBe('loc-1');
+    }
+    for (const digest of blobs) {
+      const path = `/v2/${REPO}/blobs/${digest}`;
+      expect(cp.requests.filter((r) => r.method === 'GET' && r.target === `http://${VIRTUAL}${path}` && r.status === 200), digest).toHaveLength(1);
+      // The registry's access log is written after the response: wait for the line, then count.
+      await pollUntil(async () => (await registryGets(registry.logFile, path)).includes(200), { timeoutMs: 5_000, what: `registry logged ${path}` });
+      expect((await registryGets(registry.logFile, path)).filter((s) => s === 200), digest).toHaveLength(1);
+    }
+    // The registry really demanded the credential: the agent's first, anonymous request was refused.
+    expect(cp.requests.some((r) => r.status === 401)).toBe(true);
+    expect(JSON.stringify(agent.logs)).not.toContain(alice.password);
+  });
+
+  it('a second pull into a fresh namespace is served from the cache: no blob crosses the proxy again', async () => {
+    const before = cp.requests.length;
+    const result = await containerd.pull(`${REGISTRY}/${REPO}:v1`, { hostsDir: join(dir, 'certs.d'), namespace: 'fresh' });
+    expect(result.code, result.stderr).toBe(0);
+    expect(cp.requests.slice(before).filter((r) => r.target.includes('/blobs/'))).toEqual([]);
+    const blobGets = agent.requests.filter((r) => r.outcome.kind === 'blob' && r.method === 'GET').slice(-blobs.length);
+    expect(blobGets.map((r) => r.outcome.cache)).toEqual(blobs.map(() => 'hit'));
+  });
+});
+
+interface ChildAgent {
+  url: string;
+  /** Its log (pino JSON lines), for failure messages. */
+  logs(): Promise<string>;
+  stop(): Promise<void>;
+}
+
+/**
+ * The compiled agent as a child process: NODE_EXTRA_CA_CERTS is read once at process start, so a
+ * private upstream CA can only be trusted the way a DaemonSet would do it, through the environment.
+ */
+async function startChildAgent(dir: string, mirrors: TestMirror[], env: NodeJS.ProcessEnv): Promise<ChildAgent> {
+  const port = await freePort();
+  const config = await writeAgentConfig({ dir, port, mirrors });
+  const logFile = join(dir, 'agent.log');
+  const child: ManagedProcess = await startProcess(process.execPath, [agentMain(), '--config', config], { logFile, env: { ...process.env, ...env } });
+  await pollUntil(async () => (await tailFile(logFile, 64 * 1024)).includes('"mirror listening"'), {
+    timeoutMs: 20_000,
+    what: 'child agent listening',
+    abort: () => (child.exitInfo() ? 'agent exited' : undefined),
+  }).catch(async (error: unknown) => {
+    await child.stop();
+    throw new Error(`${(error as Error).message}\n--- agent.log ---\n${await tailFile(logFile)}`, { cause: error });
+  });
+  return { url: `http://127.0.0.1:${port}`, logs: () => tailFile(logFile, 1024 * 1024), stop: async () => void (await child.stop()) };
+}
+
+describe('http-proxy route to an https upstream with a private CA, through tinyproxy (CONNECT)', () => {
+  let dir: string;
+  let tls: TlsRegistryHandle;
+  let proxy: TinyproxyHandle;
+  let agent: ChildAgent;
+  let image: TestImage;
+
+  beforeAll(async () => {
+    dir = await makeTempDir('rpa-e2e-https-proxy');
+    await Promise.all([
+      startTlsRegistry().then((r) => (tls = r)),
+      startTinyproxy().then((p) => (proxy = p)),
+      makeImage({ layers: 2, layerBytes: 200 * 1024 }).then((i) => (image = i)),
+    ]);
+    // pushImage uses undici's global dispatcher; trust the private CA for the push only (this file runs in its own process).
+    const previous = getGlobalDispatcher();
+    setGlobalDispatcher(tls.dispatcher);
+    try {
+      await pushImage(tls.url, REPO, 'v1', image);
+    } finally {
+      setGlobalDispatcher(previous);
+    }
+    agent = await startChildAgent(dir, [{ registry: REGISTRY, upstream: tls.url, route: 'http-proxy', httpProxy: proxy.url }], { NODE_EXTRA_CA_CERTS: tls.caFile });
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await Promise.all([proxy?.stop(), tls?.stop()]);
+    if (dir) await removeTempDir(dir);
+  });
+
+  it('tunnels with CONNECT, verifies the registry certificate against the trusted CA, serves and caches verified content', async () => {
+    const manifest = await get(`${agent.url}/v2/${REPO}/manifests/v1?ns=${REGISTRY}`);
+    expect(manifest.status, manifest.status === 200 ? '' : `${manifest.body.toString()}\n${await agent.logs()}`).toBe(200);
+    expect(manifest.body.equals(image.manifest)).toBe(true);
+    expect(manifest.headers['docker-content-digest']).toBe(image.manifestDigest);
+    for (const blob of [image.config, ...image.layers]) {
+      const response = await get(`${agent.url}/v2/${REPO}/blobs/${blob.digest}?ns=${REGISTRY}`);
+      expect(response.status).toBe(200);
+      expect(sha256(response.body)).toBe(blob.digest);
+    }
+    // Only blobs whose digest matched are renamed into the cache.
+    const cached = await readdir(join(dir, 'cache', 'blobs', 'sha256'));
+    for (const blob of [image.config, ...image.layers]) expect(cached).toContain(blob.digest.slice('sha256:'.length));
+    // The proxy saw tunnels to the registry, never a plain request for an https URL.
+    await pollUntil(async () => (await proxy.requests()).some((r) => r.method === 'CONNECT'), { timeoutMs: 10_000, what: 'tinyproxy logged a CONNECT' });
+    const seen = await proxy.requests();
+    expect(seen.filter((r) => r.method === 'CONNECT').every((r) => r.target === tls.host)).toBe(true);
+    expect(seen.filter((r) => r.method !== 'CONNECT')).toEqual([]);
+    // And the TLS registry itself served manifest and blobs (through the tunnel).
+    await pollUntil(async () => (await registryGets(tls.logFile, `/v2/${REPO}/blobs/${image.layers[1]!.digest}`)).includes(200), {
+      timeoutMs: 5_000,
+      what: 'TLS registry logged the last blob',
+    });
+    for (const blob of [image.config, ...image.layers]) {
+      expect(await registryGets(tls.logFile, `/v2/${REPO}/blobs/${blob.digest}`), blob.digest).toEqual([200]);
+    }
+  });
+
+  it('without the CA the certificate is refused: an OCI error, nothing served', async () => {
+    // In this process (no NODE_EXTRA_CA_CERTS) the agent trusts only the public roots.
+    const untrustingDir = await makeTempDir('rpa-e2e-untrusted');
+    const untrusting = await startAgent({ dir: untrustingDir, mirrors: [{ registry: REGISTRY, upstream: tls.url, route: 'http-proxy', httpProxy: proxy.url }] });
+    try {
+      const response = await get(`${untrusting.url}/v2/${REPO}/blobs/${image.layers[0]!.digest}?ns=${REGISTRY}`);
+      expect(response.status).toBe(503);
+      const error = response.json().errors[0]!;
+      expect(error.code).toBe('UNAVAILABLE');
+      expect(String(error.detail?.['cause'])).toMatch(/unable to verify the first certificate/);
+      expect(await readdir(join(untrustingDir, 'cache', 'blobs', 'sha256'))).toEqual([]);
+    } finally {
+      await untrusting.stop();
+      await removeTempDir(untrustingDir);
+    }
+  });
+});
+
+describe('Connectivity Proxy with a token registry whose realm is https', () => {
+  const REALM = 'https://auth.corp.example/token';
+  const AGENT_AUTH = 'agent-auth.corp.example:5000';
+  const PASSTHROUGH = 'passthrough.corp.example:5000';
+  let dir: string;
+  let registry: RegistryHandle;
+  let cp: ConnectivityProxy;
+  let agent: InProcessAgent;
+
+  beforeAll(async () => {
+    dir = await makeTempDir('rpa-e2e-https-realm');
+    // The registry only names the realm in its challenge and checks token signatures against this bundle.
+    const ca = await makeTestCa(dir);
+    registry = await startRegistry({ tokenAuth: { realm: REALM, service: 'rpa-test-registry', issuer: 'rpa-test-issuer', rootCertBundle: ca.caFile } });
+    cp = await startConnectivityProxy({ virtualHosts: { [VIRTUAL]: registry.url } });
+    agent = await startAgent({
+      dir,
+      connectivityProxy: { url: cp.url },
+      mirrors: [
+        { registry: AGENT_AUTH, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', auth: 'agent', ...alice },
+        { registry: PASSTHROUGH, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy' },
+      ],
+    });
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await cp?.stop();
+    await registry?.stop();
+    if (dir) await removeTempDir(dir);
+  });
+
+  function expectHttpsRealmError(error: OciErrorBody['errors'][number]): void {
+    expect(error.code).toBe('UNAVAILABLE');
+    expect(error.detail?.['reason']).toBe('cp_https_refused');
+    expect(error.message).toMatch(/only forwards plain http:\/\//);
+    expect(String(error.detail?.['fix'])).toMatch(/http:\/\/<virtual-host>:<port>/);
+    // The realm was refused by the agent before anything was sent: the proxy never saw it.
+    expect(cp.requests.filter((r) => !r.target.startsWith(`http://${VIRTUAL}/`))).toEqual([]);
+  }
+
+  it('auth = "agent": the token fetch is refused with an OCI error naming the https restriction and the fix', async () => {
+    const response = await get(`${agent.url}/v2/${REPO}/manifests/v1?ns=${AGENT_AUTH}`);
+    expect(response.status).toBe(502);
+    expectHttpsRealmError(response.json().errors[0]!);
+    // The registry's challenge did come back through the proxy: the failure is the realm, not the upstream.
+    expect(cp.requests.some((r) => r.target === `http://${VIRTUAL}/v2/${REPO}/manifests/v1` && r.status === 401)).toBe(true);
+  });
+
+  it('passthrough: the puller is sent to the agent for its token, and that request fails with the same explanation', async () => {
+    const challenged = await get(`${agent.url}/v2/${REPO}/manifests/v1?ns=${PASSTHROUGH}`);
+    expect(challenged.status).toBe(401);
+    const realm = /realm="([^"]+)"/.exec(String(challenged.headers['www-authenticate']))?.[1];
+    expect(realm?.startsWith(`${agent.url}/_token/`)).toBe(true);
+    const token = await get(`${realm}?scope=repository:${REPO}:pull&service=rpa-test-registry`, {
+      authorization: `Basic ${Buffer.from(`${alice.username}:${alice.password}`).toString('base64')}`,
+    });
+    expect(token.status).toBe(502);
+    expectHttpsRealmError(token.json().errors[0]!);
+  });
+});
