@@ -1,13 +1,16 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
 import { type ConnectivityProxy, type OAuthServer, startConnectivityProxy, startOAuthServer } from './fixtures/connectivity-proxy.ts';
 import { type ContainerdHandle, startContainerd } from './fixtures/containerd.ts';
 import { type TestImage, makeImage, pushImage } from './fixtures/image.ts';
+import { parseBasic, sendJson } from './fixtures/http-server.ts';
 import { pollUntil } from './fixtures/poll.ts';
-import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
+import { type BasicAuth, type RegistryHandle, startRegistry } from './fixtures/registry.ts';
+import { type ScriptedRegistry, startScriptedRegistry } from './fixtures/scripted-registry.ts';
 import { type TinyproxyHandle, startTinyproxy } from './fixtures/tinyproxy.ts';
 import { type TokenRegistry, startTokenRegistry } from './fixtures/token-registry.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
@@ -15,6 +18,7 @@ import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
 const REGISTRY = 'registry.corp.example:5000';
 const VIRTUAL = 'registry.virtual:5000';
 const alice = { username: 'alice', password: 'wonder land' };
+const bob = { username: 'bob', password: 'the builder' };
 
 function basic(username: string, password: string): string {
   return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`;
@@ -28,6 +32,37 @@ async function get(url: string, headers: Record<string, string> = {}) {
   const response = await request(url, { headers });
   const body = Buffer.from(await response.body.arrayBuffer());
   return { status: response.statusCode, headers: response.headers, body, json: () => JSON.parse(body.toString()) as { errors: Array<{ code: string; message: string; detail?: Record<string, unknown> }> } };
+}
+
+interface TokenPull {
+  /** The agent's rewritten challenge. */
+  challenge: string;
+  /** The agent's token endpoint's answer. */
+  tokenStatus: number;
+  token: string | undefined;
+  /** The content request with that token (0 when no token came back). */
+  status: number;
+  body: Buffer;
+}
+
+/**
+ * containerd's token dance, step by step so every answer can be checked: ask the agent without a
+ * credential (401 with a challenge naming the agent's token endpoint), fetch a token there (GET
+ * with `user`'s Basic credential, like containerd's fallback), then ask again with that token.
+ */
+async function pullWithToken(url: string, user: BasicAuth): Promise<TokenPull> {
+  const first = await get(url);
+  expect(first.status).toBe(401);
+  const challenge = String(first.headers['www-authenticate']);
+  const param = (name: string): string => new RegExp(`${name}="([^"]*)"`).exec(challenge)?.[1] ?? '';
+  const tokenUrl = new URL(param('realm'));
+  tokenUrl.searchParams.set('service', param('service'));
+  tokenUrl.searchParams.set('scope', param('scope'));
+  const answer = await get(tokenUrl.href, { authorization: basic(user.username, user.password) });
+  const token = answer.status === 200 ? (JSON.parse(answer.body.toString()) as { token?: string }).token : undefined;
+  if (token === undefined) return { challenge, tokenStatus: answer.status, token, status: 0, body: Buffer.alloc(0) };
+  const content = await get(url, { authorization: `Bearer ${token}` });
+  return { challenge, tokenStatus: answer.status, token, status: content.status, body: content.body };
 }
 
 describe('connectivity-proxy route, passthrough auth, private content in the cache', () => {
@@ -193,6 +228,9 @@ describe('connectivity-proxy non-trusted mode: OAuth token as Proxy-Authorizatio
 });
 
 describe('token auth (realm on another host:port) through the Connectivity Proxy, passthrough', () => {
+  // The same upstream under a second name with a tiny max_stale: offline acceptance runs out.
+  const SHORT_STALE = 'short-stale.corp.example:5000';
+  const SHORT_STALE_MS = 300;
   let dir: string;
   let tokens: TokenRegistry;
   let cp: ConnectivityProxy;
@@ -200,16 +238,25 @@ describe('token auth (realm on another host:port) through the Connectivity Proxy
   let cpPort: number;
   let agent: InProcessAgent;
   let containerd: ContainerdHandle;
+  let image: TestImage;
+  let otherImage: TestImage;
 
   beforeAll(async () => {
     dir = await makeTempDir('rpa-token');
     await Promise.all([
-      startTokenRegistry({ users: { [alice.username]: alice.password }, publicRepositories: ['pub/app'] }).then((t) => (tokens = t)),
+      startTokenRegistry({
+        users: { [alice.username]: alice.password, [bob.username]: bob.password },
+        publicRepositories: ['pub/app'],
+        // Like Docker Hub, the realm answers bob 200 for priv/app too, with an empty grant.
+        access: { [bob.username]: ['priv/other/app'] },
+      }).then((t) => (tokens = t)),
       startContainerd().then((c) => (containerd = c)),
+      makeImage({ layers: 2, layerBytes: 64 * 1024 }).then((i) => (image = i)),
+      makeImage({ layers: 1, layerBytes: 16 * 1024 }).then((i) => (otherImage = i)),
     ]);
-    const image = await makeImage({ layers: 2, layerBytes: 64 * 1024 });
     await tokens.push('priv/app', 'v1', image);
     await tokens.push('pub/app', 'v1', image);
+    await tokens.push('priv/other/app', 'v1', otherImage);
     const realm = new URL(tokens.tokenServer.url);
     cpHosts = { [VIRTUAL]: tokens.registry.url, [realm.host]: realm.origin };
     cp = await startConnectivityProxy({ virtualHosts: cpHosts });
@@ -218,7 +265,10 @@ describe('token auth (realm on another host:port) through the Connectivity Proxy
       dir,
       manageHosts: true,
       connectivityProxy: { url: cp.url },
-      mirrors: [{ registry: REGISTRY, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', repositoryPrefix: 'priv' }],
+      mirrors: [
+        { registry: REGISTRY, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', repositoryPrefix: 'priv' },
+        { registry: SHORT_STALE, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', repositoryPrefix: 'priv', maxStale: `${SHORT_STALE_MS}ms` },
+      ],
     });
   });
 
@@ -264,6 +314,73 @@ describe('token auth (realm on another host:port) through the Connectivity Proxy
     }
   });
 
+  it('a realm 200 is not access: cached content goes offline only to credentials upstream accepted for that repository', async () => {
+    const layer = image.layers[0]!;
+    const privUrl = (registry: string): string => `${agent.url}/v2/app/blobs/${layer.digest}?ns=${registry}`;
+    const otherUrl = `${agent.url}/v2/other/app/blobs/${otherImage.layers[0]!.digest}?ns=${REGISTRY}`;
+    const neverTheBlob = (body: Buffer): void => {
+      expect(body.length).toBeLessThan(1000);
+      expect(body.includes(layer.bytes.subarray(0, 64))).toBe(false);
+    };
+
+    // Online. alice's token works upstream: her credential counts for "app" from now on.
+    const aliceOnline = await pullWithToken(privUrl(REGISTRY), alice);
+    expect(aliceOnline.status).toBe(200);
+    expect(sha256(aliceOnline.body)).toBe(layer.digest);
+    const aliceShortStale = await pullWithToken(privUrl(SHORT_STALE), alice);
+    expect(aliceShortStale.status).toBe(200);
+    const shortStaleConfirmedBy = Date.now();
+    // bob can log in, so the realm answers him 200, with a token granting nothing for priv/app...
+    tokens.tokenServer.reset();
+    const bobOnline = await pullWithToken(privUrl(REGISTRY), bob);
+    expect(bobOnline.tokenStatus).toBe(200);
+    expect(tokens.tokenServer.requests.at(-1)?.granted).toEqual([{ type: 'repository', name: 'priv/app', actions: [] }]);
+    // ...which upstream refuses: the cached blob is not his.
+    expect(bobOnline.status).toBe(401);
+    neverTheBlob(bobOnline.body);
+    // bob's credential is valid, for another repository.
+    const bobOther = await pullWithToken(otherUrl, bob);
+    expect(bobOther.status).toBe(200);
+    expect(sha256(bobOther.body)).toBe(otherImage.layers[0]!.digest);
+
+    await cp.stop();
+    try {
+      // Offline: the realm round-trip bob did online does not earn him a token from the agent...
+      const bobOffline = await pullWithToken(privUrl(REGISTRY), bob);
+      expect(bobOffline.challenge).toContain('scope="repository:app:pull"');
+      expect(bobOffline.tokenStatus).not.toBe(200);
+      expect(bobOffline.token).toBeUndefined();
+      // ...nor does the empty-grant token he got online, nor his password: 401 with the challenge.
+      for (const authorization of [`Bearer ${bobOnline.token}`, basic(bob.username, bob.password)]) {
+        const refused = await get(privUrl(REGISTRY), { authorization });
+        expect(refused.status).toBe(401);
+        expect(String(refused.headers['www-authenticate'])).toMatch(/^Bearer realm="http:\/\/127\.0\.0\.1:\d+\/_token\//);
+        neverTheBlob(refused.body);
+      }
+      // Where upstream did accept him, he is served.
+      const bobOtherOffline = await pullWithToken(otherUrl, bob);
+      expect(bobOtherOffline.token).toMatch(/^rpa-offline\./);
+      expect(bobOtherOffline.status).toBe(200);
+      // alice, accepted for "app" within max_stale: an offline token, and the blob.
+      const aliceOffline = await pullWithToken(privUrl(REGISTRY), alice);
+      expect(aliceOffline.token).toMatch(/^rpa-offline\./);
+      expect(aliceOffline.status).toBe(200);
+      expect(sha256(aliceOffline.body)).toBe(layer.digest);
+      // Past max_stale, even alice is refused. Nothing to await here but the clock itself.
+      await delay(Math.max(0, shortStaleConfirmedBy + SHORT_STALE_MS + 20 - Date.now()));
+      const expired = await pullWithToken(privUrl(SHORT_STALE), alice);
+      expect(expired.tokenStatus).not.toBe(200);
+      const expiredToken = await get(privUrl(SHORT_STALE), { authorization: `Bearer ${aliceShortStale.token}` });
+      expect(expiredToken.status).toBe(401);
+      neverTheBlob(expiredToken.body);
+    } finally {
+      cp = await startConnectivityProxy({ virtualHosts: cpHosts, port: cpPort });
+    }
+    // Credentials and tokens never reach the log.
+    const logs = JSON.stringify(agent.logs);
+    for (const secret of [alice.password, bob.password, aliceOnline.token!, bobOnline.token!]) expect(logs).not.toContain(secret);
+  });
+
   it('refuses cached private content without credentials, and never contacts a realm it did not learn', async () => {
     const anonymous = await containerd.pull(`${REGISTRY}/app:v1`, { hostsDir: join(dir, 'certs.d'), namespace: 'anon' });
     expect(anonymous.code).not.toBe(0);
@@ -271,6 +388,70 @@ describe('token auth (realm on another host:port) through the Connectivity Proxy
     expect(probe.status).toBe(404);
     const other = await get(`${agent.url}/_token/${encodeURIComponent('evil.example.com')}/0123456789abcdef`);
     expect(other.status).toBe(404);
+  });
+});
+
+// distribution's htpasswd auth lets every user read every repository, so per-repository Basic
+// access (as Harbor, Nexus or Artifactory have it) comes from a scripted upstream here.
+describe('Basic auth with per-repository access: a credential valid for another repository', () => {
+  const access: Record<string, { password: string; repository: string }> = {
+    [alice.username]: { password: alice.password, repository: 'priv/app' },
+    [bob.username]: { password: bob.password, repository: 'other/app' },
+  };
+  const blobs = { 'priv/app': randomBytes(32 * 1024), 'other/app': randomBytes(16 * 1024) };
+  let dir: string;
+  let upstream: ScriptedRegistry;
+  let agent: InProcessAgent;
+
+  beforeAll(async () => {
+    dir = await makeTempDir('rpa-basic-acl');
+    upstream = await startScriptedRegistry();
+    upstream.on('*', /^\/v2\/(priv|other)\/app\/blobs\//, (req, res) => {
+      req.resume();
+      const repository = /^\/v2\/(.+)\/blobs\//.exec(req.url ?? '')?.[1] as keyof typeof blobs;
+      const user = parseBasic(req.headers.authorization);
+      const known = user && Object.hasOwn(access, user.username) && access[user.username]!.password === user.password;
+      if (!known) return sendJson(res, 401, { errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }, { 'www-authenticate': 'Basic realm="acl-registry"' });
+      if (access[user.username]!.repository !== repository) return sendJson(res, 403, { errors: [{ code: 'DENIED', message: 'requested access to the resource is denied' }] });
+      const bytes = blobs[repository];
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(bytes.length), 'docker-content-digest': sha256(bytes) });
+      res.end(req.method === 'HEAD' ? undefined : bytes);
+    });
+    agent = await startAgent({ dir, mirrors: [{ registry: REGISTRY, upstream: upstream.url }] });
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await upstream?.stop();
+    if (dir) await removeTempDir(dir);
+  });
+
+  it('serves a cached blob offline only to the credential upstream accepted for its repository', async () => {
+    const privUrl = `${agent.url}/v2/priv/app/blobs/${sha256(blobs['priv/app'])}?ns=${REGISTRY}`;
+    const otherUrl = `${agent.url}/v2/other/app/blobs/${sha256(blobs['other/app'])}?ns=${REGISTRY}`;
+    const asAlice = { authorization: basic(alice.username, alice.password) };
+    const asBob = { authorization: basic(bob.username, bob.password) };
+    const neverTheBlob = (body: Buffer): void => expect(body.includes(blobs['priv/app'].subarray(0, 64))).toBe(false);
+
+    expect((await get(privUrl)).status).toBe(401);
+    const cached = await get(privUrl, asAlice);
+    expect(cached.status).toBe(200);
+    expect(sha256(cached.body)).toBe(sha256(blobs['priv/app']));
+    const bobOnline = await get(privUrl, asBob);
+    expect(bobOnline.status).toBe(403);
+    neverTheBlob(bobOnline.body);
+    expect((await get(otherUrl, asBob)).status).toBe(200);
+
+    await upstream.stop();
+    const bobOffline = await get(privUrl, asBob);
+    expect(bobOffline.status).toBe(401);
+    expect(bobOffline.headers['www-authenticate']).toBe('Basic realm="acl-registry"');
+    neverTheBlob(bobOffline.body);
+    expect((await get(privUrl)).status).toBe(401);
+    expect((await get(otherUrl, asBob)).status).toBe(200);
+    const aliceOffline = await get(privUrl, asAlice);
+    expect(aliceOffline.status).toBe(200);
+    expect(sha256(aliceOffline.body)).toBe(sha256(blobs['priv/app']));
   });
 });
 

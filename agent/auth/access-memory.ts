@@ -1,9 +1,28 @@
-import { createHash } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 
+/** A credential (an `Authorization` value, a password grant, …) after hashing: nothing secret left in it. */
+export type CredentialHash = string & { readonly __credentialHash: unique symbol };
+
 /**
- * Which credentials upstream accepted for which repository, and when. Keys are hashes of
- * credential + repository; no credential is stored. Bounded in entries.
+ * Keyed with a secret drawn at start: a memory dump holds hashes that cannot be checked against
+ * guessed passwords offline, and nothing survives a restart (the memory is in-process only).
+ */
+const PROCESS_KEY = randomBytes(32);
+
+/** Hashes a credential; `undefined` (no credential: anonymous) gets a hash no header value can have. */
+export function hashCredential(credential: string | undefined): CredentialHash {
+  // Header values cannot contain NUL, so the anonymous marker never collides with a real credential.
+  return createHmac('sha256', PROCESS_KEY)
+    .update(credential === undefined ? '\0anonymous' : `c:${credential}`)
+    .digest('base64url') as CredentialHash;
+}
+
+/**
+ * Which credentials upstream accepted for which key (a repository name, or a realm key), and
+ * when. Keys are hashes of credential hash + key; no credential is stored. Bounded in entries,
+ * least recently used first out: a forgotten entry only means asking upstream again (or, offline,
+ * a 401), never more access.
  */
 export class AccessMemory {
   readonly #accepted: LRUCache<string, number>;
@@ -12,26 +31,31 @@ export class AccessMemory {
     this.#accepted = new LRUCache<string, number>({ max: maxEntries });
   }
 
-  remember(credential: string | undefined, repository: string, now = Date.now()): void {
-    this.#accepted.set(key(credential, repository), now);
+  /** Upstream accepted `credential` for `key` at `at`. */
+  remember(credential: CredentialHash, key: string, at = Date.now()): void {
+    this.#accepted.set(entryKey(credential, key), at);
   }
 
-  /** When upstream last accepted this credential for this repository, if within `maxAgeMs`. */
-  acceptedWithin(credential: string | undefined, repository: string, maxAgeMs: number, now = Date.now()): boolean {
-    const at = this.#accepted.get(key(credential, repository));
+  /** When upstream last accepted this credential for this key, if it did (and it is still remembered). */
+  acceptedAt(credential: CredentialHash, key: string): number | undefined {
+    return this.#accepted.get(entryKey(credential, key));
+  }
+
+  /** Upstream accepted this credential for this key no longer than `maxAgeMs` ago. */
+  acceptedWithin(credential: CredentialHash, key: string, maxAgeMs: number, now = Date.now()): boolean {
+    const at = this.acceptedAt(credential, key);
     return at !== undefined && now - at <= maxAgeMs;
   }
 
-  forget(credential: string | undefined, repository: string): void {
-    this.#accepted.delete(key(credential, repository));
+  forget(credential: CredentialHash, key: string): void {
+    this.#accepted.delete(entryKey(credential, key));
+  }
+
+  get size(): number {
+    return this.#accepted.size;
   }
 }
 
-/** `undefined` credential = anonymous: a public repository is remembered like any other credential. */
-function key(credential: string | undefined, repository: string): string {
-  return createHash('sha256')
-    .update(credential ?? '<anonymous>')
-    .update('\0')
-    .update(repository)
-    .digest('base64url');
+function entryKey(credential: CredentialHash, key: string): string {
+  return createHmac('sha256', PROCESS_KEY).update(credential).update('\0').update(key).digest('base64url');
 }

@@ -36,6 +36,24 @@ export function rewriteChallenge(header: string, context: RewriteContext): strin
   const id = context.realms.learn(realmUrl);
   const params: Record<string, string> = { ...challenge.params, realm: `${context.agentBase}${tokenPath(context.registry, id)}` };
   if (params['scope'] !== undefined) params['scope'] = mapScopes(params['scope'], (name) => stripPrefix(name, context.repositoryPrefix));
+  return formatBearer(params);
+}
+
+/**
+ * A remembered upstream Bearer challenge made a plain request to authenticate for pulling
+ * `repository` (an upstream name). Upstream's last challenge may have named another repository (a
+ * puller answering it would ask for a token for that one too, which the agent cannot vouch for while
+ * upstream is away), or carried another puller's `error="insufficient_scope"` (which pullers take as
+ * final). Other challenges (Basic) come back unchanged.
+ */
+export function challengeForRepository(header: string, repository: string): string {
+  const challenge = parseChallenge(header);
+  if (!challenge || challenge.scheme !== 'bearer' || challenge.params['realm'] === undefined) return header;
+  const params = Object.fromEntries(Object.entries(challenge.params).filter(([key]) => key !== 'error' && key !== 'error_description'));
+  return formatBearer({ ...params, scope: `repository:${repository}:pull` });
+}
+
+function formatBearer(params: Readonly<Record<string, string>>): string {
   return `Bearer ${Object.entries(params)
     .map(([key, value]) => `${key}="${value.replace(/["\\]/g, '\\$&')}"`)
     .join(',')}`;

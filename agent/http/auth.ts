@@ -1,6 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { type CredentialHash, hashCredential } from '../auth/access-memory.ts';
 import { addPrefix, mapScopes, rewriteChallenge } from '../auth/challenge-rewrite.ts';
 import { AccessDeniedError, AuthRequiredError } from '../auth/errors.ts';
+import { realmKey } from '../auth/token-grants.ts';
 import type { Mirror } from '../mirror/mirror.ts';
 import { randomBytes } from 'node:crypto';
 import { OciError } from '../oci/errors.ts';
@@ -82,7 +84,7 @@ export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessag
     body = Buffer.from(rewritten.toString());
     headers['content-type'] = 'application/x-www-form-urlencoded';
   }
-  const credential = tokenCredential(req.headers.authorization, body);
+  const credential = hashCredential(tokenCredential(req.headers.authorization, body));
   let response;
   try {
     response = await mirror.upstream.forwardTokenRequest(target, method, headers, body);
@@ -92,10 +94,10 @@ export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessag
     }
     throw error;
   }
-  if (response.status === 200) {
-    for (const repository of repositories) mirror.access.remember(credential, `token:${repository}`);
-  }
   const answer = await readLimited(mirror.registry, response.body, MAX_TOKEN_RESPONSE_BYTES);
+  // Not access yet (realms answer 200 with an empty grant too): the credential counts as accepted
+  // for a repository only once upstream accepts this token for it (Mirror confirms it then).
+  if (response.status === 200) mirror.tokenGrants.record(answer, credential, repositories);
   const out: Record<string, string> = { 'content-length': String(answer.length), 'cache-control': 'no-store' };
   const type = response.headers['content-type'];
   if (typeof type === 'string') out['content-type'] = type;
@@ -106,7 +108,7 @@ export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessag
   return { registry: mirror.registry, status: response.status };
 }
 
-/** What identifies the puller at the realm: its Basic header, or the password grant's username and password. Hashed, never stored. */
+/** What identifies the puller at the realm: its Basic header, or the password grant's username and password. Hashed at once, never stored. */
 function tokenCredential(authorization: string | undefined, form: Buffer | undefined): string {
   if (form) {
     const fields = new URLSearchParams(form.toString('utf8'));
@@ -122,16 +124,24 @@ function tokenCredential(authorization: string | undefined, form: Buffer | undef
 const OFFLINE_TOKEN_TTL_S = 300;
 
 /**
- * The realm is unreachable: if the realm accepted this very credential for every requested
- * repository within max_stale, answer with a token of the agent's own. It opens nothing but this
- * mirror's cache (the access guard accepts it for those repositories only); upstream never sees it.
+ * The realm is unreachable: if upstream accepted a token issued to this very credential for every
+ * requested repository within max_stale, answer with a token of the agent's own. It opens nothing
+ * but this mirror's cache (the access guard accepts it for those repositories only); upstream never
+ * sees it. A realm's 200 alone never counts (see TokenGrants).
  */
-function offlineToken(mirror: Mirror, credential: string, repositories: readonly string[], res: ServerResponse): boolean {
-  const maxAge = mirror.config.maxStaleMs;
-  if (repositories.length === 0 || !repositories.every((r) => mirror.access.acceptedWithin(credential, `token:${r}`, maxAge))) return false;
+function offlineToken(mirror: Mirror, credential: CredentialHash, repositories: readonly string[], res: ServerResponse): boolean {
+  if (repositories.length === 0) return false;
+  const now = Date.now();
+  let confirmedAt = now;
+  for (const repository of repositories) {
+    const at = mirror.access.acceptedAt(credential, realmKey(repository));
+    if (at === undefined || now - at > mirror.config.maxStaleMs) return false;
+    confirmedAt = Math.min(confirmedAt, at);
+  }
   const token = `rpa-offline.${randomBytes(24).toString('base64url')}`;
-  for (const repository of repositories) mirror.access.remember(`Bearer ${token}`, repository);
-  const body = Buffer.from(JSON.stringify({ token, access_token: token, expires_in: OFFLINE_TOKEN_TTL_S, issued_at: new Date().toISOString() }));
+  // Dated like the confirmation it rests on: minting a token never stretches max_stale.
+  for (const repository of repositories) mirror.access.remember(hashCredential(`Bearer ${token}`), repository, confirmedAt);
+  const body = Buffer.from(JSON.stringify({ token, access_token: token, expires_in: OFFLINE_TOKEN_TTL_S, issued_at: new Date(now).toISOString() }));
   res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(body.length), 'cache-control': 'no-store' });
   res.end(body);
   return true;

@@ -1,9 +1,11 @@
 import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
-import { AccessMemory } from '../auth/access-memory.ts';
-import { AccessDeniedError, AuthRequiredError } from '../auth/errors.ts';
+import { AccessMemory, hashCredential } from '../auth/access-memory.ts';
+import { challengeForRepository } from '../auth/challenge-rewrite.ts';
+import { AuthRequiredError } from '../auth/errors.ts';
 import { RealmRegistry } from '../auth/realms.ts';
+import { TokenGrants, realmKey } from '../auth/token-grants.ts';
 import type { BlobCache } from '../cache/blob-cache.ts';
 import type { BlobReadable } from '../cache/blob-reader.ts';
 import type { MirrorConfig } from '../config/types.ts';
@@ -58,6 +60,8 @@ export class Mirror {
   readonly #now: () => number;
   /** passthrough: credentials upstream accepted per repository (hashed). */
   readonly access = new AccessMemory();
+  /** passthrough: which credential each realm token the agent forwarded was issued to (hashed). */
+  readonly tokenGrants = new TokenGrants();
   /** passthrough: token realms learned from this upstream's challenges. */
   readonly realms = new RealmRegistry();
   /** passthrough: digests upstream confirmed to belong to a repository. */
@@ -306,38 +310,59 @@ export class Mirror {
   /** Upstream just served `digest` under `name` to this credential: remember access and linkage. */
   #confirm(name: RepositoryName, digest: Digest, ctx: PullContext): void {
     if (!this.passthrough) return;
-    this.access.remember(ctx.authorization, name, this.#now());
+    const now = this.#now();
+    this.access.remember(hashCredential(ctx.authorization), name, now);
+    // Upstream accepted a token the agent forwarded from a realm: only now does the credential the
+    // puller showed the realm count for this repository (the realm's 200 may have been an empty grant).
+    const issuedTo = this.tokenGrants.issuedTo(ctx.authorization, name, now);
+    if (issuedTo) this.access.remember(issuedTo, realmKey(name), now);
     this.#linked.set(`${name}@${digest}`, true);
+  }
+
+  /** Upstream refused this credential for `name`: forget it, and the realm credential its token was issued to. */
+  #revoke(name: RepositoryName, ctx: PullContext): void {
+    this.access.forget(hashCredential(ctx.authorization), name);
+    const issuedTo = this.tokenGrants.issuedTo(ctx.authorization, name, this.#now());
+    if (issuedTo) this.access.forget(issuedTo, realmKey(name));
   }
 
   /**
    * passthrough: content about to be served from the cache goes only to a puller whose
    * credential upstream accepted for this repository (and only for digests upstream showed in
-   * it). Asks upstream with a HEAD when the memory is older than ACCESS_RECHECK_MS; while
-   * upstream is unavailable, a credential accepted within max_stale is enough.
+   * it). Asks upstream with a HEAD when the memory is older than ACCESS_RECHECK_MS (or max_stale,
+   * when that is shorter); while upstream is unavailable, only a credential upstream itself accepted for this very repository
+   * within max_stale is served (an offline token counts from that acceptance); everyone else gets
+   * 401 with the remembered challenge.
    */
   async #guard(name: RepositoryName, rest: string, digest: Digest, ctx: PullContext): Promise<void> {
     if (!this.passthrough) return;
     const now = this.#now();
     const linked = this.#linked.has(`${name}@${digest}`);
-    const credential = ctx.authorization;
-    if (linked && (this.access.acceptedWithin(credential, name, ACCESS_RECHECK_MS, now) || this.access.acceptedWithin(undefined, name, ACCESS_RECHECK_MS, now))) return;
+    const credential = hashCredential(ctx.authorization);
+    const anonymous = hashCredential(undefined);
+    const acceptedWithin = (maxAgeMs: number): boolean =>
+      linked && (this.access.acceptedWithin(credential, name, maxAgeMs, now) || this.access.acceptedWithin(anonymous, name, maxAgeMs, now));
+    // Not asking upstream is serving without it: never on an acceptance older than max_stale.
+    if (acceptedWithin(Math.min(ACCESS_RECHECK_MS, this.config.maxStaleMs))) return;
     let response: UpstreamResponse;
     try {
       response = await this.#request('HEAD', name, rest, ctx, rest.startsWith('manifests/') ? { accept: MANIFEST_ACCEPT } : {});
     } catch (error) {
       if (!(error instanceof UpstreamError) || !error.unavailable) throw error;
-      const stale = this.config.maxStaleMs;
-      if (linked && (this.access.acceptedWithin(credential, name, stale, now) || this.access.acceptedWithin(undefined, name, stale, now))) return;
-      if (!credential) throw new AuthRequiredError(this.registry, this.#lastChallenge, 'upstream unavailable: present a credential');
-      throw new AccessDeniedError(this.registry, 'upstream is unavailable and this credential was not accepted for this repository recently');
+      if (acceptedWithin(this.config.maxStaleMs)) return;
+      const challenge = this.#lastChallenge && challengeForRepository(this.#lastChallenge, upstreamRepository(this.config.repositoryPrefix, name));
+      throw new AuthRequiredError(
+        this.registry,
+        challenge,
+        ctx.authorization ? 'upstream is unavailable and upstream did not accept this credential for this repository within max_stale' : 'upstream unavailable: present a credential',
+      );
     }
     if (response.status === 200) {
       await response.body.dump().catch(() => undefined);
       this.#confirm(name, digest, ctx);
       return;
     }
-    if (response.status === 401 || response.status === 403) this.access.forget(credential, name);
+    if (response.status === 401 || response.status === 403) this.#revoke(name, ctx);
     throw await this.#failure(response, ctx, () => (rest.startsWith('blobs/') ? blobUnknown(digest) : manifestUnknown(digest)));
   }
 }
