@@ -284,8 +284,8 @@ async function coldSection(ctx: Context): Promise<void> {
     'Cold (uncached) blob GET throughput, MiB/s',
     `One client (${client.name}). Every agent run uses a fresh agent process with an empty cache dir that first ` +
       'fetches and serves an unrelated 8 MiB blob (so its code is JIT-warm, as in a long-running agent); the upstream ' +
-      "registry serves from page cache. The agent's figure includes hashing, writing the temp file, fsync and rename: " +
-      "it withholds the last byte until the blob is verified and committed. The CP route goes through the Connectivity " +
+      "registry serves from page cache. The agent's figure includes hashing, writing the temp file and the rename: " +
+      "it withholds the last byte until the blob is verified and committed (the fsync follows after the response). The CP route goes through the Connectivity " +
       `Proxy double (virtual host ${CP_VIRTUAL}, trusted mode); its reference is the same GET through the double without the agent.`,
     [table],
   );
