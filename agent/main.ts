@@ -54,16 +54,29 @@ async function serve(config: AgentConfig, log: Logger, configFile: string | unde
   return 0;
 }
 
-/** SIGHUP: re-reads the file and applies its mirrors live; other keys need a restart. A bad file changes nothing. */
+/**
+ * SIGHUP: re-reads the file and applies its mirrors live; other keys need a restart. A bad file
+ * changes nothing. Each reload counts once in config_reloads_total: a file that does not load is
+ * counted here, everything after that by setMirrors itself (ok or error), which is also the path
+ * of the Kubernetes reconfigurations.
+ */
 async function reload(runtime: AgentRuntime, kube: KubernetesIntegration | undefined, file: string, log: Logger): Promise<void> {
+  const failed = (error: unknown): void =>
+    log.error({ err: error instanceof Error ? error.message : String(error) }, 'configuration reload failed: keeping the running configuration');
+  let next: AgentConfig;
   try {
-    const next = await loadConfig(file);
+    next = await loadConfig(file);
+  } catch (error) {
+    runtime.metrics.configReloads.inc({ result: 'error' });
+    failed(error);
+    return;
+  }
+  try {
     // The file's mirrors are merged with the RegistryMirrors, never applied alone.
     if (kube) await kube.setTomlMirrors(next.mirrors);
     else await runtime.setMirrors(next.mirrors);
   } catch (error) {
-    runtime.metrics.configReloads.inc({ result: 'error' });
-    log.error({ err: error instanceof Error ? error.message : String(error) }, 'configuration reload failed: keeping the running configuration');
+    failed(error);
   }
 }
 

@@ -180,7 +180,11 @@ export class AgentRuntime {
         }
       }
     } catch (error) {
+      // Counted here, once, for every caller (SIGHUP and Kubernetes); the running mirrors stay and
+      // the ones already built for the new set are closed, not leaked with their connection pools.
       this.metrics.configReloads.inc({ result: 'error' });
+      const running = new Set(this.mirrors.list());
+      for (const mirror of next) if (!running.has(mirror)) void mirror.upstream.close().catch(() => undefined);
       throw error;
     }
     const removed = [...current.keys()];

@@ -15,7 +15,7 @@ import { DigestMismatchError } from '../agent/cache/errors.ts';
 import type { Outcome } from '../agent/http/handlers.ts';
 import { instrument } from '../agent/metrics/instrument.ts';
 import { AgentMetrics, statusClass } from '../agent/metrics/metrics.ts';
-import type { ProxyDiagnosis, UpstreamFailure } from '../agent/upstream/errors.ts';
+import type { ProxyDiagnosis, UpstreamCause, UpstreamFailure } from '../agent/upstream/errors.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const MANIFESTS = join(ROOT, 'manifests');
@@ -174,8 +174,9 @@ const PROXY_CODES = {
 } satisfies Record<ProxyDiagnosis['code'], 0>;
 const FAILURES = { unreachable: 0, timeout: 0, status: 0, invalid: 0, redirect: 0, proxy: 0 } satisfies Record<UpstreamFailure, 0>;
 const KINDS = { base: 0, manifest: 0, blob: 0, token: 0 } satisfies Record<Outcome['kind'], 0>;
-/** upstream client: `diagnosis.code ?? failure`, or status_5xx for a 5xx answer. */
-const CAUSES = [...Object.keys(PROXY_CODES), ...Object.keys(FAILURES), 'status_5xx'];
+/** The upstream client's causes (UpstreamCause): route diagnosis codes, failures, and these. */
+const CAUSE_RECORD = { ...PROXY_CODES, ...FAILURES, refused: 0, status_5xx: 0, body_cut: 0, body_timeout: 0 } satisfies Record<UpstreamCause, 0>;
+const CAUSES = Object.keys(CAUSE_RECORD);
 
 /** metric → label → every value the agent produces, for the labels whose values are a closed set. */
 async function knownValues(): Promise<Map<string, Map<string, Set<string>>>> {
@@ -749,6 +750,7 @@ describe('monitoring component: alerts', () => {
         'RegistryProxyDigestMismatches',
         'RegistryProxyHostsTomlNotWritten',
         'RegistryProxyPullErrors',
+        'RegistryProxyUpstreamDownloadsBreaking',
         'RegistryProxyUpstreamUnreachable',
         'RegistryProxyUpstreamUnreachableManyNodes',
       ].sort(),
@@ -1066,6 +1068,25 @@ describe('monitoring component: promtool', () => {
           alertTest('RegistryProxyConnectivityProxyErrors', '5m'),
           alertTest('RegistryProxyConnectivityProxyErrors', '20m', { registry: 'r1', cause: 'cp_no_cloud_connector' }),
           alertTest('RegistryProxyPullErrors', '25m', { registry: 'r1' }),
+        ],
+      },
+      {
+        interval: '1m',
+        input_series: [
+          // The Cloud Connector does not expose r1's virtual host (403): its own cause, from 10m on.
+          input('registry_proxy_upstream_errors_total', { ...n1, registry: 'r1', cause: 'cp_denied' }, '0x10 0+2x30'),
+          // Connection refused on the direct route: the probe alerts' business, not the proxy's.
+          input('registry_proxy_upstream_errors_total', { ...n1, registry: 'r2', cause: 'refused' }, '0+5x40'),
+          // r2's bodies break off steadily on two nodes; r3's once in a while on one.
+          input('registry_proxy_upstream_errors_total', { ...n1, registry: 'r2', cause: 'body_cut' }, '0+1x40'),
+          input('registry_proxy_upstream_errors_total', { ...n2, registry: 'r2', cause: 'body_cut' }, '0+1x40'),
+          input('registry_proxy_upstream_errors_total', { ...n1, registry: 'r3', cause: 'body_timeout' }, '0x10 1x30'),
+        ],
+        alert_rule_test: [
+          alertTest('RegistryProxyConnectivityProxyErrors', '8m'),
+          alertTest('RegistryProxyConnectivityProxyErrors', '30m', { registry: 'r1', cause: 'cp_denied' }),
+          alertTest('RegistryProxyUpstreamDownloadsBreaking', '10m'),
+          alertTest('RegistryProxyUpstreamDownloadsBreaking', '35m', { registry: 'r2', cause: 'body_cut' }),
         ],
       },
     ];

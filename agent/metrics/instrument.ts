@@ -35,7 +35,7 @@ export interface Instrumentation {
 export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instrumentation {
   metrics.cacheMaxBytes.set(cacheMaxBytes);
   let lastJoined = 0;
-  /** Last failure cause per registry, to log a Connectivity Proxy/route problem once per state change. */
+  /** Last failure cause per registry (answers) and per registry's bodies, to log a problem once per state change. */
   const lastCause = new Map<string, string | undefined>();
   const lastUp = new Map<string, boolean>();
   return {
@@ -51,14 +51,25 @@ export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instru
       if (record.outcome.kind === 'token') metrics.tokenRequests.inc({ registry, for: 'puller', status_class: statusClass(record.status) });
     },
     upstream(o, log) {
-      metrics.upstreamRequests.inc({ registry: o.registry, route: o.route, result: o.cause && o.status === undefined ? 'error' : statusClass(o.status ?? 0) });
-      metrics.upstreamDuration.observe({ registry: o.registry, route: o.route }, o.seconds);
+      // A body that broke off belongs to an exchange already counted as a request: only its error counts.
+      if (o.phase === 'response') {
+        metrics.upstreamRequests.inc({ registry: o.registry, route: o.route, result: o.cause && o.status === undefined ? 'error' : statusClass(o.status ?? 0) });
+        metrics.upstreamDuration.observe({ registry: o.registry, route: o.route }, o.seconds);
+        // Only the agent's own token fetches: forwarded ones are counted as the puller's, in request().
+        if (o.purpose === 'token') metrics.tokenRequests.inc({ registry: o.registry, for: 'agent', status_class: statusClass(o.status ?? 0) });
+      }
       if (o.cause) metrics.upstreamErrors.inc({ registry: o.registry, cause: o.cause });
-      if (o.purpose === 'token') metrics.tokenRequests.inc({ registry: o.registry, for: 'agent', status_class: statusClass(o.status ?? 0) });
-      const previous = lastCause.get(o.registry);
+      // One line per change of state, not per request: a node pulling through a broken route would
+      // otherwise log every layer of every pull. The line carries cause and fix, as the OCI error does.
+      // Answers and bodies are separate states: a tunnel that cuts every blob while headers keep
+      // coming (each resumed request answers 206) is one state, not two lines per Range request.
+      // A redirect is a hop, not an outcome: the hop after it (which may fail) decides.
+      if (o.phase === 'response' && isRedirect(o.status)) return;
+      const key = o.phase === 'body' ? `${o.registry} body` : o.registry;
+      const previous = lastCause.get(key);
       if (previous !== o.cause) {
-        lastCause.set(o.registry, o.cause);
-        if (o.cause) log.warn({ registry: o.registry, route: o.route, cause: o.cause, status: o.status }, 'upstream failing');
+        lastCause.set(key, o.cause);
+        if (o.cause) log.warn({ registry: o.registry, route: o.route, cause: o.cause, status: o.status, detail: o.detail, fix: o.fix }, 'upstream failing');
         else if (previous) log.info({ registry: o.registry, route: o.route, previous }, 'upstream answering again');
       }
     },
@@ -97,4 +108,8 @@ export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instru
       return { contentType: metrics.registry.contentType, body: await metrics.registry.metrics() };
     },
   };
+}
+
+function isRedirect(status: number | undefined): boolean {
+  return status !== undefined && status >= 300 && status < 400;
 }

@@ -46,7 +46,9 @@ export class AgentMetrics {
 
   readonly upstreamErrors = new Counter({
     name: 'registry_proxy_upstream_errors_total',
-    help: 'Upstream failures by cause (unreachable, timeout, status_5xx, invalid, redirect, and Connectivity Proxy causes such as cp_https_refused, cp_auth_failed, cp_no_cloud_connector, cp_unreachable).',
+    help:
+      'Upstream failures by cause: refused (connection refused), unreachable (DNS, reset), timeout, status_5xx, invalid, redirect, body_cut and body_timeout (a response body broke off), ' +
+      'the forward proxy causes proxy_unreachable, proxy_refused, and the Connectivity Proxy causes cp_https_refused (405), cp_auth_failed (407), cp_no_cloud_connector (503), cp_denied (403), cp_unreachable.',
     labelNames: ['registry', 'cause'] as const,
     registers: [this.registry],
   });
@@ -60,7 +62,7 @@ export class AgentMetrics {
 
   readonly tokenRequests = new Counter({
     name: 'registry_proxy_token_requests_total',
-    help: 'Token requests: forwarded for pullers (passthrough) or fetched by the agent (agent auth, Connectivity Proxy OAuth).',
+    help: 'Token requests: forwarded for pullers (passthrough), or fetched by the agent from a registry token realm (agent auth).',
     labelNames: ['registry', 'for', 'status_class'] as const,
     registers: [this.registry],
   });

@@ -2,7 +2,7 @@ import type { Dispatcher } from 'undici';
 import type { IncomingHttpHeaders } from 'node:http';
 import { type Challenge, parseChallenge } from './challenge.ts';
 import { refusedDestination } from './destination.ts';
-import { UpstreamError } from './errors.ts';
+import { UpstreamError, type UpstreamCause, bodyFailure } from './errors.ts';
 import { DirectRoute, type Route } from './routes.ts';
 import { TokenCache } from './tokens.ts';
 
@@ -34,14 +34,24 @@ export interface UpstreamOptions {
   readonly observe?: (observation: UpstreamObservation) => void;
 }
 
-/** One upstream exchange, for metrics: status (or failure cause) and time to response headers. */
+/**
+ * One upstream exchange, for metrics and the "upstream failing" log: status (or failure cause) and
+ * time to response headers (`phase: 'response'`); then, in addition, how its body ended
+ * (`phase: 'body'`): whole (no cause), or broken off (`body_cut`, `body_timeout`).
+ */
 export interface UpstreamObservation {
   readonly registry: string;
   readonly route: string;
-  readonly purpose: 'registry' | 'token';
+  /** Registry API, the agent's own token fetch, or a puller's token request forwarded (passthrough). */
+  readonly purpose: 'registry' | 'token' | 'forwarded-token';
+  readonly phase: 'response' | 'body';
   readonly status: number | undefined;
   /** Set when no usable answer came: a failure kind, or a route diagnosis code (cp_*, proxy_*). */
-  readonly cause: string | undefined;
+  readonly cause: UpstreamCause | undefined;
+  /** With a cause: what happened, in words for the node's admin (never credentials). */
+  readonly detail?: string;
+  /** With a route diagnosis: how to fix it. */
+  readonly fix?: string;
   readonly seconds: number;
 }
 
@@ -122,7 +132,7 @@ export class UpstreamClient {
   async forwardTokenRequest(realm: URL, method: 'GET' | 'POST', headers: Record<string, string>, body: Buffer | undefined): Promise<UpstreamResponse> {
     const refused = refusedDestination(realm, this.base, this.route.kind);
     if (refused) throw new UpstreamError(this.registry, 'invalid', `token realm refused: ${refused}`);
-    const response = await this.#timed('token', () =>
+    const response = await this.#timed('forwarded-token', () =>
       this.route.send(this.registry, realm, {
         method,
         headers: { ...headers, 'user-agent': 'registry-proxy-agent' },
@@ -150,18 +160,36 @@ export class UpstreamClient {
     }
   }
 
-  async #timed(purpose: 'registry' | 'token', send: () => Promise<Dispatcher.ResponseData>): Promise<Dispatcher.ResponseData> {
+  async #timed(purpose: UpstreamObservation['purpose'], send: () => Promise<Dispatcher.ResponseData>): Promise<Dispatcher.ResponseData> {
     const started = performance.now();
-    const report = (status: number | undefined, cause: string | undefined): void =>
-      this.#observe?.({ registry: this.registry, route: this.route.kind, purpose, status, cause, seconds: (performance.now() - started) / 1000 });
+    const report = (phase: UpstreamObservation['phase'], status: number | undefined, cause: UpstreamCause | undefined, explained: { detail?: string; fix?: string } = {}): void =>
+      this.#observe?.({ registry: this.registry, route: this.route.kind, purpose, phase, status, cause, ...explained, seconds: (performance.now() - started) / 1000 });
+    let response: Dispatcher.ResponseData;
     try {
-      const response = await send();
-      report(response.statusCode, response.statusCode >= 500 ? 'status_5xx' : undefined);
-      return response;
+      response = await send();
     } catch (error) {
-      report(undefined, error instanceof UpstreamError ? (error.diagnosis?.code ?? error.failure) : 'unreachable');
+      if (error instanceof UpstreamError) {
+        const fix = error.diagnosis?.fix;
+        report('response', undefined, error.upstreamCause, { detail: error.diagnosis?.cause ?? error.message, ...(fix ? { fix } : {}) });
+      } else {
+        report('response', undefined, 'unreachable', { detail: error instanceof Error ? error.message : String(error) });
+      }
       throw error;
     }
+    const status = response.statusCode;
+    report('response', status, status >= 500 ? 'status_5xx' : undefined, status >= 500 ? { detail: `upstream answered ${status}` } : {});
+    // Whoever reads the body sees its errors too; these listeners only report how it ended, so a
+    // body that upstream breaks off (a cut connection, a silence past upstream_idle_timeout) counts
+    // even though the exchange was already reported as answered. A body the agent abandons itself
+    // (UND_ERR_ABORTED) reports nothing.
+    response.body.once('end', () => report('body', status, undefined));
+    response.body.on('error', (error: unknown) => {
+      const cause = bodyFailure(error);
+      if (!cause) return;
+      const what = cause === 'body_cut' ? 'the connection broke off' : `upstream sent nothing for ${this.#timeouts.bodyMs} ms (upstream_idle_timeout)`;
+      report('body', status, cause, { detail: `${what} while the response body streamed (${(error as Error).message})` });
+    });
+    return response;
   }
 
   async close(): Promise<void> {
@@ -207,7 +235,7 @@ export class UpstreamClient {
     if (service) url.searchParams.set('service', service);
     url.searchParams.set('scope', challenge.params['scope'] ?? scope);
     // Credentials go as #send's authorization, which is only sent to the realm's own origin (not across redirects).
-    const response = await this.#send('GET', url, { accept: 'application/json' }, this.#credentials ? basic(this.#credentials) : undefined);
+    const response = await this.#send('GET', url, { accept: 'application/json' }, this.#credentials ? basic(this.#credentials) : undefined, 'token');
     if (response.status !== 200) {
       await response.body.dump().catch(() => undefined);
       throw new UpstreamError(this.registry, 'status', `token endpoint answered ${response.status}`, { status: response.status });

@@ -1,6 +1,6 @@
 /** Why an upstream request did not produce a usable answer. Domain-level: no HTTP status of ours here. */
 export type UpstreamFailure =
-  /** Connection refused, DNS failure, reset before a response. */
+  /** Connection refused, DNS failure, reset before a response (`refused` tells the first apart). */
   | 'unreachable'
   /** Connect, first-byte or body timeout. */
   | 'timeout'
@@ -13,6 +13,16 @@ export type UpstreamFailure =
   /** The proxy on the route (Connectivity Proxy, forward proxy) refused or failed the request. */
   | 'proxy';
 
+/** A response body that broke off after the headers: the connection was cut, or went silent too long. */
+export type BodyFailure = 'body_cut' | 'body_timeout';
+
+/**
+ * The `cause` label of `registry_proxy_upstream_errors_total` and of the "upstream failing" log
+ * line: the route's diagnosis code, `refused` for a refused connection on the direct route, a 5xx
+ * answer, a body that broke off, or else the failure itself. A closed set: labels stay bounded.
+ */
+export type UpstreamCause = UpstreamFailure | 'refused' | 'status_5xx' | BodyFailure | ProxyDiagnosis['code'];
+
 export class UpstreamError extends Error {
   override readonly name = 'UpstreamError';
   readonly failure: UpstreamFailure;
@@ -20,16 +30,28 @@ export class UpstreamError extends Error {
   readonly status: number | undefined;
   /** The mirror's registry, for logs. */
   readonly registry: string;
+  /**
+   * Failure `unreachable` because the connection was actively refused (ECONNREFUSED): the host
+   * answered, nothing listens on that port. Told apart from DNS failures and resets because the
+   * fix differs (wrong port or a stopped registry, against name resolution or a flaky network).
+   */
+  readonly refused: boolean;
 
   /** For failure `proxy`: what went wrong on the route and how to fix it, in words for the node's admin. */
   readonly diagnosis: ProxyDiagnosis | undefined;
 
-  constructor(registry: string, failure: UpstreamFailure, message: string, options: { status?: number; cause?: unknown; diagnosis?: ProxyDiagnosis } = {}) {
+  constructor(
+    registry: string,
+    failure: UpstreamFailure,
+    message: string,
+    options: { status?: number; cause?: unknown; diagnosis?: ProxyDiagnosis; refused?: boolean } = {},
+  ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.registry = registry;
     this.failure = failure;
     this.status = options.status;
     this.diagnosis = options.diagnosis;
+    this.refused = options.refused ?? false;
   }
 
   /** Upstream could not be asked at all, or failed on its side: cached content may be served instead. */
@@ -41,6 +63,13 @@ export class UpstreamError extends Error {
       (this.failure === 'status' && (this.status ?? 0) >= 500)
     );
   }
+
+  /** The metrics and log label for this failure (see UpstreamCause). */
+  get upstreamCause(): UpstreamCause {
+    if (this.diagnosis) return this.diagnosis.code;
+    if (this.refused) return 'refused';
+    return this.failure;
+  }
 }
 
 /** A route failure explained: a stable code (for metrics and status), the cause and the fix. */
@@ -50,17 +79,36 @@ export interface ProxyDiagnosis {
   readonly fix: string;
 }
 
-const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
+const UNREACHABLE_CODES = new Set(['ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
 const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
 
 /** Translates a transport error from undici into an UpstreamError. */
 export function fromTransportError(registry: string, error: unknown): UpstreamError {
   if (error instanceof UpstreamError) return error;
   const code = errorCode(error);
+  if (code === 'ECONNREFUSED') {
+    return new UpstreamError(registry, 'unreachable', 'upstream refused the connection (ECONNREFUSED): nothing listens on that host and port', {
+      cause: error,
+      refused: true,
+    });
+  }
   if (TIMEOUT_CODES.has(code)) return new UpstreamError(registry, 'timeout', `upstream timed out (${code})`, { cause: error });
   if (UNREACHABLE_CODES.has(code)) return new UpstreamError(registry, 'unreachable', `upstream unreachable (${code})`, { cause: error });
   const message = error instanceof Error ? error.message : String(error);
   return new UpstreamError(registry, 'unreachable', `upstream request failed: ${message}`, { cause: error });
+}
+
+// Errors of a response body after its headers arrived. UND_ERR_ABORTED is missing on purpose: undici
+// raises it when the agent itself destroys a body it no longer needs, which is no upstream failure.
+const BODY_CUT_CODES = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
+const BODY_TIMEOUT_CODES = new Set(['UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
+
+/** Why a response body failed while it streamed, or undefined when the failure was not upstream's. */
+export function bodyFailure(error: unknown): BodyFailure | undefined {
+  const code = errorCode(error);
+  if (BODY_CUT_CODES.has(code)) return 'body_cut';
+  if (BODY_TIMEOUT_CODES.has(code)) return 'body_timeout';
+  return undefined;
 }
 
 function errorCode(error: unknown): string {

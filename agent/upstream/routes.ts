@@ -60,10 +60,14 @@ export class HttpProxyRoute implements Route {
       return await this.#agent.request({ origin: url.origin, path: `${url.pathname}${url.search}`, highWaterMark: HIGH_WATER_MARK, ...request });
     } catch (error) {
       const transport = fromTransportError(registry, error);
-      if (transport.failure === 'unreachable' && /ECONNREFUSED|ENOTFOUND|EAI_AGAIN/.test(transport.message)) {
+      // The agent connects to nobody but the proxy on this route: a refused connection or a name
+      // that does not resolve is the proxy's.
+      if (transport.refused || (transport.failure === 'unreachable' && /ENOTFOUND|EAI_AGAIN/.test(transport.message))) {
+        const what = transport.refused ? 'refused the connection (nothing listens on that port)' : 'does not resolve';
         throw new UpstreamError(registry, 'proxy', `forward proxy ${this.#proxy.host} unreachable`, {
           cause: error,
-          diagnosis: { code: 'proxy_unreachable', cause: `the forward proxy ${this.#proxy.host} refused the connection or does not resolve`, fix: 'check http_proxy in the mirror configuration and that the proxy runs' },
+          refused: transport.refused,
+          diagnosis: { code: 'proxy_unreachable', cause: `the forward proxy ${this.#proxy.host} ${what}`, fix: 'check http_proxy in the mirror configuration and that the proxy runs' },
         });
       }
       if (/Proxy response \((\d+)\)/.test(String((error as Error).message))) {
@@ -109,16 +113,17 @@ export class ConnectivityProxyRoute implements Route {
   async send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData> {
     if (url.protocol !== 'http:') {
       // Config validation refuses https upstreams on this route; a redirect may still point at one.
-      throw cpError(registry, 405, undefined, this.#options.locationId);
+      throw cpError(registry, 405, undefined, this.#options.locationId, url.host);
     }
     let response = await this.#once(registry, url, request, false);
     if (response.statusCode === 407 && this.#options.tokens) {
       await response.body.dump().catch(() => undefined);
       response = await this.#once(registry, url, request, true);
     }
-    if (isProxyFailure(response, request.method)) {
+    const failure = proxyFailure(response, request.method);
+    if (failure !== undefined) {
       const body = await response.body.text().catch(() => '');
-      throw cpError(registry, response.statusCode, body, this.#options.locationId);
+      throw cpError(registry, failure, body, this.#options.locationId, url.host);
     }
     return response;
   }
@@ -145,13 +150,23 @@ export class ConnectivityProxyRoute implements Route {
     } catch (error) {
       const transport = fromTransportError(registry, error);
       if (transport.failure === 'unreachable') {
-        throw new UpstreamError(registry, 'proxy', `Connectivity Proxy ${this.#options.proxy.host} unreachable`, {
+        const host = this.#options.proxy.host;
+        // Refused: nothing listens there (proxy down, wrong port). Reset: something listens but drops
+        // plain HTTP, which is what an Istio sidecar in mTLS STRICT mode does to a client without one.
+        throw new UpstreamError(registry, 'proxy', `Connectivity Proxy ${host} unreachable`, {
           cause: error,
-          diagnosis: {
-            code: 'cp_unreachable',
-            cause: `the Connectivity Proxy at ${this.#options.proxy.host} refused or reset the connection`,
-            fix: 'check [connectivity_proxy] url; with Istio mTLS STRICT the agent (hostNetwork, no sidecar) needs a PeerAuthentication making port 20003 PERMISSIVE',
-          },
+          refused: transport.refused,
+          diagnosis: transport.refused
+            ? {
+                code: 'cp_unreachable',
+                cause: `the Connectivity Proxy at ${host} refused the connection: nothing listens on that port (the proxy is down, or the url's port is wrong)`,
+                fix: 'check [connectivity_proxy] url (the connectivity-proxy service, HTTP port 20003) and that the Connectivity Proxy pods run',
+              }
+            : {
+                code: 'cp_unreachable',
+                cause: `the Connectivity Proxy at ${host} reset the connection or does not resolve (${transport.message})`,
+                fix: 'check [connectivity_proxy] url; with Istio mTLS STRICT the agent (hostNetwork, no sidecar) needs a PeerAuthentication making port 20003 PERMISSIVE',
+              },
         });
       }
       throw transport;
@@ -164,22 +179,43 @@ export class ConnectivityProxyRoute implements Route {
 }
 
 /**
- * Answers that come from the Connectivity Proxy itself rather than the registry behind it. 407 is
- * never a registry's; 405 is not a registry's answer to GET/HEAD (a token endpoint may answer a
- * POST with 405, and the puller's fallback needs it); a 503 that is not a registry's JSON error is
- * the proxy's "no Cloud Connector for this location".
+ * Answers that come from the Connectivity Proxy (or the Cloud Connector behind it) rather than the
+ * registry, as the status to explain; undefined for the registry's own answers. 407 is never a
+ * registry's; 405 is not a registry's answer to GET/HEAD (a token endpoint may answer a POST with
+ * 405, and the puller's fallback needs it). 403 and 503 come from both: a registry answers them
+ * with an OCI JSON error body, the proxy with its own plain text ("Access denied to system …",
+ * "There is no SAP Cloud Connector (SCC) connected …"), so the media type tells them apart. That
+ * holds for HEAD too, which has the headers but no body.
  */
-function isProxyFailure(response: Dispatcher.ResponseData, method: string): boolean {
-  if (response.statusCode === 407) return true;
-  if (response.statusCode === 405) return method !== 'POST';
-  if (response.statusCode !== 503) return false;
+function proxyFailure(response: Dispatcher.ResponseData, method: string): CpStatus | undefined {
+  const status = response.statusCode;
+  if (status === 407) return status;
+  if (status === 405) return method === 'POST' ? undefined : status;
+  if (status !== 403 && status !== 503) return undefined;
   const type = String(response.headers['content-type'] ?? '');
-  return !type.includes('application/json');
+  return type.includes('json') ? undefined : status;
 }
 
-function cpError(registry: string, status: number, body: string | undefined, locationId: string | undefined): UpstreamError {
+type CpStatus = 403 | 405 | 407 | 503;
+
+/** The proxy's own words, shortened, for the cause; never more than a line of it. */
+function quoted(body: string | undefined): string {
+  const text = (body ?? '').replace(/\s+/g, ' ').trim().slice(0, 200);
+  return text ? `: "${text}"` : '';
+}
+
+function cpError(registry: string, status: CpStatus, body: string | undefined, locationId: string | undefined, virtualHost: string): UpstreamError {
   const location = locationId ? `location ID "${locationId}"` : 'the default location (no location ID)';
   switch (status) {
+    case 403:
+      return new UpstreamError(registry, 'proxy', `Cloud Connector denied access to ${virtualHost} (403)`, {
+        status,
+        diagnosis: {
+          code: 'cp_denied',
+          cause: `the Cloud Connector for ${location} denied access to the virtual host ${virtualHost} (403 from the Connectivity Proxy, not the registry)${quoted(body)}`,
+          fix: `expose ${virtualHost} in the Cloud Connector (Cloud To On-Premise > Access Control: virtual host and port exactly as in the mirror's upstream, protocol HTTP or HTTPS to the registry, resource path "/" with "Path and All Sub-Paths"), or correct the mirror's upstream`,
+        },
+      });
     case 405:
       return new UpstreamError(registry, 'proxy', 'Connectivity Proxy refused the request (405)', {
         status,
@@ -203,14 +239,9 @@ function cpError(registry: string, status: number, body: string | undefined, loc
         status,
         diagnosis: {
           code: 'cp_no_cloud_connector',
-          cause: `no Cloud Connector is connected for ${location}${body ? `: ${body.trim().slice(0, 200)}` : ''}`,
+          cause: `no Cloud Connector is connected for ${location}${quoted(body)}`,
           fix: 'connect the Cloud Connector to the subaccount with this location ID, or fix location_id',
         },
-      });
-    default:
-      return new UpstreamError(registry, 'proxy', `Connectivity Proxy answered ${status}`, {
-        status,
-        diagnosis: { code: 'cp_denied', cause: `the Connectivity Proxy answered ${status}`, fix: 'check the Cloud Connector access control for this virtual host' },
       });
   }
 }
