@@ -7,8 +7,12 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, 
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, posix, relative, resolve } from 'node:path';
 import { promisify } from 'node:util';
+import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostsManager } from '../agent/containerd/hosts-manager.ts';
+import { freePort } from './fixtures/net.ts';
+import { pollUntil } from './fixtures/poll.ts';
+import { startProcess, tailFile } from './fixtures/process.ts';
 
 const run = promisify(execFile);
 const ROOT = resolve(import.meta.dirname, '..');
@@ -123,6 +127,8 @@ interface Built {
   readonly workdir: string;
   readonly env: Record<string, string>;
   readonly entrypoint: string[];
+  /** The default arguments (CMD, exec form) appended to the ENTRYPOINT. */
+  readonly cmd: string[];
 }
 
 /** The stage's path `p` (absolute inside the stage, or relative to its WORKDIR) on this machine. */
@@ -157,6 +163,7 @@ async function build(workRoot: string): Promise<Built> {
     let workdir = '/';
     const env: Record<string, string> = {};
     let entrypoint: string[] = [];
+    let cmd: string[] = [];
     for (const { keyword, args, line } of stage.instructions) {
       const where = `Dockerfile line ${line}: ${keyword} ${args}`;
       switch (keyword) {
@@ -177,6 +184,8 @@ async function build(workRoot: string): Promise<Built> {
           entrypoint = execForm(args) ?? [];
           break;
         case 'CMD':
+          cmd = execForm(args) ?? [];
+          break;
         case 'LABEL':
         case 'EXPOSE':
         case 'USER':
@@ -185,7 +194,7 @@ async function build(workRoot: string): Promise<Built> {
           throw new Error(`${where}: not supported by test/dockerfile.test.ts; extend it`);
       }
     }
-    last = { roots, root, workdir, env, entrypoint };
+    last = { roots, root, workdir, env, entrypoint, cmd };
   }
   if (!last) throw new Error('the Dockerfile has no stage');
   return last;
@@ -272,15 +281,23 @@ describe('Dockerfile: performed', () => {
     if (work) rmSync(work, { recursive: true, force: true });
   });
 
-  /** Runs the image's ENTRYPOINT with `args`, as the container would: WORKDIR, image ENV, no other environment. */
-  async function entrypoint(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  /** The container's environment: the image's ENV, a PATH to this Node 24 and a HOME; nothing else of this machine's. */
+  const containerEnv = (): NodeJS.ProcessEnv => ({ PATH: nodeFirstPath(), HOME: work, ...built.env });
+
+  /** `node` and the ENTRYPOINT's arguments, absolute paths taken inside the image's root. */
+  function entrypointArgv(): string[] {
     const [program, ...programArgs] = built.entrypoint;
     expect(program).toBe('node');
-    const argv = programArgs.map((a) => (a.startsWith('/') ? join(built.root, a) : a));
+    return programArgs.map((a) => (a.startsWith('/') ? join(built.root, a) : a));
+  }
+
+  /** Runs the image's ENTRYPOINT with `args`, as the container would: WORKDIR, image ENV, no other environment. */
+  async function entrypoint(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    const argv = entrypointArgv();
     try {
       const { stdout, stderr } = await run(process.execPath, [...argv, ...args], {
         cwd: hostPath(built.root, built.workdir, '.'),
-        env: { PATH: nodeFirstPath(), HOME: work, ...built.env },
+        env: containerEnv(),
         timeout: 30_000,
       });
       return { code: 0, stdout, stderr };
@@ -332,5 +349,56 @@ describe('Dockerfile: performed', () => {
     expect(result.code, result.stdout).toBe(0);
     expect(result.stdout).toContain('cleanup finished');
     expect(existsSync(join(hostsDir, 'registry.corp.example:5000'))).toBe(false);
+  });
+
+  it('the default command (ENTRYPOINT + CMD) starts the agent on its config path, serves /healthz, and exits 0 on SIGTERM', async () => {
+    // CMD names the config file inside the image; a DaemonSet mounts it there. Here it is written into
+    // the built root at that path, with every path the agent writes to inside this test's temp dir.
+    const configIndex = built.cmd.indexOf('--config') + 1;
+    const configInImage = built.cmd[configIndex] ?? '';
+    expect(configIndex, `CMD ${JSON.stringify(built.cmd)} passes --config`).toBeGreaterThan(0);
+    expect(configInImage).toMatch(/^\//);
+    const configFile = join(built.root, configInImage);
+    const data = join(work, 'default-command');
+    const hostsDir = join(data, 'certs.d');
+    const [port, healthPort] = await Promise.all([freePort(), freePort()]);
+    mkdirSync(dirname(configFile), { recursive: true });
+    mkdirSync(data);
+    writeFileSync(
+      configFile,
+      [
+        `listen = "127.0.0.1:${port}"`,
+        `metrics_listen = "127.0.0.1:${healthPort}"`,
+        `cache_dir = ${JSON.stringify(join(data, 'cache'))}`,
+        `hosts_dir = ${JSON.stringify(hostsDir)}`,
+        `containerd_config = ${JSON.stringify(join(data, 'containerd-config.toml'))}`,
+        '[[mirror]]',
+        'registry = "registry.corp.example:5000"',
+        // Nothing listens there: starting, serving /healthz and stopping need no upstream.
+        'upstream = "http://127.0.0.1:1"',
+        '',
+      ].join('\n'),
+    );
+    const argv = [...entrypointArgv(), ...built.cmd.map((a) => (a.startsWith('/') ? join(built.root, a) : a))];
+    const logFile = join(data, 'agent.log');
+    const child = await startProcess(process.execPath, argv, { logFile, cwd: hostPath(built.root, built.workdir, '.'), env: containerEnv() });
+    try {
+      await pollUntil(
+        async () => {
+          const response = await request(`http://127.0.0.1:${healthPort}/healthz`);
+          await response.body.dump();
+          return response.statusCode === 200;
+        },
+        { timeoutMs: 20_000, intervalMs: 50, what: '/healthz of the default command', abort: () => (child.exitInfo() ? 'the agent exited' : undefined) },
+      );
+      // The default command runs the mirror itself (not help or cleanup): it wrote the hosts.toml.
+      expect(existsSync(join(hostsDir, 'registry.corp.example:5000', 'hosts.toml'))).toBe(true);
+      process.kill(child.pid, 'SIGTERM');
+      expect(await child.exited, await tailFile(logFile)).toEqual({ code: 0, signal: null });
+    } finally {
+      await child.stop();
+    }
+    // It stopped because of the signal, not by failing ('stopped', the last line, can be lost at exit).
+    expect(await tailFile(logFile)).toContain('"signal":"SIGTERM"');
   });
 });

@@ -9,6 +9,7 @@ import { type CountingProxy, startCountingProxy } from './fixtures/counting-prox
 import { type MemoryBlob, type TestImage, makeImage, makeRandomBlob, pushBlob, pushImage } from './fixtures/image.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
+import { type Sentinel, startSentinel } from './fixtures/sentinel.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
 
 const auth = { username: 'puller', password: 'correct horse' };
@@ -35,6 +36,35 @@ async function tryGetBlob(agentUrl: string, digest: string): Promise<{ status: n
   } catch {
     return { status: 0, complete: false };
   }
+}
+
+interface OciErrorBody {
+  errors: Array<{ code: string; message: string; detail?: Record<string, unknown> }>;
+}
+
+/** The first entry of an OCI error body; fails the test when the body is not one. */
+function ociError(body: Buffer): OciErrorBody['errors'][number] {
+  const parsed = JSON.parse(body.toString('utf8')) as OciErrorBody;
+  expect(parsed.errors).toHaveLength(1);
+  return parsed.errors[0]!;
+}
+
+/** HEAD or GET of any path on the agent, on its own connection; the body is read whole. */
+async function call(url: string, method: 'GET' | 'HEAD' = 'GET') {
+  const dispatcher = new Agent({ keepAliveTimeout: 10, keepAliveMaxTimeout: 10 });
+  const response = await request(url, { method, dispatcher });
+  const body = Buffer.from(await response.body.arrayBuffer());
+  return { status: response.statusCode, headers: response.headers, body };
+}
+
+/** The headers every blob answer carries, whatever its origin (upstream, cache). */
+function expectBlobHeaders(headers: Record<string, string | string[] | undefined>, blob: MemoryBlob): void {
+  expect(headers['docker-content-digest']).toBe(blob.digest);
+  expect(headers['etag']).toBe(`"${blob.digest}"`);
+  expect(headers['cache-control']).toBe('max-age=31536000, immutable');
+  expect(headers['content-length']).toBe(String(blob.bytes.length));
+  expect(headers['content-type']).toBe('application/octet-stream');
+  expect(headers['docker-distribution-api-version']).toBe('registry/2.0');
 }
 
 async function cachedBlobFiles(cacheDir: string): Promise<string[]> {
@@ -194,6 +224,121 @@ describe('pull-through mirror core with a real registry and containerd', () => {
     const sha512 = await request(`${agent.url}/v2/${REPO}/blobs/sha512:${'a'.repeat(128)}?ns=${REGISTRY}`);
     expect(sha512.statusCode).toBe(400);
     expect(((await sha512.body.json()) as { errors: Array<{ message: string }> }).errors[0]?.message).toMatch(/only sha256/);
+  });
+  it('blob HEAD and GET carry digest, ETag, immutable caching, length, type and API version; a HEAD never fills the cache', async () => {
+    const blob = makeRandomBlob(200 * 1024 + 3);
+    await pushBlob(registry.url, REPO, blob, auth);
+    const url = `${agent.url}/v2/${REPO}/blobs/${blob.digest}?ns=${REGISTRY}`;
+    const cacheDir = join(dir, 'cache');
+
+    // Uncached: the size comes from an upstream HEAD; no body is fetched and nothing is cached.
+    const coldHead = await call(url, 'HEAD');
+    expect(coldHead.status).toBe(200);
+    expectBlobHeaders(coldHead.headers, blob);
+    expect(coldHead.body.length).toBe(0);
+    expect(proxy.count({ method: 'HEAD', pathIncludes: `/blobs/${blob.digest}` })).toBe(1);
+    expect(proxy.count({ method: 'GET', pathIncludes: `/blobs/${blob.digest}` })).toBe(0);
+    expect(await cachedBlobFiles(cacheDir)).not.toContain(blob.digest.slice(7));
+
+    const get = await call(url);
+    expect(get.status).toBe(200);
+    expectBlobHeaders(get.headers, blob);
+    expect(get.body.equals(blob.bytes)).toBe(true);
+    expect(proxy.count({ method: 'GET', pathIncludes: `/blobs/${blob.digest}` })).toBe(1);
+
+    // Cached: HEAD and GET are answered from disk with the same headers; upstream is not asked again.
+    const warmHead = await call(url, 'HEAD');
+    expect(warmHead.status).toBe(200);
+    expectBlobHeaders(warmHead.headers, blob);
+    expect(warmHead.body.length).toBe(0);
+    const warmGet = await call(url);
+    expectBlobHeaders(warmGet.headers, blob);
+    expect(warmGet.body.equals(blob.bytes)).toBe(true);
+    expect(proxy.count({ pathIncludes: `/blobs/${blob.digest}` })).toBe(2);
+    expect(agent.requests.filter((r) => r.outcome.kind === 'blob' && r.method === 'GET').at(-1)?.outcome.cache).toBe('hit');
+  });
+
+  it('without ?ns= (skopeo, curl) the only configured mirror serves manifests and blobs', async () => {
+    const blob = makeRandomBlob(64 * 1024);
+    await pushBlob(registry.url, REPO, blob, auth);
+    const before = agent.requests.length;
+
+    const manifest = await call(`${agent.url}/v2/${REPO}/manifests/v1`);
+    expect(manifest.status).toBe(200);
+    expect(manifest.headers['docker-content-digest']).toBe(image.manifestDigest);
+    expect(manifest.body.equals(image.manifest)).toBe(true);
+    const got = await call(`${agent.url}/v2/${REPO}/blobs/${blob.digest}`);
+    expect(got.status).toBe(200);
+    expect(sha256(got.body)).toBe(blob.digest);
+
+    // Fetched through that mirror's upstream, and recorded as that mirror's requests.
+    expect(proxy.count({ method: 'GET', pathIncludes: `/blobs/${blob.digest}` })).toBe(1);
+    expect(agent.requests.slice(before).map((r) => r.outcome.registry)).toEqual([REGISTRY, REGISTRY]);
+  });
+
+  it('an upstream 404 for a blob is 404 BLOB_UNKNOWN as an OCI error, and nothing is cached', async () => {
+    const absent = makeRandomBlob(1024); // never pushed
+    const url = `${agent.url}/v2/${REPO}/blobs/${absent.digest}?ns=${REGISTRY}`;
+    const cacheDir = join(dir, 'cache');
+
+    const get = await call(url);
+    expect(get.status).toBe(404);
+    expect(get.headers['content-type']).toMatch(/^application\/json/);
+    expect(get.headers['docker-distribution-api-version']).toBe('registry/2.0');
+    const error = ociError(get.body);
+    expect(error.code).toBe('BLOB_UNKNOWN');
+    expect(error.detail).toEqual({ digest: absent.digest });
+    const head = await call(url, 'HEAD');
+    expect(head.status).toBe(404);
+    expect(head.body.length).toBe(0);
+
+    // Upstream was asked (the 404 is its answer, not a local refusal), and no trace is left on disk.
+    expect(proxy.count({ method: 'GET', pathIncludes: `/blobs/${absent.digest}` })).toBe(1);
+    expect(proxy.count({ method: 'HEAD', pathIncludes: `/blobs/${absent.digest}` })).toBe(1);
+    expect(await cachedBlobFiles(cacheDir)).not.toContain(absent.digest.slice(7));
+    expect(await readdir(join(cacheDir, 'tmp'))).toEqual([]);
+    expect(agent.runtime.cache.stats().inflight).toBe(0);
+  });
+});
+
+describe('two mirrors and a request without ?ns=', () => {
+  const A = 'a.corp.example:5000';
+  const B = 'b.corp.example';
+  let dir: string;
+  let sentinel: Sentinel;
+  let agent: InProcessAgent;
+
+  beforeAll(async () => {
+    dir = await makeTempDir('rpa-two-mirrors');
+    sentinel = await startSentinel();
+    agent = await startAgent({ dir, mirrors: [{ registry: A, upstream: sentinel.url }, { registry: B, upstream: sentinel.url }] });
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await sentinel?.stop();
+    if (dir) await removeTempDir(dir);
+  });
+
+  /** Requests for content that reached the upstream (the reachability probe's `GET /v2/` is not one). */
+  const contentRequests = () => sentinel.hits.filter((h) => h.kind === 'request' && /\/(manifests|blobs)\//.test(h.detail));
+
+  it('is refused with NAME_UNKNOWN saying to add ?ns=, and nothing is forwarded', async () => {
+    const digest = makeRandomBlob(16).digest;
+    for (const path of [`/v2/${REPO}/manifests/v1`, `/v2/${REPO}/blobs/${digest}`]) {
+      const response = await call(`${agent.url}${path}`);
+      expect(response.status, path).toBe(404);
+      expect(response.headers['content-type']).toMatch(/^application\/json/);
+      const error = ociError(response.body);
+      expect(error.code).toBe('NAME_UNKNOWN');
+      expect(error.message).toContain('add ?ns=<registry>');
+      expect((error.detail?.['registries'] as string[]).sort()).toEqual([A, B].sort());
+    }
+    expect(contentRequests()).toEqual([]);
+
+    // The same request with ?ns= is forwarded to that mirror's upstream: the check above could fail.
+    await call(`${agent.url}/v2/${REPO}/manifests/v1?ns=${A}`);
+    expect(contentRequests().length).toBeGreaterThan(0);
   });
 });
 
