@@ -1,12 +1,24 @@
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { setTimeout as delay } from 'node:timers/promises';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { parseAllDocuments } from 'yaml';
 import type { KubernetesOptions } from '../agent/kube/kubernetes.ts';
 import { type InProcessAgent, type TestMirror, startAgent } from './fixtures/agent.ts';
 import { makeImage, pushImage } from './fixtures/image.ts';
-import { CORE_EVENTS, type JsonObject, type KubeApi, LEASES, REGISTRY_MIRRORS, SECRETS, startKubeApi } from './fixtures/kube-api.ts';
+import {
+  type Authorization,
+  CORE_EVENTS,
+  type JsonObject,
+  type KubeApi,
+  type KubeApiRequest,
+  LEASES,
+  type PolicyRule,
+  REGISTRY_MIRRORS,
+  SECRETS,
+  grantingRule,
+  startKubeApi,
+} from './fixtures/kube-api.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
@@ -14,19 +26,56 @@ import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
 const NS = 'registry-proxy-agent';
 const REG = 'registry.corp.example:5000';
 const SECURED = 'secured.corp.example';
+const LATE = 'late.corp.example';
+const LATER = 'later.corp.example';
+const REGISTRY_MIRRORS_PATH = '/apis/registry-proxy.dev/v1alpha1/registrymirrors';
 const ALICE = { username: 'alice', password: 'wonderland' };
 const MANAGER = 'registry-proxy-agent';
 const LEADER_LEASE_PATH = `/apis/coordination.k8s.io/v1/namespaces/${NS}/leases/registry-proxy-agent-leader`;
 
-/** Short timings: aggregation every 200 ms, leader lease 1.5 s, local re-evaluation every 100 ms. */
+/** Short timings: aggregation every 200 ms, leader lease 1.5 s, local re-evaluation every 100 ms, reports settle in 300–500 ms. */
 const FAST: KubernetesOptions = {
   debounceMs: 50,
   initialSyncTimeoutMs: 1_000,
   backoff: { initialMs: 100, maxMs: 500 },
   reportIntervalMs: 100,
+  reportSettleMs: 300,
+  reportJitterMs: 200,
   leaseDurationMs: 1_500,
   aggregateIntervalMs: 200,
 };
+
+interface RoleDoc {
+  kind: string;
+  metadata: { name: string; namespace?: string };
+  rules: PolicyRule[];
+}
+
+/** The agent's ServiceAccount permissions exactly as manifests/base/rbac.yaml grants them: the double enforces them. */
+async function agentRbac(): Promise<{ authorization: Authorization; clusterRole: RoleDoc; role: RoleDoc }> {
+  const docs = parseAllDocuments(await readFile(new URL('../manifests/base/rbac.yaml', import.meta.url), 'utf8')).map((d) => d.toJS() as RoleDoc);
+  const clusterRole = docs.find((d) => d.kind === 'ClusterRole');
+  const role = docs.find((d) => d.kind === 'Role');
+  if (clusterRole === undefined || role?.metadata.namespace !== NS) throw new Error('rbac.yaml: expected a ClusterRole and a Role in the agent namespace');
+  return {
+    authorization: { user: `system:serviceaccount:${NS}:registry-proxy-agent`, clusterRules: clusterRole.rules, namespaceRules: { [NS]: role.rules } },
+    clusterRole,
+    role,
+  };
+}
+
+/** `<Role|ClusterRole> <group>/<resource> <verb>`: which granted permission a request used. */
+function permissionUsed(rbac: Awaited<ReturnType<typeof agentRbac>>, r: KubeApiRequest): string | undefined {
+  const a = r.attributes;
+  if (a === undefined) return undefined;
+  const local = a.namespace === NS ? grantingRule(rbac.role.rules, a) : undefined;
+  const kind = local !== undefined ? 'Role' : grantingRule(rbac.clusterRole.rules, a) !== undefined ? 'ClusterRole' : 'none';
+  return `${kind} ${a.apiGroup}/${a.resource} ${a.verb}`;
+}
+
+function permissionsGranted(role: RoleDoc): string[] {
+  return role.rules.flatMap((r) => (r.apiGroups ?? []).flatMap((g) => (r.resources ?? []).flatMap((res) => r.verbs.map((v) => `${role.kind} ${g}/${res} ${v}`))));
+}
 
 interface Condition {
   type: string;
@@ -63,6 +112,10 @@ describe('RegistryMirrors from the Kubernetes API', () => {
   let registry: RegistryHandle;
   let secured: RegistryHandle;
   let api: KubeApi;
+  let rbac: Awaited<ReturnType<typeof agentRbac>>;
+  /** Permissions used by the agents in this test, and requests the RBAC rules refused. */
+  let used: Set<string>;
+  let forbidden: KubeApiRequest[];
   let dirs: string[] = [];
   let agents: InProcessAgent[] = [];
   const dirOf = new Map<InProcessAgent, string>();
@@ -82,12 +135,28 @@ describe('RegistryMirrors from the Kubernetes API', () => {
   });
 
   beforeEach(async () => {
-    api = await startKubeApi();
+    rbac = await agentRbac();
+    api = await startKubeApi({ authorization: rbac.authorization });
+    used = new Set();
+    forbidden = [];
   });
+
+  /** Notes what the requests so far used, then empties the log. */
+  function clearRequests(): void {
+    for (const r of api.requests) {
+      const permission = permissionUsed(rbac, r);
+      if (permission !== undefined) used.add(permission);
+      if (r.status === 403) forbidden.push(r);
+    }
+    api.clearRequests();
+  }
 
   afterEach(async () => {
     await Promise.all(agents.map((a) => a.stop()));
     agents = [];
+    clearRequests();
+    // Every call the agent makes is one manifests/base/rbac.yaml allows.
+    expect(forbidden).toEqual([]);
     await api.stop();
     await Promise.all(dirs.map((d) => removeTempDir(d)));
     dirs = [];
@@ -140,6 +209,10 @@ describe('RegistryMirrors from the Kubernetes API', () => {
   function events(): JsonObject[] {
     return api.store.list(CORE_EVENTS, 'default');
   }
+
+  /** Waits for `n` leader Lease writes since the log was cleared: time in which every agent evaluates and aggregates many times. */
+  const leaderRenewals = (n: number): Promise<void> =>
+    until(`${n} leader lease renewals`, () => api.writes().filter((w) => w.path === LEADER_LEASE_PATH).length >= n);
 
   it('applies a created RegistryMirror without a restart, follows updates, and restores hosts.toml on delete', async () => {
     const dir = await makeTempDir('rpa-kube-a');
@@ -268,18 +341,56 @@ describe('RegistryMirrors from the Kubernetes API', () => {
     await until('hosts.toml removed', async () => (await stat(join(dir, 'certs.d', REG)).catch(() => undefined)) === undefined);
   });
 
-  it('folds two nodes\' reports into the status, names the failing node, announces changes only, and is quiet at steady state', async () => {
+  it('relists after 410 Gone by itself and applies RegistryMirrors created after the watches expired', async () => {
+    const agent = await startNode('node-a');
+    putMirror('corp', { registry: REG, upstream: registry.url });
+    await until('corp served', async () => (await pull(agent, REG, 'team/app', 'v1')) === 200);
+
+    // etcd compaction: every watch ends with an ERROR 410 Expired, and its resourceVersion is gone.
+    clearRequests();
+    api.expireWatches();
+    putMirror('late', { registry: LATE, upstream: registry.url });
+    await until('late served', async () => (await pull(agent, LATE, 'team/app', 'v1')) === 200);
+    const mirrorRequests = (): KubeApiRequest[] => api.requests.filter((r) => r.path === REGISTRY_MIRRORS_PATH);
+    const relist = mirrorRequests().findIndex((r) => !r.watch);
+    expect(relist).toBeGreaterThanOrEqual(0);
+    // client-node relisted on the 410 itself: no informer failure, no backoff restart of ours.
+    expect(agent.logs.filter((l) => String(l.msg).startsWith('Kubernetes watch'))).toEqual([]);
+
+    // Watching again from the new list: the next RegistryMirror arrives through the watch, without another list.
+    await until('watching again', () => mirrorRequests().slice(relist).some((r) => r.watch && r.status === 200));
+    // As the README's limits say: client-node's ListWatch never asks for bookmarks, so a quiet watch's
+    // resourceVersion can fall behind compaction, and then the 410 costs a relist as here.
+    expect(api.requests.filter((r) => r.watch).every((r) => r.query.allowWatchBookmarks === undefined)).toBe(true);
+    clearRequests();
+    putMirror('later', { registry: LATER, upstream: registry.url });
+    await until('later served', async () => (await pull(agent, LATER, 'team/app', 'v1')) === 200);
+    expect(mirrorRequests()).toEqual([]);
+    expect(await pull(agent, REG, 'team/app', 'v1')).toBe(200);
+  });
+
+  it("folds two nodes' reports into the status; the leader alone announces each Ready change once; quiet at steady state; RBAC all used", async () => {
     const a = await startNode('node-a');
     const b = await startNode('node-b');
     putMirror('corp', { registry: REG, upstream: registry.url });
     await until('both ready', () => statusOf('corp').nodes?.ready === 2);
     expect(statusOf('corp')).toMatchObject({ observedGeneration: 1, nodes: { ready: 2, failing: 0, failingNodes: [] } });
     expect(ready(statusOf('corp'))).toMatchObject({ status: 'True', reason: 'AllNodesReady' });
-    expect([a, b].filter((n) => n.kubernetes?.leading)).toHaveLength(1);
+    const leaders = [a, b].filter((n) => n.kubernetes?.leading);
+    expect(leaders).toHaveLength(1);
+    const leaderName = leaders[0] === a ? 'node-a' : 'node-b';
     const report = api.store.get(LEASES, NS, 'rpa-node-node-b');
     expect(report?.spec).toMatchObject({ holderIdentity: 'node-b' });
-    expect(JSON.parse(String((report?.metadata as JsonObject).annotations && ((report?.metadata as JsonObject).annotations as JsonObject)['registry-proxy.dev/report']))).toEqual({
-      corp: { ok: true, reason: 'Ready', message: expect.any(String), generation: 1 },
+    expect(JSON.parse(String(((report?.metadata as JsonObject).annotations as JsonObject)['registry-proxy.dev/report']))).toEqual({
+      corp: { ok: true, reason: 'Ready', message: '', generation: 1 },
+    });
+    await until('Ready event', () => events().length === 1);
+    expect(events()[0]).toMatchObject({
+      reason: 'Ready',
+      type: 'Normal',
+      involvedObject: { kind: 'RegistryMirror', name: 'corp' },
+      reportingInstance: leaderName,
+      message: expect.stringMatching(/^Ready (Unknown|False) → True, AllNodesReady: /),
     });
 
     // node-b's containerd stops reading the hosts dir.
@@ -290,12 +401,13 @@ describe('RegistryMirrors from the Kubernetes API', () => {
     expect(statusOf('corp').nodes).toEqual({ ready: 1, failing: 1, failingNodes: [{ node: 'node-b', reason: 'ConfigPathUnset', message: expect.any(String) }] });
     expect(ready(statusOf('corp'))).toMatchObject({ status: 'False', reason: 'ConfigPathUnset' });
     expect(ready(statusOf('corp'))?.message).toMatch(/^1 of 2 nodes failing; node-b: ConfigPathUnset: /);
-    await until('NodeFailing event', () => events().length === 1);
-    expect(events()[0]).toMatchObject({
-      reason: 'NodeFailing',
+    await until('NotReady event', () => events().length === 2);
+    expect(events()[1]).toMatchObject({
+      reason: 'NotReady',
       type: 'Warning',
       involvedObject: { kind: 'RegistryMirror', name: 'corp' },
-      message: expect.stringMatching(/^node node-b: ConfigPathUnset: /),
+      reportingInstance: leaderName,
+      message: expect.stringMatching(/^Ready True → False, ConfigPathUnset: 1 of 2 nodes failing; node-b: ConfigPathUnset: /),
     });
 
     // A report nobody renewed for over 30 minutes is from a node that is gone: ignored.
@@ -305,40 +417,45 @@ describe('RegistryMirrors from the Kubernetes API', () => {
       spec: { holderIdentity: 'gone', renewTime: hourAgo },
     });
 
-    // Steady state: nothing but the leader's lease renewals is written.
-    api.clearRequests();
-    await delay(10_000);
+    // Steady state: over four leader renewals (some 20 report evaluations per node and 10 aggregations),
+    // nothing but the leader's lease renewals is written.
+    clearRequests();
+    await leaderRenewals(4);
     const writes = api.writes();
     expect(writes.filter((w) => w.path !== LEADER_LEASE_PATH)).toEqual([]);
-    expect(writes.length).toBeGreaterThan(0);
     expect(writes.every((w) => w.fieldManager === MANAGER)).toBe(true);
     expect(statusOf('corp').nodes?.failing).toBe(1);
 
-    // node-b recovers: one NodeReady event, status back to 2 ready; node-a never announced anything.
+    // node-b recovers: one status write, one Ready event from the leader.
     await writeFile(join(bDir, 'containerd-config.toml'), containerdConfig(join(bDir, 'certs.d')));
     await b.runtime.rewire();
     await until('recovered', () => statusOf('corp').nodes?.ready === 2);
-    await until('NodeReady event', () => events().length === 2);
-    expect(events().map((e) => [e.reason, e.message])).toEqual([
-      ['NodeFailing', expect.stringContaining('node-b')],
-      ['NodeReady', expect.stringContaining('node-b')],
+    await until('Ready event again', () => events().length === 3);
+    expect(events().map((e) => [e.reason, e.reportingInstance])).toEqual([
+      ['Ready', leaderName],
+      ['NotReady', leaderName],
+      ['Ready', leaderName],
     ]);
     const statusWrites = api.writes(MANAGER).filter((w) => w.path.endsWith('/registrymirrors/corp/status'));
     expect(statusWrites).toHaveLength(1);
 
-    // The leader stops: the other agent takes over. Restarted with its state unchanged, it writes no report and announces nothing.
-    const leader = a.kubernetes?.leading ? a : b;
+    // The leader stops: the other agent takes over and finds nothing to write or announce. Restarted
+    // with its state unchanged, the old leader writes no report.
+    const leader = leaders[0] === a ? a : b;
     const other = leader === a ? b : a;
-    const leaderNode = leader === a ? 'node-a' : 'node-b';
     await stopNode(leader);
     await until('failover', () => other.kubernetes?.leading === true, 10_000);
-    api.clearRequests();
-    const restarted = await startNode(leaderNode, { dir: dirOf.get(leader) ?? '' });
+    clearRequests();
+    const restarted = await startNode(leaderName, { dir: dirOf.get(leader) ?? '' });
     expect(restarted.kubernetes?.source.synced).toBe(true);
-    await delay(1_000);
-    expect(api.writes().filter((w) => w.path.includes('/leases/rpa-node-'))).toEqual([]);
-    expect(events()).toHaveLength(2);
+    await leaderRenewals(3);
+    expect(api.writes().filter((w) => w.path !== LEADER_LEASE_PATH)).toEqual([]);
+    expect(events()).toHaveLength(3);
     expect(statusOf('corp').nodes).toMatchObject({ ready: 2, failing: 0 });
+
+    // Every verb manifests/base/rbac.yaml grants was needed on the way (and afterEach: none was missing).
+    clearRequests();
+    expect([...used].sort()).toEqual([...permissionsGranted(rbac.clusterRole), ...permissionsGranted(rbac.role)].sort());
   });
 });
 

@@ -312,24 +312,23 @@ describe('manifests: RBAC is least privilege', () => {
       ...(r.nonResourceURLs ? { nonResourceURLs: r.nonResourceURLs } : {}),
     }));
 
-  it('the ClusterRole reads RegistryMirrors, writes their status, records events and gets nodes; nothing else', () => {
+  // Exactly what agent/kube/ calls; test/kube.test.ts proves each verb is used and none is missing.
+  it('the ClusterRole lists and watches RegistryMirrors, applies their status and creates events; nothing else', () => {
     const role = one<V1ClusterRole>(base(), 'ClusterRole', 'registry-proxy-agent');
     expect(role.aggregationRule).toBeUndefined();
     expect(normalize(role.rules)).toEqual([
-      { apiGroups: ['registry-proxy.dev'], resources: ['registrymirrors'], verbs: ['get', 'list', 'watch'] },
-      { apiGroups: ['registry-proxy.dev'], resources: ['registrymirrors/status'], verbs: ['patch', 'update'] },
-      { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },
-      { apiGroups: ['events.k8s.io'], resources: ['events'], verbs: ['create', 'patch'] },
-      { apiGroups: [''], resources: ['nodes'], verbs: ['get'] },
+      { apiGroups: ['registry-proxy.dev'], resources: ['registrymirrors'], verbs: ['list', 'watch'] },
+      { apiGroups: ['registry-proxy.dev'], resources: ['registrymirrors/status'], verbs: ['patch'] },
+      { apiGroups: [''], resources: ['events'], verbs: ['create'] },
     ]);
   });
 
-  it('the namespaced Role reads the Secrets of its own namespace and keeps Leases; nothing else', () => {
+  it('the namespaced Role lists and watches the Secrets of its own namespace and keeps Leases (no patch); nothing else', () => {
     const role = one<V1Role>(base(), 'Role', 'registry-proxy-agent');
     expect(role.metadata?.namespace).toBe(NAMESPACE);
     expect(normalize(role.rules)).toEqual([
-      { apiGroups: [''], resources: ['secrets'], verbs: ['get', 'list', 'watch'] },
-      { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['create', 'get', 'list', 'patch', 'update', 'watch'] },
+      { apiGroups: [''], resources: ['secrets'], verbs: ['list', 'watch'] },
+      { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['create', 'get', 'list', 'update', 'watch'] },
     ]);
   });
 

@@ -1,7 +1,12 @@
-import { describe, expect, it } from 'vitest';
-import { aggregate, sameStatus } from './aggregator.ts';
-import type { MirrorReport } from './node-report.ts';
-import { parseReport, reportLeaseName } from './node-report.ts';
+import { CoordinationV1Api, CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
+import { pino } from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CORE_EVENTS, type KubeApi, LEASES, REGISTRY_MIRRORS, startKubeApi } from '../../test/fixtures/kube-api.ts';
+import { pollUntil } from '../../test/fixtures/poll.ts';
+import { StatusAggregator, aggregate, sameStatus } from './aggregator.ts';
+import { type MirrorReport, REPORT_ANNOTATION, REPORT_LABEL, encodeReport, reportLeaseName } from './report.ts';
+import type { RegistryMirror, RegistryMirrorStatus } from './resources.ts';
+import { transitionEvent } from './status-event.ts';
 
 const ok = (generation = 1): MirrorReport => ({ ok: true, reason: 'Ready', message: 'serving', generation });
 const bad = (reason: string, generation = 1): MirrorReport => ({ ok: false, reason, message: `${reason} message`, generation });
@@ -52,19 +57,135 @@ describe('sameStatus', () => {
   });
 });
 
-describe('node reports', () => {
-  it('names the Lease after the node, within 253 characters', () => {
-    expect(reportLeaseName('worker-1')).toBe('rpa-node-worker-1');
-    const long = reportLeaseName(`${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(61)}`);
-    expect(long.length).toBeLessThanOrEqual(253);
-    expect(long).toMatch(/^rpa-node-a+\..*-[0-9a-f]{10}$/);
+describe('transitionEvent', () => {
+  const rm = { apiVersion: 'registry-proxy.dev/v1alpha1', kind: 'RegistryMirror', metadata: { name: 'corp', uid: 'u-1' } };
+  const condition = (status: 'True' | 'False', reason: string) => ({ type: 'Ready', status, reason, message: 'm', lastTransitionTime: '2025-01-01T00:00:00Z' });
+  const failing = (n: number, reason = 'UpstreamUnreachable') => aggregate(1, [{ node: 'a', report: ok() }, ...Array.from({ length: n }, (_, i) => ({ node: `n${i}`, report: bad(reason) }))]);
+  const at = new Date('2025-01-01T00:00:00Z');
+
+  it('announces a change of the Ready status or reason once, as the leader, and nothing else', () => {
+    const event = transitionEvent(rm, condition('True', 'AllNodesReady'), failing(3), 'node-l', at);
+    expect(event).toMatchObject({
+      metadata: { generateName: 'corp.', namespace: 'default' },
+      involvedObject: { apiVersion: 'registry-proxy.dev/v1alpha1', kind: 'RegistryMirror', name: 'corp', uid: 'u-1' },
+      reason: 'NotReady',
+      type: 'Warning',
+      message: 'Ready True → False, UpstreamUnreachable: 3 of 4 nodes failing; n0: UpstreamUnreachable: UpstreamUnreachable message',
+      reportingComponent: 'registry-proxy-agent',
+      reportingInstance: 'node-l',
+      count: 1,
+    });
+    expect(transitionEvent(rm, condition('False', 'UpstreamUnreachable'), failing(3, 'ConfigPathUnset'), 'node-l', at)?.reason).toBe('NotReady');
+    expect(transitionEvent(rm, condition('False', 'UpstreamUnreachable'), aggregate(1, [{ node: 'a', report: ok() }]), 'node-l', at)).toMatchObject({ reason: 'Ready', type: 'Normal' });
+    expect(transitionEvent(rm, undefined, failing(1), 'node-l', at)?.message).toMatch(/^Ready Unknown → False, /);
   });
 
-  it('parses what any agent wrote and drops what it cannot use', () => {
-    expect(parseReport('{"a":{"ok":true,"reason":"Ready","message":"m","generation":2},"b":{"ok":"yes"},"c":null}')).toEqual({
-      a: { ok: true, reason: 'Ready', message: 'm', generation: 2 },
+  it('says nothing when only counts or listed nodes change, or when no node has reported yet', () => {
+    expect(transitionEvent(rm, condition('False', 'UpstreamUnreachable'), failing(4_980), 'node-l', at)).toBeUndefined();
+    expect(transitionEvent(rm, undefined, aggregate(1, []), 'node-l', at)).toBeUndefined();
+  });
+});
+
+describe('status size', () => {
+  it('stays a few KiB at worst: 10 listed nodes with 253-character names and 256-character messages', () => {
+    const reports = Array.from({ length: 5_000 }, (_, i) => ({ node: `${String(i).padStart(4, '0')}${'n'.repeat(249)}`, report: { ok: false, reason: 'A'.repeat(64), message: 'm'.repeat(400), generation: 1 } }));
+    const desired = aggregate(1, reports);
+    expect(desired.nodes.failingNodes).toHaveLength(10);
+    expect(Buffer.byteLength(JSON.stringify(desired))).toBeLessThan(8 * 1024);
+  });
+});
+
+describe('StatusAggregator with 5,000 report Leases', () => {
+  const NS = 'registry-proxy-agent';
+  let api: KubeApi;
+  const aggregators: StatusAggregator[] = [];
+
+  afterEach(async () => {
+    await Promise.all(aggregators.splice(0).map((a) => a.stop()));
+    await api.stop();
+  });
+
+  /** node-0000 … node-4999: every fifth fails; of those, 6 in 10 UpstreamUnreachable, 3 ConfigPathUnset, 1 HostsFileError. */
+  function reportOf(i: number, reason?: string): MirrorReport {
+    if (i % 5 !== 0) return { ok: true, reason: 'Ready', message: '', generation: 1 };
+    const j = (i / 5) % 10;
+    const why = reason ?? (j < 6 ? 'UpstreamUnreachable' : j < 9 ? 'ConfigPathUnset' : 'HostsFileError');
+    return { ok: false, reason: why, message: `${why}: the periodic GET /v2/ to registry.corp.example:5000's upstream fails`, generation: 1 };
+  }
+
+  function putLease(i: number, reason?: string): void {
+    const node = `node-${String(i).padStart(4, '0')}`;
+    api.store.put(LEASES, {
+      metadata: { name: reportLeaseName(node), namespace: NS, labels: { [REPORT_LABEL]: 'true' }, annotations: { [REPORT_ANNOTATION]: encodeReport({ corp: reportOf(i, reason) }) } },
+      spec: { holderIdentity: node, leaseDurationSeconds: 1800, renewTime: new Date().toISOString().replace('Z', '000Z') },
     });
-    expect(parseReport('not json')).toEqual({});
-    expect(parseReport(undefined)).toEqual({});
+  }
+
+  async function startAggregator(): Promise<StatusAggregator> {
+    const kc = api.kubeConfig();
+    const aggregator = new StatusAggregator({
+      clients: { kc, custom: kc.makeApiClient(CustomObjectsApi), core: kc.makeApiClient(CoreV1Api), coordination: kc.makeApiClient(CoordinationV1Api) },
+      namespace: NS,
+      nodeName: 'node-0001',
+      log: pino({ level: 'silent' }),
+      // The RegistryMirror as the API server has it now: no informer lag in this test.
+      registryMirrors: () => [api.store.get(REGISTRY_MIRRORS, undefined, 'corp') as RegistryMirror],
+      // No timer: the test runs each pass itself.
+      options: { intervalMs: 3_600_000 },
+    });
+    aggregators.push(aggregator);
+    aggregator.start();
+    expect(await aggregator.whenSynced(20_000)).toBe(true);
+    return aggregator;
+  }
+
+  const statusWrites = (): number => api.writes().filter((w) => w.path === '/apis/registry-proxy.dev/v1alpha1/registrymirrors/corp/status').length;
+  const eventWrites = (): number => api.writes().filter((w) => w.path === '/api/v1/namespaces/default/events').length;
+
+  async function seed(nodes: number): Promise<void> {
+    api = await startKubeApi({ bookmarkIntervalMs: 60_000, historyLimit: 100 });
+    api.store.put(REGISTRY_MIRRORS, { apiVersion: 'registry-proxy.dev/v1alpha1', kind: 'RegistryMirror', metadata: { name: 'corp' }, spec: { registry: 'registry.corp.example:5000', upstream: 'http://registry.virtual:5000' } });
+    for (let i = 0; i < nodes; i++) putLease(i);
+  }
+
+  it('writes a bounded status exactly once, nothing when nothing changed, and once for a changed listed node', async () => {
+    await seed(5_000);
+    const aggregator = await startAggregator();
+
+    api.clearRequests();
+    await aggregator.reconcileAll();
+    expect(statusWrites()).toBe(1);
+    expect(eventWrites()).toBe(1);
+    const status = api.store.get(REGISTRY_MIRRORS, undefined, 'corp')?.status as RegistryMirrorStatus;
+    expect(Buffer.byteLength(JSON.stringify(status))).toBeLessThan(4 * 1024);
+    expect(status.nodes).toMatchObject({ ready: 4_000, failing: 1_000 });
+    expect(status.nodes?.failingNodes?.map((n) => n.node)).toEqual(['node-0000', 'node-0005', 'node-0010', 'node-0015', 'node-0020', 'node-0025', 'node-0030', 'node-0035', 'node-0040', 'node-0045']);
+    expect(status.conditions?.[0]).toMatchObject({ type: 'Ready', status: 'False', reason: 'UpstreamUnreachable', message: expect.stringMatching(/^1000 of 5000 nodes failing; node-0000: /) });
+    const [event] = api.store.list(CORE_EVENTS, 'default');
+    expect(event).toMatchObject({ reason: 'NotReady', type: 'Warning', reportingInstance: 'node-0001', message: expect.stringMatching(/^Ready Unknown → False, UpstreamUnreachable: 1000 of 5000 nodes failing/) });
+
+    api.clearRequests();
+    await aggregator.reconcileAll();
+    expect(api.writes()).toEqual([]);
+
+    // node-0015 (listed, UpstreamUnreachable) now fails for another reason: one status write, no Event.
+    putLease(15, 'HostsFileError');
+    await pollUntil(async () => (await aggregator.reconcileAll(), statusWrites() > 0), { what: 'changed reason applied', timeoutMs: 10_000, intervalMs: 20 });
+    await aggregator.reconcileAll();
+    expect(statusWrites()).toBe(1);
+    expect(eventWrites()).toBe(0);
+    const listed = (api.store.get(REGISTRY_MIRRORS, undefined, 'corp')?.status as RegistryMirrorStatus).nodes?.failingNodes?.find((n) => n.node === 'node-0015');
+    expect(listed?.reason).toBe('HostsFileError');
+  });
+
+  it('a new leader folds the same Leases into the same status: no write and no Event again', async () => {
+    await seed(50);
+    const first = await startAggregator();
+    await first.reconcileAll();
+    expect([statusWrites(), eventWrites()]).toEqual([1, 1]);
+    await first.stop();
+    api.clearRequests();
+    await (await startAggregator()).reconcileAll();
+    expect(api.writes()).toEqual([]);
   });
 });

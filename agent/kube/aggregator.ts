@@ -1,8 +1,8 @@
 import type { V1Lease } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { type KubeClients, SERVER_SIDE_APPLY, messageOf, statusOf } from './client.ts';
+import { type KubeClients, SERVER_SIDE_APPLY, messageOf, statusOf, withTimeout } from './client.ts';
 import { type Backoff, ResilientInformer } from './informer.ts';
-import { type MirrorReport, type NodeReport, REPORT_ANNOTATION, REPORT_LABEL, parseReport } from './node-report.ts';
+import { type MirrorReport, type NodeReport, REPORT_ANNOTATION, REPORT_LABEL, parseReport } from './report.ts';
 import {
   API_VERSION,
   type Condition,
@@ -18,6 +18,7 @@ import {
   nowTime,
   truncate,
 } from './resources.ts';
+import { transitionEvent } from './status-event.ts';
 
 export interface AggregatorOptions {
   /** Status is computed, and applied where it changed, at most this often (default 10 s). */
@@ -30,6 +31,8 @@ export interface AggregatorOptions {
 interface Deps {
   readonly clients: KubeClients;
   readonly namespace: string;
+  /** This agent's node: named in the Events it creates. */
+  readonly nodeName: string;
   readonly log: Logger;
   /** The RegistryMirrors as the agent's informer knows them. */
   readonly registryMirrors: () => readonly RegistryMirror[];
@@ -44,6 +47,7 @@ interface ParsedLease {
 }
 
 const MAX_FAILING_NODES = 10;
+const EVENT_TIMEOUT_MS = 10_000;
 const REASON = /^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$/;
 
 /** The status the leader wants, without lastTransitionTime (which only follows a change of `ready`). */
@@ -57,7 +61,9 @@ export interface DesiredStatus {
  * The leader's job: fold the per-node report Leases into each RegistryMirror's status. It is the only
  * writer of that status (server-side apply, field manager `registry-proxy-agent`, forced), it writes a
  * RegistryMirror only when the folded result differs from what the object already says, and it does
- * so at most once per interval, whatever the number of nodes.
+ * so at most once per interval, whatever the number of nodes. When a write changes the Ready
+ * condition's status or reason it creates one Event (see transitionEvent); the previous condition is
+ * read from the object, so a new leader announces nothing that was already announced.
  */
 export class StatusAggregator {
   readonly #d: Deps;
@@ -66,7 +72,7 @@ export class StatusAggregator {
   readonly #leases: ResilientInformer<V1Lease>;
   readonly #parsed = new Map<string, ParsedLease>();
   /** Per RegistryMirror: what we applied last, and its resourceVersion before, to tell a lagging informer from a changed object. */
-  readonly #applied = new Map<string, { key: string; rvBefore: string | undefined }>();
+  readonly #applied = new Map<string, { rvBefore: string | undefined; status: RegistryMirrorStatus }>();
   #timer: NodeJS.Timeout | undefined;
   #running = false;
 
@@ -90,8 +96,13 @@ export class StatusAggregator {
   start(): void {
     this.#leases.start();
     clearInterval(this.#timer);
-    this.#timer = setInterval(() => void this.#tick(), this.#intervalMs);
+    this.#timer = setInterval(() => void this.reconcileAll(), this.#intervalMs);
     this.#timer.unref();
+  }
+
+  /** Resolves true once the report Leases have been listed, false when `timeoutMs` passes first. */
+  whenSynced(timeoutMs: number): Promise<boolean> {
+    return this.#leases.whenSynced(timeoutMs);
   }
 
   async stop(): Promise<void> {
@@ -101,7 +112,8 @@ export class StatusAggregator {
     await this.#leases.stop();
   }
 
-  async #tick(): Promise<void> {
+  /** One aggregation pass over every RegistryMirror (the interval timer runs it; a pass already running is not doubled). */
+  async reconcileAll(): Promise<void> {
     if (this.#running || !this.#leases.synced) return;
     this.#running = true;
     try {
@@ -148,11 +160,12 @@ export class StatusAggregator {
   async #reconcile(rm: RegistryMirror, reports: ReadonlyMap<string, Array<{ node: string; report: MirrorReport }>>): Promise<void> {
     const name = nameOf(rm);
     const desired = aggregate(rm.metadata?.generation ?? 0, reports.get(name) ?? []);
-    if (sameStatus(rm.status, desired)) return;
-    const key = JSON.stringify(desired);
     const rv = rm.metadata?.resourceVersion;
     const last = this.#applied.get(name);
-    if (last?.key === key && last.rvBefore === rv) return; // our write is not in the informer yet
+    // Until the informer shows our last write, that write is what the object says.
+    const live = last !== undefined && last.rvBefore === rv ? last.status : rm.status;
+    if (sameStatus(live, desired)) return;
+    const status = render(desired, live);
     try {
       await this.#d.clients.custom.patchClusterCustomObjectStatus(
         {
@@ -162,15 +175,28 @@ export class StatusAggregator {
           name,
           fieldManager: FIELD_MANAGER,
           force: true,
-          body: { apiVersion: API_VERSION, kind: KIND, metadata: { name }, status: render(desired, rm.status) },
+          body: { apiVersion: API_VERSION, kind: KIND, metadata: { name }, status },
         },
         SERVER_SIDE_APPLY,
       );
-      this.#applied.set(name, { key, rvBefore: rv });
+      this.#applied.set(name, { rvBefore: rv, status });
       this.#d.log.debug({ registryMirror: name, ready: desired.nodes.ready, failing: desired.nodes.failing }, 'RegistryMirror status applied');
     } catch (error) {
       if (statusOf(error) === 404) return; // deleted meanwhile
       this.#d.log.warn({ registryMirror: name, err: messageOf(error) }, 'cannot apply RegistryMirror status: retrying next interval');
+      return;
+    }
+    await this.#announce(rm, readyOf(live), desired);
+  }
+
+  /** At most one Event per applied status; a lost Event is not retried (the status says it all). */
+  async #announce(rm: RegistryMirror, before: Condition | undefined, desired: DesiredStatus): Promise<void> {
+    const event = transitionEvent(rm, before, desired, this.#d.nodeName, new Date());
+    if (event === undefined) return;
+    try {
+      await withTimeout(this.#d.clients.core.createNamespacedEvent({ namespace: 'default', fieldManager: FIELD_MANAGER, body: event }), EVENT_TIMEOUT_MS, 'create event');
+    } catch (error) {
+      this.#d.log.warn({ registryMirror: nameOf(rm), err: messageOf(error) }, 'cannot create the Event for a RegistryMirror Ready change');
     }
   }
 }
@@ -199,7 +225,7 @@ export function aggregate(generation: number, reports: ReadonlyArray<{ node: str
 /** Whether the object's status already says what `desired` says (lastTransitionTime aside). */
 export function sameStatus(status: RegistryMirrorStatus | undefined, desired: DesiredStatus): boolean {
   if (status === undefined || status.observedGeneration !== desired.observedGeneration) return false;
-  const c = status.conditions?.find((x) => x.type === 'Ready');
+  const c = readyOf(status);
   if (c === undefined || c.status !== desired.ready.status || c.reason !== desired.ready.reason || c.message !== desired.ready.message) return false;
   if (c.observedGeneration !== desired.observedGeneration) return false;
   const nodes = status.nodes;
@@ -217,8 +243,12 @@ function sameFailingNodes(a: readonly FailingNode[], b: readonly FailingNode[]):
   return JSON.stringify(text(a)) === JSON.stringify(text(b));
 }
 
+function readyOf(status: RegistryMirrorStatus | undefined): Condition | undefined {
+  return status?.conditions?.find((c) => c.type === 'Ready');
+}
+
 function render(desired: DesiredStatus, live: RegistryMirrorStatus | undefined): RegistryMirrorStatus {
-  const previous = live?.conditions?.find((c) => c.type === 'Ready');
+  const previous = readyOf(live);
   const condition: Condition = {
     type: 'Ready',
     ...desired.ready,

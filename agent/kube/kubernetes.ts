@@ -5,13 +5,20 @@
  *
  * - **Reads are watches.** Every agent keeps one watch on RegistryMirrors (cluster-wide, a handful of
  *   objects) and one on the Secrets of its own namespace; a restart resumes from the last
- *   resourceVersion, a 410 relists. Nothing polls the API server except the leader candidates, once per
- *   lease duration, from the watch cache (resourceVersion=0).
+ *   resourceVersion, a 410 relists (client-node's ListWatch does not ask for bookmarks, so a quiet
+ *   watch's resourceVersion can expire and cost a relist). Nothing polls the API server except the
+ *   leader candidates, once per lease duration, from the watch cache (resourceVersion=0).
  * - **Each agent writes only its own object.** A node's state is one Lease `rpa-node-<node>` in the
  *   agent namespace with the report as an annotation. It is written only when the report changes, plus
  *   a renewal every 10 minutes (5,000 nodes: ~8 writes/s cluster-wide at steady state), so "node gone"
  *   (no renewal for 30 minutes) can be told from "node quiet". No two agents ever write the same
  *   object, so there are no conflicts to retry and no update can be lost to another writer.
+ * - **A cluster-wide flip is not a write burst.** When every node changes at once (the Cloud Connector
+ *   goes down), a node writes its changed report only after the new state has held for 20 s, plus a
+ *   random 0–10 s of its own; a state that flips back sooner is never written. One flip of 5,000
+ *   nodes is spread over the jitter at least (≤ 500 writes/s, the rate the kubelets' own node Leases
+ *   run at all the time) and in practice also over the nodes' 30 s probe periods (~100 writes/s); a
+ *   tunnel flapping faster than the settle time costs no writes at all.
  * - **One writer per RegistryMirror status.** A single elected leader (Lease
  *   `registry-proxy-agent-leader`, 30 s, optimistic concurrency) watches the report Leases and folds
  *   them into each RegistryMirror's status with server-side apply (field manager
@@ -19,9 +26,9 @@
  *   difference, at most once per 10 s per RegistryMirror, whatever the number of nodes. A new leader
  *   recomputes from the Leases, so nothing is lost on failover.
  * - **Objects stay bounded.** Status holds counts plus at most 10 failing nodes (sorted by name, each
- *   message ≤ 256 characters); a report holds one small entry per RegistryMirror. Events are created by
- *   an agent only when its own state for a RegistryMirror changes (ready ↔ failing, or a new reason),
- *   never on a timer.
+ *   message ≤ 256 characters); a report holds one small entry per RegistryMirror, within 16 KiB for up
+ *   to a couple of hundred RegistryMirrors (failure messages are shortened, then left out). Only the leader creates Events: one when a RegistryMirror's Ready
+ *   condition changes status or reason, for all nodes together, never per node and never on a timer.
  * - **The data path never waits for the API.** The agent keeps serving its last good configuration
  *   while the API server is down, and after a restart it serves the persisted last good set.
  */
@@ -47,6 +54,10 @@ export interface KubernetesOptions {
   readonly reportIntervalMs?: number;
   /** Renewal of an unchanged report (default 10 min). */
   readonly reportRenewMs?: number;
+  /** A changed report is written once its state has held this long (default 20 s)... */
+  readonly reportSettleMs?: number;
+  /** ...plus up to this much random jitter per change (default 10 s). */
+  readonly reportJitterMs?: number;
   /** Reports older than this are ignored by the leader (default 30 min). */
   readonly staleReportMs?: number;
   /** Leader lease duration (default 30 s). */
@@ -107,7 +118,13 @@ export class KubernetesIntegration {
       source: this.source,
       runtime,
       log: this.#log,
-      options: { ...rename(o.reportIntervalMs, 'intervalMs'), ...rename(o.reportRenewMs, 'renewMs'), ...rename(o.staleReportMs, 'staleMs') },
+      options: {
+        ...rename(o.reportIntervalMs, 'intervalMs'),
+        ...rename(o.reportRenewMs, 'renewMs'),
+        ...rename(o.staleReportMs, 'staleMs'),
+        ...rename(o.reportSettleMs, 'settleMs'),
+        ...rename(o.reportJitterMs, 'jitterMs'),
+      },
     });
     this.#reporter = reporter;
     this.source.onApplied(() => void reporter.evaluate());
@@ -115,6 +132,7 @@ export class KubernetesIntegration {
     const aggregator = new StatusAggregator({
       clients: this.#clients,
       namespace,
+      nodeName,
       log: this.#log,
       registryMirrors: () => this.source.registryMirrors(),
       options: { ...rename(o.aggregateIntervalMs, 'intervalMs'), ...rename(o.staleReportMs, 'staleMs'), ...pick(o, 'backoff') },

@@ -174,10 +174,6 @@ export class MirrorSource {
     return this.#mirrors.list();
   }
 
-  registryMirror(name: string): RegistryMirror | undefined {
-    return this.#mirrors.get(name);
-  }
-
   /** Called after every apply and every upstream probe that follows one. */
   onApplied(listener: () => void): void {
     this.#listeners.push(listener);

@@ -1,0 +1,157 @@
+import { CoordinationV1Api, CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
+import { pino } from 'pino';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { type KubeApi, LEASES, startKubeApi } from '../../test/fixtures/kube-api.ts';
+import { AgentMetrics } from '../metrics/metrics.ts';
+import type { KubeClients } from './client.ts';
+import type { Clock } from './damper.ts';
+import type { MirrorState } from './mirror-source.ts';
+import { NodeReporter } from './node-report.ts';
+import { REPORT_ANNOTATION, parseReport } from './report.ts';
+
+const NS = 'registry-proxy-agent';
+const REG = 'registry.corp.example:5000';
+const LEASE_PATH = `/apis/coordination.k8s.io/v1/namespaces/${NS}/leases`;
+
+/** Time that moves only when the test says so; due callbacks run in order. */
+class ManualClock implements Clock {
+  #now = Date.now();
+  #timers: Array<{ at: number; fn: () => void }> = [];
+
+  now(): number {
+    return this.#now;
+  }
+
+  after(ms: number, fn: () => void): () => void {
+    const timer = { at: this.#now + ms, fn };
+    this.#timers.push(timer);
+    return () => {
+      this.#timers = this.#timers.filter((t) => t !== timer);
+    };
+  }
+
+  advance(ms: number): void {
+    this.#now += ms;
+    const due = this.#timers.filter((t) => t.at <= this.#now).sort((a, b) => a.at - b.at);
+    this.#timers = this.#timers.filter((t) => !due.includes(t));
+    for (const t of due) t.fn();
+  }
+
+  get timers(): number {
+    return this.#timers.length;
+  }
+}
+
+describe('NodeReporter: damped report writes', () => {
+  let api: KubeApi;
+  let clock: ManualClock;
+  let metrics: AgentMetrics;
+  let reporter: NodeReporter;
+  const states: MirrorState[] = [{ name: 'corp', generation: 1, registry: REG }];
+
+  /** A reporter as the agent builds it, against the API double. */
+  function makeReporter(): NodeReporter {
+    const kc = api.kubeConfig();
+    const clients: KubeClients = { kc, custom: kc.makeApiClient(CustomObjectsApi), core: kc.makeApiClient(CoreV1Api), coordination: kc.makeApiClient(CoordinationV1Api) };
+    return new NodeReporter({
+      clients,
+      namespace: NS,
+      nodeName: 'node-a',
+      source: { synced: true, states: () => states },
+      runtime: { wiring: { hosts: [], containerd: { state: 'ok', ok: true, message: 'ok', configFiles: [], warnings: [] } }, metrics, config: { manageHosts: false } },
+      log: pino({ level: 'silent' }),
+      // No periodic evaluation: the test calls evaluate() as the timer would. The jitter is 5 s of the 10 s.
+      options: { intervalMs: 3_600_000, settleMs: 20_000, jitterMs: 10_000, random: () => 0.5, clock },
+    });
+  }
+
+  beforeEach(async () => {
+    api = await startKubeApi({ bookmarkIntervalMs: 60_000 });
+    clock = new ManualClock();
+    metrics = new AgentMetrics();
+    metrics.upstreamUp.set({ registry: REG }, 1);
+    reporter = makeReporter();
+  });
+
+  afterEach(async () => {
+    await reporter.stop();
+    await api.stop();
+  });
+
+  const leaseWrites = (): number => api.writes().filter((w) => w.path.startsWith(LEASE_PATH)).length;
+  const written = (): string | undefined => parseReport(String((api.store.get(LEASES, NS, 'rpa-node-node-a')?.metadata as { annotations?: Record<string, string> }).annotations?.[REPORT_ANNOTATION])).corp?.reason;
+  const setUp = (up: boolean): void => metrics.upstreamUp.set({ registry: REG }, up ? 1 : 0);
+
+  it('writes the first report at once and a changed one only after it has held for the settle time plus its jitter', async () => {
+    await reporter.start();
+    expect(leaseWrites()).toBe(1);
+    expect(written()).toBe('Ready');
+
+    setUp(false);
+    await reporter.evaluate();
+    expect(leaseWrites()).toBe(1);
+    expect(clock.timers).toBe(1); // a wake-up at the end of the settle time
+
+    clock.advance(24_999);
+    await reporter.evaluate();
+    expect(leaseWrites()).toBe(1);
+
+    clock.advance(1); // 20 s + 5 s jitter: the wake-up evaluates and writes
+    await reporter.evaluate();
+    expect(leaseWrites()).toBe(2);
+    expect(written()).toBe('UpstreamUnreachable');
+
+    // Nothing more while nothing changes.
+    clock.advance(60_000);
+    await reporter.evaluate();
+    expect(leaseWrites()).toBe(2);
+  });
+
+  it('writes nothing for a state that flaps faster than the settle time, then once when it holds', async () => {
+    await reporter.start();
+    api.clearRequests();
+    // A tunnel flapping every 15 s for 5 minutes: each new state restarts the wait, going back cancels it.
+    for (let i = 0; i < 20; i++) {
+      setUp(i % 2 === 1);
+      await reporter.evaluate();
+      clock.advance(15_000);
+      await reporter.evaluate();
+    }
+    expect(leaseWrites()).toBe(0);
+    expect(written()).toBe('Ready');
+
+    setUp(false);
+    for (let i = 0; i < 6; i++) {
+      clock.advance(10_000);
+      await reporter.evaluate();
+    }
+    expect(leaseWrites()).toBe(1);
+    expect(written()).toBe('UpstreamUnreachable');
+  });
+
+  it('renews an unchanged report after renewMs; a restart resumes from its Lease: same state, no write; a new state waits', async () => {
+    await reporter.start();
+    clock.advance(599_999);
+    await reporter.evaluate();
+    expect(leaseWrites()).toBe(1);
+    clock.advance(1);
+    await reporter.evaluate();
+    expect(leaseWrites()).toBe(2);
+    expect(written()).toBe('Ready');
+
+    await reporter.stop();
+    reporter = makeReporter();
+    await reporter.start();
+    expect(leaseWrites()).toBe(2);
+
+    await reporter.stop();
+    setUp(false);
+    reporter = makeReporter();
+    await reporter.start();
+    expect(leaseWrites()).toBe(2);
+    clock.advance(25_000);
+    await reporter.evaluate();
+    expect(leaseWrites()).toBe(3);
+    expect(written()).toBe('UpstreamUnreachable');
+  });
+});
