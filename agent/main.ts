@@ -8,6 +8,17 @@ import type { KubernetesIntegration } from './kube/kubernetes.ts';
 import { createLogger } from './log.ts';
 import { AgentRuntime } from './runtime.ts';
 
+/** The logger in use, flushed before the process exits: pino writes asynchronously, and the last lines (e.g. "stopped") must not be lost. */
+let activeLog: Logger | undefined;
+
+function exit(code: number): void {
+  const log = activeLog;
+  if (!log) process.exit(code);
+  // A flush that never calls back must not keep the process alive.
+  setTimeout(() => process.exit(code), 2_000).unref();
+  log.flush(() => process.exit(code));
+}
+
 async function main(argv: readonly string[]): Promise<number> {
   const commandLine = parseCommandLine(argv);
   if (commandLine.command === 'help') {
@@ -18,6 +29,7 @@ async function main(argv: readonly string[]): Promise<number> {
     ? await loadConfig(commandLine.configFile, { requireMirrors: commandLine.command !== 'cleanup' })
     : defaultConfig(process.cwd());
   const log = createLogger(config.logLevel);
+  activeLog = log;
   if (commandLine.command === 'cleanup') return cleanup(config, log);
   return serve(config, log, commandLine.configFile);
 }
@@ -103,7 +115,7 @@ function explain(runtime: AgentRuntime, log: Logger): void {
 }
 
 main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
+  (code) => exit(code),
   (error: unknown) => {
     if (error instanceof ConfigError || error instanceof UsageError) {
       process.stderr.write(`registry-proxy-agent: ${error.message}\n`);

@@ -250,6 +250,9 @@ describe('Connectivity Proxy with a token registry whose realm is https', () => 
     expect(error.detail?.['reason']).toBe('cp_https_refused');
     expect(error.message).toMatch(/only forwards plain http:\/\//);
     expect(String(error.detail?.['fix'])).toMatch(/http:\/\/<virtual-host>:<port>/);
+    // Names the realm, and a fix about the realm (not the upstream, which already is http://).
+    expect(error.message).toContain(`token realm ${REALM}`);
+    expect(String(error.detail?.['fix'])).toMatch(/token realm/);
     // The realm was refused by the agent before anything was sent: the proxy never saw it.
     expect(cp.requests.filter((r) => !r.target.startsWith(`http://${VIRTUAL}/`))).toEqual([]);
   }

@@ -132,15 +132,16 @@ export class UpstreamClient {
   async forwardTokenRequest(realm: URL, method: 'GET' | 'POST', headers: Record<string, string>, body: Buffer | undefined): Promise<UpstreamResponse> {
     const refused = refusedDestination(realm, this.base, this.route.kind);
     if (refused) throw new UpstreamError(this.registry, 'invalid', `token realm refused: ${refused}`);
-    const response = await this.#timed('forwarded-token', () =>
-      this.route.send(this.registry, realm, {
+    const response = await this.#timed('forwarded-token', () => {
+      this.#refuseUnroutableRealm(realm);
+      return this.route.send(this.registry, realm, {
         method,
         headers: { ...headers, 'user-agent': 'registry-proxy-agent' },
         ...(body ? { body } : {}),
         headersTimeout: this.#timeouts.headersMs,
         bodyTimeout: this.#timeouts.bodyMs,
-      }),
-    );
+      });
+    });
     return { status: response.statusCode, headers: response.headers, body: response.body, url: realm };
   }
 
@@ -194,6 +195,24 @@ export class UpstreamClient {
 
   async close(): Promise<void> {
     await this.route.close();
+  }
+
+  /**
+   * The Connectivity Proxy forwards only http:// requests to Cloud Connector virtual hosts, and on
+   * that route the agent reaches nothing except through it: a registry whose challenge names an
+   * https:// token realm cannot hand out tokens here. Said with the realm's URL, because the route's
+   * generic 405 explanation (an https upstream) would send the admin to a setting that is right.
+   */
+  #refuseUnroutableRealm(realm: URL): void {
+    if (this.route.kind !== 'connectivity-proxy' || realm.protocol === 'http:') return;
+    const where = `${realm.origin}${realm.pathname}`;
+    throw new UpstreamError(this.registry, 'proxy', `token realm ${where} cannot be reached through the Connectivity Proxy`, {
+      diagnosis: {
+        code: 'cp_https_refused',
+        cause: `the registry's token realm ${where} is an https:// URL, and the Connectivity Proxy HTTP port only forwards plain http:// requests to Cloud Connector virtual hosts`,
+        fix: "expose the token server in the Cloud Connector as a virtual host and set the registry's token realm to that http://<virtual-host>:<port> URL (the Cloud Connector does TLS to the real token server)",
+      },
+    });
   }
 
   #credentialsCanHelp(response: UpstreamResponse): boolean {
@@ -267,9 +286,10 @@ export class UpstreamClient {
       if (authorization && current.origin === url.origin) sendHeaders['authorization'] = authorization;
       const target = current;
       const response = await this.#withRetry(() =>
-        this.#timed(purpose, () =>
-          this.route.send(this.registry, target, { method, headers: sendHeaders, headersTimeout: this.#timeouts.headersMs, bodyTimeout: this.#timeouts.bodyMs }),
-        ),
+        this.#timed(purpose, () => {
+          if (purpose === 'token' && hop === 0) this.#refuseUnroutableRealm(target);
+          return this.route.send(this.registry, target, { method, headers: sendHeaders, headersTimeout: this.#timeouts.headersMs, bodyTimeout: this.#timeouts.bodyMs });
+        }),
       );
       const location = firstHeader(response.headers['location']);
       if (!REDIRECTS.has(response.statusCode) || !location) {
