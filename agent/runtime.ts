@@ -11,7 +11,7 @@ import { type Instrumentation, instrument } from './metrics/instrument.ts';
 import { AgentMetrics } from './metrics/metrics.ts';
 import { MirrorSet } from './http/mirror-set.ts';
 import { type RequestRecord, causeChain, createMirrorServer } from './http/server.ts';
-import { Mirror } from './mirror/mirror.ts';
+import { Mirror, type ProbeResult } from './mirror/mirror.ts';
 import { TagStore } from './mirror/tag-store.ts';
 import { UpstreamClient, type UpstreamTimeouts } from './upstream/client.ts';
 import { readCredentials, readSecretFile } from './upstream/credentials.ts';
@@ -115,6 +115,8 @@ export class AgentRuntime {
   }
 
   #probeTimer: NodeJS.Timeout | undefined;
+  /** Last probe result per registry, for the node report (Kubernetes status). */
+  readonly #probes = new Map<string, ProbeResult>();
   #rewireTimer: NodeJS.Timeout | undefined;
 
   /**
@@ -135,7 +137,7 @@ export class AgentRuntime {
     if (intervalMs <= 0) return;
     const probe = (): void => {
       for (const mirror of this.mirrors.list()) {
-        mirror.probe().then((up) => this.#instrumentation.upstreamUp(mirror.registry, up, this.#log));
+        mirror.probe().then((result) => this.#probed(mirror.registry, result));
       }
     };
     probe();
@@ -145,7 +147,19 @@ export class AgentRuntime {
 
   /** Runs the upstream probe once for every mirror (tests, and the first scrape). */
   async probeNow(): Promise<void> {
-    await Promise.all(this.mirrors.list().map(async (m) => this.#instrumentation.upstreamUp(m.registry, await m.probe(), this.#log)));
+    await Promise.all(this.mirrors.list().map(async (m) => this.#probed(m.registry, await m.probe())));
+  }
+
+  #probed(registry: string, result: ProbeResult): void {
+    this.#probes.set(registry, result);
+    this.#instrumentation.upstreamUp(registry, result.up, this.#log, result.cause);
+  }
+
+  /** Why the last probe found `registry`'s upstream unreachable; undefined while it is reachable or not probed yet. */
+  upstreamProblem(registry: string): { cause: string; detail: string } | undefined {
+    const result = this.#probes.get(registry);
+    if (!result || result.up) return undefined;
+    return { cause: result.cause ?? 'unreachable', detail: result.detail ?? '' };
   }
 
   get config(): AgentConfig {

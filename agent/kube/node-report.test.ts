@@ -49,6 +49,9 @@ describe('NodeReporter: damped report writes', () => {
   let reporter: NodeReporter;
   const states: MirrorState[] = [{ name: 'corp', generation: 1, registry: REG }];
 
+  /** Why the probe failed, as the runtime tells it; undefined: no diagnosis known. */
+  let problem: { cause: string; detail: string } | undefined;
+
   /** A reporter as the agent builds it, against the API double. */
   function makeReporter(): NodeReporter {
     const kc = api.kubeConfig();
@@ -58,7 +61,12 @@ describe('NodeReporter: damped report writes', () => {
       namespace: NS,
       nodeName: 'node-a',
       source: { synced: true, states: () => states },
-      runtime: { wiring: { hosts: [], containerd: { state: 'ok', ok: true, message: 'ok', configFiles: [], warnings: [] } }, metrics, config: { manageHosts: false } },
+      runtime: {
+        wiring: { hosts: [], containerd: { state: 'ok', ok: true, message: 'ok', configFiles: [], warnings: [] } },
+        metrics,
+        config: { manageHosts: false },
+        upstreamProblem: () => problem,
+      },
       log: pino({ level: 'silent' }),
       // No periodic evaluation: the test calls evaluate() as the timer would. The jitter is 5 s of the 10 s.
       options: { intervalMs: 3_600_000, settleMs: 20_000, jitterMs: 10_000, random: () => 0.5, clock },
@@ -70,6 +78,7 @@ describe('NodeReporter: damped report writes', () => {
     clock = new ManualClock();
     metrics = new AgentMetrics();
     metrics.upstreamUp.set({ registry: REG }, 1);
+    problem = undefined;
     reporter = makeReporter();
   });
 
@@ -105,6 +114,22 @@ describe('NodeReporter: damped report writes', () => {
     clock.advance(60_000);
     await reporter.evaluate();
     expect(leaseWrites()).toBe(2);
+  });
+
+  it("names the route's own cause of an unreachable upstream as the reason (the Cloud Connector, not the registry)", async () => {
+    setUp(false);
+    problem = { cause: 'cp_no_cloud_connector', detail: 'no Cloud Connector is connected for location onprem-1; fix: connect it' };
+    await reporter.start();
+    const report = parseReport(String((api.store.get(LEASES, NS, 'rpa-node-node-a')?.metadata as { annotations?: Record<string, string> }).annotations?.[REPORT_ANNOTATION]));
+    expect(report.corp?.reason).toBe('CloudConnectorUnavailable');
+    expect(report.corp?.message).toMatch(/^cp_no_cloud_connector: no Cloud Connector/);
+  });
+
+  it('keeps the generic reason for causes that point at the upstream itself', async () => {
+    setUp(false);
+    problem = { cause: 'refused', detail: 'connection refused' };
+    await reporter.start();
+    expect(written()).toBe('UpstreamUnreachable');
   });
 
   it('writes nothing for a state that flaps faster than the settle time, then once when it holds', async () => {

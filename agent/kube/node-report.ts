@@ -19,7 +19,25 @@ export interface NodeView {
   readonly wiring: WiringState | undefined;
   readonly metrics: Pick<AgentMetrics, 'upstreamUp'>;
   readonly config: Pick<AgentConfig, 'manageHosts'>;
+  /** Why the last probe found the upstream unreachable (an upstream error cause and words with the fix). */
+  upstreamProblem?(registry: string): { cause: string; detail: string } | undefined;
 }
+
+/**
+ * Status reasons for probe failures whose fix is not "look at the upstream": the route's own
+ * causes, so `kubectl get registrymirrors` already says whether the Cloud Connector, the
+ * Connectivity Proxy or a forward proxy is what fails on those nodes.
+ */
+const UPSTREAM_REASONS: Readonly<Record<string, string>> = {
+  cp_https_refused: 'ConnectivityProxyHttpsRefused',
+  cp_auth_failed: 'ConnectivityProxyAuthFailed',
+  cp_no_cloud_connector: 'CloudConnectorUnavailable',
+  cp_denied: 'CloudConnectorAccessDenied',
+  cp_unreachable: 'ConnectivityProxyUnreachable',
+  proxy_unreachable: 'HttpProxyUnreachable',
+  proxy_refused: 'HttpProxyRefused',
+  tls: 'UpstreamTlsFailed',
+};
 
 export interface NodeReporterOptions extends DamperOptions {
   /** Local re-evaluation period (hosts.toml, containerd verdict, upstream probe); reads no API (default 10 s). */
@@ -141,7 +159,7 @@ export class NodeReporter {
     const up = await upstreamUp(runtime);
     const out = new Map<string, MirrorReport>();
     for (const state of this.#d.source.states()) {
-      const verdict = state.problem ?? nodeProblem(state.registry ?? '', runtime.wiring, runtime.config.manageHosts, up);
+      const verdict = state.problem ?? nodeProblem(state.registry ?? '', runtime, up);
       out.set(state.name, {
         ok: verdict === undefined,
         reason: verdict?.reason ?? 'Ready',
@@ -206,14 +224,20 @@ export class NodeReporter {
 }
 
 /** Why this node does not serve `registry` through containerd, or undefined when it does. */
-function nodeProblem(registry: string, wiring: WiringState | undefined, manageHosts: boolean, up: ReadonlyMap<string, number>): Problem | undefined {
+function nodeProblem(registry: string, runtime: NodeView, up: ReadonlyMap<string, number>): Problem | undefined {
+  const { wiring } = runtime;
+  const { manageHosts } = runtime.config;
   if (wiring === undefined) return { reason: 'Pending', message: 'containerd wiring not checked yet' };
   const hosts = wiring.hosts.find((h) => h.registry === registry);
   if (manageHosts && hosts === undefined) return { reason: 'Pending', message: `hosts.toml for ${registry} not written yet` };
   if (hosts?.state === 'admin_file_invalid') return { reason: 'HostsFileInvalid', message: hosts.message ?? `the admin's hosts.toml for ${registry} does not parse` };
   if (hosts?.state === 'error') return { reason: 'HostsFileError', message: hosts.message ?? `cannot write hosts.toml for ${registry}` };
   if (!wiring.containerd.ok) return { reason: pascalCase(wiring.containerd.state), message: wiring.containerd.message };
-  if (up.get(registry) === 0) return { reason: 'UpstreamUnreachable', message: `the periodic GET /v2/ to ${registry}'s upstream fails` };
+  if (up.get(registry) === 0) {
+    const problem = runtime.upstreamProblem?.(registry);
+    if (!problem) return { reason: 'UpstreamUnreachable', message: `the periodic GET /v2/ to ${registry}'s upstream fails` };
+    return { reason: UPSTREAM_REASONS[problem.cause] ?? 'UpstreamUnreachable', message: `${problem.cause}: ${problem.detail}` };
+  }
   return undefined;
 }
 

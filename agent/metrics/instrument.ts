@@ -23,7 +23,7 @@ export interface Instrumentation {
   readonly metrics: AgentMetrics;
   request(record: RequestRecord): void;
   upstream(observation: UpstreamObservation, log: Logger): void;
-  upstreamUp(registry: string, up: boolean, log: Logger): void;
+  upstreamUp(registry: string, up: boolean, log: Logger, cause?: string): void;
   corrupt(error: Error): void;
   fillFailed(error: Error): void;
   evicted(): void;
@@ -73,12 +73,12 @@ export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instru
         else if (previous) log.info({ registry: o.registry, route: o.route, previous }, 'upstream answering again');
       }
     },
-    upstreamUp(registry, up, log) {
+    upstreamUp(registry, up, log, cause) {
       metrics.upstreamUp.set({ registry }, up ? 1 : 0);
       if (lastUp.get(registry) !== up) {
         lastUp.set(registry, up);
         if (up) log.info({ registry }, 'upstream reachable');
-        else log.warn({ registry }, 'upstream unreachable (probe)');
+        else log.warn({ registry, cause }, 'upstream unreachable (probe)');
       }
     },
     corrupt(error) {

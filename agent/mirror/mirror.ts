@@ -47,6 +47,13 @@ export interface MirrorDeps {
   readonly now?: () => number;
 }
 
+/** The reachability probe's answer; when upstream is not reachable, `cause` (an upstream error cause) and `detail` say why. */
+export interface ProbeResult {
+  readonly up: boolean;
+  readonly cause?: string;
+  readonly detail?: string;
+}
+
 /**
  * One configured mirror: answers pull requests for its registry from the cache, asking its
  * upstream when needed. Speaks the protocol's domain (names, digests, OCI errors); knows no HTTP.
@@ -87,13 +94,18 @@ export class Mirror {
   }
 
   /** Reachability probe: GET /v2/ through the route without credentials; 200 or 401 means upstream answers. */
-  async probe(): Promise<boolean> {
+  async probe(): Promise<ProbeResult> {
     try {
       const response = await this.upstream.request('GET', '/v2/', '', {}, undefined, { probe: true });
       await response.body.dump().catch(() => undefined);
-      return response.status === 200 || response.status === 401;
-    } catch {
-      return false;
+      if (response.status === 200 || response.status === 401) return { up: true };
+      return { up: false, cause: response.status >= 500 ? 'status_5xx' : 'status', detail: `GET /v2/ answered ${response.status}` };
+    } catch (error) {
+      if (error instanceof UpstreamError) {
+        const { diagnosis } = error;
+        return { up: false, cause: error.upstreamCause, detail: diagnosis ? `${diagnosis.cause}; fix: ${diagnosis.fix}` : error.message };
+      }
+      return { up: false, cause: 'unreachable', detail: error instanceof Error ? error.message : String(error) };
     }
   }
 
