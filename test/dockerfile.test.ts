@@ -10,6 +10,7 @@ import { promisify } from 'node:util';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostsManager } from '../agent/containerd/hosts-manager.ts';
+import { AGENT_NODE_FLAGS } from './fixtures/agent.ts';
 import { freePort } from './fixtures/net.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { startProcess, tailFile } from './fixtures/process.ts';
@@ -101,7 +102,11 @@ describe('Dockerfile: instructions', () => {
     expect(more).toEqual([]);
     const argv = execForm(entrypoint?.args ?? '');
     expect(argv?.[0]).toBe('node');
-    expect(argv?.[1]).toMatch(/(^|\/)dist\/agent\/main\.js$/);
+    // The same Node flags as `npm start` and the child agents of tests and benchmarks.
+    expect(argv?.slice(1, -1)).toEqual([...AGENT_NODE_FLAGS]);
+    expect(argv?.at(-1)).toMatch(/(^|\/)dist\/agent\/main\.js$/);
+    const start = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).scripts.start as string;
+    expect(start).toContain(`node ${AGENT_NODE_FLAGS.join(' ')} dist/agent/main.js`);
   });
 
   it('the shipped stage takes sources only from stages where tests were deleted, and deletes nothing itself', () => {
