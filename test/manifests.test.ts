@@ -242,8 +242,8 @@ describe('manifests: the agent DaemonSet', () => {
 
   it('requests CPU and memory, limits memory, and has no CPU limit', () => {
     const resources = agent().resources;
-    expect(resources?.requests).toMatchObject({ cpu: '50m', memory: '64Mi' });
-    expect(resources?.limits?.['memory']).toBe('256Mi');
+    expect(resources?.requests).toMatchObject({ cpu: '50m', memory: '160Mi' });
+    expect(resources?.limits?.['memory']).toBe('384Mi');
     expect(resources?.limits?.['cpu']).toBeUndefined();
   });
 
