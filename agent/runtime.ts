@@ -305,6 +305,7 @@ async function buildMirror(
     auth: config.auth,
     timeouts,
     observe: (o) => instrumentation.upstream(o, log),
+    realmMap: config.realmMap,
   });
   return new Mirror({ config, upstream, cache, tags, log: log.child({ component: 'mirror', registry: config.registry }) });
 }
@@ -321,9 +322,9 @@ function buildRoute(config: MirrorConfig, cp: ConnectivityProxyConfig | undefine
       return new ConnectivityProxyRoute({ proxy: cp.url, locationId: config.locationId ?? cp.locationId, tokens: cpTokens, connectTimeoutMs: connectMs });
     case 'http-proxy':
       if (!config.httpProxy) throw new Error(`mirror ${config.registry}: route http-proxy without http_proxy`);
-      return new HttpProxyRoute(config.httpProxy, connectMs);
+      return new HttpProxyRoute(config.httpProxy, connectMs, config.ca);
     default:
-      return new DirectRoute(connectMs);
+      return new DirectRoute(connectMs, config.ca);
   }
 }
 

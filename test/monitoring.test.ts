@@ -171,6 +171,7 @@ const PROXY_CODES = {
   cp_denied: 0,
   proxy_unreachable: 0,
   proxy_refused: 0,
+  tls: 0,
 } satisfies Record<ProxyDiagnosis['code'], 0>;
 const FAILURES = { unreachable: 0, timeout: 0, status: 0, invalid: 0, redirect: 0, proxy: 0 } satisfies Record<UpstreamFailure, 0>;
 const KINDS = { base: 0, manifest: 0, blob: 0, token: 0 } satisfies Record<Outcome['kind'], 0>;

@@ -2,7 +2,9 @@ import { createHash } from 'node:crypto';
 
 /**
  * Token realms learned from one mirror's own upstream challenges. Only these may be contacted by
- * the agent's token endpoint: it can never be steered to an arbitrary host.
+ * the agent's token endpoint: it can never be steered to an arbitrary host. A realm is kept (and its
+ * id derived) as upstream named it; the mirror's realm_map only changes where the forward goes
+ * (UpstreamClient.forwardTokenRequest), so a map can redirect a learned realm but never add one.
  */
 export class RealmRegistry {
   readonly #byId = new Map<string, URL>();

@@ -2,11 +2,13 @@ import { open, readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import toml from 'toml';
 import { isLoopback, parseListenAddress, parseRegistry } from './address.ts';
+import { readCaFile } from './ca.ts';
 import { parseDuration } from './duration.ts';
 import { ownImageProblem } from './own-image.ts';
 import { ConfigError } from './errors.ts';
 import { isTable, Section } from './section.ts';
 import type { Table } from './section.ts';
+import { parseRealmMap } from './realm-map.ts';
 import { parseSize } from './size.ts';
 import type { AgentConfig, AuthMode, ConnectivityProxyConfig, KubernetesConfig, ListenAddress, MirrorConfig } from './types.ts';
 import {
@@ -88,7 +90,23 @@ const MIRROR_KEYS = [
   'http_proxy',
   'location_id',
   'auth',
+  'ca_file',
+  'realm_map',
 ] as const;
+
+/**
+ * Keys of a mirror table given outside the file (a RegistryMirror spec): no ca_file, whose bundle
+ * would have to come from a Kubernetes object (handed over in memory, like credentials), not a path
+ * on the node.
+ */
+const TABLE_MIRROR_KEYS = MIRROR_KEYS.filter((key) => key !== 'ca_file');
+
+const CP_CA_FILE =
+  'ca_file is not used with route = "connectivity-proxy": upstreams there are http:// Cloud Connector virtual hosts, ' +
+  "and the Cloud Connector does the TLS to the real registry (trust the registry's CA in the Cloud Connector)";
+const REALM_MAP_ROUTE =
+  'realm_map is only used with route = "connectivity-proxy" (where a token realm on the real host name cannot be ' +
+  'reached); on other routes the agent contacts the realm itself';
 
 const CP_HTTPS_UPSTREAM =
   "the Connectivity Proxy's HTTP port takes plain http:// virtual hosts and the Cloud Connector does the TLS " +
@@ -120,7 +138,11 @@ export async function loadConfig(file: string, opts: Pick<ParseOptions, 'require
   return config;
 }
 
-/** Parses and validates TOML text without touching the disk. `source` names the text in error messages. */
+/**
+ * Parses and validates TOML text. It reads nothing from the disk but the CA bundles named by
+ * `ca_file` (certificates, needed in the validated config and checked here so that a bad one names
+ * its key); secret files are only opened, by loadConfig. `source` names the text in error messages.
+ */
 export function parseConfig(text: string, source: string, opts: ParseOptions = {}): AgentConfig {
   const baseDir = opts.baseDir ?? process.cwd();
   const path: PathParser = (value) => parsePath(value, baseDir);
@@ -168,7 +190,7 @@ export function parseConfig(text: string, source: string, opts: ParseOptions = {
  */
 export function parseMirrorTable(table: Table, source: string, opts: MirrorTableOptions = {}): MirrorConfig {
   const baseDir = opts.baseDir ?? process.cwd();
-  const section = new Section(source, opts.path ?? '', table, MIRROR_KEYS);
+  const section = new Section(source, opts.path ?? '', table, TABLE_MIRROR_KEYS);
   return readMirror(section, (value) => parsePath(value, baseDir), opts.connectivityProxy !== undefined, opts.inlineCredentials);
 }
 
@@ -308,7 +330,17 @@ function readMirror(
   const route = readRoute(section, upstream, hasConnectivityProxy);
   const credentials = readCredentials(section, path, inlineCredentials);
   const auth = readAuth(section, credentials !== undefined);
-  return { registry, upstream, tagTtlMs, maxStaleMs, repositoryPrefix, ...route, auth, ...credentials };
+  const tls = readTls(section, path, route.route);
+  return { registry, upstream, tagTtlMs, maxStaleMs, repositoryPrefix, ...route, auth, ...credentials, ...tls };
+}
+
+/** ca_file (routes that do TLS to upstream themselves) and realm_map (route connectivity-proxy only). */
+function readTls(section: Section, path: PathParser, route: Route['route']): Pick<MirrorConfig, 'ca' | 'realmMap'> {
+  if (section.optional('ca_file', path) !== undefined && route === 'connectivity-proxy') section.fail('ca_file', CP_CA_FILE);
+  const ca = section.optional('ca_file', (value) => readCaFile(path(value)));
+  const realmMap = section.optional('realm_map', parseRealmMap);
+  if (realmMap !== undefined && route !== 'connectivity-proxy') section.fail('realm_map', REALM_MAP_ROUTE);
+  return { ...present('ca', ca), ...present('realmMap', realmMap) };
 }
 
 /** route with the keys that belong to it: http_proxy for `http-proxy`, location_id for `connectivity-proxy`. */

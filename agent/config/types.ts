@@ -30,6 +30,14 @@ export interface ConnectivityProxyConfig {
   readonly clientSecretFile?: string;
 }
 
+/** A mirror's own trust anchors (`ca_file`): trusted on top of Node's default roots, for this mirror only. */
+export interface MirrorCa {
+  /** Absolute path of the PEM bundle, for messages. */
+  readonly file: string;
+  /** The bundle as read and checked at load: one or more PEM certificates (compared on reload, so a changed file applies on SIGHUP). */
+  readonly pem: string;
+}
+
 export interface MirrorConfig {
   /** host[:port] exactly as written in image references, lower-cased host (`docker.io`, `registry.corp.example:5000`). */
   readonly registry: string;
@@ -56,6 +64,17 @@ export interface MirrorConfig {
   readonly locationId?: string;
   /** Default `agent` when credentials are configured, `passthrough` otherwise. */
   readonly auth: AuthMode;
+  /**
+   * `ca_file`: extra trust for https upstreams, token realms and redirect targets of this mirror
+   * (routes direct and http-proxy). Absent: Node's default roots (with NODE_EXTRA_CA_CERTS) alone.
+   */
+  readonly ca?: MirrorCa;
+  /**
+   * `realm_map` (route connectivity-proxy): token realm origin → the http:// origin (a Cloud
+   * Connector virtual host) it is reached at, path and query kept. A plain object of normalised
+   * origins, so that a changed map compares unequal on reload.
+   */
+  readonly realmMap?: Readonly<Record<string, string>>;
 }
 
 /** `[kubernetes]`: mirrors from RegistryMirror resources and per-node status reports (agent/kube/). */

@@ -32,6 +32,12 @@ export interface UpstreamOptions {
   readonly auth?: 'agent' | 'passthrough';
   /** Told about every request sent upstream (metrics). */
   readonly observe?: (observation: UpstreamObservation) => void;
+  /**
+   * The mirror's realm_map (route connectivity-proxy): token realm origin → origin it is reached at.
+   * Applied only to realms the agent already may contact (a challenge answering its own request, or
+   * a realm learned from one), so it can redirect them but never add one.
+   */
+  readonly realmMap?: Readonly<Record<string, string>> | undefined;
 }
 
 /**
@@ -83,6 +89,7 @@ export class UpstreamClient {
   readonly authMode: 'agent' | 'passthrough';
   readonly #tokens = new TokenCache();
   readonly #observe: ((observation: UpstreamObservation) => void) | undefined;
+  readonly #realmMap: Readonly<Record<string, string>>;
   #basicChallenged = false;
 
   constructor(options: UpstreamOptions) {
@@ -93,6 +100,7 @@ export class UpstreamClient {
     this.route = options.route ?? new DirectRoute(this.#timeouts.connectMs);
     this.authMode = options.auth ?? 'agent';
     this.#observe = options.observe;
+    this.#realmMap = options.realmMap ?? {};
   }
 
   /** Builds the upstream URL for a registry API path such as `/v2/team/app/manifests/1.0`. */
@@ -128,13 +136,17 @@ export class UpstreamClient {
     return response;
   }
 
-  /** Forwards a puller's token request to a realm learned from this upstream's challenges (passthrough). */
+  /**
+   * Forwards a puller's token request to a realm learned from this upstream's challenges
+   * (passthrough), at the origin realm_map names for it if any.
+   */
   async forwardTokenRequest(realm: URL, method: 'GET' | 'POST', headers: Record<string, string>, body: Buffer | undefined): Promise<UpstreamResponse> {
     const refused = refusedDestination(realm, this.base, this.route.kind);
     if (refused) throw new UpstreamError(this.registry, 'invalid', `token realm refused: ${refused}`);
+    const target = this.#realmTarget(realm);
     const response = await this.#timed('forwarded-token', () => {
-      this.#refuseUnroutableRealm(realm);
-      return this.route.send(this.registry, realm, {
+      this.#refuseUnroutableRealm(target);
+      return this.route.send(this.registry, target, {
         method,
         headers: { ...headers, 'user-agent': 'registry-proxy-agent' },
         ...(body ? { body } : {}),
@@ -142,7 +154,13 @@ export class UpstreamClient {
         bodyTimeout: this.#timeouts.bodyMs,
       });
     });
-    return { status: response.statusCode, headers: response.headers, body: response.body, url: realm };
+    return { status: response.statusCode, headers: response.headers, body: response.body, url: target };
+  }
+
+  /** Where a realm is contacted: its own URL, or the same path and query at the origin realm_map maps it to. */
+  #realmTarget(realm: URL): URL {
+    const mapped = this.#realmMap[realm.origin];
+    return mapped === undefined ? realm : new URL(`${mapped}${realm.pathname}${realm.search}`);
   }
 
   /**
@@ -200,8 +218,9 @@ export class UpstreamClient {
   /**
    * The Connectivity Proxy forwards only http:// requests to Cloud Connector virtual hosts, and on
    * that route the agent reaches nothing except through it: a registry whose challenge names an
-   * https:// token realm cannot hand out tokens here. Said with the realm's URL, because the route's
-   * generic 405 explanation (an https upstream) would send the admin to a setting that is right.
+   * https:// token realm (not mapped by realm_map) cannot hand out tokens here. Said with the realm's
+   * URL, because the route's generic 405 explanation (an https upstream) would send the admin to a
+   * setting that is right.
    */
   #refuseUnroutableRealm(realm: URL): void {
     if (this.route.kind !== 'connectivity-proxy' || realm.protocol === 'http:') return;
@@ -210,7 +229,9 @@ export class UpstreamClient {
       diagnosis: {
         code: 'cp_https_refused',
         cause: `the registry's token realm ${where} is an https:// URL, and the Connectivity Proxy HTTP port only forwards plain http:// requests to Cloud Connector virtual hosts`,
-        fix: "expose the token server in the Cloud Connector as a virtual host and set the registry's token realm to that http://<virtual-host>:<port> URL (the Cloud Connector does TLS to the real token server)",
+        fix:
+          `expose the token server in the Cloud Connector as a virtual host and map the token realm's origin to it in mirror ${this.registry}'s realm_map: ` +
+          `[mirror.realm_map] "${realm.origin}" = "http://<virtual-host>:<port>" (the Cloud Connector does TLS to the real token server)`,
       },
     });
   }
@@ -253,8 +274,9 @@ export class UpstreamClient {
     const service = challenge.params['service'];
     if (service) url.searchParams.set('service', service);
     url.searchParams.set('scope', challenge.params['scope'] ?? scope);
-    // Credentials go as #send's authorization, which is only sent to the realm's own origin (not across redirects).
-    const response = await this.#send('GET', url, { accept: 'application/json' }, this.#credentials ? basic(this.#credentials) : undefined, 'token');
+    // Credentials go as #send's authorization, which is only sent to the origin contacted first (the
+    // realm, or where realm_map maps it), never across redirects.
+    const response = await this.#send('GET', this.#realmTarget(url), { accept: 'application/json' }, this.#credentials ? basic(this.#credentials) : undefined, 'token');
     if (response.status !== 200) {
       await response.body.dump().catch(() => undefined);
       throw new UpstreamError(this.registry, 'status', `token endpoint answered ${response.status}`, { status: response.status });

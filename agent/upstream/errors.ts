@@ -10,7 +10,11 @@ export type UpstreamFailure =
   | 'invalid'
   /** Too many redirects, or a redirect the agent will not follow. */
   | 'redirect'
-  /** The proxy on the route (Connectivity Proxy, forward proxy) refused or failed the request. */
+  /**
+   * The route explained the failure itself (`diagnosis`): the proxy on the route (Connectivity
+   * Proxy, forward proxy) refused or failed the request, or a TLS connection to the upstream (or a
+   * realm or redirect target) failed its certificate check (`tls`). Never retried.
+   */
   | 'proxy';
 
 /** A response body that broke off after the headers: the connection was cut, or went silent too long. */
@@ -72,9 +76,12 @@ export class UpstreamError extends Error {
   }
 }
 
-/** A route failure explained: a stable code (for metrics and status), the cause and the fix. */
+/**
+ * A route failure explained: a stable code (for metrics and status), the cause and the fix. `tls`:
+ * the peer's certificate was refused or the TLS handshake failed (see tls.ts).
+ */
 export interface ProxyDiagnosis {
-  readonly code: 'cp_https_refused' | 'cp_auth_failed' | 'cp_no_cloud_connector' | 'cp_unreachable' | 'cp_denied' | 'proxy_unreachable' | 'proxy_refused';
+  readonly code: 'cp_https_refused' | 'cp_auth_failed' | 'cp_no_cloud_connector' | 'cp_unreachable' | 'cp_denied' | 'proxy_unreachable' | 'proxy_refused' | 'tls';
   readonly cause: string;
   readonly fix: string;
 }
@@ -111,7 +118,8 @@ export function bodyFailure(error: unknown): BodyFailure | undefined {
   return undefined;
 }
 
-function errorCode(error: unknown): string {
+/** The first error code on `error` or its causes ('' when none). */
+export function errorCode(error: unknown): string {
   let current: unknown = error;
   for (let depth = 0; depth < 4 && current; depth += 1) {
     const code = (current as { code?: unknown }).code;

@@ -1,6 +1,8 @@
 import { Agent, type Dispatcher, Pool, ProxyAgent } from 'undici';
+import type { MirrorCa } from '../config/types.ts';
 import { UpstreamError, fromTransportError } from './errors.ts';
 import type { OAuthTokenSource } from './oauth.ts';
+import { tlsError, trustOptions } from './tls.ts';
 
 /** One request as the upstream client hands it to a route. */
 export interface RouteRequest {
@@ -23,19 +25,26 @@ export interface Route {
 
 const HIGH_WATER_MARK = 256 * 1024;
 
+/**
+ * `ca`: the mirror's ca_file, trusted on top of the default roots for every https connection of this
+ * route (upstream, token realms, redirect targets alike: they all serve this mirror).
+ */
 export class DirectRoute implements Route {
   readonly kind = 'direct';
   readonly #agent: Agent;
+  readonly #ca: MirrorCa | undefined;
 
-  constructor(connectTimeoutMs: number) {
-    this.#agent = new Agent({ connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000 });
+  constructor(connectTimeoutMs: number, ca?: MirrorCa) {
+    this.#ca = ca;
+    const connect = trustOptions(ca);
+    this.#agent = new Agent({ connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000, ...(connect ? { connect } : {}) });
   }
 
   async send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData> {
     try {
       return await this.#agent.request({ origin: url.origin, path: `${url.pathname}${url.search}`, highWaterMark: HIGH_WATER_MARK, ...request });
     } catch (error) {
-      throw fromTransportError(registry, error);
+      throw tlsError(error, { registry, url, ca: this.#ca }) ?? fromTransportError(registry, error);
     }
   }
 
@@ -44,21 +53,30 @@ export class DirectRoute implements Route {
   }
 }
 
-/** A forward proxy: absolute-form requests for http:// upstreams, CONNECT tunnels for https://. */
+/**
+ * A forward proxy: absolute-form requests for http:// upstreams, CONNECT tunnels for https://. TLS
+ * runs end to end through the tunnel, so `ca` (the mirror's ca_file) applies to the upstream's
+ * certificate (`requestTls`), never the proxy's.
+ */
 export class HttpProxyRoute implements Route {
   readonly kind = 'http-proxy';
   readonly #agent: ProxyAgent;
   readonly #proxy: URL;
+  readonly #ca: MirrorCa | undefined;
 
-  constructor(proxy: URL, connectTimeoutMs: number) {
+  constructor(proxy: URL, connectTimeoutMs: number, ca?: MirrorCa) {
     this.#proxy = proxy;
-    this.#agent = new ProxyAgent({ uri: proxy.href, connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000 });
+    this.#ca = ca;
+    const requestTls = trustOptions(ca);
+    this.#agent = new ProxyAgent({ uri: proxy.href, connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000, ...(requestTls ? { requestTls } : {}) });
   }
 
   async send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData> {
     try {
       return await this.#agent.request({ origin: url.origin, path: `${url.pathname}${url.search}`, highWaterMark: HIGH_WATER_MARK, ...request });
     } catch (error) {
+      const tls = tlsError(error, { registry, url, ca: this.#ca });
+      if (tls) throw tls;
       const transport = fromTransportError(registry, error);
       // The agent connects to nobody but the proxy on this route: a refused connection or a name
       // that does not resolve is the proxy's.
