@@ -47,7 +47,7 @@ export class AgentMetrics {
   readonly upstreamErrors = new Counter({
     name: 'registry_proxy_upstream_errors_total',
     help:
-      'Upstream failures by cause: refused (connection refused), unreachable (DNS, reset), timeout, status_5xx, invalid, redirect, body_cut and body_timeout (a response body broke off), ' +
+      'Upstream failures by cause: refused (connection refused), unreachable (DNS, reset), timeout, tls (certificate or handshake refused), status_5xx, invalid, redirect, body_cut and body_timeout (a response body broke off), ' +
       'the forward proxy causes proxy_unreachable, proxy_refused, and the Connectivity Proxy causes cp_https_refused (405), cp_auth_failed (407), cp_no_cloud_connector (503), cp_denied (403), cp_unreachable.',
     labelNames: ['registry', 'cause'] as const,
     registers: [this.registry],
