@@ -632,6 +632,9 @@ describe('manifests: the RegistryMirror CRD', () => {
     ['a locationId with a space', withSpec({ route: 'connectivity-proxy', locationId: 'on prem' })],
     ['a repositoryPrefix with upper case', withSpec({ repositoryPrefix: 'Team/images' })],
     ['a credentialsSecretRef without name', withSpec({ auth: 'agent', credentialsSecretRef: {} })],
+    ['a realmMap to an https:// origin', withSpec({ route: 'connectivity-proxy', upstream: 'http://registry.virtual:5000', realmMap: { 'https://harbor.corp.example': 'https://harbor.virtual' } })],
+    ['a realmMap value with a path', withSpec({ route: 'connectivity-proxy', upstream: 'http://registry.virtual:5000', realmMap: { 'https://harbor.corp.example': 'http://harbor.virtual/token' } })],
+    ['a realmMap value that is no string', withSpec({ route: 'connectivity-proxy', upstream: 'http://registry.virtual:5000', realmMap: { 'https://harbor.corp.example': 80 } })],
     ['a credentialsSecretRef with a bad name', withSpec({ auth: 'agent', credentialsSecretRef: { name: 'Bad_Name' } })],
     ['no registry', withoutSpecField('registry')],
     ['no upstream', withoutSpecField('upstream')],
@@ -653,7 +656,8 @@ describe('manifests: the RegistryMirror CRD', () => {
     find(/self\.auth != 'agent' \|\| has\(self\.credentialsSecretRef\)/, /auth agent needs credentialsSecretRef/);
     find(/has\(self\.credentialsSecretRef\).*self\.auth == 'agent'/, /credentialsSecretRef is only used with auth agent/);
     find(/'connectivity-proxy'.*self\.upstream\.startsWith\('http:\/\/'\)/, /http:\/\/ upstream.*virtual host.*Cloud Connector/s);
-    expect(rules).toHaveLength(5);
+    find(/has\(self\.realmMap\).*'connectivity-proxy'/, /realmMap is only used with route connectivity-proxy/);
+    expect(rules).toHaveLength(6);
   });
 
   it('conditions and failing nodes are maps keyed by type and node (server-side apply merges them)', () => {
@@ -714,7 +718,12 @@ function mirrorToml(spec: JsonObject): string {
     }
     const key = keys[field];
     if (key === undefined) throw new Error(`spec.${field} has no [[mirror]] key`);
-    lines.push(`${key} = ${JSON.stringify(value)}`);
+    // Maps (realmMap) as TOML inline tables; JSON strings are valid TOML basic strings.
+    const rendered =
+      value !== null && typeof value === 'object' && !Array.isArray(value)
+        ? `{ ${Object.entries(value).map(([k, v]) => `${JSON.stringify(k)} = ${JSON.stringify(v)}`).join(', ')} }`
+        : JSON.stringify(value);
+    lines.push(`${key} = ${rendered}`);
   }
   return `${lines.join('\n')}\n`;
 }

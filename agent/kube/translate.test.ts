@@ -35,6 +35,19 @@ describe('translate', () => {
     expect(isTranslated(result) ? '' : result.message).toContain(message);
   });
 
+  it('maps realmMap onto realm_map (token realms behind the Connectivity Proxy)', () => {
+    const realmMap = { 'https://harbor.corp.example': 'http://harbor-auth.virtual:80' };
+    const result = run({ registry: 'harbor.corp.example', upstream: 'http://harbor.virtual:80', route: 'connectivity-proxy', realmMap });
+    if (!isTranslated(result)) throw new Error(result.message);
+    expect(result.table['realm_map']).toEqual(realmMap);
+    // Origins are normalised (the default port is dropped).
+    expect(result.mirror.realmMap).toEqual({ 'https://harbor.corp.example': 'http://harbor-auth.virtual' });
+    const direct = run({ registry: 'harbor.corp.example', upstream: 'https://harbor.corp.example', realmMap });
+    expect(direct).toMatchObject({ reason: 'InvalidSpec' });
+    const https = run({ registry: 'harbor.corp.example', upstream: 'http://harbor.virtual:80', route: 'connectivity-proxy', realmMap: { 'https://harbor.corp.example': 'https://x.virtual' } });
+    expect(https).toMatchObject({ reason: 'InvalidSpec' });
+  });
+
   it('reads a basic-auth Secret; auth defaults to agent', () => {
     const secret: V1Secret = { type: 'kubernetes.io/basic-auth', data: { username: b64('alice'), password: b64('s3cret') } };
     const result = run({ registry: 'r.example', upstream: 'http://r.example', credentialsSecretRef: { name: 'creds' } }, { creds: secret });

@@ -17,6 +17,7 @@ export const SPEC_TO_TOML: Readonly<Record<string, string>> = {
   tagTTL: 'tag_ttl',
   maxStale: 'max_stale',
   repositoryPrefix: 'repository_prefix',
+  realmMap: 'realm_map',
 };
 
 const TOML_TO_SPEC: Readonly<Record<string, string>> = Object.fromEntries(Object.entries(SPEC_TO_TOML).map(([spec, key]) => [key, spec]));
