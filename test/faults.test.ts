@@ -304,8 +304,10 @@ describe('fault suite', () => {
       for (const blob of [big, a, b]) await pushBlob(registry.url, 'team/app', blob);
       // Larger than the free space: relayed from the first byte.
       expectBlob(await tally.fetch(agent.url, big), big);
-      // Two that each fit but not together: one hits ENOSPC mid-write and switches to relaying.
-      const [ra, rb] = await Promise.all([tally.fetch(agent.url, a), tally.fetch(agent.url, b)]);
+      // Two that each fit but not together: one hits ENOSPC mid-write and switches to relaying. Paced,
+      // so both pass the free-space check before either has written much (not left to scheduling).
+      await proxy.setFault({ kind: 'throttle', bytesPerSecond: 16 * 1024 * 1024, pathIncludes: '/blobs/' });
+      const [ra, rb] = await Promise.all([tally.fetch(agent.url, a), tally.fetch(agent.url, b)]).finally(() => proxy.setFault(undefined));
       expectBlob(ra!, a);
       expectBlob(rb!, b);
       const bypassed = (await agent.runtime.metrics.cacheBypassed.get()).values[0]?.value ?? 0;
