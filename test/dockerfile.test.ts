@@ -396,8 +396,10 @@ describe('Dockerfile: performed', () => {
         },
         { timeoutMs: 20_000, intervalMs: 50, what: '/healthz of the default command', abort: () => (child.exitInfo() ? 'the agent exited' : undefined) },
       );
-      // The default command runs the mirror itself (not help or cleanup): it wrote the hosts.toml.
-      expect(existsSync(join(hostsDir, 'registry.corp.example:5000', 'hosts.toml'))).toBe(true);
+      // The default command runs the mirror itself (not help or cleanup): it writes the hosts.toml
+      // (right after the listeners are up, so /healthz may answer first).
+      const hostsToml = join(hostsDir, 'registry.corp.example:5000', 'hosts.toml');
+      await pollUntil(() => existsSync(hostsToml), { timeoutMs: 10_000, intervalMs: 20, what: 'hosts.toml written by the default command' });
       process.kill(child.pid, 'SIGTERM');
       expect(await child.exited, await tailFile(logFile)).toEqual({ code: 0, signal: null });
     } finally {
