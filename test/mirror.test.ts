@@ -142,7 +142,7 @@ describe('pull-through mirror core with a real registry and containerd', () => {
     const origins = agent.requests.filter((r) => r.outcome.kind === 'blob').slice(-20).map((r) => r.outcome.cache);
     expect(origins.filter((o) => o === 'miss')).toHaveLength(1);
     expect(await cachedBlobFiles(join(dir, 'cache'))).toContain(blob.digest.slice(7));
-  });
+  }, 120_000); // 1.28 GiB through an in-process agent and 20 clients on 2 cores: ~20 s idle, more under load
 
   it('4. an upstream serving wrong bytes for a digest: the client fails and nothing is cached', async () => {
     const blob = makeRandomBlob(3 * 1024 * 1024 + 17);
