@@ -529,7 +529,7 @@ async function startupSection(ctx: Context): Promise<void> {
   }
   const text = report.section(
     'Agent start-up',
-    `From spawning \`node agent/main.ts --config …\` to the "mirror listening" log line (log polled every 2 ms) and to the ` +
+    `From spawning \`node --max-semi-space-size=1 dist/agent/main.js --config …\` to the "mirror listening" log line (log polled every 2 ms) and to the ` +
       `first \`/readyz\` 200 (the cache index rebuilt). "${STARTUP_BLOBS.toLocaleString('en-US')} cached blobs": 1–4 KiB files written ` +
       'straight into `<cache_dir>/blobs/sha256/<hex>` before the start.',
     [
