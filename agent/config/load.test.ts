@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConfigError } from './errors.ts';
 import { defaultConfig, loadConfig, parseConfig, parseMirrorTable } from './load.ts';
 import type { AgentConfig, ConnectivityProxyConfig, MirrorConfig } from './types.ts';
+import { rejection, thrown } from '../../test/fixtures/thrown.ts';
 
 const GiB = 1024 ** 3;
 const FILE = '/etc/rpa/agent.toml';
@@ -117,25 +118,9 @@ function parse(text: string): AgentConfig {
   return parseConfig(text, FILE, { baseDir: BASE });
 }
 
-function errorOf(run: () => unknown): ConfigError {
-  try {
-    run();
-  } catch (error) {
-    if (error instanceof ConfigError) return error;
-    throw error;
-  }
-  throw new Error('expected a ConfigError');
-}
+const errorOf = (run: () => unknown): ConfigError => thrown(ConfigError, run);
 
-async function asyncErrorOf(run: () => Promise<unknown>): Promise<ConfigError> {
-  try {
-    await run();
-  } catch (error) {
-    if (error instanceof ConfigError) return error;
-    throw error;
-  }
-  throw new Error('expected a ConfigError');
-}
+const asyncErrorOf = (run: () => Promise<unknown>): Promise<ConfigError> => rejection(ConfigError, run());
 
 describe('parseConfig', () => {
   it('parses the example file', () => {

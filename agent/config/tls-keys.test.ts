@@ -6,6 +6,7 @@ import { makeTestCa } from '../../test/fixtures/tls-registry.ts';
 import { makeTempDir, removeTempDir } from '../../test/fixtures/tmp.ts';
 import { ConfigError } from './errors.ts';
 import { loadConfig, parseConfig, parseMirrorTable } from './load.ts';
+import { thrown } from '../../test/fixtures/thrown.ts';
 
 // ca_file and realm_map: each validation error names the config file, the key and the problem.
 
@@ -13,15 +14,7 @@ const CP = '[connectivity_proxy]\nurl = "http://cp.example:20003"\n';
 const DIRECT = '[[mirror]]\nregistry = "registry.corp.example"\nupstream = "https://registry.corp.example"\n';
 const CP_MIRROR = '[[mirror]]\nregistry = "registry.corp.example"\nupstream = "http://registry.virtual:5000"\nroute = "connectivity-proxy"\n';
 
-function errorOf(run: () => unknown): ConfigError {
-  try {
-    run();
-  } catch (error) {
-    if (error instanceof ConfigError) return error;
-    throw error;
-  }
-  throw new Error('expected a ConfigError');
-}
+const errorOf = (run: () => unknown): ConfigError => thrown(ConfigError, run);
 
 describe('ca_file', () => {
   let dir: string;

@@ -5,6 +5,7 @@ import { type ConnectivityProxy, startConnectivityProxy } from '../../test/fixtu
 import { UpstreamClient } from './client.ts';
 import { UpstreamError } from './errors.ts';
 import { ConnectivityProxyRoute } from './routes.ts';
+import { rejection } from '../../test/fixtures/thrown.ts';
 
 // realm_map on the connectivity-proxy route, through the Connectivity Proxy double: a registry
 // whose challenge names an https realm on the real host; the token server is exposed as an http://
@@ -51,15 +52,7 @@ function client(realmMap: Record<string, string> = MAP): UpstreamClient {
   return c;
 }
 
-async function failureOf(promise: Promise<unknown>): Promise<UpstreamError> {
-  try {
-    await promise;
-  } catch (error) {
-    if (error instanceof UpstreamError) return error;
-    throw error;
-  }
-  throw new Error('expected an UpstreamError');
-}
+const failureOf = (promise: Promise<unknown>): Promise<UpstreamError> => rejection(UpstreamError, promise);
 
 beforeAll(async () => {
   tokenServer = await listen((req, res, body) => {

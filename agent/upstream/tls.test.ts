@@ -12,6 +12,7 @@ import { UpstreamClient, type UpstreamObservation } from './client.ts';
 import { UpstreamError } from './errors.ts';
 import { DirectRoute, type RouteRequest } from './routes.ts';
 import { tlsError } from './tls.ts';
+import { rejection } from '../../test/fixtures/thrown.ts';
 
 // Real TLS servers on loopback with certificates from real private CAs: what the agent trusts per
 // mirror (ca_file on top of the defaults), and how a refused certificate is reported.
@@ -46,15 +47,7 @@ async function mirrorCa(ca: TestCa): Promise<MirrorCa> {
   return { file: ca.caFile, pem: await readFile(ca.caFile, 'utf8') };
 }
 
-async function failureOf(promise: Promise<unknown>): Promise<UpstreamError> {
-  try {
-    await promise;
-  } catch (error) {
-    if (error instanceof UpstreamError) return error;
-    throw error;
-  }
-  throw new Error('expected an UpstreamError');
-}
+const failureOf = (promise: Promise<unknown>): Promise<UpstreamError> => rejection(UpstreamError, promise);
 
 async function ok(route: DirectRoute, url: URL): Promise<string> {
   const response = await route.send(REGISTRY, url, GET);
