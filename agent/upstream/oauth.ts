@@ -16,18 +16,21 @@ export interface ClientCredentials {
 export class ClientCredentialsTokenSource implements OAuthTokenSource {
   readonly #credentials: ClientCredentials;
   readonly #marginMs: number;
+  readonly #now: () => number;
   #cached: { token: string; expiresAt: number } | undefined;
   #inflight: Promise<string> | undefined;
 
-  constructor(credentials: ClientCredentials, marginMs = 60_000) {
+  /** `marginMs`: a token is replaced this long before it expires; `now`: the clock (tests). */
+  constructor(credentials: ClientCredentials, marginMs = 60_000, now: () => number = Date.now) {
     this.#credentials = credentials;
     this.#marginMs = marginMs;
+    this.#now = now;
   }
 
   token(refresh: boolean): Promise<string> {
     if (refresh) this.#cached = undefined;
     const cached = this.#cached;
-    if (cached && cached.expiresAt - this.#marginMs > Date.now()) return Promise.resolve(cached.token);
+    if (cached && cached.expiresAt - this.#marginMs > this.#now()) return Promise.resolve(cached.token);
     this.#inflight ??= this.#fetch().finally(() => {
       this.#inflight = undefined;
     });
@@ -52,7 +55,7 @@ export class ClientCredentialsTokenSource implements OAuthTokenSource {
     const parsed = (await response.body.json().catch(() => ({}))) as { access_token?: unknown; expires_in?: unknown };
     if (typeof parsed.access_token !== 'string' || parsed.access_token === '') throw new Error('token endpoint returned no access_token');
     const expiresIn = typeof parsed.expires_in === 'number' && parsed.expires_in > 0 ? parsed.expires_in : 300;
-    this.#cached = { token: parsed.access_token, expiresAt: Date.now() + expiresIn * 1000 };
+    this.#cached = { token: parsed.access_token, expiresAt: this.#now() + expiresIn * 1000 };
     return parsed.access_token;
   }
 }
