@@ -14,6 +14,7 @@ import { pollUntil } from './fixtures/poll.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
 import { type ScriptedRegistry, startScriptedRegistry } from './fixtures/scripted-registry.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
+import { parseMetrics } from './fixtures/metrics-text.ts';
 
 /** Exposed in the Cloud Connector: the real registry. */
 const VIRTUAL = 'registry.virtual:5000';
@@ -35,17 +36,6 @@ async function get(url: string, method: 'GET' | 'HEAD' = 'GET') {
   const response = await request(url, { method });
   const text = await response.body.text();
   return { status: response.statusCode, text, json: () => JSON.parse(text) as OciErrorBody };
-}
-
-/** Parses the Prometheus text format into `name{labels}` → value. */
-function parseMetrics(text: string): Map<string, number> {
-  const values = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const at = line.lastIndexOf(' ');
-    values.set(line.slice(0, at), Number(line.slice(at + 1)));
-  }
-  return values;
 }
 
 function randomDigest(): string {

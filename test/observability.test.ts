@@ -15,19 +15,9 @@ import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
 import { type ScriptedRegistry, startScriptedRegistry } from './fixtures/scripted-registry.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
 import { type TokenRegistry, startTokenRegistry } from './fixtures/token-registry.ts';
+import { parseMetrics } from './fixtures/metrics-text.ts';
 
 const REGISTRY = 'registry.corp.example:5000';
-
-/** Parses the Prometheus text format into `name{labels}` → value. */
-function parseMetrics(text: string): Map<string, number> {
-  const values = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const at = line.lastIndexOf(' ');
-    values.set(line.slice(0, at), Number(line.slice(at + 1)));
-  }
-  return values;
-}
 
 function sum(values: Map<string, number>, name: string, labels: Record<string, string> = {}): number {
   let total = 0;
