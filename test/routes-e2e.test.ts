@@ -221,6 +221,8 @@ describe('https upstream with a private CA: NODE_EXTRA_CA_CERTS, per-mirror ca_f
       // Relative to the config file, like the other file keys.
       await mkdir(join(caDir, 'trust'));
       await copyFile(tls.caFile, join(caDir, 'trust', 'corp-ca.pem'));
+      // Counted before the agent starts: its start-up probe may open the tunnel the pulls then reuse.
+      const connectsBefore = (await proxy.requests()).filter((r) => r.method === 'CONNECT').length;
       const trusting = await startChildAgent(
         caDir,
         [
@@ -231,7 +233,6 @@ describe('https upstream with a private CA: NODE_EXTRA_CA_CERTS, per-mirror ca_f
         { [DIRECT]: ['ca_file = "trust/corp-ca.pem"'], [PROXIED]: ['ca_file = "trust/corp-ca.pem"'] },
       );
       try {
-        const connectsBefore = (await proxy.requests()).filter((r) => r.method === 'CONNECT').length;
         // Each mirror pulls its own image, so the second is not served from the first one's cache.
         for (const [registry, repo, img] of [[DIRECT, REPO, image], [PROXIED, OTHER_REPO, other]] as const) {
           const manifest = await get(`${trusting.url}/v2/${repo}/manifests/v1?ns=${registry}`);
