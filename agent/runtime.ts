@@ -202,6 +202,8 @@ export class AgentRuntime {
       throw error;
     }
     const removed = [...current.keys()];
+    // A removed or rebuilt mirror's last probe says nothing about what serves now.
+    for (const registry of [...removed, ...changed]) this.#probes.delete(registry);
     retired.push(...current.values());
     this.mirrors.replace(next);
     this.#config = { ...this.#config, mirrors: [...mirrors] };

@@ -18,9 +18,12 @@ export function hashCredential(credential: string | undefined): CredentialHash {
     .digest('base64url') as CredentialHash;
 }
 
+/** The hash of "no credential", computed once: every passthrough check compares against it. */
+export const ANONYMOUS: CredentialHash = hashCredential(undefined);
+
 /**
  * Which credentials upstream accepted for which key (a repository name, or a realm key), and
- * when. Keys are hashes of credential hash + key; no credential is stored. Bounded in entries,
+ * when. Entries are keyed by credential hash + key; no credential is stored. Bounded in entries,
  * least recently used first out: a forgotten entry only means asking upstream again (or, offline,
  * a 401), never more access.
  */
@@ -56,6 +59,7 @@ export class AccessMemory {
   }
 }
 
+/** The credential is already a keyed hash (no secret left to protect) and a key holds no NUL. */
 function entryKey(credential: CredentialHash, key: string): string {
-  return createHmac('sha256', PROCESS_KEY).update(credential).update('\0').update(key).digest('base64url');
+  return `${credential}\0${key}`;
 }

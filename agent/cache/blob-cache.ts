@@ -58,16 +58,23 @@ export class BlobCache {
   constructor(dir: string, maxBytes: number, events: CacheEvents = {}) {
     this.store = new BlobStore(dir);
     this.#events = events;
-    this.#index = new CacheIndex(maxBytes, (digest, evicted) => {
-      if (evicted) events.evicted?.(digest);
-      // The path now belongs to a new verified copy being committed: removing it would drop that copy.
-      if (this.#committing.has(digest)) return;
-      const removal = this.store.remove(digest).catch((error: unknown) => events.storeError?.('remove', error as Error));
-      this.#removing.set(digest, removal);
-      void removal.finally(() => {
-        if (this.#removing.get(digest) === removal) this.#removing.delete(digest);
-      });
+    this.#index = new CacheIndex(maxBytes, (digest, evicted) => void this.#removeFile(digest, evicted));
+  }
+
+  /**
+   * Deletes a blob's file (evicted, dropped, or found at start-up with no room left). Tracked, so that
+   * a commit of the same digest waits for it (the thread pool may reorder unlink and rename); skipped
+   * while a new verified copy is being renamed to that path.
+   */
+  #removeFile(digest: Digest, evicted: boolean): Promise<void> {
+    if (evicted) this.#events.evicted?.(digest);
+    if (this.#committing.has(digest)) return Promise.resolve();
+    const removal = this.store.remove(digest).catch((error: unknown) => this.#events.storeError?.('remove', error as Error));
+    this.#removing.set(digest, removal);
+    void removal.finally(() => {
+      if (this.#removing.get(digest) === removal) this.#removing.delete(digest);
     });
+    return removal;
   }
 
   /** Prepares the directory (removing crash leftovers). The index is rebuilt by `scan`, which callers need not await. */
@@ -86,6 +93,7 @@ export class BlobCache {
     const live = this.#index.digestsOldestFirst();
     let room = this.#index.room();
     const kept: typeof found = [];
+    const removals: Array<Promise<void>> = [];
     let bytes = 0;
     for (const blob of found) {
       bytes += blob.size;
@@ -93,12 +101,13 @@ export class BlobCache {
         kept.push(blob);
         room -= blob.size;
       } else {
-        this.#events.evicted?.(blob.digest);
-        await this.store.remove(blob.digest).catch((error: unknown) => this.#events.storeError?.('remove', error as Error));
+        removals.push(this.#removeFile(blob.digest, true));
       }
     }
+    // Indexed before anything is awaited: `room` and `live` still hold.
     for (const blob of kept.reverse()) this.#index.add(blob.digest, blob.size, false);
     for (const digest of live) this.#index.touch(digest);
+    await Promise.all(removals);
     this.#scanned = true;
     return { blobs: found.length, bytes };
   }

@@ -9,10 +9,11 @@ interface IndexEntry {
   /** inode, size and mtime of the file when it was verified: a different stamp means re-hash before serving. */
   stamp: string | undefined;
   leases: number;
-  /** Evicted while leased: the file is removed when the last lease is released. */
-  evicted: boolean;
-  /** Left the index by LRU eviction (as opposed to being dropped). */
-  evictedByLru?: boolean;
+  /**
+   * Left the index while leased, and how (LRU eviction, or dropped e.g. as corrupt): the file is
+   * removed when the last lease is released.
+   */
+  removal: 'evicted' | 'dropped' | undefined;
 }
 
 /** A hold on a cached blob: while held, eviction does not remove the file. */
@@ -52,9 +53,8 @@ export class CacheIndex {
       noDisposeOnSet: true,
       dispose: (entry, _digest, reason) => {
         if (reason === 'evict') this.#evictions += 1;
-        entry.evictedByLru = reason === 'evict';
-        if (entry.leases > 0) entry.evicted = true;
-        else this.#remove(entry.digest, entry.evictedByLru);
+        if (entry.leases > 0) entry.removal = reason === 'evict' ? 'evicted' : 'dropped';
+        else this.#remove(entry.digest, reason === 'evict');
       },
     });
   }
@@ -77,7 +77,7 @@ export class CacheIndex {
       this.#remove(digest, false);
       return;
     }
-    this.#lru.set(digest, { digest, size, verified, stamp, leases: 0, evicted: false });
+    this.#lru.set(digest, { digest, size, verified, stamp, leases: 0, removal: undefined });
   }
 
   /** Takes a lease and marks the entry most recently used; undefined when not cached. */
@@ -99,7 +99,7 @@ export class CacheIndex {
         if (released) return;
         released = true;
         entry.leases -= 1;
-        if (entry.leases === 0 && entry.evicted && !this.#lru.has(entry.digest)) this.#remove(entry.digest, entry.evictedByLru === true);
+        if (entry.leases === 0 && entry.removal !== undefined && !this.#lru.has(entry.digest)) this.#remove(entry.digest, entry.removal === 'evicted');
       },
     };
   }

@@ -33,7 +33,7 @@ export async function handleManifest(
   outcome: Outcome,
   ctx: PullContext,
 ): Promise<void> {
-  const result = await mirror.manifest(request.name, request.reference, !head, ctx);
+  const result = await mirror.manifest(request.name, request.reference, ctx);
   outcome.cache = result.origin;
   res.writeHead(200, {
     ...API_VERSION_HEADER,

@@ -2,7 +2,6 @@ import { CoordinationV1Api, CoreV1Api, CustomObjectsApi } from '@kubernetes/clie
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type KubeApi, LEASES, startKubeApi } from '../../test/fixtures/kube-api.ts';
-import { AgentMetrics } from '../metrics/metrics.ts';
 import type { KubeClients } from './client.ts';
 import type { Clock } from './damper.ts';
 import type { MirrorState } from './mirror-source.ts';
@@ -45,11 +44,10 @@ class ManualClock implements Clock {
 describe('NodeReporter: damped report writes', () => {
   let api: KubeApi;
   let clock: ManualClock;
-  let metrics: AgentMetrics;
   let reporter: NodeReporter;
   const states: MirrorState[] = [{ name: 'corp', generation: 1, registry: REG }];
 
-  /** Why the probe failed, as the runtime tells it; undefined: no diagnosis known. */
+  /** Why the last probe failed, as the runtime tells it; undefined: upstream reachable. */
   let problem: { cause: string; detail: string } | undefined;
 
   /** A reporter as the agent builds it, against the API double. */
@@ -63,7 +61,6 @@ describe('NodeReporter: damped report writes', () => {
       source: { synced: true, states: () => states },
       runtime: {
         wiring: { hosts: [], containerd: { state: 'ok', ok: true, message: 'ok', configFiles: [], warnings: [] } },
-        metrics,
         config: { manageHosts: false },
         upstreamProblem: () => problem,
       },
@@ -76,8 +73,6 @@ describe('NodeReporter: damped report writes', () => {
   beforeEach(async () => {
     api = await startKubeApi({ bookmarkIntervalMs: 60_000 });
     clock = new ManualClock();
-    metrics = new AgentMetrics();
-    metrics.upstreamUp.set({ registry: REG }, 1);
     problem = undefined;
     reporter = makeReporter();
   });
@@ -89,7 +84,9 @@ describe('NodeReporter: damped report writes', () => {
 
   const leaseWrites = (): number => api.writes().filter((w) => w.path.startsWith(LEASE_PATH)).length;
   const written = (): string | undefined => parseReport(String((api.store.get(LEASES, NS, 'rpa-node-node-a')?.metadata as { annotations?: Record<string, string> }).annotations?.[REPORT_ANNOTATION])).corp?.reason;
-  const setUp = (up: boolean): void => metrics.upstreamUp.set({ registry: REG }, up ? 1 : 0);
+  const setUp = (up: boolean): void => {
+    problem = up ? undefined : { cause: 'unreachable', detail: 'upstream unreachable (ECONNRESET)' };
+  };
 
   it('writes the first report at once and a changed one only after it has held for the settle time plus its jitter', async () => {
     await reporter.start();

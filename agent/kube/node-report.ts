@@ -2,7 +2,6 @@ import { V1MicroTime, type V1Lease } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { AgentConfig } from '../config/types.ts';
 import type { WiringState } from '../containerd/wiring.ts';
-import type { AgentMetrics } from '../metrics/metrics.ts';
 import { type KubeClients, messageOf, statusOf, withTimeout } from './client.ts';
 import { type Clock, type DamperOptions, ReportDamper, SYSTEM_CLOCK } from './damper.ts';
 import type { MirrorState } from './mirror-source.ts';
@@ -17,10 +16,12 @@ export interface ReportSource {
 /** What the report is made of: the runtime's containerd wiring, upstream probes and configuration. */
 export interface NodeView {
   readonly wiring: WiringState | undefined;
-  readonly metrics: Pick<AgentMetrics, 'upstreamUp'>;
   readonly config: Pick<AgentConfig, 'manageHosts'>;
-  /** Why the last probe found the upstream unreachable (an upstream error cause and words with the fix). */
-  upstreamProblem?(registry: string): { cause: string; detail: string } | undefined;
+  /**
+   * Why the last upstream probe found `registry`'s upstream unreachable (an upstream error cause and
+   * words with the fix); undefined while it is reachable or not probed yet.
+   */
+  upstreamProblem(registry: string): { cause: string; detail: string } | undefined;
 }
 
 /**
@@ -156,10 +157,9 @@ export class NodeReporter {
 
   async #compute(): Promise<Map<string, MirrorReport>> {
     const { runtime } = this.#d;
-    const up = await upstreamUp(runtime);
     const out = new Map<string, MirrorReport>();
     for (const state of this.#d.source.states()) {
-      const verdict = state.problem ?? nodeProblem(state.registry ?? '', runtime, up);
+      const verdict = state.problem ?? nodeProblem(state.registry ?? '', runtime);
       out.set(state.name, {
         ok: verdict === undefined,
         reason: verdict?.reason ?? 'Ready',
@@ -224,7 +224,7 @@ export class NodeReporter {
 }
 
 /** Why this node does not serve `registry` through containerd, or undefined when it does. */
-function nodeProblem(registry: string, runtime: NodeView, up: ReadonlyMap<string, number>): Problem | undefined {
+function nodeProblem(registry: string, runtime: NodeView): Problem | undefined {
   const { wiring } = runtime;
   const { manageHosts } = runtime.config;
   if (wiring === undefined) return { reason: 'Pending', message: 'containerd wiring not checked yet' };
@@ -233,16 +233,7 @@ function nodeProblem(registry: string, runtime: NodeView, up: ReadonlyMap<string
   if (hosts?.state === 'admin_file_invalid') return { reason: 'HostsFileInvalid', message: hosts.message ?? `the admin's hosts.toml for ${registry} does not parse` };
   if (hosts?.state === 'error') return { reason: 'HostsFileError', message: hosts.message ?? `cannot write hosts.toml for ${registry}` };
   if (!wiring.containerd.ok) return { reason: pascalCase(wiring.containerd.state), message: wiring.containerd.message };
-  if (up.get(registry) === 0) {
-    const problem = runtime.upstreamProblem?.(registry);
-    if (!problem) return { reason: 'UpstreamUnreachable', message: `the periodic GET /v2/ to ${registry}'s upstream fails` };
-    return { reason: UPSTREAM_REASONS[problem.cause] ?? 'UpstreamUnreachable', message: `${problem.cause}: ${problem.detail}` };
-  }
+  const problem = runtime.upstreamProblem(registry);
+  if (problem) return { reason: UPSTREAM_REASONS[problem.cause] ?? 'UpstreamUnreachable', message: `${problem.cause}: ${problem.detail}` };
   return undefined;
-}
-
-/** registry → registry_proxy_upstream_up (1 or 0); registries not probed yet are absent. */
-async function upstreamUp(runtime: NodeView): Promise<Map<string, number>> {
-  const { values } = await runtime.metrics.upstreamUp.get();
-  return new Map(values.map((v) => [String(v.labels.registry), v.value]));
 }

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
-import { AccessMemory, hashCredential } from '../auth/access-memory.ts';
+import { ANONYMOUS, AccessMemory, hashCredential } from '../auth/access-memory.ts';
 import { challengeForRepository } from '../auth/challenge-rewrite.ts';
 import { AuthRequiredError } from '../auth/errors.ts';
 import { RealmRegistry } from '../auth/realms.ts';
@@ -128,10 +128,10 @@ export class Mirror {
   }
 
   /**
-   * A manifest by tag or digest. HEAD and GET are answered alike (`_wantBody` is not needed): a HEAD
-   * also fetches and caches the manifest, because containerd's next request is a GET by that digest.
+   * A manifest by tag or digest. HEAD and GET are answered alike: a HEAD also fetches and caches the
+   * manifest, because containerd's next request is a GET by that digest.
    */
-  async manifest(name: RepositoryName, reference: Reference, _wantBody: boolean, ctx: PullContext = {}): Promise<ManifestResult> {
+  async manifest(name: RepositoryName, reference: Reference, ctx: PullContext = {}): Promise<ManifestResult> {
     if (reference.kind === 'digest') return this.#manifestByDigest(name, reference.digest, undefined, 'miss', ctx);
     return this.#manifestByTag(name, reference.tag, ctx);
   }
@@ -351,9 +351,8 @@ export class Mirror {
     const now = this.#now();
     const linked = this.#linked.has(`${name}@${digest}`);
     const credential = hashCredential(ctx.authorization);
-    const anonymous = hashCredential(undefined);
     const acceptedWithin = (maxAgeMs: number): boolean =>
-      linked && (this.access.acceptedWithin(credential, name, maxAgeMs, now) || this.access.acceptedWithin(anonymous, name, maxAgeMs, now));
+      linked && (this.access.acceptedWithin(credential, name, maxAgeMs, now) || this.access.acceptedWithin(ANONYMOUS, name, maxAgeMs, now));
     // Not asking upstream is serving without it: never on an acceptance older than max_stale.
     if (acceptedWithin(Math.min(ACCESS_RECHECK_MS, this.config.maxStaleMs))) return;
     let response: UpstreamResponse;
