@@ -8,6 +8,14 @@ import type { AgentConfig, ConnectivityProxyConfig, MirrorConfig } from './types
 import { rejection, thrown } from '../../test/fixtures/thrown.ts';
 
 const GiB = 1024 ** 3;
+const DEFAULT_LIMITS = {
+  maxConnections: 1024,
+  metricsMaxConnections: 64,
+  requestTimeoutMs: 20_000,
+  sendTimeoutMs: 60_000,
+  maxFillsPerMirror: 8,
+  maxQueuedFillsPerMirror: 64,
+};
 const FILE = '/etc/rpa/agent.toml';
 const BASE = '/etc/rpa';
 const MIRROR = '[[mirror]]\nregistry = "docker.io"\nupstream = "https://registry-1.docker.io"\n';
@@ -135,6 +143,7 @@ describe('parseConfig', () => {
       containerdConfig: '/etc/containerd/config.toml',
       logLevel: 'info',
       upstreamTimeouts: { connectMs: 10_000, headersMs: 30_000, bodyMs: 60_000 },
+      limits: DEFAULT_LIMITS,
       hostRoot: '',
       allowOwnRegistryMirror: false,
       mirrors: [
@@ -221,6 +230,7 @@ describe('parseConfig', () => {
       containerdConfig: '/etc/containerd/config.toml',
       logLevel: 'info',
       upstreamTimeouts: { connectMs: 10_000, headersMs: 30_000, bodyMs: 60_000 },
+      limits: DEFAULT_LIMITS,
       hostRoot: '',
       allowOwnRegistryMirror: false,
       mirrors: [
@@ -801,6 +811,7 @@ describe('defaultConfig', () => {
       containerdConfig: '/etc/containerd/config.toml',
       logLevel: 'info',
       upstreamTimeouts: { connectMs: 10_000, headersMs: 30_000, bodyMs: 60_000 },
+      limits: DEFAULT_LIMITS,
       hostRoot: '',
       allowOwnRegistryMirror: false,
       mirrors: [
@@ -860,5 +871,59 @@ describe('upstream timeouts', () => {
     expect(config.upstreamTimeouts).toEqual({ connectMs: 2_000, headersMs: 90_000, bodyMs: 500 });
     expect(() => parseConfig(`upstream_response_timeout = "0s"\n${mirror}`, 'f.toml')).toThrow(/^f\.toml: upstream_response_timeout: /);
     expect(() => parseConfig(`upstream_idle_timeout = 5\n${mirror}`, 'f.toml')).toThrow(/^f\.toml: upstream_idle_timeout: /);
+  });
+});
+
+describe('limits and allowed_destinations', () => {
+  it('reads every limit', () => {
+    const config = parse(
+      'max_connections = 10\nmetrics_max_connections = 3\nclient_request_timeout = "5s"\nsend_timeout = "2m"\nmax_fills_per_mirror = 2\nmax_queued_fills_per_mirror = 7\n' + MIRROR,
+    );
+    expect(config.limits).toEqual({ maxConnections: 10, metricsMaxConnections: 3, requestTimeoutMs: 5_000, sendTimeoutMs: 120_000, maxFillsPerMirror: 2, maxQueuedFillsPerMirror: 7 });
+  });
+
+  it.each([
+    ['max_connections = 0', 'max_connections', 'must be from 1 to 100000'],
+    ['max_connections = 1.5', 'max_connections', 'expected an integer, got 1.5'],
+    ['metrics_max_connections = "64"', 'metrics_max_connections', 'expected an integer, got string'],
+    ['max_fills_per_mirror = 0', 'max_fills_per_mirror', 'must be from 1 to 1000'],
+    ['send_timeout = "0s"', 'send_timeout', 'must be greater than 0'],
+    ['client_request_timeout = "soon"', 'client_request_timeout', DURATION_HINT],
+  ])('refuses %s', (line, key, problem) => {
+    const error = errorOf(() => parse(`${line}\n${MIRROR}`));
+    expect(error.key).toBe(key);
+    expect(error.problem).toContain(problem);
+  });
+
+  it('parses host, host:port, IP literals and CIDRs', () => {
+    const config = parse(mirrorText('allowed_destinations = ["127.0.0.1:5001", "S3.Corp.Example", "[fd00::1]:443", "fd00::2", "10.20.0.0/16", "fd00::/8"]'));
+    expect(config.mirrors[0]?.allowedDestinations).toEqual([
+      { kind: 'host', host: '127.0.0.1', port: 5001, text: '127.0.0.1:5001' },
+      { kind: 'host', host: 's3.corp.example', port: undefined, text: 'S3.Corp.Example' },
+      { kind: 'host', host: 'fd00::1', port: 443, text: '[fd00::1]:443' },
+      { kind: 'host', host: 'fd00::2', port: undefined, text: 'fd00::2' },
+      { kind: 'cidr', address: '10.20.0.0', prefix: 16, family: 'ipv4', text: '10.20.0.0/16' },
+      { kind: 'cidr', address: 'fd00::', prefix: 8, family: 'ipv6', text: 'fd00::/8' },
+    ]);
+  });
+
+  it.each([
+    ['"127.0.0.1"', 'expected an array of strings'],
+    ['[5001]', 'entry 0: expected a string'],
+    ['["http://s3.corp"]', 'not a URL'],
+    ['["s3.corp:0"]', 'port must be an integer from 1 to 65535'],
+    ['["10.0.0.0/33"]', 'prefix length must be from 0 to 32'],
+    ['["storage/8"]', 'a CIDR needs an IP address'],
+    ['["fd00::1:443:x"]', 'an IPv6 address with a port must be written in brackets'],
+    ['["300.1.1.1"]', 'host must be a DNS name or an IP address'],
+  ])('refuses allowed_destinations = %s', (value, problem) => {
+    const error = errorOf(() => parse(mirrorText(`allowed_destinations = ${value}`)));
+    expect(error.key).toBe('mirror[0].allowed_destinations');
+    expect(error.problem).toContain(problem);
+  });
+
+  it('refuses allowed_destinations on the connectivity-proxy route', () => {
+    const error = errorOf(() => parse(`${CP}${CP_MIRROR}allowed_destinations = ["10.0.0.0/8"]\n`));
+    expect(error.problem).toContain('Cloud Connector');
   });
 });

@@ -8,6 +8,7 @@ import { ownImageProblem } from './own-image.ts';
 import { ConfigError } from './errors.ts';
 import { isTable, Section } from './section.ts';
 import type { Table } from './section.ts';
+import { parseDestinations } from './destinations.ts';
 import { parseRealmMap } from './realm-map.ts';
 import { parseSize } from './size.ts';
 import type { AgentConfig, AuthMode, ConnectivityProxyConfig, KubernetesConfig, ListenAddress, MirrorConfig } from './types.ts';
@@ -15,6 +16,7 @@ import {
   expectBoolean,
   expectString,
   parseAuthMode,
+  parseCount,
   parseClientId,
   parseLocationId,
   parseLogLevel,
@@ -63,6 +65,12 @@ const TOP_LEVEL_KEYS = [
   'upstream_connect_timeout',
   'upstream_response_timeout',
   'upstream_idle_timeout',
+  'max_connections',
+  'metrics_max_connections',
+  'client_request_timeout',
+  'send_timeout',
+  'max_fills_per_mirror',
+  'max_queued_fills_per_mirror',
   'own_image',
   'allow_own_registry_mirror',
   'connectivity_proxy',
@@ -92,6 +100,7 @@ const MIRROR_KEYS = [
   'auth',
   'ca_file',
   'realm_map',
+  'allowed_destinations',
 ] as const;
 
 /**
@@ -107,6 +116,10 @@ const CP_CA_FILE =
 const REALM_MAP_ROUTE =
   'realm_map is only used with route = "connectivity-proxy" (where a token realm on the real host name cannot be ' +
   'reached); on other routes the agent contacts the realm itself';
+
+const CP_DESTINATIONS =
+  'allowed_destinations is not used with route = "connectivity-proxy": every host there is a Cloud Connector ' +
+  "virtual host, and the Cloud Connector's access control decides what it reaches";
 
 const CP_HTTPS_UPSTREAM =
   "the Connectivity Proxy's HTTP port takes plain http:// virtual hosts and the Cloud Connector does the TLS " +
@@ -171,6 +184,7 @@ export function parseConfig(text: string, source: string, opts: ParseOptions = {
       headersMs: root.read('upstream_response_timeout', (v) => requirePositive(parseDuration(v)), '30s'),
       bodyMs: root.read('upstream_idle_timeout', (v) => requirePositive(parseDuration(v)), '60s'),
     },
+    limits: readLimits(root),
     ...present('ownImage', ownImage),
     allowOwnRegistryMirror,
     ...present('connectivityProxy', connectivityProxy),
@@ -232,6 +246,20 @@ function readListen(root: Section): ListenAddress {
     );
   }
   return listen;
+}
+
+/** Connection caps, client timeouts and download slots (see ClientLimits). */
+function readLimits(root: Section): AgentConfig['limits'] {
+  const count = (max: number) => (value: unknown) => parseCount(value, max);
+  const timeout = (value: unknown) => requirePositive(parseDuration(value));
+  return {
+    maxConnections: root.read('max_connections', count(100_000), 1024),
+    metricsMaxConnections: root.read('metrics_max_connections', count(10_000), 64),
+    requestTimeoutMs: root.read('client_request_timeout', timeout, '20s'),
+    sendTimeoutMs: root.read('send_timeout', timeout, '60s'),
+    maxFillsPerMirror: root.read('max_fills_per_mirror', count(1_000), 8),
+    maxQueuedFillsPerMirror: root.read('max_queued_fills_per_mirror', count(100_000), 64),
+  };
 }
 
 /** `[connectivity_proxy]`: trusted mode with just url, non-trusted mode with token_url, client_id and client_secret_file. */
@@ -334,13 +362,18 @@ function readMirror(
   return { registry, upstream, tagTtlMs, maxStaleMs, repositoryPrefix, ...route, auth, ...credentials, ...tls };
 }
 
-/** ca_file (routes that do TLS to upstream themselves) and realm_map (route connectivity-proxy only). */
+/**
+ * ca_file (routes that do TLS to upstream themselves), realm_map (route connectivity-proxy only) and
+ * allowed_destinations (routes direct and http-proxy).
+ */
 function readTls(section: Section, path: PathParser, route: Route['route']): Pick<MirrorConfig, 'ca' | 'realmMap'> {
   if (section.optional('ca_file', path) !== undefined && route === 'connectivity-proxy') section.fail('ca_file', CP_CA_FILE);
   const ca = section.optional('ca_file', (value) => readCaFile(path(value)));
   const realmMap = section.optional('realm_map', parseRealmMap);
   if (realmMap !== undefined && route !== 'connectivity-proxy') section.fail('realm_map', REALM_MAP_ROUTE);
-  return { ...present('ca', ca), ...present('realmMap', realmMap) };
+  const allowedDestinations = section.optional('allowed_destinations', parseDestinations);
+  if (allowedDestinations !== undefined && route === 'connectivity-proxy') section.fail('allowed_destinations', CP_DESTINATIONS);
+  return { ...present('ca', ca), ...present('realmMap', realmMap), ...present('allowedDestinations', allowedDestinations) };
 }
 
 /** route with the keys that belong to it: http_proxy for `http-proxy`, location_id for `connectivity-proxy`. */

@@ -70,11 +70,42 @@ export interface MirrorConfig {
    */
   readonly ca?: MirrorCa;
   /**
+   * `allowed_destinations`: where redirects and token realms of this mirror may lead besides the
+   * upstream itself (exact host and port). Absent: any address but the always-refused classes,
+   * loopback and the node's own addresses. Present: exhaustive, only these (the always-refused
+   * classes stay refused even when listed).
+   */
+  readonly allowedDestinations?: readonly DestinationRule[];
+  /**
    * `realm_map` (route connectivity-proxy): token realm origin → the http:// origin (a Cloud
    * Connector virtual host) it is reached at, path and query kept. A plain object of normalised
    * origins, so that a changed map compares unequal on reload.
    */
   readonly realmMap?: Readonly<Record<string, string>>;
+}
+
+/**
+ * One `allowed_destinations` entry: a host (DNS name or IP literal, matched as written in the URL)
+ * with an optional port, or an address range (CIDR) matched against the address connected to.
+ */
+export type DestinationRule =
+  | { readonly kind: 'host'; readonly host: string; readonly port: number | undefined; readonly text: string }
+  | { readonly kind: 'cidr'; readonly address: string; readonly prefix: number; readonly family: 'ipv4' | 'ipv6'; readonly text: string };
+
+/** Bounds on what clients can hold of the agent: both listeners, and upstream downloads per mirror. */
+export interface ClientLimits {
+  /** `max_connections`: connections open at once on the mirror port; more are answered 503 and closed. */
+  readonly maxConnections: number;
+  /** `metrics_max_connections`: the same for the metrics port. */
+  readonly metricsMaxConnections: number;
+  /** `client_request_timeout` (ms): a whole request must arrive within this, on both ports; idle and half-sent connections are cut. */
+  readonly requestTimeoutMs: number;
+  /** `send_timeout` (ms): a response the client takes no byte of for this long is cut and its file released. */
+  readonly sendTimeoutMs: number;
+  /** `max_fills_per_mirror`: blob downloads from one mirror's upstream at once. */
+  readonly maxFillsPerMirror: number;
+  /** `max_queued_fills_per_mirror`: downloads waiting for a slot, in order; beyond, TOOMANYREQUESTS. */
+  readonly maxQueuedFillsPerMirror: number;
 }
 
 /** `[kubernetes]`: mirrors from RegistryMirror resources and per-node status reports (agent/kube/). */
@@ -108,6 +139,8 @@ export interface AgentConfig {
   readonly logLevel: LogLevel;
   /** Upstream timeouts (ms): connect, first byte (response headers), silence while a body streams. */
   readonly upstreamTimeouts: { readonly connectMs: number; readonly headersMs: number; readonly bodyMs: number };
+  /** Connection caps, client timeouts and download slots. */
+  readonly limits: ClientLimits;
   /** The agent's own image reference (default $AGENT_IMAGE): its registry may not be mirrored unless confirmed. */
   readonly ownImage?: string;
   readonly allowOwnRegistryMirror: boolean;

@@ -136,3 +136,10 @@ export function requirePositive(bytes: number): number {
   if (bytes <= 0) throw new Error('must be greater than 0');
   return bytes;
 }
+
+/** A whole number from 1 to `max` (connection caps, slots). */
+export function parseCount(value: unknown, max: number): number {
+  if (typeof value !== 'number' || !Number.isInteger(value)) throw new Error(`expected an integer, got ${typeof value === 'number' ? String(value) : kindOf(value)}`);
+  if (value < 1 || value > max) throw new Error(`must be from 1 to ${max}`);
+  return value;
+}

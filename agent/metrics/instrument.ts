@@ -29,11 +29,23 @@ export interface Instrumentation {
   evicted(): void;
   bypassed(): void;
   wiring(state: WiringState): void;
+  /** A client connection opened, closed, or was refused at the cap, on `listener` (mirror, metrics). */
+  connection(listener: ListenerName, event: 'opened' | 'closed' | 'refused'): void;
+  /** A client connection cut by client_request_timeout (`request`) or send_timeout (`send`). */
+  clientTimeout(listener: ListenerName, phase: 'request' | 'send'): void;
+  /** A redirect or token realm of `registry` refused by the destination policy. */
+  destinationRefused(registry: string, reason: string): void;
+  /** A blob download of `registry` started waiting for a slot (`waiting`), got one after waiting (`started`), or was refused (`rejected`). */
+  fillSlot(registry: string, event: 'waiting' | 'started' | 'rejected' | 'abandoned'): void;
   scrape(cache: BlobCache, wiring: WiringState | undefined): Promise<{ contentType: string; body: string }>;
 }
 
+/** The agent's two listeners, as metrics label them. */
+export type ListenerName = 'mirror' | 'metrics';
+
 export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instrumentation {
   metrics.cacheMaxBytes.set(cacheMaxBytes);
+  for (const listener of ['mirror', 'metrics'] as const) metrics.connectionsOpen.set({ listener }, 0);
   let lastJoined = 0;
   /** Last failure cause per registry (answers) and per registry's bodies, to log a problem once per state change. */
   const lastCause = new Map<string, string | undefined>();
@@ -96,6 +108,27 @@ export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instru
     wiring(state) {
       for (const report of state.hosts) AgentMetrics.oneHot(metrics.hostsState, { registry: report.registry }, 'state', report.state, HOSTS_STATES);
       AgentMetrics.oneHot(metrics.containerdConfigState, {}, 'state', state.containerd.state, CONTAINERD_STATES);
+    },
+    connection(listener, event) {
+      if (event === 'opened') metrics.connectionsOpen.inc({ listener });
+      else if (event === 'closed') metrics.connectionsOpen.dec({ listener });
+      else metrics.connectionsRefused.inc({ listener });
+    },
+    clientTimeout(listener, phase) {
+      metrics.clientTimeouts.inc({ listener, phase });
+    },
+    destinationRefused(registry, reason) {
+      metrics.destinationsRefused.inc({ registry, reason });
+    },
+    fillSlot(registry, event) {
+      if (event === 'waiting') {
+        metrics.fillsWaiting.inc({ registry });
+        metrics.fillWaits.inc({ registry });
+      } else if (event === 'started' || event === 'abandoned') {
+        metrics.fillsWaiting.dec({ registry });
+      } else {
+        metrics.fillsRejected.inc({ registry });
+      }
     },
     async scrape(cache, wiring) {
       const stats = cache.stats();

@@ -79,6 +79,57 @@ export class AgentMetrics {
     registers: [this.registry],
   });
 
+  readonly fillsWaiting = new Gauge({
+    name: 'registry_proxy_fills_waiting',
+    help: 'Blob downloads waiting for one of the mirror\'s download slots (max_fills_per_mirror).',
+    labelNames: ['registry'] as const,
+    registers: [this.registry],
+  });
+
+  readonly fillWaits = new Counter({
+    name: 'registry_proxy_fill_waits_total',
+    help: 'Blob downloads that had to wait for a download slot.',
+    labelNames: ['registry'] as const,
+    registers: [this.registry],
+  });
+
+  readonly fillsRejected = new Counter({
+    name: 'registry_proxy_fills_rejected_total',
+    help: 'Blob downloads refused with TOOMANYREQUESTS because the mirror\'s wait queue was full (max_queued_fills_per_mirror).',
+    labelNames: ['registry'] as const,
+    registers: [this.registry],
+  });
+
+  readonly destinationsRefused = new Counter({
+    name: 'registry_proxy_destinations_refused_total',
+    help:
+      'Redirects and token realms the agent refused to contact, by reason: link_local, metadata, unspecified, multicast, loopback, node_address, ' +
+      'not_allowed (outside allowed_destinations), scheme, credentials.',
+    labelNames: ['registry', 'reason'] as const,
+    registers: [this.registry],
+  });
+
+  readonly connectionsOpen = new Gauge({
+    name: 'registry_proxy_connections_open',
+    help: 'Client connections open, by listener (mirror, metrics).',
+    labelNames: ['listener'] as const,
+    registers: [this.registry],
+  });
+
+  readonly connectionsRefused = new Counter({
+    name: 'registry_proxy_connections_refused_total',
+    help: 'Client connections answered 503 and closed because the listener was at its cap (max_connections, metrics_max_connections).',
+    labelNames: ['listener'] as const,
+    registers: [this.registry],
+  });
+
+  readonly clientTimeouts = new Counter({
+    name: 'registry_proxy_client_timeouts_total',
+    help: 'Client connections cut by a timeout, by listener and phase: request (not received within client_request_timeout), send (the client took no byte for send_timeout).',
+    labelNames: ['listener', 'phase'] as const,
+    registers: [this.registry],
+  });
+
   readonly cacheBytes = new Gauge({ name: 'registry_proxy_cache_bytes', help: 'Bytes of verified content in the cache.', registers: [this.registry] });
   readonly cacheMaxBytes = new Gauge({ name: 'registry_proxy_cache_max_bytes', help: 'Configured cache_max_bytes.', registers: [this.registry] });
   readonly cacheEntries = new Gauge({ name: 'registry_proxy_cache_entries', help: 'Blobs and manifests in the cache.', registers: [this.registry] });
