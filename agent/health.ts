@@ -1,4 +1,6 @@
-import { type Server, createServer } from 'node:http';
+import { STATUS_CODES, type Server, createServer } from 'node:http';
+import { type GuardEvents, answerAndClose, guardServer } from './http/guard.ts';
+import { checkingInterval } from './http/server.ts';
 
 export interface HealthChecks {
   /** Listener up and cache index usable. Upstream reachability is deliberately NOT part of it. */
@@ -7,9 +9,24 @@ export interface HealthChecks {
   metrics(): Promise<{ contentType: string; body: string }>;
 }
 
-/** `/healthz` (the process serves), `/readyz` and `/metrics` on the metrics address. Nothing secret is exposed here. */
-export function createHealthServer(checks: HealthChecks): Server {
-  return createServer((req, res) => {
+export interface HealthListenerLimits {
+  readonly maxConnections: number;
+  readonly requestTimeoutMs: number;
+  readonly sendTimeoutMs: number;
+}
+
+/** Prometheus scrapes every 15-60 s and kubelet probes every few seconds: no reason to keep idle connections long. */
+const KEEP_ALIVE_MS = 5_000;
+const MAX_REQUESTS_PER_CONNECTION = 1_000;
+
+/**
+ * `/healthz` (the process serves), `/readyz` and `/metrics` on the metrics address. Nothing secret is
+ * exposed here. The port is usually reachable from the whole cluster (Prometheus scrapes it), so it is
+ * bounded like the mirror port: a connection cap, request, keep-alive and send timeouts.
+ */
+export function createHealthServer(checks: HealthChecks, limits: HealthListenerLimits, events?: GuardEvents): Server {
+  const server = createServer({ maxHeaderSize: 8 * 1024, connectionsCheckingInterval: checkingInterval(limits.requestTimeoutMs) }, (req, res) => {
+    req.resume();
     const path = (req.url ?? '').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD' }).end();
@@ -33,4 +50,23 @@ export function createHealthServer(checks: HealthChecks): Server {
     }
     res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
   });
+  // No tunnels here either; node:http closes a CONNECT without a listener, this answers it first.
+  server.on('connect', (_req, socket) => answerAndClose(socket, plain(405, 'CONNECT is not supported\n')));
+  guardServer(server, {
+    ...limits,
+    keepAliveTimeoutMs: KEEP_ALIVE_MS,
+    maxRequestsPerSocket: MAX_REQUESTS_PER_CONNECTION,
+    refusal: plain(503, `too many connections to the metrics port (metrics_max_connections = ${limits.maxConnections})\n`, { 'retry-after': '1' }),
+    clientErrorAnswer: (code) => (code === 'ERR_HTTP_REQUEST_TIMEOUT' ? plain(408, 'request not received in time\n') : code === 'HPE_HEADER_OVERFLOW' ? plain(431, 'headers too large\n') : plain(400, 'malformed HTTP request\n')),
+    ...(events ? { events } : {}),
+  });
+  return server;
+}
+
+/** A plain-text raw HTTP/1.1 answer that closes the connection. */
+function plain(status: number, body: string, headers: Record<string, string> = {}): string {
+  const head = Object.entries({ ...headers, 'content-type': 'text/plain', 'content-length': String(Buffer.byteLength(body)), connection: 'close' })
+    .map(([name, value]) => `${name}: ${value}\r\n`)
+    .join('');
+  return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n${head}\r\n${body}`;
 }

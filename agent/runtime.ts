@@ -7,15 +7,19 @@ import { isLoopback } from './config/address.ts';
 import { type WiringState, wireContainerd } from './containerd/wiring.ts';
 import type { AgentConfig, ConnectivityProxyConfig, ListenAddress, MirrorConfig } from './config/types.ts';
 import { createHealthServer } from './health.ts';
-import { type Instrumentation, instrument } from './metrics/instrument.ts';
+import type { GuardEvents } from './http/guard.ts';
+import { type Instrumentation, type ListenerName, instrument } from './metrics/instrument.ts';
 import { AgentMetrics } from './metrics/metrics.ts';
 import { MirrorSet } from './http/mirror-set.ts';
 import { type RequestRecord, causeChain, createMirrorServer } from './http/server.ts';
 import { Mirror, type ProbeResult } from './mirror/mirror.ts';
-import { TagStore } from './mirror/tag-store.ts';
+import { TagStore, tagMaxAge } from './mirror/tag-store.ts';
 import { UpstreamClient, type UpstreamTimeouts } from './upstream/client.ts';
 import { readCredentials, readSecretFile } from './upstream/credentials.ts';
+import type { DestinationRefusal } from './upstream/destination.ts';
+import { DestinationPolicy } from './upstream/destination-policy.ts';
 import { ClientCredentialsTokenSource, type OAuthTokenSource } from './upstream/oauth.ts';
+import { refusalReporter } from './upstream/refusal-log.ts';
 import { ConnectivityProxyRoute, DirectRoute, HttpProxyRoute, type Route } from './upstream/routes.ts';
 
 export interface RuntimeOptions {
@@ -72,8 +76,14 @@ export class AgentRuntime {
         instrumentation.request(record);
         options.onRequest?.(record);
       },
+      limits: { maxConnections: config.limits.maxConnections, requestTimeoutMs: config.limits.requestTimeoutMs, sendTimeoutMs: config.limits.sendTimeoutMs },
+      events: listenerEvents('mirror', 'max_connections', instrumentation, log),
     });
-    this.#healthServer = createHealthServer({ ready: () => this.#readiness(), metrics: () => instrumentation.scrape(this.cache, this.#wiring) });
+    this.#healthServer = createHealthServer(
+      { ready: () => this.#readiness(), metrics: () => instrumentation.scrape(this.cache, this.#wiring) },
+      { maxConnections: config.limits.metricsMaxConnections, requestTimeoutMs: config.limits.requestTimeoutMs, sendTimeoutMs: config.limits.sendTimeoutMs },
+      listenerEvents('metrics', 'metrics_max_connections', instrumentation, log),
+    );
   }
 
   static async start(config: AgentConfig, log: Logger, options: RuntimeOptions = {}): Promise<AgentRuntime> {
@@ -103,7 +113,7 @@ export class AgentRuntime {
     await tags.init();
     const cpTokens = await connectivityProxyTokens(config.connectivityProxy);
     const mirrors = new MirrorSet(
-      await Promise.all(config.mirrors.map((m) => buildMirror(m, config.connectivityProxy, cpTokens, cache, tags, log, instrumentation, config.upstreamTimeouts))),
+      await Promise.all(config.mirrors.map((m) => buildMirror(m, config.connectivityProxy, cpTokens, cache, tags, log, instrumentation, config.upstreamTimeouts, config.limits))),
     );
     const runtime = new AgentRuntime(config, log, cache, mirrors, instrumentation, options, tags, cpTokens);
     await runtime.#listen();
@@ -111,6 +121,7 @@ export class AgentRuntime {
     await runtime.rewire();
     runtime.#startProbe(options.probeIntervalMs ?? 30_000);
     runtime.#startRewire(options.rewireIntervalMs ?? 60_000);
+    runtime.#startTagSweep();
     return runtime;
   }
 
@@ -118,6 +129,7 @@ export class AgentRuntime {
   /** Last probe result per registry, for the node report (Kubernetes status). */
   readonly #probes = new Map<string, ProbeResult>();
   #rewireTimer: NodeJS.Timeout | undefined;
+  #tagSweepTimer: NodeJS.Timeout | undefined;
 
   /**
    * containerd's config can change under the agent (an admin sets config_path) and a hosts.toml
@@ -130,6 +142,25 @@ export class AgentRuntime {
       this.rewire().catch((error: unknown) => this.#log.error({ err: (error as Error).message }, 'hosts.toml reconcile failed'));
     }, intervalMs);
     this.#rewireTimer.unref();
+  }
+
+  /**
+   * Tag records outlive their use (a tag pulled once, a mirror removed): expired ones are removed
+   * after the start-up cache scan and then hourly, by the mirrors configured at that moment.
+   */
+  #startTagSweep(intervalMs = 3_600_000): void {
+    const sweep = async (): Promise<void> => {
+      try {
+        const { removed, kept } = await this.#tags.sweep(tagMaxAge(this.#config.mirrors));
+        if (removed > 0) this.#log.info({ removed, kept }, 'expired tag records removed');
+        else this.#log.debug({ kept }, 'no expired tag records');
+      } catch (error) {
+        this.#log.warn({ err: (error as Error).message }, 'tag record sweep failed');
+      }
+    };
+    void this.#scan.then(sweep);
+    this.#tagSweepTimer = setInterval(() => void sweep(), intervalMs);
+    this.#tagSweepTimer.unref();
   }
 
   /** Periodic GET /v2/ through each mirror's route: 200 or 401 means upstream is reachable. */
@@ -185,7 +216,7 @@ export class AgentRuntime {
           next.push(existing);
           continue;
         }
-        next.push(await buildMirror(config, this.#config.connectivityProxy, this.#cpTokens, this.cache, this.#tags, this.#log, this.#instrumentation, this.#config.upstreamTimeouts));
+        next.push(await buildMirror(config, this.#config.connectivityProxy, this.#cpTokens, this.cache, this.#tags, this.#log, this.#instrumentation, this.#config.upstreamTimeouts, this.#config.limits));
         if (existing) {
           changed.push(config.registry);
           retired.push(existing);
@@ -247,6 +278,7 @@ export class AgentRuntime {
     this.#listening = false;
     if (this.#probeTimer) clearInterval(this.#probeTimer);
     if (this.#rewireTimer) clearInterval(this.#rewireTimer);
+    if (this.#tagSweepTimer) clearInterval(this.#tagSweepTimer);
     const timer = setTimeout(() => this.#mirrorServer.closeAllConnections(), graceMs);
     this.#mirrorServer.closeIdleConnections();
     await Promise.all([closeServer(this.#mirrorServer), closeServer(this.#healthServer)]);
@@ -296,9 +328,12 @@ async function buildMirror(
   log: Logger,
   instrumentation: Instrumentation,
   timeouts: UpstreamTimeouts,
+  limits: AgentConfig['limits'],
 ): Promise<Mirror> {
   const credentials = config.auth === 'agent' ? await readCredentials(config) : undefined;
-  const route = buildRoute(config, cp, cpTokens, timeouts.connectMs);
+  const upstreamLog = log.child({ component: 'upstream', registry: config.registry });
+  const onRefused = refusalReporter(upstreamLog, (reason) => instrumentation.destinationRefused(config.registry, reason));
+  const route = buildRoute(config, cp, cpTokens, timeouts.connectMs, onRefused);
   const upstream = new UpstreamClient({
     registry: config.registry,
     base: config.upstream,
@@ -308,8 +343,29 @@ async function buildMirror(
     timeouts,
     observe: (o) => instrumentation.upstream(o, log),
     realmMap: config.realmMap,
+    log: upstreamLog,
   });
-  return new Mirror({ config, upstream, cache, tags, log: log.child({ component: 'mirror', registry: config.registry }) });
+  return new Mirror({
+    config,
+    upstream,
+    cache,
+    tags,
+    log: log.child({ component: 'mirror', registry: config.registry }),
+    slots: { running: limits.maxFillsPerMirror, queued: limits.maxQueuedFillsPerMirror, onEvent: (event) => instrumentation.fillSlot(config.registry, event) },
+  });
+}
+
+/** A listener's connections and timeouts into metrics; reaching the cap (and leaving it) into the log. */
+function listenerEvents(listener: ListenerName, capKey: string, instrumentation: Instrumentation, log: Logger): GuardEvents {
+  return {
+    connection: (event) => instrumentation.connection(listener, event),
+    requestTimeout: () => instrumentation.clientTimeout(listener, 'request'),
+    sendTimeout: () => instrumentation.clientTimeout(listener, 'send'),
+    saturated: (atCap) => {
+      if (atCap) log.warn({ listener, fix: `find the client holding the connections (ss -tnp), or raise ${capKey}` }, `${listener} port at its connection cap: new connections are answered 503 and closed`);
+      else log.info({ listener }, `${listener} port below its connection cap again`);
+    },
+  };
 }
 
 /** Same configuration, credentials included (compared, never printed). */
@@ -317,16 +373,24 @@ function sameMirror(a: MirrorConfig, b: MirrorConfig): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
-function buildRoute(config: MirrorConfig, cp: ConnectivityProxyConfig | undefined, cpTokens: OAuthTokenSource | undefined, connectMs: number): Route {
+/** The mirror's route, with its destination policy (`onRefused`: count and log each refusal). */
+function buildRoute(
+  config: MirrorConfig,
+  cp: ConnectivityProxyConfig | undefined,
+  cpTokens: OAuthTokenSource | undefined,
+  connectMs: number,
+  onRefused: (refusal: DestinationRefusal) => void,
+): Route {
+  const destinations = new DestinationPolicy({ registry: config.registry, upstream: config.upstream, route: config.route, allowed: config.allowedDestinations, onRefused });
   switch (config.route) {
     case 'connectivity-proxy':
       if (!cp) throw new Error(`mirror ${config.registry}: route connectivity-proxy without [connectivity_proxy]`);
-      return new ConnectivityProxyRoute({ proxy: cp.url, locationId: config.locationId ?? cp.locationId, tokens: cpTokens, connectTimeoutMs: connectMs });
+      return new ConnectivityProxyRoute({ proxy: cp.url, locationId: config.locationId ?? cp.locationId, tokens: cpTokens, connectTimeoutMs: connectMs, destinations });
     case 'http-proxy':
       if (!config.httpProxy) throw new Error(`mirror ${config.registry}: route http-proxy without http_proxy`);
-      return new HttpProxyRoute(config.httpProxy, connectMs, config.ca);
+      return new HttpProxyRoute(config.httpProxy, connectMs, config.ca, destinations);
     default:
-      return new DirectRoute(connectMs, config.ca);
+      return new DirectRoute(connectMs, config.ca, destinations);
   }
 }
 

@@ -304,18 +304,21 @@ describe('fault suite', () => {
       for (const blob of [big, a, b]) await pushBlob(registry.url, 'team/app', blob);
       // Larger than the free space: relayed from the first byte.
       expectBlob(await tally.fetch(agent.url, big), big);
-      // Two that each fit but not together: one hits ENOSPC mid-write and switches to relaying. Paced,
-      // so both pass the free-space check before either has written much (not left to scheduling).
+      // Two that each fit but not together. Paced, so both start before either has written much:
+      // the bytes the first announced count against the second's free-space check, which relays
+      // from the start instead of running into ENOSPC mid-write.
       await proxy.setFault({ kind: 'throttle', bytesPerSecond: 16 * 1024 * 1024, pathIncludes: '/blobs/' });
       const [ra, rb] = await Promise.all([tally.fetch(agent.url, a), tally.fetch(agent.url, b)]).finally(() => proxy.setFault(undefined));
       expectBlob(ra!, a);
       expectBlob(rb!, b);
       const bypassed = (await agent.runtime.metrics.cacheBypassed.get()).values[0]?.value ?? 0;
       tally.faults = bypassed;
-      // One relayed from the start (no room), one switched mid-write on ENOSPC.
+      // The big one and one of the two relayed from the start (no room), the other cached; no ENOSPC.
       const reasons = agent.logs.filter((l) => l['msg'] === 'streaming without caching').map((l) => String(l['err']));
-      expect(reasons.some((r) => r.includes('not enough free disk space'))).toBe(true);
-      expect(reasons.some((r) => r.includes('ENOSPC'))).toBe(true);
+      expect(reasons.filter((r) => r.includes('not enough free disk space'))).toHaveLength(2);
+      expect(reasons.some((r) => r.includes('ENOSPC'))).toBe(false);
+      const cachedOfTwo = (await readdir(join(cacheDir, 'blobs', 'sha256'))).filter((name) => [a, b].some((blob) => blob.digest.slice(7) === name));
+      expect(cachedOfTwo).toHaveLength(1);
       expect(bypassed).toBeGreaterThanOrEqual(2);
       expect(await readdir(join(cacheDir, 'blobs', 'sha256'))).not.toContain(big.digest.slice(7));
       expect(await readdir(join(cacheDir, 'tmp'))).toEqual([]);
@@ -439,31 +442,44 @@ describe('fault suite', () => {
       const agentDir = join(dir, 'evict-kill');
       await mkdir(agentDir);
       const port = await freePort();
-      const config = await writeAgentConfig({ dir: agentDir, port, cacheMaxBytes: '4MiB', mirrors: [{ registry: REGISTRY, upstream: paced.url }] });
+      // Enough download slots for every held fill to be open at once (slots are not under test here).
+      const config = await writeAgentConfig({ dir: agentDir, port, cacheMaxBytes: '4MiB', extraToml: 'max_fills_per_mirror = 32', mirrors: [{ registry: REGISTRY, upstream: paced.url }] });
       child = await startAgentProcess(config, join(agentDir, 'agent-1.log'), port);
       const health = await healthUrlOf(child);
       const half = 256 * 1024;
-      // 4 MiB hold eight of these: the ninth commit evicts. Nine commit at once (one eviction),
-      // seven are held half-sent and released together (a burst of seven evictions), and eight
-      // stay held until after the kill (fills open, their evictions still due).
+      // 4 MiB hold eight of these, fills included: a fill claims its room when it starts, evicting
+      // the least recently used blobs. Nine are cached one after the other (the ninth evicts), then
+      // fifteen start at once, held half-sent: those that get room evict a cached blob each (a
+      // burst of evictions), the rest are relayed. Seven are released together, eight stay held
+      // until after the kill (fills open; those that got room with half-written temp files).
       const blobs = Array.from({ length: 24 }, () => makeRandomBlob(512 * 1024));
       const first = blobs.slice(0, 9);
       const burst = blobs.slice(9, 16);
       const tail = blobs.slice(16);
       for (const blob of first) paced.serve(blob);
       for (const blob of [...burst, ...tail]) paced.serve(blob, { holdAfterBytes: half });
-      const running = Promise.all(blobs.map((blob) => tally.fetch(child!.url, blob)));
+      const firstResults: Outcome[] = [];
+      for (const blob of first) firstResults.push(await tally.fetch(child.url, blob));
+      const running = Promise.all([...burst, ...tail].map((blob) => tally.fetch(child!.url, blob))).then((held) => [...firstResults, ...held]);
 
-      // Every held fill is open with half its bytes in the agent's temp file.
+      // Every held fill is open with half its bytes in the agent (its temp file, or relay memory).
       const held = [...burst, ...tail];
       await paced.waitFor((reqs: readonly PacedRequest[]) => held.every((b) => reqs.some((r) => r.digest === b.digest && r.bytes >= half)));
       await pollUntil(async () => (await evictionsSoFar(health)) >= 1, { timeoutMs: 10_000, what: 'the first eviction' });
       for (const blob of burst) paced.release(blob.digest);
-      // Kill as soon as the burst is seen evicting. How much of the burst is done by then varies
-      // (reported as evictionsBeforeKill); what does not: evictions have started, and the tail's
-      // eight fills are open with their commits and evictions still to come.
+      // Kill as soon as the first blob of the burst is committed. How much more of the burst is
+      // committed by then varies; what does not: blobs were evicted to make room for fills, and the
+      // tail's eight fills are open (those that got room with half-written temp files).
       let evictionsBeforeKill = 0;
-      await pollUntil(async () => (evictionsBeforeKill = await evictionsSoFar(health)) >= 2, { timeoutMs: 10_000, intervalMs: 5, what: 'the burst evicting' });
+      const committedBurst = async (): Promise<boolean> => {
+        const names = await readdir(join(agentDir, 'cache', 'blobs', 'sha256'));
+        return burst.some((b) => names.includes(b.digest.slice(7)));
+      };
+      await pollUntil(async () => (evictionsBeforeKill = await evictionsSoFar(health)) >= 2 && (await committedBurst()), {
+        timeoutMs: 10_000,
+        intervalMs: 5,
+        what: 'the burst committing',
+      });
       const fillsOpenAtKill = paced.requests.filter((r) => !r.done).length;
       process.kill(child.process.pid, 'SIGKILL');
       tally.faults += 1;

@@ -173,7 +173,7 @@ const PROXY_CODES = {
   proxy_refused: 0,
   tls: 0,
 } satisfies Record<ProxyDiagnosis['code'], 0>;
-const FAILURES = { unreachable: 0, timeout: 0, status: 0, invalid: 0, redirect: 0, proxy: 0 } satisfies Record<UpstreamFailure, 0>;
+const FAILURES = { unreachable: 0, timeout: 0, status: 0, invalid: 0, redirect: 0, destination: 0, proxy: 0 } satisfies Record<UpstreamFailure, 0>;
 const KINDS = { base: 0, manifest: 0, blob: 0, token: 0 } satisfies Record<Outcome['kind'], 0>;
 /** The upstream client's causes (UpstreamCause): route diagnosis codes, failures, and these. */
 const CAUSE_RECORD = { ...PROXY_CODES, ...FAILURES, refused: 0, status_5xx: 0, body_cut: 0, body_timeout: 0 } satisfies Record<UpstreamCause, 0>;
@@ -746,7 +746,10 @@ describe('monitoring component: alerts', () => {
         'RegistryProxyAgentMetricsAbsent',
         'RegistryProxyCacheBypassed',
         'RegistryProxyCacheNearlyFull',
+        'RegistryProxyConnectionCapReached',
         'RegistryProxyConnectivityProxyErrors',
+        'RegistryProxyDestinationRefused',
+        'RegistryProxyDownloadQueueFull',
         'RegistryProxyContainerdNotWired',
         'RegistryProxyDigestMismatches',
         'RegistryProxyHostsTomlNotWritten',
@@ -1034,6 +1037,31 @@ describe('monitoring component: promtool', () => {
           alertTest('RegistryProxyCacheBypassed', '8m'),
           alertTest('RegistryProxyCacheBypassed', '20m', n1),
           alertTest('RegistryProxyCacheBypassed', '50m'),
+        ],
+      },
+      {
+        interval: '1m',
+        input_series: [
+          // n1 refuses mirror connections from minute 10 to 30; n2 never; n3 once, briefly.
+          input('registry_proxy_connections_refused_total', { ...n1, listener: 'mirror' }, '0x9 0+10x20 200x30'),
+          input('registry_proxy_connections_refused_total', { ...n2, listener: 'mirror' }, '0x60'),
+          input('registry_proxy_connections_refused_total', { ...n3, listener: 'metrics' }, '0x9 1x50'),
+          input('registry_proxy_fills_rejected_total', { ...n1, registry: 'r1' }, '0x9 0+3x20 60x30'),
+          input('registry_proxy_fills_rejected_total', { ...n2, registry: 'r1' }, '0x60'),
+          input('registry_proxy_destinations_refused_total', { ...n1, registry: 'r1', reason: 'metadata' }, '0x9 1x50'),
+          input('registry_proxy_destinations_refused_total', { ...n2, registry: 'r1', reason: 'not_allowed' }, '0x60'),
+        ],
+        alert_rule_test: [
+          alertTest('RegistryProxyConnectionCapReached', '8m'),
+          alertTest('RegistryProxyConnectionCapReached', '13m'),
+          alertTest('RegistryProxyConnectionCapReached', '16m', { ...n1, listener: 'mirror' }, { ...n3, listener: 'metrics' }),
+          alertTest('RegistryProxyConnectionCapReached', '22m', { ...n1, listener: 'mirror' }),
+          alertTest('RegistryProxyConnectionCapReached', '50m'),
+          alertTest('RegistryProxyDownloadQueueFull', '20m', { ...n1, registry: 'r1' }),
+          alertTest('RegistryProxyDownloadQueueFull', '50m'),
+          alertTest('RegistryProxyDestinationRefused', '8m'),
+          alertTest('RegistryProxyDestinationRefused', '11m', { ...n1, registry: 'r1', reason: 'metadata' }),
+          alertTest('RegistryProxyDestinationRefused', '50m'),
         ],
       },
       {

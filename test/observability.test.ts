@@ -342,8 +342,9 @@ describe('token metrics and no secrets on /metrics after authenticated pulls', (
       dir,
       connectivityProxy: { url: cp.url, tokenUrl: oauth.url, clientId: 'sb-agent', clientSecret: CLIENT_SECRET },
       mirrors: [
-        { registry: AGENT_AUTH, upstream: tokens.registry.url, username: 'alice', password: PASSWORD },
-        { registry: PASSTHROUGH, upstream: tokens.registry.url },
+        // The token server listens on another loopback port than the registry: listed, as an admin would.
+        { registry: AGENT_AUTH, upstream: tokens.registry.url, username: 'alice', password: PASSWORD, allowedDestinations: [realm.host] },
+        { registry: PASSTHROUGH, upstream: tokens.registry.url, allowedDestinations: [realm.host] },
         { registry: THROUGH_CP, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', username: 'alice', password: PASSWORD },
       ],
     });

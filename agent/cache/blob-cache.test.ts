@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type Digest, parseDigest } from '../oci/digest.ts';
-import { BlobCache, type CacheEvents } from './blob-cache.ts';
+import { BlobCache, type CacheEvents, type CacheOptions } from './blob-cache.ts';
 import type { BlobReadable } from './blob-reader.ts';
-import { DigestMismatchError, SizeMismatchError } from './errors.ts';
+import { DigestMismatchError, FillAbandonedError, NoRoomError, SizeMismatchError } from './errors.ts';
 import type { FillSource } from './fill.ts';
 
 function sha256(bytes: Buffer): Digest {
@@ -175,8 +175,8 @@ describe('BlobCache', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  async function newCache(maxBytes = 1 << 30, events: CacheEvents = {}): Promise<BlobCache> {
-    const cache = new BlobCache(dir, maxBytes, events);
+  async function newCache(maxBytes = 1 << 30, events: CacheEvents = {}, options: CacheOptions = {}): Promise<BlobCache> {
+    const cache = new BlobCache(dir, maxBytes, events, options);
     await cache.init();
     await cache.scan();
     opened.push(cache);
@@ -517,16 +517,25 @@ describe('BlobCache', () => {
       expect(cache.stats()).toMatchObject({ bytes: 800, entries: 2, evictions: 1 });
     });
 
-    it('keeps an evicted file until its reader is done', async () => {
-      const cache = await newCache(1_000);
+    it('does not evict a blob being read (that frees nothing): a fill needing its room is relayed, and evicts it once the reader is done', async () => {
+      const { events, seen } = recorder();
+      const bypassed: Error[] = [];
+      const cache = await newCache(1_000, { ...events, cacheBypassed: (_digest, reason) => bypassed.push(reason) });
       const a = randomBytes(600);
       const da = await fill(cache, a);
       const reader = (await cache.lookup(da))!;
-      await fill(cache, randomBytes(600));
-      expect(await exists(blobFile(da))).toBe(true);
+      const b = randomBytes(600);
+      await fill(cache, b);
+      expect(bypassed.map((reason) => (reason as NoRoomError).limit)).toEqual(['cache_max_bytes']);
+      expect(seen.evicted).toEqual([]);
+      expect(await cache.lookup(sha256(b))).toBeUndefined();
       expectBytes(await new Drain(reader).rest(), a);
       reader.close();
+      const c = randomBytes(600);
+      const dc = await fill(cache, c);
+      expect(seen.evicted).toEqual([da]);
       await until(async () => !(await exists(blobFile(da))), 'the evicted file to be deleted');
+      expect(await blobFiles()).toEqual([dc.slice(7)]);
     });
 
     it('evicts small content (putSmall) the same way', async () => {
@@ -578,6 +587,245 @@ describe('BlobCache', () => {
       expect(seen.corrupt.map(([d, e]) => [d, e.name])).toEqual([[digest, 'DigestMismatchError']]);
       await until(async () => !(await exists(blobFile(digest))), 'the corrupt file to be deleted');
       expect(await cache.getSmall(digest)).toBeUndefined();
+    });
+  });
+
+  describe('room: cache_max_bytes and free disk space, fills included', () => {
+    /** Bytes in blobs/ and tmp/: what the cache holds on disk right now. */
+    async function bytesOnDisk(): Promise<number> {
+      let sum = 0;
+      for (const sub of [join(dir, 'blobs', 'sha256'), join(dir, 'tmp')]) {
+        for (const name of await readdir(sub)) sum += await stat(join(sub, name)).then((info) => info.size, () => 0);
+      }
+      return sum;
+    }
+
+    /** A file system of `total` bytes whose free space the test sets. */
+    function fakeDisk(total: number, free: number): { options: CacheOptions; setFree(bytes: number): void; checks(): number } {
+      let current = free;
+      let checks = 0;
+      return {
+        options: {
+          freeSpace: async () => {
+            checks += 1;
+            return { free: current, total };
+          },
+          recheckBytes: 10_000,
+        },
+        setFree: (bytes) => {
+          current = bytes;
+        },
+        checks: () => checks,
+      };
+    }
+
+    it('keeps committed + claimed bytes (temp files included) within cache_max_bytes while fills run; what does not fit is relayed whole', async () => {
+      const bypassed: Digest[] = [];
+      const cache = await newCache(100_000, { cacheBypassed: (digest) => bypassed.push(digest) });
+      const old = await fill(cache, randomBytes(20_000));
+      const blobs = Array.from({ length: 5 }, () => randomBytes(30_000));
+      const feeds = blobs.map(() => upstream(30_000));
+      const readers = await Promise.all(blobs.map((blob, i) => cache.open(sha256(blob), feeds[i]!.fetch)));
+      const drains = readers.map((reader) => new Drain(reader));
+      let samples = 0;
+      const check = async (): Promise<void> => {
+        const { bytes, claimed } = cache.stats();
+        expect(bytes + claimed).toBeLessThanOrEqual(100_000);
+        expect(await bytesOnDisk()).toBeLessThanOrEqual(100_000);
+        samples += 1;
+      };
+      for (let offset = 0; offset < 30_000; offset += 5_000) {
+        for (const [i, { feed }] of feeds.entries()) {
+          feed.push(blobs[i]!.subarray(offset, offset + 5_000));
+          // A fill holds back its last written byte until the blob is verified.
+          await drains[i]!.atLeast(offset + 5_000 - 1);
+          await check();
+        }
+      }
+      for (const { feed } of feeds) feed.end();
+      for (const [i, drain] of drains.entries()) {
+        expectBytes(await drain.rest(), blobs[i]!);
+        readers[i]!.close();
+      }
+      await until(() => cache.stats().inflight === 0, 'fills to settle');
+      await check();
+      // 20,000 were cached: three 30,000-byte fills fit after evicting them, two are relayed.
+      expect(samples).toBeGreaterThan(30);
+      expect(bypassed).toHaveLength(2);
+      expect(await cache.lookup(old)).toBeUndefined();
+      expect(await tmpFiles()).toEqual([]);
+      const cached = (await blobFiles()).sort();
+      expect(cached).toEqual(blobs.map(sha256).filter((d) => !bypassed.includes(d)).map((d) => d.slice(7)).sort());
+      expect(cache.stats()).toMatchObject({ bytes: 90_000, claimed: 0, entries: 3 });
+    });
+
+    it('claims as it writes when no size was announced, and relays mid-way at cache_max_bytes', async () => {
+      const bypassed: Error[] = [];
+      const cache = await newCache(50_000, { cacheBypassed: (_digest, reason) => bypassed.push(reason) });
+      const content = randomBytes(80_000);
+      const { feed, fetch } = upstream(undefined);
+      const reader = await cache.open(sha256(content), fetch);
+      const drain = new Drain(reader);
+      feed.push(content.subarray(0, 40_000));
+      await drain.atLeast(39_999);
+      expect(cache.stats().claimed).toBe(40_000);
+      expect(bypassed).toEqual([]);
+      feed.push(content.subarray(40_000));
+      feed.end();
+      expectBytes(await drain.rest(), content);
+      reader.close();
+      expect(bypassed.map((reason) => reason.message)).toEqual([expect.stringContaining('cache_max_bytes')]);
+      await until(() => cache.stats().inflight === 0, 'fill to settle');
+      expect(await tmpFiles()).toEqual([]);
+      expect(cache.stats()).toMatchObject({ bytes: 0, claimed: 0, entries: 0 });
+    });
+
+    it('switches to relaying mid-way when free space runs out as the fill grows (checked again while it writes)', async () => {
+      const bypassed: Error[] = [];
+      // 1,000,000-byte disk: the reserve is 50,000.
+      const disk = fakeDisk(1_000_000, 500_000);
+      const cache = await newCache(1 << 30, { cacheBypassed: (_digest, reason) => bypassed.push(reason) }, disk.options);
+      const content = randomBytes(100_000);
+      const { feed, fetch } = upstream(undefined);
+      const reader = await cache.open(sha256(content), fetch);
+      const drain = new Drain(reader);
+      feed.push(content.subarray(0, 30_000));
+      await drain.atLeast(29_999);
+      const [temp] = await tmpFiles();
+      expect((await stat(join(dir, 'tmp', temp!))).size).toBe(30_000);
+      expect(bypassed).toEqual([]);
+      const checksBefore = disk.checks();
+      expect(checksBefore).toBeGreaterThan(1);
+      // Something else filled the disk: 55,000 free, less than the reserve plus the next step.
+      disk.setFree(55_000);
+      feed.push(content.subarray(30_000, 60_000));
+      await drain.atLeast(59_999);
+      expect(bypassed).toEqual([expect.any(NoRoomError)]);
+      expect((bypassed[0] as NoRoomError).limit).toBe('free_space');
+      expect(bypassed[0]!.message).toContain('not enough free disk space');
+      // The file stopped growing; the rest comes from memory.
+      expect((await stat(join(dir, 'tmp', temp!))).size).toBe(30_000);
+      feed.push(content.subarray(60_000));
+      feed.end();
+      expectBytes(await drain.rest(), content);
+      reader.close();
+      await until(() => cache.stats().inflight === 0, 'fill to settle');
+      expect(await tmpFiles()).toEqual([]);
+      expect(await blobFiles()).toEqual([]);
+      expect(cache.stats().claimed).toBe(0);
+    });
+
+    it('counts the bytes other running fills announced but have not written yet', async () => {
+      const bypassed: Digest[] = [];
+      // Reserve 50,000; 300,000 free: one 150,000-byte blob fits, two at once do not.
+      const disk = fakeDisk(1_000_000, 300_000);
+      const cache = await newCache(1 << 30, { cacheBypassed: (digest) => bypassed.push(digest) }, disk.options);
+      const [a, b] = [randomBytes(150_000), randomBytes(150_000)];
+      const [ua, ub] = [upstream(a.length), upstream(b.length)];
+      const readers = [await cache.open(sha256(a), ua.fetch), await cache.open(sha256(b), ub.fetch)];
+      // Neither has written a byte when both are checked.
+      ua.feed.push(a);
+      ua.feed.end();
+      ub.feed.push(b);
+      ub.feed.end();
+      expectBytes(await readAll(readers[0]!), a);
+      expectBytes(await readAll(readers[1]!), b);
+      await until(() => cache.stats().inflight === 0, 'fills to settle');
+      expect(bypassed).toEqual([sha256(b)]);
+      expect(await blobFiles()).toEqual([sha256(a).slice(7)]);
+    });
+
+    it('does not cache small content (putSmall) past the free-space reserve', async () => {
+      const disk = fakeDisk(1_000_000, 100_000);
+      const cache = await newCache(2_000, {}, disk.options);
+      const fits = randomBytes(800);
+      expect(await cache.putSmall(sha256(fits), fits, undefined)).toBe(true);
+      disk.setFree(50_500);
+      const other = randomBytes(800);
+      expect(await cache.putSmall(sha256(other), other, undefined)).toBe(false);
+      expect(await blobFiles()).toEqual([sha256(fits).slice(7)]);
+      expect(await tmpFiles()).toEqual([]);
+      expect(cache.stats()).toMatchObject({ bytes: 800, claimed: 0 });
+    });
+  });
+
+  describe('clients leaving before upstream answered', () => {
+    /** A fetch that waits (like a download queued for a slot) until `unwanted` aborts or the test answers. */
+    function queued(): { fetch: (unwanted: AbortSignal) => Promise<FillSource>; answer(size: number): Feed; unwanted: () => AbortSignal | undefined; calls: () => number } {
+      let signal: AbortSignal | undefined;
+      let resolve: ((source: FillSource) => void) | undefined;
+      let calls = 0;
+      return {
+        fetch: (unwanted) => {
+          calls += 1;
+          signal = unwanted;
+          return new Promise<FillSource>((ok, fail) => {
+            resolve = ok;
+            unwanted.addEventListener('abort', () => fail(unwanted.reason), { once: true });
+          });
+        },
+        answer: (size) => {
+          const feed = new Feed();
+          resolve?.({ size, body: feed.body() });
+          return feed;
+        },
+        unwanted: () => signal,
+        calls: () => calls,
+      };
+    }
+
+    it('the only client leaving drops the fill before upstream is asked; nothing counts as failed', async () => {
+      const { events, seen } = recorder();
+      const cache = await newCache(1 << 30, events);
+      const content = randomBytes(1_000);
+      const digest = sha256(content);
+      const slot = queued();
+      const client = new AbortController();
+      const opening = cache.open(digest, slot.fetch, client.signal);
+      await until(() => slot.calls() === 1, 'the fetch to start');
+      const gone = new Error('client gone');
+      client.abort(gone);
+      await expect(opening).rejects.toBe(gone);
+      expect(slot.unwanted()?.aborted).toBe(true);
+      expect(slot.unwanted()?.reason).toBeInstanceOf(FillAbandonedError);
+      await until(() => cache.stats().inflight === 0, 'the fill to be dropped');
+      expect(seen.fillFailed).toEqual([]);
+      expect(await tmpFiles()).toEqual([]);
+      // The next request fetches afresh.
+      const again = upstream(content.length);
+      again.feed.push(content);
+      again.feed.end();
+      expectBytes(await readAll(await cache.open(digest, again.fetch)), content);
+      expect(again.calls()).toBe(1);
+    });
+
+    it('one client leaving does not drop the fill others wait for', async () => {
+      const cache = await newCache();
+      const content = randomBytes(1_000);
+      const digest = sha256(content);
+      const slot = queued();
+      const leaving = new AbortController();
+      const first = cache.open(digest, slot.fetch, leaving.signal);
+      await until(() => slot.calls() === 1, 'the fetch to start');
+      const second = cache.open(digest, slot.fetch);
+      await until(() => cache.stats().joined === 1, 'the second client to join');
+      leaving.abort(new Error('client gone'));
+      await expect(first).rejects.toThrow('client gone');
+      expect(slot.unwanted()?.aborted).toBe(false);
+      const feed = slot.answer(content.length);
+      feed.push(content);
+      feed.end();
+      expectBytes(await readAll(await second), content);
+      expect(slot.calls()).toBe(1);
+    });
+
+    it('refuses at once a client that is already gone, without fetching', async () => {
+      const cache = await newCache();
+      const slot = queued();
+      const gone = new AbortController();
+      gone.abort(new Error('client gone'));
+      await expect(cache.open(sha256(randomBytes(10)), slot.fetch, gone.signal)).rejects.toThrow('client gone');
+      expect(slot.calls()).toBe(0);
     });
   });
 

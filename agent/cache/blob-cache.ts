@@ -1,18 +1,16 @@
 import { createHash } from 'node:crypto';
 import type { Stats } from 'node:fs';
-import { type FileHandle, open, readFile, stat, statfs } from 'node:fs/promises';
+import { type FileHandle, open, readFile, stat } from 'node:fs/promises';
 import type { Digest } from '../oci/digest.ts';
 import { BlobStore, ignoreMissing } from './blob-store.ts';
 import { type BlobReadable, FileBlob, FillBlob, ReadBudget } from './blob-reader.ts';
 import { CacheIndex, type CacheIndexStats, type Lease } from './cache-index.ts';
-import { DigestMismatchError, SizeMismatchError } from './errors.ts';
+import { DiskReserve, type FreeSpace } from './disk-reserve.ts';
+import { DigestMismatchError, FillAbandonedError, SizeMismatchError } from './errors.ts';
 import { Fill, type FillSource } from './fill.ts';
+import { FillRoom } from './fill-room.ts';
 
 /** What the cache reports; the caller logs and counts. Keeps this module free of logger/metrics choices. */
-/** Free space kept on the cache's file system: 5% of it, at most 1 GiB. */
-const RESERVE_FRACTION = 0.05;
-const RESERVE_MAX_BYTES = 1024 ** 3;
-
 export interface CacheEvents {
   /** A blob is being streamed without caching (no room, or the cache dir is unusable). */
   cacheBypassed?(digest: Digest, reason: Error): void;
@@ -21,6 +19,20 @@ export interface CacheEvents {
   evicted?(digest: Digest): void;
   storeError?(operation: string, error: Error): void;
 }
+
+export interface CacheOptions {
+  /** Free and total bytes of the cache's file system (default: statfs). Tests shrink the disk with it. */
+  readonly freeSpace?: FreeSpace;
+  /** Bytes a fill writes between two free-space checks (default 4 MiB). */
+  readonly recheckBytes?: number;
+}
+
+/**
+ * Starts the upstream download of a blob. `unwanted` aborts when every reader left before
+ * upstream answered: a download that has not been sent yet (waiting for a slot) should then be
+ * dropped, one already under way may go on and be cached.
+ */
+export type FetchBlob = (unwanted: AbortSignal) => Promise<FillSource>;
 
 export interface SmallBlob {
   readonly bytes: Buffer;
@@ -42,6 +54,8 @@ export interface CacheStats extends CacheIndexStats {
 export class BlobCache {
   readonly store: BlobStore;
   readonly #index: CacheIndex;
+  readonly #disk: DiskReserve;
+  readonly #recheckBytes: number | undefined;
   readonly #events: CacheEvents;
   readonly #inflight = new Map<Digest, Fill>();
   /** Sizes reads by how many streams run at once: memory stays bounded under 1,000 clients. */
@@ -55,9 +69,11 @@ export class BlobCache {
   #joined = 0;
   #mismatches = 0;
 
-  constructor(dir: string, maxBytes: number, events: CacheEvents = {}) {
+  constructor(dir: string, maxBytes: number, events: CacheEvents = {}, options: CacheOptions = {}) {
     this.store = new BlobStore(dir);
     this.#events = events;
+    this.#disk = new DiskReserve(this.store.root, options.freeSpace);
+    this.#recheckBytes = options.recheckBytes;
     this.#index = new CacheIndex(maxBytes, (digest, evicted) => void this.#removeFile(digest, evicted));
   }
 
@@ -75,6 +91,12 @@ export class BlobCache {
       if (this.#removing.get(digest) === removal) this.#removing.delete(digest);
     });
     return removal;
+  }
+
+  /** Resolves once every file removal in flight is done: room made by eviction is then free on disk. */
+  #removalsDone(): Promise<void> {
+    if (this.#removing.size === 0) return Promise.resolve();
+    return Promise.all(this.#removing.values()).then(() => undefined);
   }
 
   /** Prepares the directory (removing crash leftovers). The index is rebuilt by `scan`, which callers need not await. */
@@ -145,14 +167,17 @@ export class BlobCache {
 
   /**
    * Opens a blob: from disk, by joining the running fill, or by starting one with `fetch`.
-   * Rejects with fetch's error when upstream does not deliver content (e.g. 404).
+   * Rejects with fetch's error when upstream does not deliver content (e.g. 404). `signal` is the
+   * client's: when it aborts before upstream answered, the client stops waiting (rejected with
+   * its reason) and leaves the fill; the fill itself goes on for the others.
    */
-  async open(digest: Digest, fetch: () => Promise<FillSource>): Promise<BlobReadable> {
+  async open(digest: Digest, fetch: FetchBlob, signal?: AbortSignal): Promise<BlobReadable> {
+    signal?.throwIfAborted();
     const found = await this.lookup(digest);
     const reader = found ?? (await this.#startFill(digest, fetch));
     if (reader instanceof FillBlob) {
       try {
-        await reader.started();
+        await untilAborted(reader.started(), signal);
       } catch (error) {
         reader.close();
         throw error;
@@ -161,7 +186,7 @@ export class BlobCache {
     return reader;
   }
 
-  async #startFill(digest: Digest, fetch: () => Promise<FillSource>): Promise<FillBlob> {
+  async #startFill(digest: Digest, fetch: FetchBlob): Promise<FillBlob> {
     const again = this.#running(digest);
     if (again) {
       this.#joined += 1;
@@ -178,19 +203,22 @@ export class BlobCache {
       this.#joined += 1;
       return new FillBlob(raced, 'joined', this.#budget);
     }
+    const unwanted = new AbortController();
+    const room = new FillRoom(this.#index, this.#disk, { removals: () => this.#removalsDone(), ...(this.#recheckBytes ? { recheckBytes: this.#recheckBytes } : {}) });
     const fill = new Fill(
       digest,
       temp?.path ?? '',
       {
         handle: temp?.handle,
-        mayWrite: (size) => this.#hasRoomFor(size),
+        room,
         onRelay: (reason) => this.#events.cacheBypassed?.(digest, reason),
+        onUnwanted: () => unwanted.abort(new FillAbandonedError(digest)),
       },
-      fetch(),
+      fetch(unwanted.signal),
     );
     this.#inflight.set(digest, fill);
     const reader = new FillBlob(fill, 'miss', this.#budget);
-    void this.#settle(fill);
+    void this.#settle(fill, room);
     return reader;
   }
 
@@ -213,40 +241,30 @@ export class BlobCache {
     }
   }
 
-  /** Free space check before caching a blob: the node's disk matters more than a cache entry. */
-  async #hasRoomFor(size: number | undefined): Promise<boolean> {
-    try {
-      const fs = await statfs(this.store.root);
-      const free = fs.bavail * fs.bsize;
-      const reserve = Math.min(RESERVE_MAX_BYTES, fs.blocks * fs.bsize * RESERVE_FRACTION);
-      return free - (size ?? 0) > reserve;
-    } catch {
-      return false;
-    }
-  }
-
-  /** Commits a verified fill or discards a failed one; runs independently of any client. */
-  async #settle(fill: Fill): Promise<void> {
+  /**
+   * Commits a verified fill or discards a failed one; runs independently of any client. The fill's
+   * room (its claim under cache_max_bytes) becomes the index entry, or is given back once the temp
+   * file is gone.
+   */
+  async #settle(fill: Fill, room: FillRoom): Promise<void> {
     const ok = await fill.verified();
     try {
       if (!ok) {
         if (fill.error instanceof DigestMismatchError || fill.error instanceof SizeMismatchError) this.#mismatches += 1;
-        if (fill.error) this.#events.fillFailed?.(fill.digest, fill.error);
-        await this.store.removeTemp(fill.tempPath);
+        // Abandoned before upstream was asked: nothing failed.
+        if (fill.error && !(fill.error instanceof FillAbandonedError)) this.#events.fillFailed?.(fill.digest, fill.error);
+        await this.#discard(fill, room);
         return;
       }
       const size = fill.written;
-      if (fill.relaying) {
-        // Streamed without caching (no disk space, or the cache dir went away): nothing to commit.
-        await this.store.removeTemp(fill.tempPath);
-      } else if (this.#index.fits(size)) {
-        await this.#commit(fill.tempPath, fill.digest, size);
+      if (!fill.relaying && this.#index.fits(size)) {
+        await this.#commit(fill.tempPath, fill.digest, size, room);
         this.#forget(fill);
         await this.#persist(fill);
         return;
-      } else {
-        await this.store.removeTemp(fill.tempPath);
       }
+      // Streamed without caching (no room, or the cache dir went away): nothing to commit.
+      await this.#discard(fill, room);
       void fill.complete();
     } catch (error) {
       this.#events.storeError?.('commit', error as Error);
@@ -254,9 +272,18 @@ export class BlobCache {
       // since complete() may have closed the temp file.
       void fill.complete();
       this.#forget(fill);
-      await this.store.removeTemp(fill.tempPath).catch(() => undefined);
+      await this.#discard(fill, room).catch(() => undefined);
     } finally {
       this.#forget(fill);
+    }
+  }
+
+  /** Removes a fill's temp file, then gives its room back. */
+  async #discard(fill: Fill, room: FillRoom): Promise<void> {
+    try {
+      await this.store.removeTemp(fill.tempPath);
+    } finally {
+      room.release();
     }
   }
 
@@ -325,15 +352,18 @@ export class BlobCache {
     }
   }
 
-  /** Renames a verified temp file into place and indexes it, safe against a delayed removal of an older copy. */
-  async #commit(tempPath: string, digest: Digest, size: number): Promise<void> {
+  /**
+   * Renames a verified temp file into place and indexes it (turning the room it claimed into its
+   * entry), safe against a delayed removal of an older copy.
+   */
+  async #commit(tempPath: string, digest: Digest, size: number, claim: { commit(digest: Digest, size: number, stamp?: string): void }): Promise<void> {
     this.#committing.add(digest);
     try {
       await this.#removing.get(digest);
       // rename keeps inode and mtime: the stamp taken here is the committed file's.
       const stamp = await stat(tempPath).then(stampOf, () => undefined);
       await this.store.commit(tempPath, digest);
-      this.#index.add(digest, size, true, stamp);
+      claim.commit(digest, size, stamp);
     } finally {
       this.#committing.delete(digest);
     }
@@ -394,14 +424,20 @@ export class BlobCache {
   }
 
   /**
-   * Stores small verified content (the caller hashed it). Never throws: a manifest that cannot be
-   * cached (disk full, cache dir gone) is still served; the failure is reported as an event.
+   * Stores small verified content (the caller hashed it), with the same room checks as a fill.
+   * Never throws: a manifest that cannot be cached (no room, disk full, cache dir gone) is still
+   * served; a failed write is reported as an event.
    */
   async putSmall(digest: Digest, bytes: Buffer, mediaType: string | undefined): Promise<boolean> {
-    if (!this.#index.fits(bytes.length)) return false;
-    const temp = await this.#createTemp();
-    if (!temp) return false;
+    const claim = this.#index.claim(bytes.length);
+    if (!claim) return false;
+    const share = this.#disk.open();
+    let temp: { path: string; handle: FileHandle } | undefined;
     try {
+      await this.#removalsDone();
+      if (!(await share.request(bytes.length))) return false;
+      temp = await this.#createTemp();
+      if (!temp) return false;
       try {
         await temp.handle.writeFile(bytes);
         await temp.handle.sync();
@@ -409,16 +445,34 @@ export class BlobCache {
         await temp.handle.close();
       }
       if (mediaType) await this.store.writeMediaType(digest, mediaType);
-      await this.#commit(temp.path, digest, bytes.length);
+      await this.#commit(temp.path, digest, bytes.length, claim);
       return true;
     } catch (error) {
       this.#events.cacheBypassed?.(digest, error as Error);
-      await this.store.removeTemp(temp.path).catch(() => undefined);
+      if (temp) await this.store.removeTemp(temp.path).catch(() => undefined);
       return false;
+    } finally {
+      share.close();
+      // A no-op once committed.
+      claim.release();
     }
   }
 }
 
 function stampOf(info: Stats): string {
   return `${info.ino}:${info.size}:${info.mtimeMs}`;
+}
+
+/** `promise`, unless `signal` aborts first: then rejects with the signal's reason. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    if (signal.aborted) {
+      onAbort();
+      return;
+    }
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }

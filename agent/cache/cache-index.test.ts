@@ -28,16 +28,16 @@ function makeIndex(maxBytes: number): { index: CacheIndex; removed: string[] } {
 describe('CacheIndex', () => {
   it('accounts bytes and entries', () => {
     const { index, removed } = makeIndex(100);
-    expect(index.stats()).toEqual({ bytes: 0, entries: 0, evictions: 0 });
+    expect(index.stats()).toEqual({ bytes: 0, entries: 0, evictions: 0, claimed: 0 });
     index.add(A, 10, true);
     index.add(B, 25, true);
     index.add(C, 40, false);
-    expect(index.stats()).toEqual({ bytes: 75, entries: 3, evictions: 0 });
+    expect(index.stats()).toEqual({ bytes: 75, entries: 3, evictions: 0, claimed: 0 });
     // Adding a digest that is already indexed changes nothing.
     index.add(B, 25, true);
-    expect(index.stats()).toEqual({ bytes: 75, entries: 3, evictions: 0 });
+    expect(index.stats()).toEqual({ bytes: 75, entries: 3, evictions: 0, claimed: 0 });
     index.delete(B);
-    expect(index.stats()).toEqual({ bytes: 50, entries: 2, evictions: 0 });
+    expect(index.stats()).toEqual({ bytes: 50, entries: 2, evictions: 0, claimed: 0 });
     expect(removed).toEqual(['B']);
   });
 
@@ -49,7 +49,7 @@ describe('CacheIndex', () => {
     index.add(D, 10, true);
     expect(removed).toEqual(['A']);
     expect([A, B, C, D].map((d) => index.has(d))).toEqual([false, true, true, true]);
-    expect(index.stats()).toEqual({ bytes: 30, entries: 3, evictions: 1 });
+    expect(index.stats()).toEqual({ bytes: 30, entries: 3, evictions: 1, claimed: 0 });
   });
 
   it('counts a read (acquire) as a use', () => {
@@ -80,7 +80,7 @@ describe('CacheIndex', () => {
     index.add(C, 10, true);
     index.add(D, 25, true);
     expect(removed).toEqual(['A', 'B', 'C']);
-    expect(index.stats()).toEqual({ bytes: 25, entries: 1, evictions: 3 });
+    expect(index.stats()).toEqual({ bytes: 25, entries: 1, evictions: 3, claimed: 0 });
   });
 
   it('fits() allows sizes up to maxBytes', () => {
@@ -98,7 +98,7 @@ describe('CacheIndex', () => {
     expect(removed).toEqual(['B']);
     expect(index.has(B)).toBe(false);
     expect(index.has(A)).toBe(true);
-    expect(index.stats()).toEqual({ bytes: 50, entries: 1, evictions: 0 });
+    expect(index.stats()).toEqual({ bytes: 50, entries: 1, evictions: 0, claimed: 0 });
   });
 
   it('keeps an entry of exactly maxBytes', () => {
@@ -128,18 +128,31 @@ describe('CacheIndex', () => {
     expect(index.acquire(A)?.verified).toBe(true);
   });
 
-  it('does not remove a leased entry on eviction until the lease is released', () => {
+  it('evicts past a leased entry: its file would stay for its reader, so evicting it frees nothing', () => {
     const { index, removed } = makeIndex(30);
     index.add(A, 10, true);
     const lease = index.acquire(A);
     index.add(B, 10, true);
     index.add(C, 10, true);
+    // A is the least recently used, but being read.
     index.add(D, 10, true);
-    expect(index.has(A)).toBe(false);
-    expect(index.stats()).toEqual({ bytes: 30, entries: 3, evictions: 1 });
-    expect(removed).toEqual([]);
+    expect([A, B, C, D].map((d) => index.has(d))).toEqual([true, false, true, true]);
+    expect(removed).toEqual(['B']);
     lease?.release();
-    expect(removed).toEqual(['A']);
+    expect(removed).toEqual(['B']);
+    expect(index.stats()).toEqual({ bytes: 30, entries: 3, evictions: 1, claimed: 0 });
+  });
+
+  it('removes a new file instead of indexing it when only leased entries could make room', () => {
+    const { index, removed } = makeIndex(20);
+    index.add(A, 10, true);
+    index.add(B, 10, true);
+    const leases = [index.acquire(A), index.acquire(B)];
+    index.add(C, 10, true);
+    expect(removed).toEqual(['C']);
+    expect([A, B, C].map((d) => index.has(d))).toEqual([true, true, false]);
+    for (const lease of leases) lease?.release();
+    expect(removed).toEqual(['C']);
   });
 
   it('waits for the last of several leases; releasing twice counts once', () => {
@@ -147,7 +160,7 @@ describe('CacheIndex', () => {
     index.add(A, 10, true);
     const first = index.acquire(A);
     const second = index.acquire(A);
-    index.add(B, 10, true);
+    index.delete(A);
     expect(removed).toEqual([]);
     first?.release();
     first?.release();
@@ -156,20 +169,30 @@ describe('CacheIndex', () => {
     expect(removed).toEqual(['A']);
   });
 
-  it('does not let an old lease remove a digest that was re-added after its eviction', () => {
-    const { index, removed } = makeIndex(20);
+  it('does not let an old lease remove a digest that was re-added after it was dropped', () => {
+    const { index, removed } = makeIndex(30);
     index.add(A, 10, true);
     const lease = index.acquire(A);
-    index.add(B, 10, true);
-    index.add(C, 10, true);
+    index.delete(A);
     expect(index.has(A)).toBe(false);
     // A is fetched and committed again while the old reader still holds its lease.
     index.add(A, 10, true);
     expect(index.has(A)).toBe(true);
-    expect(removed).toEqual(['B']);
     lease?.release();
-    expect(removed).toEqual(['B']);
+    expect(removed).toEqual([]);
     expect(index.has(A)).toBe(true);
+  });
+
+  it('counts the file of a dropped entry until its last reader is done', () => {
+    const { index } = makeIndex(30);
+    index.add(A, 20, true);
+    const lease = index.acquire(A);
+    index.delete(A);
+    expect(index.room()).toBe(10);
+    expect(index.claim(20)).toBeUndefined();
+    lease?.release();
+    expect(index.room()).toBe(30);
+    expect(index.claim(20)?.bytes).toBe(20);
   });
 
   it('delete() drops the entry at once but removes the file only after the last lease', () => {
@@ -200,5 +223,133 @@ describe('CacheIndex', () => {
     index.add(A, 0, true);
     expect(index.has(A)).toBe(true);
     expect(index.acquire(A)?.size).toBe(0);
+  });
+
+  describe('claims', () => {
+    it('count against maxBytes with committed entries, evicting the least recently used', () => {
+      const { index, removed } = makeIndex(100);
+      index.add(A, 40, true);
+      index.add(B, 40, true);
+      const claim = index.claim(30);
+      expect(claim?.bytes).toBe(30);
+      expect(removed).toEqual(['A']);
+      expect(index.stats()).toEqual({ bytes: 40, entries: 1, evictions: 1, claimed: 30 });
+      expect(index.room()).toBe(30);
+    });
+
+    it('keep later additions from taking claimed room', () => {
+      const { index, removed } = makeIndex(100);
+      const claim = index.claim(70);
+      index.add(A, 20, true);
+      index.add(B, 20, true);
+      // B needs A's room: the claim is not touched.
+      expect(removed).toEqual(['A']);
+      expect(index.stats()).toEqual({ bytes: 20, entries: 1, evictions: 1, claimed: 70 });
+      expect(claim?.bytes).toBe(70);
+    });
+
+    it('are refused without evicting anything when even evicting everything would not make room', () => {
+      const { index, removed } = makeIndex(100);
+      index.add(A, 30, true);
+      index.add(B, 30, true);
+      const lease = index.acquire(B);
+      const first = index.claim(40);
+      expect(first?.bytes).toBe(40);
+      // Only A (30) could go; 60 more do not fit with B leased and 40 claimed.
+      expect(index.claim(60)).toBeUndefined();
+      expect(removed).toEqual([]);
+      expect(index.claim(101)).toBeUndefined();
+      lease?.release();
+    });
+
+    it('grow as a fill writes, evicting as needed, and are refused at the limit without changing', () => {
+      const { index, removed } = makeIndex(100);
+      index.add(A, 30, true);
+      index.add(B, 30, true);
+      const claim = index.claim(0)!;
+      expect(claim.resize(40)).toBe(true);
+      expect(removed).toEqual([]);
+      expect(claim.resize(50)).toBe(true);
+      expect(removed).toEqual(['A']);
+      const lease = index.acquire(B);
+      expect(claim.resize(80)).toBe(false);
+      expect(claim.bytes).toBe(50);
+      expect(index.has(B)).toBe(true);
+      lease?.release();
+      expect(claim.resize(80)).toBe(true);
+      expect(removed).toEqual(['A', 'B']);
+      expect(claim.resize(20)).toBe(true);
+      expect(index.stats()).toEqual({ bytes: 0, entries: 0, evictions: 2, claimed: 20 });
+    });
+
+    it('turn into the committed entry without evicting anything', () => {
+      const { index, removed } = makeIndex(100);
+      index.add(A, 50, true);
+      const claim = index.claim(50)!;
+      claim.commit(B, 50, 'stamp');
+      expect(removed).toEqual([]);
+      expect(index.stats()).toEqual({ bytes: 100, entries: 2, evictions: 0, claimed: 0 });
+      expect(index.acquire(B)).toMatchObject({ size: 50, verified: true, stamp: 'stamp' });
+      // Committed or released once: a second release changes nothing.
+      claim.release();
+      expect(index.stats().claimed).toBe(0);
+      expect(claim.resize(10)).toBe(false);
+    });
+
+    it('give their bytes back once released', () => {
+      const { index } = makeIndex(100);
+      const claim = index.claim(60)!;
+      claim.release();
+      claim.release();
+      expect(index.stats().claimed).toBe(0);
+      expect(index.room()).toBe(100);
+    });
+
+    it('never let committed + claimed bytes exceed maxBytes, whatever the order of operations', () => {
+      const { index } = makeIndex(1_000);
+      // A deterministic pseudo-random walk through claims, growth, commits, releases, reads and adds.
+      let seed = 7;
+      const next = (n: number): number => {
+        seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31;
+        return seed % n;
+      };
+      const claims: Array<ReturnType<CacheIndex['claim']>> = [];
+      const leases: Array<ReturnType<CacheIndex['acquire']>> = [];
+      let committed = 0;
+      for (let step = 0; step < 5_000; step += 1) {
+        const digest = digestOf(`blob-${next(60)}`);
+        switch (next(6)) {
+          case 0:
+            claims.push(index.claim(next(400)));
+            break;
+          case 1:
+            claims[next(claims.length + 1)]?.resize(next(500));
+            break;
+          case 2: {
+            const claim = claims.splice(next(claims.length + 1), 1)[0];
+            if (claim) {
+              claim.commit(digest, claim.bytes, undefined);
+              committed += 1;
+            }
+            break;
+          }
+          case 3:
+            claims.splice(next(claims.length + 1), 1)[0]?.release();
+            break;
+          case 4:
+            if (next(2) === 0) leases.push(index.acquire(digest));
+            else leases.splice(next(leases.length + 1), 1)[0]?.release();
+            break;
+          default:
+            index.add(digest, next(300), true);
+        }
+        const { bytes, claimed } = index.stats();
+        expect(bytes + claimed, `step ${step}`).toBeLessThanOrEqual(1_000);
+        expect(claimed).toBe(claims.reduce((sum, claim) => sum + (claim?.bytes ?? 0), 0));
+      }
+      // The walk did reach the interesting states.
+      expect(committed).toBeGreaterThan(20);
+      expect(index.stats().evictions).toBeGreaterThan(20);
+    });
   });
 });

@@ -29,3 +29,27 @@ export class FillFailedError extends Error {
     super(message, options);
   }
 }
+
+/**
+ * No room to cache a blob (under `cache_max_bytes`, or above the free-space reserve): the fill
+ * relays it to its readers instead and nothing is cached. Never reaches a client.
+ */
+export class NoRoomError extends Error {
+  override readonly name = 'NoRoomError';
+  readonly limit: 'cache_max_bytes' | 'free_space';
+  constructor(limit: 'cache_max_bytes' | 'free_space', message: string) {
+    super(message);
+    this.limit = limit;
+  }
+}
+
+/**
+ * Every reader left a fill before upstream was even asked (it was waiting for a download slot):
+ * the fill is dropped instead of downloading for nobody.
+ */
+export class FillAbandonedError extends Error {
+  override readonly name = 'FillAbandonedError';
+  constructor(digest: string) {
+    super(`every client waiting for ${digest} went away before its download started`);
+  }
+}

@@ -14,6 +14,24 @@ export interface FillSource {
    * last attempt; the whole blob is still verified against its digest at the end.
    */
   readonly resume?: (offset: number) => Promise<{ readonly body: AsyncIterable<Uint8Array> }>;
+  /**
+   * Called once when the fill stops reading upstream: verified, failed or cut for good (resumes
+   * happen before). Whatever the download held (a download slot) is given back here.
+   */
+  readonly ended?: () => void;
+}
+
+/**
+ * Room on disk for the temp file, asked for before it grows. An answer with an error means "do not
+ * write": the fill relays from memory from then on, and the error says why.
+ */
+export interface FillSpace {
+  /** Once upstream answered: the announced size, or undefined. */
+  start(size: number | undefined): Promise<Error | undefined>;
+  /** Before the file grows to `total` bytes. */
+  grow(total: number): Promise<Error | undefined>;
+  /** The file stays at `total` bytes (relaying from here on). */
+  stop(total: number): void;
 }
 
 /** Most bytes received but not yet written before reading from upstream pauses. */
@@ -25,10 +43,12 @@ const MAX_RESUMES = 2;
 export interface FillOptions {
   /** The temp file; undefined when no file could be created (the fill relays from the start). */
   readonly handle: FileHandle | undefined;
-  /** Asked once the size is known: false means "do not write to disk" (not enough free space). */
-  readonly mayWrite?: (size: number | undefined) => Promise<boolean>;
+  /** Room for the temp file (cache_max_bytes, free space); without it the file may grow freely. */
+  readonly room?: FillSpace;
   /** Told once when the fill stops writing to disk and relays from memory instead. */
   readonly onRelay?: (reason: Error) => void;
+  /** Told when the last reader left before upstream answered: nobody wants the download any more. */
+  readonly onUnwanted?: () => void;
   /** Most bytes held in memory for the slowest reader while relaying (default 16 MiB). */
   readonly relayWindowBytes?: number;
 }
@@ -97,7 +117,7 @@ export class Fill {
     );
     // Observed through started(); keep unhandled-rejection noise away.
     this.#started.catch(() => undefined);
-    this.#verified = source.then((s) => this.#copy(s)).then(
+    this.#verified = source.then((s) => this.#copy(s).finally(() => s.ended?.())).then(
       () => true,
       (error: unknown) => {
         this.#fail(toError(error));
@@ -179,8 +199,9 @@ export class Fill {
   }
 
   async #copy(source: FillSource): Promise<void> {
-    if (!this.#relay && this.#options.mayWrite && !(await this.#options.mayWrite(source.size))) {
-      this.#startRelay(new Error('not enough free disk space to cache this blob'));
+    if (!this.#relay && this.#options.room) {
+      const refused = await this.#options.room.start(source.size);
+      if (refused) this.#startRelay(refused);
     }
     const hash = createHash('sha256');
     let body = source.body;
@@ -272,6 +293,11 @@ export class Fill {
   async #writeToFile(chunks: Buffer[], bytes: number): Promise<void> {
     const handle = this.#handle;
     if (!handle) return;
+    const refused = await this.#options.room?.grow(this.#fileBytes + bytes);
+    if (refused) {
+      this.#startRelay(refused);
+      return;
+    }
     try {
       let written = 0;
       let rest = chunks;
@@ -284,14 +310,17 @@ export class Fill {
     } catch (error) {
       if (!CACHE_WRITE_ERRORS.has((error as NodeJS.ErrnoException).code ?? '')) throw error;
       // Whatever part of this batch reached the file is ignored: the batch goes to memory whole.
-      this.#startRelay(toError(error));
+      // It stays claimed until the temp file is removed, since part of it may be on disk.
+      this.#startRelay(toError(error), this.#fileBytes + bytes);
     }
   }
 
-  #startRelay(reason: Error): void {
+  /** Stops writing to the file, which keeps `onDisk` bytes until it is removed; later bytes go to memory. */
+  #startRelay(reason: Error, onDisk = this.#fileBytes): void {
     if (this.#relay && this.#memoryBytes > 0) return;
     this.#relay = true;
     this.#memoryStart = this.#fileBytes;
+    this.#options.room?.stop(onDisk);
     this.#options.onRelay?.(reason);
   }
 
@@ -368,6 +397,7 @@ export class Fill {
         detached = true;
         this.#positions.delete(id);
         this.#wakeReaders();
+        if (this.#positions.size === 0 && this.#state === 'starting') this.#options.onUnwanted?.();
         this.#closeIfUnused();
       },
     };

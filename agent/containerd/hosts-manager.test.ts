@@ -1,7 +1,8 @@
-import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, mkdtemp, open, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { BACKUP_FILE, HostsManager } from './hosts-manager.ts';
 import type { HostsLogger } from './hosts-manager.ts';
 
@@ -336,5 +337,127 @@ describe('HostsManager.cleanup', () => {
   it('is a no-op when the hosts dir does not exist', async () => {
     expect(await manager.cleanup()).toEqual([]);
     expect(await exists(hostsDir)).toBe(false);
+  });
+});
+
+describe('HostsManager: modes and owners', () => {
+  const IS_ROOT = process.geteuid?.() === 0;
+  const AUTHORIZATION = '    Authorization = "Basic Zm9vOmJhcg=="';
+
+  afterEach(() => {
+    vi.restoreAllMocks();
+  });
+
+  async function writeAdminWithMode(registry: string, text: string | Buffer, mode: number): Promise<void> {
+    await writeAdmin(registry, text);
+    await chmod(hostsFile(registry), mode); // explicit: writeFile's mode is narrowed by the umask
+  }
+
+  async function modeOf(file: string): Promise<string> {
+    return ((await stat(file)).mode & 0o7777).toString(8).padStart(4, '0');
+  }
+
+  async function ownerOf(file: string): Promise<[number, number]> {
+    const info = await stat(file);
+    return [info.uid, info.gid];
+  }
+
+  it.each([
+    ['0600', 0o600],
+    ['0640', 0o640],
+  ])('keeps the mode of a %s admin file with a secret header through merge, rebuild and cleanup', async (octal, mode) => {
+    const original = Buffer.from(`${ADMIN_QUAY}# no newline at the end`);
+    await writeAdminWithMode('quay.io', original, mode);
+
+    await manager.reconcile(['quay.io']);
+    expect(await readFile(hostsFile('quay.io'), 'utf8')).toContain(AUTHORIZATION);
+    expect(await modeOf(hostsFile('quay.io'))).toBe(octal);
+    expect(await modeOf(backupFile('quay.io'))).toBe(octal);
+
+    // Every start rebuilds the managed file from the backup (here: the agent moved, so the text changes).
+    const [rebuilt] = await new HostsManager({ hostsDir, agentUrl: 'http://127.0.0.1:6060', log }).reconcile(['quay.io']);
+    expect(rebuilt?.state).toBe('written');
+    expect(await readFile(hostsFile('quay.io'), 'utf8')).toContain(AUTHORIZATION);
+    expect(await modeOf(hostsFile('quay.io'))).toBe(octal);
+
+    const [restored] = await manager.cleanup();
+    expect(restored?.state).toBe('restored');
+    expect((await readFile(hostsFile('quay.io'))).equals(original)).toBe(true);
+    expect(await modeOf(hostsFile('quay.io'))).toBe(octal);
+    expect(await readdir(path.join(hostsDir, 'quay.io'))).toEqual(['hosts.toml']);
+  });
+
+  it('never makes the managed file wider than 0644, even from a wider admin file', async () => {
+    await writeAdminWithMode('quay.io', ADMIN_QUAY, 0o775);
+    await manager.reconcile(['quay.io']);
+    expect(await modeOf(hostsFile('quay.io'))).toBe('0644');
+    await manager.cleanup();
+    expect(await modeOf(hostsFile('quay.io'))).toBe('0775');
+  });
+
+  it('narrows a managed file an older agent left 0644 although its text is current', async () => {
+    await writeAdminWithMode('quay.io', ADMIN_QUAY, 0o600);
+    await manager.reconcile(['quay.io']);
+    await chmod(hostsFile('quay.io'), 0o644);
+
+    const [report] = await new HostsManager({ hostsDir, agentUrl: AGENT, log }).reconcile(['quay.io']);
+
+    expect(report?.state).toBe('written');
+    expect(await modeOf(hostsFile('quay.io'))).toBe('0600');
+    expect((await manager.reconcile(['quay.io']))[0]?.state).toBe('unchanged');
+  });
+
+  it('writes files it creates 0644 in 0755 directories, and a 0640 admin file stays 0640, whatever the umask', async () => {
+    await writeAdminWithMode('quay.io', ADMIN_QUAY, 0o640);
+    const umask = process.umask(0o077);
+    try {
+      await manager.reconcile(['ghcr.io', 'quay.io']);
+    } finally {
+      process.umask(umask);
+    }
+    expect(await modeOf(hostsFile('ghcr.io'))).toBe('0644');
+    expect(await modeOf(path.join(hostsDir, 'ghcr.io'))).toBe('0755');
+    expect(await modeOf(hostsFile('quay.io'))).toBe('0640');
+  });
+
+  it.runIf(IS_ROOT)("gives the managed file the admin file's owner and group, and restores them", async () => {
+    await writeAdminWithMode('quay.io', ADMIN_QUAY, 0o640);
+    await chown(hostsFile('quay.io'), 1234, 5678);
+
+    await manager.reconcile(['quay.io']);
+    expect(await ownerOf(hostsFile('quay.io'))).toEqual([1234, 5678]);
+    expect(await modeOf(hostsFile('quay.io'))).toBe('0640');
+
+    await new HostsManager({ hostsDir, agentUrl: 'http://127.0.0.1:6060', log }).reconcile(['quay.io']);
+    expect(await ownerOf(hostsFile('quay.io'))).toEqual([1234, 5678]);
+
+    await manager.cleanup();
+    expect(await readFile(hostsFile('quay.io'), 'utf8')).toBe(ADMIN_QUAY);
+    expect(await ownerOf(hostsFile('quay.io'))).toEqual([1234, 5678]);
+    expect(await modeOf(hostsFile('quay.io'))).toBe('0640');
+  });
+
+  it.runIf(IS_ROOT)('without CAP_CHOWN: the file stays ours without group permissions, reported once, not rewritten', async () => {
+    const probe = await open(path.join(root, 'probe'), 'w');
+    const fileHandleProto = Object.getPrototypeOf(probe) as FileHandle;
+    await probe.close();
+    vi.spyOn(fileHandleProto, 'chown').mockRejectedValue(Object.assign(new Error('EPERM: operation not permitted'), { code: 'EPERM' }));
+    await writeAdminWithMode('quay.io', ADMIN_QUAY, 0o640);
+    await chown(hostsFile('quay.io'), 1234, 5678);
+
+    await manager.reconcile(['quay.io']);
+    expect(await ownerOf(hostsFile('quay.io'))).toEqual([process.geteuid?.(), process.getegid?.()]);
+    expect(await modeOf(hostsFile('quay.io'))).toBe('0600');
+    expect(logLines.filter((l) => l.level === 'warn').map((l) => l.obj)).toEqual([
+      { registry: 'quay.io', path: hostsFile('quay.io'), adminOwner: { uid: 1234, gid: 5678 }, owner: { uid: process.geteuid?.(), gid: process.getegid?.() }, mode: '600' },
+    ]);
+    logLines = [];
+
+    expect((await new HostsManager({ hostsDir, agentUrl: AGENT, log }).reconcile(['quay.io']))[0]?.state).toBe('unchanged');
+    expect(logLines).toEqual([]);
+
+    await manager.cleanup();
+    expect(await ownerOf(hostsFile('quay.io'))).toEqual([1234, 5678]);
+    expect(await modeOf(hostsFile('quay.io'))).toBe('0640');
   });
 });

@@ -3,12 +3,17 @@
  *
  * Files the agent writes start with a marker comment; that marker, not memory, tells a later run what it
  * owns. An admin's own hosts.toml is kept once as `hosts.toml.registry-proxy-agent.orig` (a hard link to the
- * very same file, or a byte-for-byte copy where links are unsupported), every managed file is derived from
- * it (so restarts are idempotent), and it is renamed back when the registry is no longer mirrored.
+ * very same file, or a byte-for-byte copy with its mode and owner where links are refused), every managed
+ * file is derived from it (so restarts are idempotent), and it is renamed back when the registry is no
+ * longer mirrored.
+ *
+ * A managed file derived from an admin's keeps that file's owner and group and never grants more than its
+ * mode: it holds the same secrets (a static `Authorization` header, say) the admin chose to protect.
  */
 import { chmod, lstat, mkdir, open, readdir, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
-import { TEMP_INFIX, isErrno, preserveAs, renameDurable, syncDir, writeFileAtomic } from './atomic-file.ts';
+import { TEMP_INFIX, isErrno, modeForGroup, preserveAs, renameDurable, syncDir, writeFileAtomic } from './atomic-file.ts';
+import type { FileOwner } from './atomic-file.ts';
 import { HostsTomlError, defaultServerFor, mergeAgentHost, parseHostsToml, renderHostsToml } from './hosts-toml.ts';
 import type { HostsToml } from './hosts-toml.ts';
 
@@ -20,6 +25,7 @@ export const MANAGED_MARKER = 'Managed by registry-proxy-agent';
 /** Header line recording that the agent also created the registry directory (removed again when empty). */
 export const CREATED_DIR_LINE = 'registry-proxy-agent: created this directory; it is removed again when left empty.';
 
+/** A file the agent creates; one derived from an admin's file keeps that file's mode within these bits. */
 const FILE_MODE = 0o644;
 const DIR_MODE = 0o755;
 
@@ -169,11 +175,18 @@ export class HostsManager {
     const merged = mergeAgentHost(this.#agentUrl, admin, defaultServerFor(registry));
     const text = Buffer.from(renderHostsToml(merged, { header: managedHeader(base !== undefined, createdDir) }));
     const preservedAdminFile = base !== undefined;
-    if (current !== undefined && current.bytes.equals(text)) {
+    const mode = base === undefined ? FILE_MODE : base.mode & FILE_MODE;
+    if (current !== undefined && current.bytes.equals(text) && hasModeAndOwner(current, mode, base?.owner)) {
       return { registry, path: file, state: 'unchanged', preservedAdminFile };
     }
     if (createdDir) await this.#makeDir(dir);
-    await writeFileAtomic(file, text, FILE_MODE);
+    const written = await writeFileAtomic(file, text, mode, base?.owner);
+    if (base !== undefined && !sameOwner(written.owner, base.owner)) {
+      this.#log.warn(
+        { registry, path: file, adminOwner: base.owner, owner: written.owner, mode: written.mode.toString(8) },
+        "hosts.toml cannot have the admin file's owner (no CAP_CHOWN): it is the agent's, with no group permissions unless the group is the same",
+      );
+    }
     this.#log.info({ registry, path: file, preservedAdminFile }, 'hosts.toml written');
     return { registry, path: file, state: 'written', preservedAdminFile };
   }
@@ -274,6 +287,21 @@ function decodeUtf8(bytes: Buffer): string {
 interface FileContent {
   readonly bytes: Buffer;
   readonly mode: number;
+  readonly owner: FileOwner;
+}
+
+/**
+ * Whether a managed file already has the mode and owner a write would give it: exactly `mode` and `owner`, or,
+ * where the owner could not be given, ours with the group permissions {@link writeFileAtomic} leaves then.
+ * A file wider than that (one an older agent wrote 0644) is rewritten.
+ */
+function hasModeAndOwner(current: FileContent, mode: number, owner: FileOwner | undefined): boolean {
+  if (owner === undefined || sameOwner(current.owner, owner)) return current.mode === mode;
+  return current.owner.uid === process.geteuid?.() && current.mode === modeForGroup(mode, owner.gid, current.owner.gid);
+}
+
+function sameOwner(a: FileOwner, b: FileOwner): boolean {
+  return a.uid === b.uid && a.gid === b.gid;
 }
 
 async function readIfExists(file: string): Promise<FileContent | undefined> {
@@ -286,7 +314,7 @@ async function readIfExists(file: string): Promise<FileContent | undefined> {
   }
   try {
     const info = await handle.stat();
-    return { bytes: await handle.readFile(), mode: info.mode & 0o7777 };
+    return { bytes: await handle.readFile(), mode: info.mode & 0o7777, owner: { uid: info.uid, gid: info.gid } };
   } finally {
     await handle.close();
   }

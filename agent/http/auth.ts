@@ -6,21 +6,19 @@ import { realmKey } from '../auth/token-grants.ts';
 import type { Mirror } from '../mirror/mirror.ts';
 import { randomBytes } from 'node:crypto';
 import { OciError } from '../oci/errors.ts';
-import { refusedRealm } from '../upstream/destination.ts';
 import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
+import { toOciError } from './errors.ts';
 import type { MirrorSet } from './mirror-set.ts';
 
 /** Turns a passthrough auth failure into the 401 the puller needs, with the challenge pointed at the agent. */
 export function authError(error: AuthRequiredError | AccessDeniedError, mirror: Mirror, agentBase: string): OciError {
   const challenge = error instanceof AuthRequiredError ? error.challenge : undefined;
-  // A realm the agent would not contact itself is not handed to the puller as the agent's either.
-  const refused = challenge === undefined ? undefined : refusedRealm(challenge, mirror.config.upstream, mirror.upstream.route.kind);
-  if (refused) {
-    return new OciError('UNAVAILABLE', `upstream for ${mirror.registry} named a token realm the agent will not use`, {
-      status: 502,
-      detail: { registry: mirror.registry, cause: refused },
-      cause: error,
-    });
+  // A realm the agent would not contact itself is not handed to the puller as the agent's either
+  // (what its URL settles; a name is judged by address when the puller's token request is forwarded).
+  try {
+    if (challenge !== undefined) mirror.upstream.destinations.checkRealm(challenge);
+  } catch (refused) {
+    return toOciError(refused);
   }
   const headers: Record<string, string> = {};
   if (challenge) {

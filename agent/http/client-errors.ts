@@ -1,7 +1,5 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Duplex } from 'node:stream';
+import type { IncomingMessage } from 'node:http';
 import { OciError } from '../oci/errors.ts';
-import { rawOciResponse } from './respond.ts';
 
 /** The OCI error for a request node:http could not parse (it never reaches a handler). */
 export function clientErrorFor(code: string | undefined): OciError {
@@ -31,39 +29,4 @@ export function protocolRefusal(req: IncomingMessage): OciError | undefined {
   const expect = req.headers.expect;
   if (expect !== undefined && !CONTINUE.test(expect)) return new OciError('UNSUPPORTED', 'Expect is not supported', { status: 417 });
   return undefined;
-}
-
-/**
- * Responses still being written, per connection. A parse error on a pipelined connection must
- * not cut into them: the error answer waits until they are done, then the connection closes.
- */
-export class OpenResponses {
-  readonly #open = new WeakMap<Duplex, { count: number; idle: Array<() => void> }>();
-  readonly #answered = new WeakSet<Duplex>();
-
-  track(socket: Duplex, res: ServerResponse): void {
-    const entry = this.#open.get(socket) ?? { count: 0, idle: [] };
-    entry.count += 1;
-    this.#open.set(socket, entry);
-    res.once('close', () => {
-      entry.count -= 1;
-      if (entry.count > 0) return;
-      const idle = entry.idle;
-      entry.idle = [];
-      for (const run of idle) run();
-    });
-  }
-
-  /** Answers a client error once per connection, after the responses already under way, and closes. */
-  answer(socket: Duplex, error: OciError): void {
-    if (this.#answered.has(socket)) return;
-    this.#answered.add(socket);
-    const send = (): void => {
-      if (socket.writable) socket.end(rawOciResponse(error));
-      else socket.destroy();
-    };
-    const entry = this.#open.get(socket);
-    if (entry && entry.count > 0) entry.idle.push(send);
-    else send();
-  }
 }

@@ -1,6 +1,13 @@
-import { DigestMismatchError, SizeMismatchError } from '../cache/errors.ts';
+import { DigestMismatchError, FillAbandonedError, SizeMismatchError } from '../cache/errors.ts';
+import { FillQueueFullError } from '../mirror/errors.ts';
 import { OciError } from '../oci/errors.ts';
-import { UpstreamError } from '../upstream/errors.ts';
+import { DestinationRefusedError, UpstreamError } from '../upstream/errors.ts';
+
+/**
+ * Seconds a client refused for a full download queue is asked to wait: long enough for a few of
+ * the running downloads to finish, short against kubelet's own image pull back-off.
+ */
+const FILL_QUEUE_RETRY_AFTER_SECONDS = 10;
 
 /**
  * The one place where domain errors become OCI errors with an HTTP status. The original error
@@ -11,6 +18,17 @@ export function toOciError(error: unknown): OciError {
   if (error instanceof UpstreamError) return fromUpstream(error);
   if (error instanceof DigestMismatchError || error instanceof SizeMismatchError) {
     return new OciError('UNAVAILABLE', 'upstream content did not match its digest; nothing was cached', { status: 502, cause: error });
+  }
+  if (error instanceof FillQueueFullError) {
+    return new OciError('TOOMANYREQUESTS', `too many blob downloads from ${error.registry} at once; retry later`, {
+      detail: { registry: error.registry, running: error.running, queued: error.queued },
+      headers: { 'retry-after': String(FILL_QUEUE_RETRY_AFTER_SECONDS) },
+      cause: error,
+    });
+  }
+  if (error instanceof FillAbandonedError) {
+    // Only a client that already left should see this; if one did not, it may simply ask again.
+    return new OciError('UNAVAILABLE', 'the download was dropped; retry', { cause: error });
   }
   return new OciError('UNKNOWN', 'internal error', { cause: error });
 }
@@ -41,5 +59,14 @@ function fromUpstream(error: UpstreamError): OciError {
       return new OciError('UNAVAILABLE', `upstream for ${error.registry} sent an invalid response`, { status: 502, detail, cause: error });
     case 'redirect':
       return new OciError('UNAVAILABLE', `upstream for ${error.registry} sent a redirect the agent does not follow`, { status: 502, detail, cause: error });
+    case 'destination':
+      return fromRefusal(error);
   }
+}
+
+/** A redirect or token realm the destination policy refused: the reason and the fix, as the log line has them. */
+function fromRefusal(error: UpstreamError): OciError {
+  const refusal = error instanceof DestinationRefusedError ? error.refusal : undefined;
+  const detail = { registry: error.registry, cause: error.message, ...(refusal ? { reason: refusal.reason, destination: refusal.destination, fix: refusal.fix } : {}) };
+  return new OciError('UNAVAILABLE', refusal ? `${error.message}; fix: ${refusal.fix}` : error.message, { status: 502, detail, cause: error });
 }

@@ -5,7 +5,7 @@ import type { Digest } from '../oci/digest.ts';
 import { OciError } from '../oci/errors.ts';
 import type { DistributionRequest } from '../oci/request.ts';
 import { decideRange } from './range.ts';
-import { API_VERSION_HEADER, writeAll } from './respond.ts';
+import { API_VERSION_HEADER, ClientGoneError, writeAll } from './respond.ts';
 
 /** What a handler learned, for the access log and metrics. */
 export interface Outcome {
@@ -65,7 +65,18 @@ export async function handleBlobGet(
   outcome: Outcome,
   ctx: PullContext,
 ): Promise<void> {
-  const blob = await mirror.blob(request.name, request.digest, ctx);
+  // A client that hangs up while its download waits for a slot gives up its place in the queue.
+  const gone = new AbortController();
+  const onClose = (): void => {
+    if (!res.writableFinished) gone.abort(new ClientGoneError());
+  };
+  res.once('close', onClose);
+  let blob: BlobReadable;
+  try {
+    blob = await mirror.blob(request.name, request.digest, { ...ctx, signal: gone.signal });
+  } finally {
+    res.off('close', onClose);
+  }
   outcome.cache = blob.origin;
   try {
     await sendBlob(blob, request.digest, req, res, outcome);

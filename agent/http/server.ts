@@ -10,7 +10,9 @@ import { authError, handleTokenRequest, isTokenRequest } from './auth.ts';
 import { toOciError } from './errors.ts';
 import { type Outcome, handleBase, handleBlobGet, handleBlobHead, handleManifest } from './handlers.ts';
 import type { MirrorSet } from './mirror-set.ts';
-import { OpenResponses, clientErrorFor, protocolRefusal } from './client-errors.ts';
+import { clientErrorFor, protocolRefusal } from './client-errors.ts';
+import { type GuardEvents, answerAndClose, guardServer } from './guard.ts';
+import { redactedTarget } from './redact.ts';
 import { ClientGoneError, rawOciResponse, sendOciError } from './respond.ts';
 
 export interface RequestRecord {
@@ -30,28 +32,48 @@ export interface MirrorServerOptions {
   readonly agentBase: () => string;
   /** Called once per finished request (metrics). */
   readonly onRequest?: (record: RequestRecord) => void;
+  /** Connection cap and client timeouts of the mirror port. */
+  readonly limits: MirrorListenerLimits;
+  /** Connections, refusals and timeouts (metrics, logs). */
+  readonly events?: GuardEvents;
 }
+
+export interface MirrorListenerLimits {
+  readonly maxConnections: number;
+  readonly requestTimeoutMs: number;
+  readonly sendTimeoutMs: number;
+}
+
+/** containerd keeps connections to a mirror open between the requests of a pull. */
+const KEEP_ALIVE_MS = 30_000;
+const MAX_REQUESTS_PER_CONNECTION = 1_000;
 
 /** The mirror's HTTP surface: the only code that knows status codes and headers. */
 export function createMirrorServer(options: MirrorServerOptions): Server {
-  const open = new OpenResponses();
-  const serve = (req: IncomingMessage, res: ServerResponse): void => {
-    open.track(req.socket, res);
-    void handle(options, req, res);
-  };
+  const serve = (req: IncomingMessage, res: ServerResponse): void => void handle(options, req, res);
+  const { limits } = options;
   const server = createServer(
     // Host and Expect are checked in handle() (protocolRefusal), so that those refusals are OCI errors too.
-    { requestTimeout: 60_000, headersTimeout: 20_000, keepAliveTimeout: 30_000, maxHeaderSize: 16 * 1024, requireHostHeader: false, connectionsCheckingInterval: 1_000 },
+    { maxHeaderSize: 16 * 1024, requireHostHeader: false, connectionsCheckingInterval: checkingInterval(limits.requestTimeoutMs) },
     serve,
   );
   server.on('checkExpectation', serve);
   // A forward-proxy tunnel request is never served: this is a mirror, not a proxy.
   server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
-    socket.end(rawOciResponse(new OciError('UNSUPPORTED', 'CONNECT is not supported: this is a mirror, not a proxy', { headers: { allow: 'GET, HEAD' } })));
+    answerAndClose(socket, rawOciResponse(new OciError('UNSUPPORTED', 'CONNECT is not supported: this is a mirror, not a proxy', { headers: { allow: 'GET, HEAD' } })));
   });
-  server.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => {
-    if (error.code === 'ECONNRESET' || !socket.writable) socket.destroy();
-    else open.answer(socket, clientErrorFor(error.code));
+  guardServer(server, {
+    ...limits,
+    keepAliveTimeoutMs: KEEP_ALIVE_MS,
+    maxRequestsPerSocket: MAX_REQUESTS_PER_CONNECTION,
+    refusal: rawOciResponse(
+      new OciError('TOOMANYREQUESTS', `the agent is serving its maximum of ${limits.maxConnections} connections (max_connections); retry shortly`, {
+        status: 503,
+        headers: { 'retry-after': '1' },
+      }),
+    ),
+    clientErrorAnswer: (code) => rawOciResponse(clientErrorFor(code)),
+    ...(options.events ? { events: options.events } : {}),
   });
   return server;
 }
@@ -133,7 +155,7 @@ function logRequest(log: Logger, req: IncomingMessage, record: RequestRecord): v
   const line = {
     reqId: record.id,
     method: record.method,
-    path: (req.url ?? '').slice(0, 512),
+    path: redactedTarget((req.url ?? '').slice(0, 512)),
     registry: record.outcome.registry,
     kind: record.outcome.kind,
     cache: record.outcome.cache,
@@ -145,6 +167,11 @@ function logRequest(log: Logger, req: IncomingMessage, record: RequestRecord): v
   };
   if (record.error && record.status >= 500) log.warn(line, 'request failed');
   else log.info(line, 'request');
+}
+
+/** How often node:http looks for connections past their request timeout: a fraction of it, at most every second. */
+export function checkingInterval(requestTimeoutMs: number): number {
+  return Math.max(50, Math.min(1_000, Math.floor(requestTimeoutMs / 4)));
 }
 
 /** The error and its causes as one readable line (no stack, no headers: nothing secret). */

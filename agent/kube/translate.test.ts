@@ -48,6 +48,22 @@ describe('translate', () => {
     expect(https).toMatchObject({ reason: 'InvalidSpec' });
   });
 
+  it('maps allowedDestinations onto allowed_destinations, parsed like the TOML key; refused on the connectivity-proxy route', () => {
+    const allowedDestinations = ['127.0.0.1:5001', 'S3.Corp.Example', '10.20.0.0/16'];
+    const result = run({ registry: 'r.corp.example', upstream: 'http://127.0.0.1:5000', allowedDestinations });
+    if (!isTranslated(result)) throw new Error(result.message);
+    expect(result.table['allowed_destinations']).toEqual(allowedDestinations);
+    expect(result.mirror.allowedDestinations).toEqual([
+      { kind: 'host', host: '127.0.0.1', port: 5001, text: '127.0.0.1:5001' },
+      { kind: 'host', host: 's3.corp.example', port: undefined, text: 'S3.Corp.Example' },
+      { kind: 'cidr', address: '10.20.0.0', prefix: 16, family: 'ipv4', text: '10.20.0.0/16' },
+    ]);
+    const bad = run({ registry: 'r.corp.example', upstream: 'http://127.0.0.1:5000', allowedDestinations: ['http://127.0.0.1:5001'] });
+    expect(isTranslated(bad) ? '' : bad.message).toContain('spec.allowedDestinations');
+    const cp = run({ registry: 'r.corp.example', upstream: 'http://registry.virtual:5000', route: 'connectivity-proxy', allowedDestinations });
+    expect(isTranslated(cp) ? '' : cp.message).toContain('allowed_destinations is not used with route = "connectivity-proxy"');
+  });
+
   it('reads a basic-auth Secret; auth defaults to agent', () => {
     const secret: V1Secret = { type: 'kubernetes.io/basic-auth', data: { username: b64('alice'), password: b64('s3cret') } };
     const result = run({ registry: 'r.example', upstream: 'http://r.example', credentialsSecretRef: { name: 'creds' } }, { creds: secret });

@@ -18,6 +18,7 @@ export const SPEC_TO_TOML: Readonly<Record<string, string>> = {
   maxStale: 'max_stale',
   repositoryPrefix: 'repository_prefix',
   realmMap: 'realm_map',
+  allowedDestinations: 'allowed_destinations',
 };
 
 const TOML_TO_SPEC: Readonly<Record<string, string>> = Object.fromEntries(Object.entries(SPEC_TO_TOML).map(([spec, key]) => [key, spec]));

@@ -15,6 +15,7 @@ import { MANIFEST_ACCEPT, MANIFEST_MAX_BYTES, mediaTypeFromBody } from '../oci/m
 import { type Reference, type RepositoryName, upstreamRepository } from '../oci/reference.ts';
 import { type UpstreamClient, type UpstreamResponse, firstHeader } from '../upstream/client.ts';
 import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
+import { type FillSlotEvent, type FillSlotLimits, FillSlots } from './fill-slots.ts';
 import type { TagRecord, TagStore } from './tag-store.ts';
 import { contentLength, upstreamFailure } from './upstream-status.ts';
 
@@ -30,10 +31,24 @@ export interface ManifestResult {
   readonly origin: ManifestOrigin;
 }
 
-/** Who is pulling: the credential the puller presented (passthrough mode). */
+/** Who is pulling: the credential the puller presented (passthrough mode), and whether they are still there. */
 export interface PullContext {
   readonly authorization?: string | undefined;
+  /**
+   * Aborts (with a reason the HTTP layer chooses) when the puller's connection closed before the
+   * answer started: a blob request still waiting for a download slot then leaves the queue, unless
+   * other requests wait for the same blob.
+   */
+  readonly signal?: AbortSignal | undefined;
 }
+
+/** Download slots of a mirror (`max_fills_per_mirror`, `max_queued_fills_per_mirror`) and who hears about their use. */
+export interface MirrorSlots extends FillSlotLimits {
+  readonly onEvent?: (event: FillSlotEvent) => void;
+}
+
+/** The configuration defaults, for mirrors built without limits (tests). */
+const DEFAULT_SLOTS: FillSlotLimits = { running: 8, queued: 64 };
 
 /** How long an upstream "yes" for a credential + repository is trusted before asking again. */
 export const ACCESS_RECHECK_MS = 5 * 60_000;
@@ -45,6 +60,7 @@ export interface MirrorDeps {
   readonly tags: TagStore;
   readonly log: Logger;
   readonly now?: () => number;
+  readonly slots?: MirrorSlots;
 }
 
 /** The reachability probe's answer; when upstream is not reachable, `cause` (an upstream error cause) and `detail` say why. */
@@ -65,6 +81,8 @@ export class Mirror {
   readonly #tags: TagStore;
   readonly #log: Logger;
   readonly #now: () => number;
+  /** Blob downloads from this upstream at once; joins of a running download take none. */
+  readonly #slots: FillSlots;
   /** passthrough: credentials upstream accepted per repository (hashed). */
   readonly access = new AccessMemory();
   /** passthrough: which credential each realm token the agent forwarded was issued to (hashed). */
@@ -83,6 +101,7 @@ export class Mirror {
     this.#tags = deps.tags;
     this.#log = deps.log;
     this.#now = deps.now ?? Date.now;
+    this.#slots = new FillSlots(deps.config.registry, deps.slots ?? DEFAULT_SLOTS, deps.slots?.onEvent);
   }
 
   get registry(): string {
@@ -151,15 +170,29 @@ export class Mirror {
     return size;
   }
 
-  /** Opens a blob from cache, a running fill, or a new fill from upstream. */
+  /**
+   * Opens a blob from cache, a running fill, or a new fill from upstream. A new fill waits for one
+   * of the mirror's download slots (FillQueueFullError when too many wait) and holds it until its
+   * body ended, resumes included; a request for a blob being fetched joins that fill instead.
+   */
   async blob(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<BlobReadable> {
-    const reader = await this.#cache.open(digest, async () => {
-      const response = await this.#request('GET', name, `blobs/${digest}`, ctx);
-      if (response.status !== 200) throw await this.#failure(response, ctx, () => blobUnknown(digest));
-      this.#confirm(name, digest, ctx);
-      const size = contentLength(response);
-      return { size, body: response.body, resume: (offset: number) => this.#resumeBlob(name, digest, offset, size, ctx) };
-    });
+    const reader = await this.#cache.open(
+      digest,
+      async (unwanted) => {
+        const slot = await this.#slots.acquire(unwanted);
+        try {
+          const response = await this.#request('GET', name, `blobs/${digest}`, ctx);
+          if (response.status !== 200) throw await this.#failure(response, ctx, () => blobUnknown(digest));
+          this.#confirm(name, digest, ctx);
+          const size = contentLength(response);
+          return { size, body: response.body, resume: (offset: number) => this.#resumeBlob(name, digest, offset, size, ctx), ended: slot.release };
+        } catch (error) {
+          slot.release();
+          throw error;
+        }
+      },
+      ctx.signal,
+    );
     if (reader.origin !== 'miss') {
       try {
         await this.#guard(name, `blobs/${digest}`, digest, ctx);

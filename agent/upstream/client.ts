@@ -1,8 +1,9 @@
 import type { Dispatcher } from 'undici';
 import type { IncomingHttpHeaders } from 'node:http';
+import type { DestinationRule } from '../config/types.ts';
 import { type Challenge, parseChallenge } from './challenge.ts';
-import { refusedDestination } from './destination.ts';
-import { UpstreamError, type UpstreamCause, bodyFailure } from './errors.ts';
+import { DestinationPolicy } from './destination-policy.ts';
+import { DestinationRefusedError, UpstreamError, type UpstreamCause, bodyFailure } from './errors.ts';
 import { DirectRoute, type Route } from './routes.ts';
 import { TokenCache } from './tokens.ts';
 
@@ -38,6 +39,18 @@ export interface UpstreamOptions {
    * a realm learned from one), so it can redirect them but never add one.
    */
   readonly realmMap?: Readonly<Record<string, string>> | undefined;
+  /**
+   * `allowed_destinations`, for the direct route the client builds itself when `route` is not
+   * given; a given route brings its own DestinationPolicy.
+   */
+  readonly allowedDestinations?: readonly DestinationRule[] | undefined;
+  /** Warnings about the agent's own credentials (a realm they are withheld from). */
+  readonly log?: WarningLog | undefined;
+}
+
+/** Where the client's warnings go: the mirror's logger (pino), or a test's list. */
+export interface WarningLog {
+  warn(fields: object, message: string): void;
 }
 
 /**
@@ -76,9 +89,9 @@ const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 /**
  * Talks to one mirror's upstream registry: resolves paths against the base URL, answers auth
  * challenges with the mirror's credentials (Basic, or a Bearer token from the challenge's realm),
- * and follows redirects itself, never carrying Authorization to another origin. A redirect target
- * or realm that names a node-local address other than the upstream's own host is refused
- * (see refusedDestination).
+ * and follows redirects itself, never carrying Authorization to another origin. Redirect targets
+ * and realms go only where the route's DestinationPolicy allows: checked here by URL before
+ * anything is sent, and by the route by address where it connects.
  */
 export class UpstreamClient {
   readonly registry: string;
@@ -90,6 +103,11 @@ export class UpstreamClient {
   readonly #tokens = new TokenCache();
   readonly #observe: ((observation: UpstreamObservation) => void) | undefined;
   readonly #realmMap: Readonly<Record<string, string>>;
+  /** Where redirects and realms may go: the route's policy (one per mirror). */
+  readonly destinations: DestinationPolicy;
+  readonly #log: WarningLog | undefined;
+  /** Realm origins already warned about (credentials withheld), so that the warning comes once. */
+  readonly #withheldWarned = new Set<string>();
   #basicChallenged = false;
 
   constructor(options: UpstreamOptions) {
@@ -97,10 +115,15 @@ export class UpstreamClient {
     this.base = options.base;
     this.#credentials = options.credentials;
     this.#timeouts = options.timeouts ?? DEFAULT_TIMEOUTS;
-    this.route = options.route ?? new DirectRoute(this.#timeouts.connectMs);
+    const policy = (kind: Route['kind']): DestinationPolicy =>
+      new DestinationPolicy({ registry: options.registry, upstream: options.base, route: kind, allowed: options.allowedDestinations });
+    this.route = options.route ?? new DirectRoute(this.#timeouts.connectMs, undefined, policy('direct'));
+    // A route without a policy (a route under test) still gets the URL checks here.
+    this.destinations = this.route.destinations ?? policy(this.route.kind);
     this.authMode = options.auth ?? 'agent';
     this.#observe = options.observe;
     this.#realmMap = options.realmMap ?? {};
+    this.#log = options.log;
   }
 
   /** Builds the upstream URL for a registry API path such as `/v2/team/app/manifests/1.0`. */
@@ -141,8 +164,7 @@ export class UpstreamClient {
    * (passthrough), at the origin realm_map names for it if any.
    */
   async forwardTokenRequest(realm: URL, method: 'GET' | 'POST', headers: Record<string, string>, body: Buffer | undefined): Promise<UpstreamResponse> {
-    const refused = refusedDestination(realm, this.base, this.route.kind);
-    if (refused) throw new UpstreamError(this.registry, 'invalid', `token realm refused: ${refused}`);
+    this.destinations.checkUrl(realm);
     const target = this.#realmTarget(realm);
     const response = await this.#timed('forwarded-token', () => {
       this.#refuseUnroutableRealm(target);
@@ -187,6 +209,8 @@ export class UpstreamClient {
     try {
       response = await send();
     } catch (error) {
+      // Nothing was sent: counted and logged as a refusal by the policy, not as an upstream failure.
+      if (error instanceof DestinationRefusedError) throw error;
       if (error instanceof UpstreamError) {
         const fix = error.diagnosis?.fix;
         report('response', undefined, error.upstreamCause, { detail: error.diagnosis?.cause ?? error.message, ...(fix ? { fix } : {}) });
@@ -269,14 +293,14 @@ export class UpstreamClient {
     } catch (cause) {
       throw new UpstreamError(this.registry, 'invalid', 'Bearer challenge realm is not a URL', { cause });
     }
-    const refused = refusedDestination(url, this.base, this.route.kind);
-    if (refused) throw new UpstreamError(this.registry, 'invalid', `Bearer realm refused: ${refused}`);
+    this.destinations.checkUrl(url);
     const service = challenge.params['service'];
     if (service) url.searchParams.set('service', service);
     url.searchParams.set('scope', challenge.params['scope'] ?? scope);
+    const target = this.#realmTarget(url);
     // Credentials go as #send's authorization, which is only sent to the origin contacted first (the
     // realm, or where realm_map maps it), never across redirects.
-    const response = await this.#send('GET', this.#realmTarget(url), { accept: 'application/json' }, this.#credentials ? basic(this.#credentials) : undefined, 'token');
+    const response = await this.#send('GET', target, { accept: 'application/json' }, this.#realmAuthorization(target), 'token');
     if (response.status !== 200) {
       await response.body.dump().catch(() => undefined);
       throw new UpstreamError(this.registry, 'status', `token endpoint answered ${response.status}`, { status: response.status });
@@ -292,6 +316,27 @@ export class UpstreamClient {
     const expiresIn = typeof parsed.expires_in === 'number' && parsed.expires_in > 0 ? parsed.expires_in : 60;
     this.#tokens.set(scope, token, expiresIn * 1000);
     return token;
+  }
+
+  /**
+   * The agent's Basic credentials for a token realm, only over the upstream's scheme or a stronger
+   * one: whoever can answer in an https upstream's name must not harvest them by naming an http://
+   * realm, where they would cross the network in clear. Such a realm is asked without them
+   * (anonymous tokens still work), and the admin is told once per realm why.
+   */
+  #realmAuthorization(realm: URL): string | undefined {
+    if (!this.#credentials) return undefined;
+    if (this.base.protocol !== 'https:' || realm.protocol === 'https:') return basic(this.#credentials);
+    if (!this.#withheldWarned.has(realm.origin)) {
+      if (this.#withheldWarned.size >= 64) this.#withheldWarned.clear();
+      this.#withheldWarned.add(realm.origin);
+      this.#log?.warn(
+        { registry: this.registry, realm: `${realm.origin}${realm.pathname}`, upstream: this.base.origin },
+        'token realm is plain http:// while the upstream is https://: asking it without the agent credentials (they would travel in clear); ' +
+          'fix the registry to announce an https:// realm if it needs them',
+      );
+    }
+    return undefined;
   }
 
   /** One request, following redirects for GET; Authorization only ever goes to the origin it was meant for. */
@@ -330,8 +375,7 @@ export class UpstreamClient {
     } catch (cause) {
       throw new UpstreamError(this.registry, 'redirect', 'redirect Location is not a URL', { cause });
     }
-    const refused = refusedDestination(next, this.base, this.route.kind);
-    if (refused) throw new UpstreamError(this.registry, 'redirect', `redirect not followed: ${refused}`);
+    this.destinations.checkUrl(next);
     return next;
   }
 }

@@ -1,3 +1,5 @@
+import type { DestinationRefusal } from './destination.ts';
+
 /** Why an upstream request did not produce a usable answer. Domain-level: no HTTP status of ours here. */
 export type UpstreamFailure =
   /** Connection refused, DNS failure, reset before a response (`refused` tells the first apart). */
@@ -10,6 +12,11 @@ export type UpstreamFailure =
   | 'invalid'
   /** Too many redirects, or a redirect the agent will not follow. */
   | 'redirect'
+  /**
+   * A redirect or token realm the destination policy refused (DestinationRefusedError): it was
+   * never contacted. Not `unavailable`: upstream answered, and pointed somewhere it must not.
+   */
+  | 'destination'
   /**
    * The route explained the failure itself (`diagnosis`): the proxy on the route (Connectivity
    * Proxy, forward proxy) refused or failed the request, or a TLS connection to the upstream (or a
@@ -73,6 +80,16 @@ export class UpstreamError extends Error {
     if (this.diagnosis) return this.diagnosis.code;
     if (this.refused) return 'refused';
     return this.failure;
+  }
+}
+
+/** A destination refused by the mirror's DestinationPolicy, with the reason and what to change. */
+export class DestinationRefusedError extends UpstreamError {
+  readonly refusal: DestinationRefusal;
+
+  constructor(refusal: DestinationRefusal, message: string) {
+    super(refusal.registry, 'destination', message);
+    this.refusal = refusal;
   }
 }
 

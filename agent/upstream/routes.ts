@@ -1,6 +1,8 @@
 import { Agent, type Dispatcher, Pool, ProxyAgent } from 'undici';
 import type { MirrorCa } from '../config/types.ts';
+import type { DestinationPolicy } from './destination-policy.ts';
 import { UpstreamError, fromTransportError } from './errors.ts';
+import { guardedPoolFactory } from './guarded-connect.ts';
 import type { OAuthTokenSource } from './oauth.ts';
 import { tlsError, trustOptions } from './tls.ts';
 
@@ -19,6 +21,12 @@ export interface RouteRequest {
  */
 export interface Route {
   readonly kind: 'direct' | 'http-proxy' | 'connectivity-proxy';
+  /**
+   * Where requests for redirects and token realms may go, enforced by the route where it connects
+   * (see DestinationPolicy). Every mirror's route has one; a route built without one (a test of
+   * the route alone) checks nothing at connect time.
+   */
+  readonly destinations: DestinationPolicy | undefined;
   send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData>;
   close(): Promise<void>;
 }
@@ -27,17 +35,21 @@ const HIGH_WATER_MARK = 256 * 1024;
 
 /**
  * `ca`: the mirror's ca_file, trusted on top of the default roots for every https connection of this
- * route (upstream, token realms, redirect targets alike: they all serve this mirror).
+ * route (upstream, token realms, redirect targets alike: they all serve this mirror). `destinations`:
+ * checked against the address of every connection, after DNS (guardedPoolFactory).
  */
 export class DirectRoute implements Route {
   readonly kind = 'direct';
+  readonly destinations: DestinationPolicy | undefined;
   readonly #agent: Agent;
   readonly #ca: MirrorCa | undefined;
 
-  constructor(connectTimeoutMs: number, ca?: MirrorCa) {
+  constructor(connectTimeoutMs: number, ca?: MirrorCa, destinations?: DestinationPolicy) {
     this.#ca = ca;
-    const connect = trustOptions(ca);
-    this.#agent = new Agent({ connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000, ...(connect ? { connect } : {}) });
+    this.destinations = destinations;
+    const trust = trustOptions(ca);
+    const pools = destinations ? { factory: guardedPoolFactory(destinations, { connectTimeoutMs, trust }) } : trust ? { connect: trust } : {};
+    this.#agent = new Agent({ connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000, ...pools });
   }
 
   async send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData> {
@@ -56,22 +68,26 @@ export class DirectRoute implements Route {
 /**
  * A forward proxy: absolute-form requests for http:// upstreams, CONNECT tunnels for https://. TLS
  * runs end to end through the tunnel, so `ca` (the mirror's ca_file) applies to the upstream's
- * certificate (`requestTls`), never the proxy's.
+ * certificate (`requestTls`), never the proxy's. The agent connects to nobody but the proxy, so
+ * `destinations` judges each target as it is sent (a literal, or a name as this node resolves it).
  */
 export class HttpProxyRoute implements Route {
   readonly kind = 'http-proxy';
+  readonly destinations: DestinationPolicy | undefined;
   readonly #agent: ProxyAgent;
   readonly #proxy: URL;
   readonly #ca: MirrorCa | undefined;
 
-  constructor(proxy: URL, connectTimeoutMs: number, ca?: MirrorCa) {
+  constructor(proxy: URL, connectTimeoutMs: number, ca?: MirrorCa, destinations?: DestinationPolicy) {
     this.#proxy = proxy;
     this.#ca = ca;
+    this.destinations = destinations;
     const requestTls = trustOptions(ca);
     this.#agent = new ProxyAgent({ uri: proxy.href, connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000, ...(requestTls ? { requestTls } : {}) });
   }
 
   async send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData> {
+    await this.destinations?.checkProxied(url);
     try {
       return await this.#agent.request({ origin: url.origin, path: `${url.pathname}${url.search}`, highWaterMark: HIGH_WATER_MARK, ...request });
     } catch (error) {
@@ -109,6 +125,8 @@ export interface ConnectivityProxyRouteOptions {
   /** Non-trusted mode; undefined in trusted mode. */
   readonly tokens: OAuthTokenSource | undefined;
   readonly connectTimeoutMs: number;
+  /** Scheme and credentials only on this route (see DestinationPolicy); nothing here is connected to but the proxy. */
+  readonly destinations?: DestinationPolicy;
 }
 
 export const LOCATION_ID_HEADER = 'SAP-Connectivity-SCC-Location_ID';
@@ -120,11 +138,13 @@ export const LOCATION_ID_HEADER = 'SAP-Connectivity-SCC-Location_ID';
  */
 export class ConnectivityProxyRoute implements Route {
   readonly kind = 'connectivity-proxy';
+  readonly destinations: DestinationPolicy | undefined;
   readonly #pool: Pool;
   readonly #options: ConnectivityProxyRouteOptions;
 
   constructor(options: ConnectivityProxyRouteOptions) {
     this.#options = options;
+    this.destinations = options.destinations;
     this.#pool = new Pool(options.proxy.origin, { connectTimeout: options.connectTimeoutMs, keepAliveTimeout: 30_000 });
   }
 
