@@ -11,6 +11,7 @@ import type { GuardEvents } from './http/guard.ts';
 import { type Instrumentation, type ListenerName, instrument } from './metrics/instrument.ts';
 import { AgentMetrics } from './metrics/metrics.ts';
 import { MirrorSet } from './http/mirror-set.ts';
+import { BodyBudget, DEFAULT_BODY_BUDGET } from './memory/body-budget.ts';
 import { type RequestRecord, causeChain, createMirrorServer } from './http/server.ts';
 import { Mirror, type ProbeResult } from './mirror/mirror.ts';
 import { TagStore, tagMaxAge } from './mirror/tag-store.ts';
@@ -49,6 +50,8 @@ export class AgentRuntime {
 
   readonly #tags: TagStore;
   readonly #cpTokens: OAuthTokenSource | undefined;
+  /** Bodies held whole in memory (manifests, token answers), across every mirror. */
+  readonly bodies: BodyBudget;
 
   private constructor(
     config: AgentConfig,
@@ -59,7 +62,9 @@ export class AgentRuntime {
     options: RuntimeOptions,
     tags: TagStore,
     cpTokens: OAuthTokenSource | undefined,
+    bodies: BodyBudget,
   ) {
+    this.bodies = bodies;
     this.#config = config;
     this.#tags = tags;
     this.#cpTokens = cpTokens;
@@ -109,13 +114,20 @@ export class AgentRuntime {
     });
     const { removedTemp } = await cache.init();
     if (removedTemp > 0) log.info({ removedTemp }, 'removed partial downloads left by an earlier run');
-    const tags = new TagStore(join(config.cacheDir, 'tags'));
+    const tags = new TagStore(join(config.cacheDir, 'tags'), {
+      space: (bytes) => cache.reserveSpace(bytes),
+      onPersisting: (persisting) => {
+        if (persisting) log.info('tag records are persisted again');
+        else log.warn({ fix: 'free space on the cache file system' }, "cache file system at its free-space reserve: tag answers are kept in memory only (a restart forgets them)");
+      },
+    });
     await tags.init();
     const cpTokens = await connectivityProxyTokens(config.connectivityProxy);
+    const bodies = new BodyBudget(DEFAULT_BODY_BUDGET, { changed: (state) => instrumentation.bodyBudget(state), refused: (reason) => instrumentation.bodyBudgetRefused(reason) });
     const mirrors = new MirrorSet(
-      await Promise.all(config.mirrors.map((m) => buildMirror(m, config.connectivityProxy, cpTokens, cache, tags, log, instrumentation, config.upstreamTimeouts, config.limits))),
+      await Promise.all(config.mirrors.map((m) => buildMirror(m, config.connectivityProxy, cpTokens, cache, tags, log, instrumentation, config.upstreamTimeouts, config.limits, bodies))),
     );
-    const runtime = new AgentRuntime(config, log, cache, mirrors, instrumentation, options, tags, cpTokens);
+    const runtime = new AgentRuntime(config, log, cache, mirrors, instrumentation, options, tags, cpTokens, bodies);
     await runtime.#listen();
     runtime.#scan = runtime.#rebuildIndex();
     await runtime.rewire();
@@ -216,7 +228,9 @@ export class AgentRuntime {
           next.push(existing);
           continue;
         }
-        next.push(await buildMirror(config, this.#config.connectivityProxy, this.#cpTokens, this.cache, this.#tags, this.#log, this.#instrumentation, this.#config.upstreamTimeouts, this.#config.limits));
+        next.push(
+          await buildMirror(config, this.#config.connectivityProxy, this.#cpTokens, this.cache, this.#tags, this.#log, this.#instrumentation, this.#config.upstreamTimeouts, this.#config.limits, this.bodies),
+        );
         if (existing) {
           changed.push(config.registry);
           retired.push(existing);
@@ -329,6 +343,7 @@ async function buildMirror(
   instrumentation: Instrumentation,
   timeouts: UpstreamTimeouts,
   limits: AgentConfig['limits'],
+  bodies: BodyBudget,
 ): Promise<Mirror> {
   const credentials = config.auth === 'agent' ? await readCredentials(config) : undefined;
   const upstreamLog = log.child({ component: 'upstream', registry: config.registry });
@@ -350,6 +365,7 @@ async function buildMirror(
     upstream,
     cache,
     tags,
+    bodies,
     log: log.child({ component: 'mirror', registry: config.registry }),
     slots: { running: limits.maxFillsPerMirror, queued: limits.maxQueuedFillsPerMirror, onEvent: (event) => instrumentation.fillSlot(config.registry, event) },
   });
@@ -359,8 +375,7 @@ async function buildMirror(
 function listenerEvents(listener: ListenerName, capKey: string, instrumentation: Instrumentation, log: Logger): GuardEvents {
   return {
     connection: (event) => instrumentation.connection(listener, event),
-    requestTimeout: () => instrumentation.clientTimeout(listener, 'request'),
-    sendTimeout: () => instrumentation.clientTimeout(listener, 'send'),
+    cut: (reason) => instrumentation.connectionCut(listener, reason),
     saturated: (atCap) => {
       if (atCap) log.warn({ listener, fix: `find the client holding the connections (ss -tnp), or raise ${capKey}` }, `${listener} port at its connection cap: new connections are answered 503 and closed`);
       else log.info({ listener }, `${listener} port below its connection cap again`);

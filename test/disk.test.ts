@@ -6,7 +6,9 @@ import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { request } from 'undici';
+import { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RELAY_CRAWL_MS } from '../agent/cache/fill.ts';
 import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
 import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
 import { recordFigures } from './fixtures/figures.ts';
@@ -14,6 +16,7 @@ import { type MemoryBlob, makeRandomBlob } from './fixtures/image.ts';
 import { type PacedRegistry, type PacedRequest, startPacedRegistry } from './fixtures/paced-registry.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { runCommand } from './fixtures/process.ts';
+import { startScriptedRegistry } from './fixtures/scripted-registry.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
 import { TagStore } from '../agent/mirror/tag-store.ts';
 import { parseDigest } from '../agent/oci/digest.ts';
@@ -398,6 +401,54 @@ describe('a queued client that hangs up', () => {
   });
 });
 
+describe('a crawling reader of a relayed blob', () => {
+  let dir: string;
+  let paced: PacedRegistry;
+
+  beforeAll(async () => {
+    dir = await makeTempDir('rpa-crawl');
+    paced = await startPacedRegistry();
+  });
+
+  afterAll(async () => {
+    await paced?.stop();
+    if (dir) await removeTempDir(dir);
+  });
+
+  it('gives its download slot up to a waiting download after RELAY_CRAWL_MS', async () => {
+    // The big blob is larger than the cache: always relayed, paced by its readers.
+    const agent = await startAgent({ dir, cacheMaxBytes: '1MiB', extraToml: 'max_fills_per_mirror = 1', mirrors: [{ registry: REGISTRY, upstream: paced.url }] });
+    const crawler = new Socket();
+    try {
+      const big = makeRandomBlob(40 * MiB);
+      const small = makeRandomBlob(64 * 1024);
+      paced.serve(big);
+      paced.serve(small);
+      // 4 KiB every 100 ms: above send_timeout's floor for a while, far below taking a 16 MiB window.
+      crawler.on('error', () => undefined);
+      await new Promise<void>((resolve) => crawler.connect(Number(new URL(agent.url).port), '127.0.0.1', resolve));
+      crawler.write(`GET /v2/team/app/blobs/${big.digest}?ns=${REGISTRY} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+      crawler.pause();
+      const crawl = setInterval(() => crawler.read(4096), 100);
+      const cut = new Promise<void>((resolve) => crawler.once('close', () => resolve()));
+      await pollUntil(() => agent.runtime.cache.stats().inflight === 1, { timeoutMs: 5_000, what: 'the big blob relaying' });
+      const started = Date.now();
+      const victim = await pull(agent, small.digest);
+      const waited = Date.now() - started;
+      clearInterval(crawl);
+      expectWhole(victim, small);
+      crawler.resume();
+      await cut;
+      await recordFigures('disk', 'crawling relay reader', { victimWaitedMs: waited, relayCrawlMs: RELAY_CRAWL_MS });
+      expect(waited).toBeGreaterThanOrEqual(RELAY_CRAWL_MS - 500);
+      expect(waited).toBeLessThan(RELAY_CRAWL_MS + 5_000);
+    } finally {
+      crawler.destroy();
+      await agent.stop();
+    }
+  }, 30_000);
+});
+
 describe('tag records expire', () => {
   let dir: string;
 
@@ -440,6 +491,67 @@ describe('tag records expire', () => {
       await recordFigures('disk', 'tag records expire', { removed: Number(line['removed']), kept: Number(line['kept']) });
     } finally {
       await agent.stop();
+    }
+  });
+});
+
+describe('tag records on a small cache file system (an 8 MiB tmpfs as cache_dir)', () => {
+  let dir: string;
+  let unmount: (() => Promise<void>) | undefined;
+
+  beforeAll(async () => {
+    dir = await makeTempDir('rpa-tag-flood');
+    unmount = await mountTmpfs(join(dir, 'cache'), '8m');
+  });
+
+  afterAll(async () => {
+    await unmount?.();
+    if (dir) await removeTempDir(dir);
+  });
+
+  it('an upstream answering every tag cannot fill the disk past the free-space reserve: the answers are kept in memory instead', async () => {
+    const cacheDir = join(dir, 'cache');
+    const upstream = await startScriptedRegistry();
+    const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: {}, layers: [] }));
+    const digest = sha256(manifest);
+    // Every tag of team/app is this one small manifest.
+    upstream.on('*', /^\/v2\/team\/app\/manifests\//, (req, res) => {
+      req.resume();
+      res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': String(manifest.length), 'docker-content-digest': digest });
+      res.end(req.method === 'HEAD' ? undefined : manifest);
+    });
+    const agent = await startAgent({ dir, cacheMaxBytes: 4 * MiB, mirrors: [{ registry: REGISTRY, upstream: upstream.url }] });
+    try {
+      const fs = await statfs(cacheDir);
+      const reserve = Math.min(1024 ** 3, fs.blocks * fs.bsize * 0.05);
+      const TAGS = 2_500;
+      let minFree = Infinity;
+      let next = 0;
+      const statuses = new Map<number, number>();
+      const worker = async (): Promise<void> => {
+        for (let i = next++; i < TAGS; i = next++) {
+          const response = await request(`${agent.url}/v2/team/app/manifests/t${i}?ns=${REGISTRY}`);
+          await response.body.dump();
+          statuses.set(response.statusCode, (statuses.get(response.statusCode) ?? 0) + 1);
+          const now = await statfs(cacheDir);
+          minFree = Math.min(minFree, now.bavail * now.bsize);
+        }
+      };
+      await Promise.all(Array.from({ length: 16 }, worker));
+      const files = (await readdir(join(cacheDir, 'tags'))).length;
+      const warnings = agent.logs.filter((l) => typeof l['msg'] === 'string' && (l['msg'] as string).includes('tag answers are kept in memory only'));
+      // A tag answered after the disk stopped taking records is still answered (from memory).
+      const last = await request(`${agent.url}/v2/team/app/manifests/t${TAGS - 1}?ns=${REGISTRY}`);
+      await last.body.dump();
+      await recordFigures('disk', 'tag flood on an 8 MiB tmpfs', { tags: TAGS, files, minFreeKiB: Math.round(minFree / 1024), reserveKiB: Math.round(reserve / 1024), warnings: warnings.length });
+      expect(Object.fromEntries(statuses)).toEqual({ 200: TAGS });
+      expect(last.statusCode).toBe(200);
+      expect(files).toBeLessThan(TAGS);
+      expect(minFree).toBeGreaterThanOrEqual(reserve);
+      expect(warnings).toHaveLength(1);
+    } finally {
+      await agent.stop();
+      await upstream.stop();
     }
   });
 });

@@ -1000,10 +1000,10 @@ describe('lying token realms and challenges', () => {
       res.writeHead(200, { 'content-type': 'application/json', 'content-length': '100' });
       res.write('{"tok', () => res.destroy());
     }, 503],
-    ['answers with more than 1 MiB', (req, res) => {
+    ['answers with more than 64 KiB', (req, res) => {
       req.resume();
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(Buffer.alloc(2 * 1024 * 1024, 0x20));
+      res.end(Buffer.alloc(64 * 1024 + 1, 0x20));
     }, 502],
   ])('passthrough: a learned realm that %s → a clean OCI error', async (label, handler, status) => {
     const id = nextId();

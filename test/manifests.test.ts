@@ -256,10 +256,13 @@ describe('manifests: the agent DaemonSet', () => {
       const resolved = typeof get.port === 'number' ? get.port : agent().ports?.find((p) => p.name === get.port)?.containerPort;
       return { port: resolved, path: get.path, host: get.host };
     };
-    expect(target(agent().startupProbe)).toEqual({ port: METRICS_PORT, path: '/healthz', host: undefined });
-    expect(target(agent().livenessProbe)).toEqual({ port: METRICS_PORT, path: '/healthz', host: undefined });
-    expect(target(agent().readinessProbe)).toEqual({ port: METRICS_PORT, path: '/readyz', host: undefined });
-    // The kubelet probes the pod IP (the node's, with hostNetwork), so metrics_listen must not be loopback.
+    // On 127.0.0.1 (the node's loopback: hostNetwork), where the metrics port keeps connections for
+    // loopback clients beyond its cap; Prometheus scrapes the node's address, so metrics_listen must
+    // still not be loopback-only.
+    expect(ds().spec?.template.spec?.hostNetwork).toBe(true);
+    expect(target(agent().startupProbe)).toEqual({ port: METRICS_PORT, path: '/healthz', host: '127.0.0.1' });
+    expect(target(agent().livenessProbe)).toEqual({ port: METRICS_PORT, path: '/healthz', host: '127.0.0.1' });
+    expect(target(agent().readinessProbe)).toEqual({ port: METRICS_PORT, path: '/readyz', host: '127.0.0.1' });
     const config = mountedConfig(base(), ds());
     expect(config.metricsListen.port).toBe(METRICS_PORT);
     expect(isLoopback(config.metricsListen.host)).toBe(false);

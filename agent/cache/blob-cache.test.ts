@@ -8,6 +8,7 @@ import { BlobCache, type CacheEvents, type CacheOptions } from './blob-cache.ts'
 import type { BlobReadable } from './blob-reader.ts';
 import { DigestMismatchError, FillAbandonedError, NoRoomError, SizeMismatchError } from './errors.ts';
 import type { FillSource } from './fill.ts';
+import { BodyBudget } from '../memory/body-budget.ts';
 
 function sha256(bytes: Buffer): Digest {
   return parseDigest(`sha256:${createHash('sha256').update(bytes).digest('hex')}`);
@@ -132,6 +133,18 @@ async function until(check: () => boolean | Promise<boolean>, what: string): Pro
   }
 }
 
+/** The process-wide body budget, as the agent has one; every test leaves it at zero. */
+const bodies = new BodyBudget();
+
+/** Reads small content the way the mirror does, copying the bytes out and releasing the body at once. */
+async function getSmall(cache: BlobCache, digest: Digest): Promise<{ bytes: Buffer; mediaType: string | undefined } | undefined> {
+  const small = await cache.getSmall(digest, bodies);
+  if (!small) return undefined;
+  const bytes = Buffer.from(small.body.bytes);
+  small.body.release();
+  return { bytes, mediaType: small.mediaType };
+}
+
 async function exists(path: string): Promise<boolean> {
   try {
     await stat(path);
@@ -170,6 +183,7 @@ describe('BlobCache', () => {
   });
 
   afterEach(async () => {
+    expect(bodies.state()).toEqual({ held: 0, waiting: 0 });
     // Let every fill settle before the directory goes away.
     await Promise.all(opened.splice(0).map((cache) => until(() => cache.stats().inflight === 0, 'fills to settle')));
     await rm(dir, { recursive: true, force: true });
@@ -237,8 +251,64 @@ describe('BlobCache', () => {
       feed.end();
       for (const body of await bodies) expectBytes(body, content);
       expect(calls()).toBe(1);
-      // The racing opens created temp files of their own; none is left behind.
-      expect(await tmpFiles()).toEqual([]);
+      // The racing opens created temp files of their own; none is left behind (removed in the background).
+      await until(async () => (await tmpFiles()).length === 0, 'the racing temp files to be removed');
+      expect(await blobFiles()).toEqual([digest.slice(7)]);
+    });
+
+    it('joins the fill that won the race for the digest even when that fill ends while the loser cleans up its own temp file', async () => {
+      const cache = await newCache();
+      const content = randomBytes(50_000);
+      const digest = sha256(content);
+      const { feed, fetch, calls } = upstream(content.length);
+      const { store } = cache;
+      // Both opens create a temp file before either fill exists: one fill wins, the other finds it
+      // afterwards. Each temp file's handle tells when it is closed (the winner's: when its fill closes).
+      const createTemp = store.createTemp.bind(store);
+      const handlesClosed: Array<Promise<void>> = [];
+      let bothAsked!: () => void;
+      const barrier = new Promise<void>((resolve) => (bothAsked = resolve));
+      store.createTemp = async () => {
+        if (handlesClosed.push(Promise.resolve()) === 2) bothAsked();
+        const index = handlesClosed.length - 1;
+        await barrier;
+        const temp = await createTemp();
+        const close = temp.handle.close.bind(temp.handle);
+        let closed!: () => void;
+        handlesClosed[index] = new Promise<void>((resolve) => (closed = resolve));
+        temp.handle.close = async () => {
+          await close();
+          closed();
+        };
+        return temp;
+      };
+      // The loser's temp file removal is held until the winning fill has ended.
+      const removeTemp = store.removeTemp.bind(store);
+      let cleaning!: () => void;
+      const cleanupStarted = new Promise<void>((resolve) => (cleaning = resolve));
+      let finishCleanup!: () => void;
+      const cleanupGate = new Promise<void>((resolve) => (finishCleanup = resolve));
+      store.removeTemp = async (path) => {
+        cleaning();
+        await cleanupGate;
+        return removeTemp(path);
+      };
+      const opens = [cache.open(digest, fetch), cache.open(digest, fetch)];
+      for (const opened of opens) opened.catch(() => undefined);
+      await cleanupStarted;
+      feed.push(content);
+      feed.end();
+      const first = await Promise.race(opens);
+      expectBytes(await readAll(first), content);
+      // Either the winning fill closed (its only reader is done) or the loser is already attached to it.
+      await Promise.race([Promise.all(handlesClosed), Promise.all(opens)]);
+      finishCleanup();
+      const settled = await Promise.allSettled(opens);
+      expect(settled.map((s) => (s.status === 'rejected' ? String(s.reason) : s.status))).toEqual(['fulfilled', 'fulfilled']);
+      const other = settled.map((s) => (s.status === 'fulfilled' ? s.value : undefined)).find((reader) => reader !== first)!;
+      expectBytes(await readAll(other), content);
+      expect(calls()).toBe(1);
+      await until(async () => (await tmpFiles()).length === 0, 'the loser temp file to be removed');
       expect(await blobFiles()).toEqual([digest.slice(7)]);
     });
 
@@ -546,8 +616,8 @@ describe('BlobCache', () => {
       for (const [i, bytes] of blobs.entries()) await cache.putSmall(digests[i]!, bytes, 'application/json');
       expect(seen.evicted).toEqual([digests[0]]);
       await until(async () => !(await exists(blobFile(digests[0]!))), 'the evicted file to be deleted');
-      expect(await cache.getSmall(digests[0]!)).toBeUndefined();
-      expectBytes((await cache.getSmall(digests[2]!))?.bytes, blobs[2]!);
+      expect(await getSmall(cache, digests[0]!)).toBeUndefined();
+      expectBytes((await getSmall(cache, digests[2]!))?.bytes, blobs[2]!);
     });
   });
 
@@ -557,14 +627,14 @@ describe('BlobCache', () => {
       const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [] }));
       const digest = sha256(manifest);
       await cache.putSmall(digest, manifest, 'application/vnd.oci.image.index.v1+json');
-      expect(await cache.getSmall(digest)).toEqual({ bytes: manifest, mediaType: 'application/vnd.oci.image.index.v1+json' });
+      expect(await getSmall(cache, digest)).toEqual({ bytes: manifest, mediaType: 'application/vnd.oci.image.index.v1+json' });
 
       const plain = Buffer.from('{"config":{}}');
       const plainDigest = sha256(plain);
       await cache.putSmall(plainDigest, plain, undefined);
-      expect(await cache.getSmall(plainDigest)).toEqual({ bytes: plain, mediaType: undefined });
+      expect(await getSmall(cache, plainDigest)).toEqual({ bytes: plain, mediaType: undefined });
 
-      expect(await cache.getSmall(sha256(Buffer.from('unknown')))).toBeUndefined();
+      expect(await getSmall(cache, sha256(Buffer.from('unknown')))).toBeUndefined();
       expect(await tmpFiles()).toEqual([]);
     });
 
@@ -572,7 +642,7 @@ describe('BlobCache', () => {
       const cache = await newCache(10);
       const bytes = randomBytes(11);
       await cache.putSmall(sha256(bytes), bytes, 'application/json');
-      expect(await cache.getSmall(sha256(bytes))).toBeUndefined();
+      expect(await getSmall(cache, sha256(bytes))).toBeUndefined();
       expect(await blobFiles()).toEqual([]);
     });
 
@@ -583,10 +653,52 @@ describe('BlobCache', () => {
       const digest = sha256(bytes);
       await cache.putSmall(digest, bytes, 'application/json');
       await writeFile(blobFile(digest), '{"schemaVersion":3}');
-      expect(await cache.getSmall(digest)).toBeUndefined();
+      expect(await getSmall(cache, digest)).toBeUndefined();
       expect(seen.corrupt.map(([d, e]) => [d, e.name])).toEqual([[digest, 'DigestMismatchError']]);
       await until(async () => !(await exists(blobFile(digest))), 'the corrupt file to be deleted');
-      expect(await cache.getSmall(digest)).toBeUndefined();
+      expect(await getSmall(cache, digest)).toBeUndefined();
+    });
+  });
+
+  describe('small content held under the body budget', () => {
+    it('holds room for the size before reading, and gives it back when the body is released or found corrupt', async () => {
+      const cache = await newCache();
+      const budget = new BodyBudget({ bytes: 100, waiters: 1, waitMs: 60_000 });
+      const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, pad: 'x'.repeat(40) }));
+      const digest = sha256(bytes);
+      await cache.putSmall(digest, bytes, 'application/json');
+      const first = (await cache.getSmall(digest, budget))!;
+      expect(budget.state()).toEqual({ held: bytes.length, waiting: 0 });
+      // No room for a second copy until the first is released: it waits, and is read once room frees.
+      const second = cache.getSmall(digest, budget);
+      await until(() => budget.state().waiting === 1, 'the second read to wait');
+      first.body.release();
+      const got = (await second)!;
+      expectBytes(got.body.bytes, bytes);
+      expect(budget.state()).toEqual({ held: bytes.length, waiting: 0 });
+      got.body.release();
+      // A corrupt file is read under the budget too, and its room given back at once.
+      await writeFile(blobFile(digest), Buffer.alloc(bytes.length, 0x20));
+      expect(await cache.getSmall(digest, budget)).toBeUndefined();
+      expect(budget.state()).toEqual({ held: 0, waiting: 0 });
+    });
+
+    it("leaves the budget queue when the caller's signal aborts, holding nothing", async () => {
+      const cache = await newCache();
+      const budget = new BodyBudget({ bytes: 10, waiters: 1, waitMs: 60_000 });
+      const bytes = Buffer.from('{"schemaVersion":2}');
+      const digest = sha256(bytes);
+      await cache.putSmall(digest, bytes, 'application/json');
+      const other = await budget.acquire(10);
+      const gone = new AbortController();
+      const read = cache.getSmall(digest, budget, gone.signal);
+      await until(() => budget.state().waiting === 1, 'the read to wait');
+      gone.abort(new Error('client gone'));
+      await expect(read).rejects.toThrow('client gone');
+      other.release();
+      expect(budget.state()).toEqual({ held: 0, waiting: 0 });
+      // The lease was given back too: the entry can be evicted.
+      expect(cache.stats()).toMatchObject({ entries: 1 });
     });
   });
 
@@ -695,12 +807,13 @@ describe('BlobCache', () => {
       expect((await stat(join(dir, 'tmp', temp!))).size).toBe(30_000);
       expect(bypassed).toEqual([]);
       const checksBefore = disk.checks();
-      expect(checksBefore).toBeGreaterThan(1);
+      expect(checksBefore).toBeGreaterThanOrEqual(1);
       // Something else filled the disk: 55,000 free, less than the reserve plus the next step.
       disk.setFree(55_000);
       feed.push(content.subarray(30_000, 60_000));
       await drain.atLeast(59_999);
       expect(bypassed).toEqual([expect.any(NoRoomError)]);
+      expect(disk.checks()).toBeGreaterThan(checksBefore);
       expect((bypassed[0] as NoRoomError).limit).toBe('free_space');
       expect(bypassed[0]!.message).toContain('not enough free disk space');
       // The file stopped growing; the rest comes from memory.
@@ -746,6 +859,96 @@ describe('BlobCache', () => {
       expect(await blobFiles()).toEqual([sha256(fits).slice(7)]);
       expect(await tmpFiles()).toEqual([]);
       expect(cache.stats()).toMatchObject({ bytes: 800, claimed: 0 });
+    });
+  });
+
+  describe('relaying fills nobody reads', () => {
+    /** An upstream body that can be destroyed, like undici's, and tells when its download ended. */
+    function destroyable(): { feed: Feed; fetch: () => Promise<FillSource>; destroyed: () => Error | undefined; ended: () => number } {
+      const feed = new Feed();
+      let destroyed: Error | undefined;
+      let ended = 0;
+      return {
+        feed,
+        destroyed: () => destroyed,
+        ended: () => ended,
+        fetch: async () => ({
+          size: undefined,
+          body: Object.assign(feed.body(), {
+            destroy: (error?: Error) => {
+              destroyed = error ?? new Error('destroyed');
+              feed.fail(destroyed);
+            },
+          }),
+          ended: () => {
+            ended += 1;
+          },
+        }),
+      };
+    }
+
+    it('stops a relaying fill once its last reader left and relayed bytes were dropped: upstream destroyed, download ended, nothing cached', async () => {
+      const { events, seen } = recorder();
+      const cache = await newCache(50_000, events);
+      const content = randomBytes(100_000);
+      const digest = sha256(content);
+      const up = destroyable();
+      const reader = await cache.open(digest, up.fetch);
+      const drain = new Drain(reader);
+      up.feed.push(content.subarray(0, 40_000));
+      await drain.atLeast(39_999);
+      // Past cache_max_bytes: the fill relays from memory from here on.
+      up.feed.push(content.subarray(40_000, 70_000));
+      await drain.atLeast(69_000);
+      await drain.stop();
+      reader.close();
+      await until(() => up.ended() === 1, 'the download to end');
+      expect(up.destroyed()).toBeInstanceOf(FillAbandonedError);
+      await until(() => cache.stats().inflight === 0, 'the fill to settle');
+      expect(await tmpFiles()).toEqual([]);
+      expect(await blobFiles()).toEqual([]);
+      expect(cache.stats()).toMatchObject({ entries: 0, claimed: 0 });
+      // Nobody was there to fail: it is no upstream failure either.
+      expect(seen.fillFailed).toEqual([]);
+      // The next request fetches again.
+      const again = upstream(content.length);
+      again.feed.push(content);
+      again.feed.end();
+      expectBytes(await readAll(await cache.open(digest, again.fetch)), content);
+    });
+
+    it('stops it at the next chunk when the body cannot be destroyed', async () => {
+      const cache = await newCache(50_000);
+      const content = randomBytes(100_000);
+      const { feed, fetch } = upstream(undefined);
+      const reader = await cache.open(sha256(content), fetch);
+      const drain = new Drain(reader);
+      feed.push(content.subarray(0, 60_000));
+      await drain.atLeast(59_000);
+      await drain.stop();
+      reader.close();
+      feed.push(content.subarray(60_000, 61_000));
+      await until(() => cache.stats().inflight === 0, 'the fill to settle');
+      expect(await tmpFiles()).toEqual([]);
+    });
+
+    it('lets a file-backed fill whose readers all left complete and be cached', async () => {
+      const cache = await newCache(1 << 30);
+      const content = randomBytes(100_000);
+      const digest = sha256(content);
+      const up = destroyable();
+      const reader = await cache.open(digest, up.fetch);
+      const drain = new Drain(reader);
+      up.feed.push(content.subarray(0, 40_000));
+      await drain.atLeast(39_999);
+      await drain.stop();
+      reader.close();
+      up.feed.push(content.subarray(40_000));
+      up.feed.end();
+      await until(() => up.ended() === 1, 'the download to end');
+      expect(up.destroyed()).toBeUndefined();
+      await until(() => cache.stats().inflight === 0, 'the fill to settle');
+      expect(await blobFiles()).toEqual([digest.slice(7)]);
     });
   });
 
@@ -851,7 +1054,7 @@ describe('BlobCache', () => {
       const reader = await second.open(digest, () => Promise.reject(new Error('upstream must not be asked')));
       expect(reader.origin).toBe('hit');
       expectBytes(await readAll(reader), blob);
-      expect(await second.getSmall(manifestDigest)).toEqual({ bytes: manifest, mediaType: 'application/vnd.oci.image.index.v1+json' });
+      expect(await getSmall(second, manifestDigest)).toEqual({ bytes: manifest, mediaType: 'application/vnd.oci.image.index.v1+json' });
       expect(second.stats()).toMatchObject({ entries: 2, bytes: blob.length + manifest.length });
     });
 

@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { Stats } from 'node:fs';
 import { type FileHandle, open, readFile, stat } from 'node:fs/promises';
+import type { BodyBudget } from '../memory/body-budget.ts';
+import { HeldBody } from '../memory/held-body.ts';
 import type { Digest } from '../oci/digest.ts';
 import { BlobStore, ignoreMissing } from './blob-store.ts';
 import { type BlobReadable, FileBlob, FillBlob, ReadBudget } from './blob-reader.ts';
@@ -35,7 +37,8 @@ export interface CacheOptions {
 export type FetchBlob = (unwanted: AbortSignal) => Promise<FillSource>;
 
 export interface SmallBlob {
-  readonly bytes: Buffer;
+  /** Counted against the body budget until the caller releases it. */
+  readonly body: HeldBody;
   readonly mediaType: string | undefined;
 }
 
@@ -193,15 +196,14 @@ export class BlobCache {
       return new FillBlob(again, 'joined', this.#budget);
     }
     const temp = await this.#createTemp();
-    // Re-check: another request may have started the fill while the temp file was created.
+    // Re-check: another request may have started the fill while the temp file was created. Joined
+    // before anything else is awaited: a fill found joinable may end and close on any later await.
     const raced = this.#running(digest);
     if (raced) {
-      if (temp) {
-        await temp.handle.close();
-        await this.store.removeTemp(temp.path);
-      }
       this.#joined += 1;
-      return new FillBlob(raced, 'joined', this.#budget);
+      const reader = new FillBlob(raced, 'joined', this.#budget);
+      if (temp) void this.#dropTemp(temp);
+      return reader;
     }
     const unwanted = new AbortController();
     const room = new FillRoom(this.#index, this.#disk, { removals: () => this.#removalsDone(), ...(this.#recheckBytes ? { recheckBytes: this.#recheckBytes } : {}) });
@@ -220,6 +222,16 @@ export class BlobCache {
     const reader = new FillBlob(fill, 'miss', this.#budget);
     void this.#settle(fill, room);
     return reader;
+  }
+
+  /** Closes and removes a temp file nobody will write (its request joined another fill). */
+  async #dropTemp(temp: { path: string; handle: FileHandle }): Promise<void> {
+    try {
+      await temp.handle.close();
+      await this.store.removeTemp(temp.path);
+    } catch (error) {
+      this.#events.storeError?.('remove temp file', error as Error);
+    }
   }
 
   /**
@@ -392,23 +404,45 @@ export class BlobCache {
     this.#index.delete(digest);
   }
 
-  /** Small content (manifests): verified on every read, since it is read whole anyway. */
-  async getSmall(digest: Digest): Promise<SmallBlob | undefined> {
+  /**
+   * Room for `bytes` more on the cache's file system above the node's free-space reserve, counting
+   * what running fills have still to write (and counted by their checks until released); undefined
+   * when the reserve would not hold. For the other files under cache_dir (tag records).
+   */
+  async reserveSpace(bytes: number): Promise<{ release(): void } | undefined> {
+    const share = this.#disk.open();
+    if (await share.request(bytes)) return { release: () => share.close() };
+    share.close();
+    return undefined;
+  }
+
+  /**
+   * Small content (manifests), read whole and verified on every read. Room for it is held under
+   * `budget` BEFORE it is read (its size is the index's): the caller owns the returned body and
+   * releases it once done. Rejects with the budget's refusal, or `signal`'s reason while waiting.
+   */
+  async getSmall(digest: Digest, budget: BodyBudget, signal?: AbortSignal): Promise<SmallBlob | undefined> {
     const lease = this.#index.acquire(digest) ?? (await this.#adoptFromDisk(digest));
     if (!lease) return undefined;
     try {
-      const bytes = await readFile(this.store.blobPath(digest));
-      const actual = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-      if (actual !== digest) {
-        this.#dropCorrupt(digest, new DigestMismatchError(digest, actual));
+      const hold = await budget.acquire(lease.size, signal);
+      try {
+        const bytes = await readFile(this.store.blobPath(digest));
+        const actual = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+        if (actual !== digest) {
+          hold.release();
+          this.#dropCorrupt(digest, new DigestMismatchError(digest, actual));
+          return undefined;
+        }
+        lease.markVerified();
+        const mediaType = await this.store.readMediaType(digest);
+        return { body: new HeldBody(bytes, hold), mediaType };
+      } catch (error) {
+        hold.release();
+        ignoreMissing(error);
+        this.#dropCorrupt(digest, error as Error);
         return undefined;
       }
-      lease.markVerified();
-      return { bytes, mediaType: await this.store.readMediaType(digest) };
-    } catch (error) {
-      ignoreMissing(error);
-      this.#dropCorrupt(digest, error as Error);
-      return undefined;
     } finally {
       lease.release();
     }

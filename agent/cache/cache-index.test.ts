@@ -28,16 +28,16 @@ function makeIndex(maxBytes: number): { index: CacheIndex; removed: string[] } {
 describe('CacheIndex', () => {
   it('accounts bytes and entries', () => {
     const { index, removed } = makeIndex(100);
-    expect(index.stats()).toEqual({ bytes: 0, entries: 0, evictions: 0, claimed: 0 });
+    expect(index.stats()).toEqual({ bytes: 0, entries: 0, evictions: 0, claimed: 0, reserved: 0 });
     index.add(A, 10, true);
     index.add(B, 25, true);
     index.add(C, 40, false);
-    expect(index.stats()).toEqual({ bytes: 75, entries: 3, evictions: 0, claimed: 0 });
+    expect(index.stats()).toEqual({ bytes: 75, entries: 3, evictions: 0, claimed: 0, reserved: 0 });
     // Adding a digest that is already indexed changes nothing.
     index.add(B, 25, true);
-    expect(index.stats()).toEqual({ bytes: 75, entries: 3, evictions: 0, claimed: 0 });
+    expect(index.stats()).toEqual({ bytes: 75, entries: 3, evictions: 0, claimed: 0, reserved: 0 });
     index.delete(B);
-    expect(index.stats()).toEqual({ bytes: 50, entries: 2, evictions: 0, claimed: 0 });
+    expect(index.stats()).toEqual({ bytes: 50, entries: 2, evictions: 0, claimed: 0, reserved: 0 });
     expect(removed).toEqual(['B']);
   });
 
@@ -49,7 +49,7 @@ describe('CacheIndex', () => {
     index.add(D, 10, true);
     expect(removed).toEqual(['A']);
     expect([A, B, C, D].map((d) => index.has(d))).toEqual([false, true, true, true]);
-    expect(index.stats()).toEqual({ bytes: 30, entries: 3, evictions: 1, claimed: 0 });
+    expect(index.stats()).toEqual({ bytes: 30, entries: 3, evictions: 1, claimed: 0, reserved: 0 });
   });
 
   it('counts a read (acquire) as a use', () => {
@@ -80,7 +80,7 @@ describe('CacheIndex', () => {
     index.add(C, 10, true);
     index.add(D, 25, true);
     expect(removed).toEqual(['A', 'B', 'C']);
-    expect(index.stats()).toEqual({ bytes: 25, entries: 1, evictions: 3, claimed: 0 });
+    expect(index.stats()).toEqual({ bytes: 25, entries: 1, evictions: 3, claimed: 0, reserved: 0 });
   });
 
   it('fits() allows sizes up to maxBytes', () => {
@@ -98,7 +98,7 @@ describe('CacheIndex', () => {
     expect(removed).toEqual(['B']);
     expect(index.has(B)).toBe(false);
     expect(index.has(A)).toBe(true);
-    expect(index.stats()).toEqual({ bytes: 50, entries: 1, evictions: 0, claimed: 0 });
+    expect(index.stats()).toEqual({ bytes: 50, entries: 1, evictions: 0, claimed: 0, reserved: 0 });
   });
 
   it('keeps an entry of exactly maxBytes', () => {
@@ -140,7 +140,7 @@ describe('CacheIndex', () => {
     expect(removed).toEqual(['B']);
     lease?.release();
     expect(removed).toEqual(['B']);
-    expect(index.stats()).toEqual({ bytes: 30, entries: 3, evictions: 1, claimed: 0 });
+    expect(index.stats()).toEqual({ bytes: 30, entries: 3, evictions: 1, claimed: 0, reserved: 0 });
   });
 
   it('removes a new file instead of indexing it when only leased entries could make room', () => {
@@ -233,7 +233,7 @@ describe('CacheIndex', () => {
       const claim = index.claim(30);
       expect(claim?.bytes).toBe(30);
       expect(removed).toEqual(['A']);
-      expect(index.stats()).toEqual({ bytes: 40, entries: 1, evictions: 1, claimed: 30 });
+      expect(index.stats()).toEqual({ bytes: 40, entries: 1, evictions: 1, claimed: 30, reserved: 0 });
       expect(index.room()).toBe(30);
     });
 
@@ -244,7 +244,7 @@ describe('CacheIndex', () => {
       index.add(B, 20, true);
       // B needs A's room: the claim is not touched.
       expect(removed).toEqual(['A']);
-      expect(index.stats()).toEqual({ bytes: 20, entries: 1, evictions: 1, claimed: 70 });
+      expect(index.stats()).toEqual({ bytes: 20, entries: 1, evictions: 1, claimed: 70, reserved: 0 });
       expect(claim?.bytes).toBe(70);
     });
 
@@ -267,19 +267,19 @@ describe('CacheIndex', () => {
       index.add(A, 30, true);
       index.add(B, 30, true);
       const claim = index.claim(0)!;
-      expect(claim.resize(40)).toBe(true);
+      expect(claim.grow(40)).toBe(true);
       expect(removed).toEqual([]);
-      expect(claim.resize(50)).toBe(true);
+      expect(claim.grow(50)).toBe(true);
       expect(removed).toEqual(['A']);
       const lease = index.acquire(B);
-      expect(claim.resize(80)).toBe(false);
+      expect(claim.grow(80)).toBe(false);
       expect(claim.bytes).toBe(50);
       expect(index.has(B)).toBe(true);
       lease?.release();
-      expect(claim.resize(80)).toBe(true);
+      expect(claim.grow(80)).toBe(true);
       expect(removed).toEqual(['A', 'B']);
-      expect(claim.resize(20)).toBe(true);
-      expect(index.stats()).toEqual({ bytes: 0, entries: 0, evictions: 2, claimed: 20 });
+      claim.shrink(20);
+      expect(index.stats()).toEqual({ bytes: 0, entries: 0, evictions: 2, claimed: 20, reserved: 0 });
     });
 
     it('turn into the committed entry without evicting anything', () => {
@@ -288,12 +288,12 @@ describe('CacheIndex', () => {
       const claim = index.claim(50)!;
       claim.commit(B, 50, 'stamp');
       expect(removed).toEqual([]);
-      expect(index.stats()).toEqual({ bytes: 100, entries: 2, evictions: 0, claimed: 0 });
+      expect(index.stats()).toEqual({ bytes: 100, entries: 2, evictions: 0, claimed: 0, reserved: 0 });
       expect(index.acquire(B)).toMatchObject({ size: 50, verified: true, stamp: 'stamp' });
       // Committed or released once: a second release changes nothing.
       claim.release();
       expect(index.stats().claimed).toBe(0);
-      expect(claim.resize(10)).toBe(false);
+      expect(claim.grow(10)).toBe(false);
     });
 
     it('give their bytes back once released', () => {
@@ -303,6 +303,85 @@ describe('CacheIndex', () => {
       claim.release();
       expect(index.stats().claimed).toBe(0);
       expect(index.room()).toBe(100);
+    });
+
+    it('hold announced bytes ahead of the writes from free room only, and evict only for bytes written', () => {
+      const { index, removed } = makeIndex(100);
+      index.add(A, 30, true);
+      index.add(B, 30, true);
+      const claim = index.claim(0)!;
+      claim.reserve(95);
+      expect(removed).toEqual([]);
+      expect(claim).toMatchObject({ bytes: 40, reserved: 40 });
+      expect(index.stats()).toEqual({ bytes: 60, entries: 2, evictions: 0, claimed: 40, reserved: 40 });
+      // Writes use the reservation first: nothing is evicted until they go past it.
+      expect(claim.grow(40)).toBe(true);
+      expect(removed).toEqual([]);
+      expect(claim).toMatchObject({ bytes: 40, reserved: 0 });
+      expect(claim.grow(45)).toBe(true);
+      expect(removed).toEqual(['A']);
+      expect(claim).toMatchObject({ bytes: 45, reserved: 0 });
+      claim.reserve(95);
+      expect(claim).toMatchObject({ bytes: 70, reserved: 25 });
+      // Stopping gives the reservation back; the written bytes stay claimed until released.
+      claim.shrink(45);
+      expect(index.stats()).toMatchObject({ claimed: 45, reserved: 0 });
+      claim.release();
+      expect(index.stats()).toMatchObject({ claimed: 0, reserved: 0 });
+    });
+
+    it('give reserved (unwritten) room to files already on disk before anything is evicted, but not to other claims', () => {
+      const { index, removed } = makeIndex(100);
+      index.add(A, 40, true);
+      const first = index.claim(0)!;
+      first.reserve(60);
+      expect(first.reserved).toBe(60);
+      // Another fill's writes do not take the reservation: they evict.
+      const second = index.claim(0)!;
+      expect(second.grow(10)).toBe(true);
+      expect(removed).toEqual(['A']);
+      expect(first.reserved).toBe(60);
+      // A file found on disk (start-up scan) takes reserved room first.
+      expect(index.room()).toBe(90);
+      index.add(B, 50, true);
+      expect(removed).toEqual(['A']);
+      expect(first).toMatchObject({ bytes: 40, reserved: 40 });
+      expect(index.stats()).toEqual({ bytes: 50, entries: 1, evictions: 1, claimed: 50, reserved: 40 });
+      first.release();
+      second.release();
+    });
+
+    it('count what other fills announced but could not hold when a new fill asks whether it could fit', () => {
+      const { index, removed } = makeIndex(100);
+      index.add(A, 60, true);
+      const first = index.claim(0)!;
+      // 40 are free: held; 20 more announced are expected, not held.
+      first.reserve(60);
+      expect(first).toMatchObject({ bytes: 40, reserved: 40 });
+      expect(index.couldFit(40)).toBe(true);
+      expect(index.couldFit(41)).toBe(false);
+      // Writing what was expected: the expectation turns into held bytes (evicting A), no longer counted twice.
+      expect(first.grow(60)).toBe(true);
+      expect(removed).toEqual(['A']);
+      expect(index.couldFit(40)).toBe(true);
+      expect(index.couldFit(41)).toBe(false);
+      first.shrink(60);
+      expect(index.couldFit(40)).toBe(true);
+      first.release();
+      expect(index.couldFit(100)).toBe(true);
+    });
+
+    it('tell whether a size could fit by evicting every blob nobody reads, without evicting', () => {
+      const { index, removed } = makeIndex(100);
+      index.add(A, 30, true);
+      index.add(B, 30, true);
+      const lease = index.acquire(B);
+      expect(index.couldFit(70)).toBe(true);
+      expect(index.couldFit(71)).toBe(false);
+      expect(index.couldFit(101)).toBe(false);
+      expect(removed).toEqual([]);
+      lease?.release();
+      expect(index.couldFit(100)).toBe(true);
     });
 
     it('never let committed + claimed bytes exceed maxBytes, whatever the order of operations', () => {
@@ -319,12 +398,24 @@ describe('CacheIndex', () => {
       for (let step = 0; step < 5_000; step += 1) {
         const digest = digestOf(`blob-${next(60)}`);
         switch (next(6)) {
-          case 0:
-            claims.push(index.claim(next(400)));
+          case 0: {
+            const bytes = next(400);
+            const could = index.couldFit(bytes);
+            const claim = index.claim(bytes);
+            // couldFit also counts what other fills expect to write: it may say no where a claim would succeed, never the reverse.
+            if (could) expect(claim, `step ${step}: couldFit(${bytes}) said yes`).toBeDefined();
+            claims.push(claim);
             break;
-          case 1:
-            claims[next(claims.length + 1)]?.resize(next(500));
+          }
+          case 1: {
+            const claim = claims[next(claims.length + 1)];
+            const total = next(500);
+            const how = next(3);
+            if (how === 0) claim?.grow(total);
+            else if (how === 1) claim?.reserve(total);
+            else claim?.shrink(total);
             break;
+          }
           case 2: {
             const claim = claims.splice(next(claims.length + 1), 1)[0];
             if (claim) {
@@ -343,9 +434,11 @@ describe('CacheIndex', () => {
           default:
             index.add(digest, next(300), true);
         }
-        const { bytes, claimed } = index.stats();
+        const { bytes, claimed, reserved } = index.stats();
         expect(bytes + claimed, `step ${step}`).toBeLessThanOrEqual(1_000);
         expect(claimed).toBe(claims.reduce((sum, claim) => sum + (claim?.bytes ?? 0), 0));
+        expect(reserved).toBe(claims.reduce((sum, claim) => sum + (claim?.reserved ?? 0), 0));
+        expect(reserved).toBeLessThanOrEqual(claimed);
       }
       // The walk did reach the interesting states.
       expect(committed).toBeGreaterThan(20);

@@ -28,20 +28,43 @@ export interface Lease {
 /**
  * Bytes a running fill may put in its temp file. They count against `cache_max_bytes` like
  * committed blobs do, from the moment they are claimed: a cache of 20 GiB holds at most 20 GiB on
- * disk, fills included.
+ * disk, fills included. Room is made by eviction only for bytes the fill is about to write; bytes
+ * it merely announced (`Content-Length`) may be held ahead of the writes from free room, never
+ * by evicting: an upstream that announces a huge blob and sends one byte cannot empty the cache.
  */
 export interface Claim {
-  /** Bytes held now. */
+  /** Bytes held now: for what is (about to be) written, plus the reservation ahead of it. */
   readonly bytes: number;
+  /** The part of `bytes` held ahead of the writes (taken from free room only). */
+  readonly reserved: number;
   /**
-   * Grows (evicting least recently used blobs nobody reads) or shrinks the claim to `total` bytes.
-   * False when the room cannot be made; the claim is then unchanged.
+   * Holds room for `total` written bytes: the reservation is used first, then free room, then
+   * least recently used blobs nobody reads are evicted. False when the room cannot be made; the
+   * claim is then unchanged.
    */
-  resize(total: number): boolean;
+  grow(total: number): boolean;
+  /**
+   * Holds up to `total` bytes, taking only room that is free now (evicts nothing, never shrinks).
+   * What it could not hold still counts when later fills ask whether they could fit (`couldFit`),
+   * without taking room from anyone.
+   */
+  reserve(total: number): void;
+  /** The file stops at `total` bytes: the claim holds that much, and the reservation goes back. */
+  shrink(total: number): void;
   /** Hands the claimed bytes over to a committed entry (the temp file became the blob's file). */
   commit(digest: Digest, size: number, stamp?: string): void;
   /** Gives the bytes back (the temp file is gone). Idempotent. */
   release(): void;
+}
+
+/**
+ * A claim's ledger: `held` counts against maxBytes, `reserved` (≤ held) of it is not written yet;
+ * `expected` more are announced but not held (they only count in `couldFit`).
+ */
+interface ClaimState {
+  held: number;
+  reserved: number;
+  expected: number;
 }
 
 export interface CacheIndexStats {
@@ -49,8 +72,10 @@ export interface CacheIndexStats {
   readonly bytes: number;
   readonly entries: number;
   readonly evictions: number;
-  /** Bytes claimed by running fills for their temp files. */
+  /** Bytes claimed by running fills for their temp files, reservations included. */
   readonly claimed: number;
+  /** The part of `claimed` held ahead of the writes (announced, not written yet). */
+  readonly reserved: number;
 }
 
 /**
@@ -59,6 +84,8 @@ export interface CacheIndexStats {
  * `maxBytes`: room is made by evicting the least recently used blobs that no reader holds (a
  * blob being read would keep its file, so evicting it frees nothing). Evicting or dropping an
  * entry calls `remove` (which deletes the file); for a leased entry that waits for the last release.
+ * Fills' reservations (bytes announced, not written) only ever take free room, and give it back
+ * to files that are already on disk (found at start-up, adopted) before anything is evicted.
  */
 export class CacheIndex {
   readonly maxBytes: number;
@@ -67,6 +94,11 @@ export class CacheIndex {
   readonly #remove: (digest: Digest, evicted: boolean) => void;
   #indexed = 0;
   #claimed = 0;
+  #reserved = 0;
+  #expected = 0;
+  readonly #claims = new Set<ClaimState>();
+  /** Bytes of indexed entries a reader holds: what eviction cannot free. */
+  #leasedIndexed = 0;
   /** Bytes of entries that left the index while leased: their files stay until the last reader is done. */
   #leaving = 0;
   #evictions = 0;
@@ -99,7 +131,8 @@ export class CacheIndex {
       this.#remove(digest, false);
       return;
     }
-    if (!this.#makeRoom(size)) {
+    // The file exists: bytes merely announced by running fills give way to it first.
+    if (!this.#makeRoom(size, true)) {
       this.#evictions += 1;
       this.#remove(digest, true);
       return;
@@ -108,28 +141,68 @@ export class CacheIndex {
     this.#indexed += size;
   }
 
-  /** Claims `bytes` for a fill's temp file, evicting as needed; undefined when there is no room. */
+  /**
+   * Claims `bytes` for a fill's temp file (bytes about to be written), evicting as needed;
+   * undefined when there is no room. A claim of 0 bytes always succeeds.
+   */
   claim(bytes: number): Claim | undefined {
-    if (!this.#makeRoom(bytes)) return undefined;
+    if (!this.#makeRoom(bytes, false)) return undefined;
+    const state: ClaimState = { held: bytes, reserved: 0, expected: 0 };
+    const expect = (bytes: number): void => {
+      this.#expected += bytes - state.expected;
+      state.expected = bytes;
+    };
+    this.#claims.add(state);
     this.#claimed += bytes;
-    let held = bytes;
     let open = true;
     const release = (): void => {
       if (!open) return;
       open = false;
-      this.#claimed -= held;
-      held = 0;
+      this.#claims.delete(state);
+      this.#claimed -= state.held;
+      this.#reserved -= state.reserved;
+      expect(0);
+      state.held = 0;
+      state.reserved = 0;
     };
     return {
       get bytes() {
-        return held;
+        return state.held;
       },
-      resize: (total) => {
+      get reserved() {
+        return state.reserved;
+      },
+      grow: (total) => {
         if (!open) return false;
-        if (total > held && !this.#makeRoom(total - held)) return false;
-        this.#claimed += total - held;
-        held = total;
+        const written = state.held - state.reserved;
+        if (total <= written) return true;
+        const fromReservation = Math.min(total - written, state.reserved);
+        const more = total - written - fromReservation;
+        if (more > 0 && !this.#makeRoom(more, false)) return false;
+        state.reserved -= fromReservation;
+        this.#reserved -= fromReservation;
+        state.held += more;
+        this.#claimed += more;
+        expect(Math.max(0, state.expected - more));
         return true;
+      },
+      reserve: (total) => {
+        if (!open) return;
+        const take = Math.max(0, Math.min(total - state.held, this.maxBytes - this.#used()));
+        state.held += take;
+        state.reserved += take;
+        this.#claimed += take;
+        this.#reserved += take;
+        expect(Math.max(0, total - state.held));
+      },
+      shrink: (total) => {
+        if (!open) return;
+        const held = Math.min(state.held, Math.max(0, total));
+        this.#claimed -= state.held - held;
+        this.#reserved -= state.reserved;
+        state.held = held;
+        state.reserved = 0;
+        expect(0);
       },
       commit: (digest, size, stamp) => {
         // Released and re-added with nothing in between: the room just given back is the entry's.
@@ -140,10 +213,22 @@ export class CacheIndex {
     };
   }
 
+  /**
+   * Whether `bytes` could be claimed now if every blob nobody reads were evicted (nothing is), next
+   * to what running fills expect to write (announced, as far ahead as they may reserve). A fill
+   * that could not fit relays from the start instead of writing for nothing and leaving several
+   * fills half-written when together they do not fit.
+   */
+  couldFit(bytes: number): boolean {
+    const evictable = this.#indexed - this.#leasedIndexed;
+    return bytes <= this.maxBytes && this.#used() - evictable + this.#expected + bytes <= this.maxBytes;
+  }
+
   /** Takes a lease and marks the entry most recently used; undefined when not cached. */
   acquire(digest: Digest): Lease | undefined {
     const entry = this.#use(digest);
     if (!entry) return undefined;
+    if (entry.leases === 0) this.#leasedIndexed += entry.size;
     entry.leases += 1;
     let released = false;
     return {
@@ -159,7 +244,11 @@ export class CacheIndex {
         if (released) return;
         released = true;
         entry.leases -= 1;
-        if (entry.leases > 0 || entry.removal === undefined) return;
+        if (entry.leases > 0) return;
+        if (entry.removal === undefined) {
+          this.#leasedIndexed -= entry.size;
+          return;
+        }
         this.#leaving -= entry.size;
         // A digest committed again meanwhile has a new file at the same path: that one stays.
         if (!this.#entries.has(entry.digest)) this.#remove(entry.digest, entry.removal === 'evicted');
@@ -181,9 +270,12 @@ export class CacheIndex {
     this.#use(digest);
   }
 
-  /** Bytes that can still be added or claimed without evicting anything. */
+  /**
+   * Bytes that files already on disk can still be indexed into without evicting anything
+   * (fills' reservations give way to them; a claim gets less: see `Claim`).
+   */
   room(): number {
-    return Math.max(0, this.maxBytes - this.#used());
+    return Math.max(0, this.maxBytes - this.#used() + this.#reserved);
   }
 
   /** Drops an entry (e.g. found corrupt); the file is removed once no reader holds it. */
@@ -193,7 +285,7 @@ export class CacheIndex {
   }
 
   stats(): CacheIndexStats {
-    return { bytes: this.#indexed, entries: this.#entries.size, evictions: this.#evictions, claimed: this.#claimed };
+    return { bytes: this.#indexed, entries: this.#entries.size, evictions: this.#evictions, claimed: this.#claimed, reserved: this.#reserved };
   }
 
   #used(): number {
@@ -210,23 +302,42 @@ export class CacheIndex {
   }
 
   /**
-   * Evicts least recently used entries nobody reads until `bytes` more fit. Evicts nothing when
-   * even that would not make enough room (no blob is thrown away for a claim that fails anyway).
+   * Makes room for `bytes` more: from free room, then (with `takeReservations`) from what fills
+   * reserved ahead of their writes, then by evicting least recently used entries nobody reads.
+   * Changes nothing when even that would not make enough room (no blob is thrown away for a
+   * claim that fails anyway).
    */
-  #makeRoom(bytes: number): boolean {
+  #makeRoom(bytes: number, takeReservations: boolean): boolean {
     if (bytes > this.maxBytes) return false;
     let excess = this.#used() + bytes - this.maxBytes;
     if (excess <= 0) return true;
+    const fromReservations = takeReservations ? Math.min(excess, this.#reserved) : 0;
+    excess -= fromReservations;
     const victims: IndexEntry[] = [];
     for (const entry of this.#entries.values()) {
+      if (excess <= 0) break;
       if (entry.leases > 0 || entry.size === 0) continue;
       victims.push(entry);
       excess -= entry.size;
-      if (excess <= 0) break;
     }
     if (excess > 0) return false;
+    this.#takeReservations(fromReservations);
     for (const entry of victims) this.#drop(entry, 'evicted');
     return true;
+  }
+
+  /** Shrinks fills' reservations by `bytes` in all; they hold that much less ahead of their writes. */
+  #takeReservations(bytes: number): void {
+    let rest = bytes;
+    for (const state of this.#claims) {
+      if (rest <= 0) return;
+      const take = Math.min(rest, state.reserved);
+      state.reserved -= take;
+      state.held -= take;
+      this.#reserved -= take;
+      this.#claimed -= take;
+      rest -= take;
+    }
   }
 
   #drop(entry: IndexEntry, how: 'evicted' | 'dropped'): void {
@@ -235,6 +346,7 @@ export class CacheIndex {
     if (how === 'evicted') this.#evictions += 1;
     if (entry.leases > 0) {
       entry.removal = how;
+      this.#leasedIndexed -= entry.size;
       this.#leaving += entry.size;
     } else {
       this.#remove(entry.digest, how === 'evicted');

@@ -44,12 +44,19 @@ export class NoRoomError extends Error {
 }
 
 /**
- * Every reader left a fill before upstream was even asked (it was waiting for a download slot):
- * the fill is dropped instead of downloading for nobody.
+ * Every reader left a fill nobody else can use: before upstream was even asked (it was waiting for
+ * a download slot), or while it relayed uncached bytes nobody can join any more. The fill is
+ * dropped instead of downloading for nobody.
  */
 export class FillAbandonedError extends Error {
   override readonly name = 'FillAbandonedError';
-  constructor(digest: string) {
-    super(`every client waiting for ${digest} went away before its download started`);
+  constructor(digest: string, when: 'waiting' | 'relaying' | 'crawling' = 'waiting') {
+    super(
+      when === 'waiting'
+        ? `every client waiting for ${digest} went away before its download started`
+        : when === 'relaying'
+          ? `every client reading ${digest} went away while it was relayed uncached: its download was stopped`
+          : `the clients of ${digest}, relayed uncached, read too slowly while other downloads waited for its slot: its download was stopped`,
+    );
   }
 }

@@ -1,25 +1,41 @@
 import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import type { Digest } from '../oci/digest.ts';
-import { DigestMismatchError, SizeMismatchError } from './errors.ts';
+import { DigestMismatchError, FillAbandonedError, SizeMismatchError } from './errors.ts';
+
+/** An upstream body; `destroy` (undici's and node's streams have it) stops it at once, even while it stalls. */
+export type FillBody = AsyncIterable<Uint8Array> & { destroy?(error?: Error): unknown };
 
 /** What an upstream fetch hands the fill once response headers are in. */
 export interface FillSource {
   /** Announced length (Content-Length), when upstream sent one. */
   readonly size: number | undefined;
-  readonly body: AsyncIterable<Uint8Array>;
+  readonly body: FillBody;
   /**
    * Continues a download that broke off after `offset` bytes (a Range request). The fill asks at
    * most MAX_RESUMES times, only after a transport failure, and only when bytes arrived since the
    * last attempt; the whole blob is still verified against its digest at the end.
    */
-  readonly resume?: (offset: number) => Promise<{ readonly body: AsyncIterable<Uint8Array> }>;
+  readonly resume?: (offset: number) => Promise<{ readonly body: FillBody }>;
   /**
    * Called once when the fill stops reading upstream: verified, failed or cut for good (resumes
    * happen before). Whatever the download held (a download slot) is given back here.
    */
   readonly ended?: () => void;
+  /**
+   * Whether other downloads wait for what this one holds (a download slot). A relay paced by readers
+   * too slow to take its memory window gives its slot up then (RELAY_CRAWL_MS).
+   */
+  readonly contended?: () => boolean;
 }
+
+/**
+ * A relay is paced by its slowest reader, so a reader that crawls would hold an upstream download
+ * slot for as long as it likes. While other downloads wait for the slot, the readers of a relay must
+ * take at least a whole memory window (16 MiB) per RELAY_CRAWL_MS (1.6 MiB/s; containerd on the node
+ * reads far faster), or the relay is stopped and the slot goes to the next in line.
+ */
+export const RELAY_CRAWL_MS = 10_000;
 
 /**
  * Room on disk for the temp file, asked for before it grows. An answer with an error means "do not
@@ -51,6 +67,8 @@ export interface FillOptions {
   readonly onUnwanted?: () => void;
   /** Most bytes held in memory for the slowest reader while relaying (default 16 MiB). */
   readonly relayWindowBytes?: number;
+  /** Default RELAY_CRAWL_MS (tests shorten it). */
+  readonly relayCrawlMs?: number;
 }
 
 type FillState = 'starting' | 'running' | 'done' | 'failed';
@@ -70,7 +88,9 @@ const CACHE_WRITE_ERRORS = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EIO', 'EFBIG',
  * file as it grows; the fill does not depend on any of them, so a client that disconnects does
  * not abort it. When the disk cannot take the bytes (no space, cache dir gone), the fill relays
  * them from a bounded memory window instead: readers still get the whole blob, paced by the
- * slowest one, and nothing is cached.
+ * slowest one, and nothing is cached. A relaying fill that every reader left once bytes were
+ * dropped from memory can serve nobody, now or later: it is stopped (upstream destroyed), so it
+ * does not hold a download slot for as long as upstream sends.
  */
 export class Fill {
   readonly digest: Digest;
@@ -86,6 +106,13 @@ export class Fill {
   #dropped = false;
   #state: FillState = 'starting';
   #error: Error | undefined;
+  /** The upstream body being read (the first, or a resume's). */
+  #body: FillBody | undefined;
+  #source: FillSource | undefined;
+  /** While the relay waits for its readers: since when, and where the window started then. */
+  #paced: { readonly at: number; readonly start: number } | undefined;
+  /** Set when the fill was stopped for having no reader (see #stopIfUnread). */
+  #abandoned: FillAbandonedError | undefined;
   #wake: Array<() => void> = [];
   #readerWake: Array<() => void> = [];
   readonly #handle: FileHandle | undefined;
@@ -199,6 +226,7 @@ export class Fill {
   }
 
   async #copy(source: FillSource): Promise<void> {
+    this.#source = source;
     if (!this.#relay && this.#options.room) {
       const refused = await this.#options.room.start(source.size);
       if (refused) this.#startRelay(refused);
@@ -208,9 +236,13 @@ export class Fill {
     for (let resumes = 0; ; resumes += 1) {
       const before = this.#written;
       try {
+        this.#body = body;
         await this.#consume(body, hash);
+        if (this.#abandoned) throw this.#abandoned;
         break;
       } catch (error) {
+        // Whatever the destroyed body threw: stopped on purpose, never resumed.
+        if (this.#abandoned) throw this.#abandoned;
         if (!isTransportError(error)) throw error;
         // Every announced byte arrived and then the connection dropped (proxies that close without
         // saying so): nothing is missing, and the digest check below decides.
@@ -234,7 +266,7 @@ export class Fill {
    * chunk for a slow upstream and batches grow by themselves for a fast one. The queue is bounded:
    * past MAX_QUEUED_BYTES the reading pauses until the writer caught up.
    */
-  async #consume(body: AsyncIterable<Uint8Array>, hash: ReturnType<typeof createHash>): Promise<void> {
+  async #consume(body: FillBody, hash: ReturnType<typeof createHash>): Promise<void> {
     let queue: Buffer[] = [];
     let queuedBytes = 0;
     let writer: Promise<void> | undefined;
@@ -262,6 +294,8 @@ export class Fill {
     try {
       for await (const raw of body) {
         if (writeError !== undefined) throw writeError;
+        // A body that cannot be destroyed is left at the next chunk.
+        if (this.#abandoned) throw this.#abandoned;
         const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
         hash.update(chunk);
         received += chunk.length;
@@ -327,14 +361,48 @@ export class Fill {
   /** Relay mode: drop what every reader has passed; wait while the slowest lags a full window. */
   async #paceRelay(): Promise<void> {
     const window = this.#options.relayWindowBytes ?? 16 * 1024 * 1024;
-    for (;;) {
+    const crawlMs = this.#options.relayCrawlMs ?? RELAY_CRAWL_MS;
+    for (let waited = false; ; waited = true) {
       this.#releaseMemory();
-      if (this.#memoryBytes <= window || this.#positions.size === 0) {
-        if (this.#positions.size === 0) this.#releaseMemory(true);
+      if (this.#positions.size === 0) {
+        this.#stopIfUnread();
         return;
       }
-      await new Promise<void>((resolve) => this.#readerWake.push(resolve));
+      if (this.#memoryBytes <= window) {
+        // Room without waiting: the readers keep up, the relay is not paced by them.
+        if (!waited) this.#paced = undefined;
+        return;
+      }
+      const now = performance.now();
+      if (!this.#paced || this.#memoryStart - this.#paced.start >= window) this.#paced = { at: now, start: this.#memoryStart };
+      if (now - this.#paced.at >= crawlMs && this.#source?.contended?.()) {
+        this.#abandoned = new FillAbandonedError(this.digest, 'crawling');
+        this.#body?.destroy?.(this.#abandoned);
+        throw this.#abandoned;
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, crawlMs);
+        timer.unref();
+        this.#readerWake.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
     }
+  }
+
+  /**
+   * Relaying with no reader: the memory goes (nobody will read it), and once bytes were dropped
+   * nobody can join either, so the download is pointless and is stopped. Its failure ends it like
+   * any other (nothing cached, the temp file removed, the download slot given back); a file-backed
+   * fill is never stopped for this: it goes on into the cache.
+   */
+  #stopIfUnread(): void {
+    if (!this.#relay || this.#positions.size > 0 || this.#state !== 'running' || this.#abandoned) return;
+    this.#releaseMemory(true);
+    if (!this.#dropped) return;
+    this.#abandoned = new FillAbandonedError(this.digest, 'relaying');
+    this.#body?.destroy?.(this.#abandoned);
   }
 
   #releaseMemory(all = false): void {
@@ -398,6 +466,7 @@ export class Fill {
         this.#positions.delete(id);
         this.#wakeReaders();
         if (this.#positions.size === 0 && this.#state === 'starting') this.#options.onUnwanted?.();
+        this.#stopIfUnread();
         this.#closeIfUnused();
       },
     };

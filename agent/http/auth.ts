@@ -6,8 +6,13 @@ import { realmKey } from '../auth/token-grants.ts';
 import type { Mirror } from '../mirror/mirror.ts';
 import { randomBytes } from 'node:crypto';
 import { OciError } from '../oci/errors.ts';
+import { type HeldBody, readBody } from '../memory/held-body.ts';
+import { contentLength } from '../mirror/upstream-status.ts';
+import type { UpstreamResponse } from '../upstream/client.ts';
 import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
 import { toOciError } from './errors.ts';
+import { untilClientGone } from './client-gone.ts';
+import { releaseWithResponse } from './held-response.ts';
 import type { MirrorSet } from './mirror-set.ts';
 
 /** Turns a passthrough auth failure into the 401 the puller needs, with the challenge pointed at the agent. */
@@ -35,7 +40,8 @@ export function authError(error: AuthRequiredError | AccessDeniedError, mirror: 
 
 const TOKEN_PATH = /^\/_token\/([^/?]+)\/([0-9a-f]{16})(?:\?(.*))?$/;
 const MAX_FORM_BYTES = 64 * 1024;
-const MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024;
+/** Real token answers are a few KiB (a JWT and some fields); this is held in memory until the puller took it. */
+const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
 
 export function isTokenRequest(target: string): boolean {
   return target.startsWith('/_token/');
@@ -76,7 +82,7 @@ export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessag
   if (req.headers.authorization) headers['authorization'] = req.headers.authorization;
   let body: Buffer | undefined;
   if (method === 'POST') {
-    const form = new URLSearchParams((await readBody(req, MAX_FORM_BYTES)).toString('utf8'));
+    const form = new URLSearchParams((await readRequestBody(req, MAX_FORM_BYTES)).toString('utf8'));
     const rewritten = new URLSearchParams();
     for (const [key, value] of form) rewritten.append(key, key === 'scope' ? mapScope(value) : value);
     body = Buffer.from(rewritten.toString());
@@ -92,17 +98,19 @@ export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessag
     }
     throw error;
   }
-  const answer = await readLimited(mirror.registry, response.body, MAX_TOKEN_RESPONSE_BYTES);
+  const answer = await readTokenAnswer(mirror, response, res);
+  // From here the response owns the answer: its bytes go back to the budget when it is done.
+  releaseWithResponse(res, answer);
   // Not access yet (realms answer 200 with an empty grant too): the credential counts as accepted
   // for a repository only once upstream accepts this token for it (Mirror confirms it then).
-  if (response.status === 200) mirror.tokenGrants.record(answer, credential, repositories);
+  if (response.status === 200) mirror.tokenGrants.record(answer.bytes, credential, repositories);
   const out: Record<string, string> = { 'content-length': String(answer.length), 'cache-control': 'no-store' };
   const type = response.headers['content-type'];
   if (typeof type === 'string') out['content-type'] = type;
   const authenticate = response.headers['www-authenticate'];
   if (typeof authenticate === 'string') out['www-authenticate'] = authenticate;
   res.writeHead(response.status, out);
-  res.end(answer);
+  res.end(answer.bytes);
   return { registry: mirror.registry, status: response.status };
 }
 
@@ -145,7 +153,7 @@ function offlineToken(mirror: Mirror, credential: CredentialHash, repositories: 
   return true;
 }
 
-async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+async function readRequestBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
   for await (const chunk of req) {
@@ -156,21 +164,22 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-async function readLimited(registry: string, body: AsyncIterable<unknown> & { destroy(): void }, limit: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let total = 0;
+/**
+ * The realm's answer, read whole under the mirror's body budget (room for its Content-Length, or
+ * the 64 KiB limit, first). A puller that hangs up while it waits for room leaves the queue.
+ */
+async function readTokenAnswer(mirror: Mirror, response: UpstreamResponse, res: ServerResponse): Promise<HeldBody> {
+  const gone = untilClientGone(res);
   try {
-    for await (const chunk of body) {
-      total += (chunk as Buffer).length;
-      if (total > limit) {
-        body.destroy();
-        throw new OciError('UNAVAILABLE', 'token endpoint response too large', { status: 502 });
-      }
-      chunks.push(chunk as Buffer);
-    }
-  } catch (error) {
-    // A realm's body cut short is the realm failing, not an internal error.
-    throw error instanceof OciError ? error : fromTransportError(registry, error);
+    return await readBody(mirror.bodies, response.body, {
+      announced: contentLength(response),
+      limit: MAX_TOKEN_RESPONSE_BYTES,
+      signal: gone.signal,
+      tooLarge: () => new OciError('UNAVAILABLE', 'token endpoint response too large', { status: 502 }),
+      // A realm's body cut short is the realm failing, not an internal error.
+      readError: (error) => fromTransportError(mirror.registry, error),
+    });
+  } finally {
+    gone.stop();
   }
-  return Buffer.concat(chunks);
 }

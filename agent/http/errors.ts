@@ -1,4 +1,5 @@
 import { DigestMismatchError, FillAbandonedError, SizeMismatchError } from '../cache/errors.ts';
+import { MemoryBudgetError } from '../memory/errors.ts';
 import { FillQueueFullError } from '../mirror/errors.ts';
 import { OciError } from '../oci/errors.ts';
 import { DestinationRefusedError, UpstreamError } from '../upstream/errors.ts';
@@ -8,6 +9,8 @@ import { DestinationRefusedError, UpstreamError } from '../upstream/errors.ts';
  * the running downloads to finish, short against kubelet's own image pull back-off.
  */
 const FILL_QUEUE_RETRY_AFTER_SECONDS = 10;
+/** Room in the body budget frees as soon as a few responses were taken: a short wait is enough. */
+const MEMORY_BUDGET_RETRY_AFTER_SECONDS = 5;
 
 /**
  * The one place where domain errors become OCI errors with an HTTP status. The original error
@@ -23,6 +26,13 @@ export function toOciError(error: unknown): OciError {
     return new OciError('TOOMANYREQUESTS', `too many blob downloads from ${error.registry} at once; retry later`, {
       detail: { registry: error.registry, running: error.running, queued: error.queued },
       headers: { 'retry-after': String(FILL_QUEUE_RETRY_AFTER_SECONDS) },
+      cause: error,
+    });
+  }
+  if (error instanceof MemoryBudgetError) {
+    return new OciError('TOOMANYREQUESTS', 'too many responses are being held in memory for their clients; retry later', {
+      detail: { reason: error.reason, heldBytes: error.held, waiting: error.waiting },
+      headers: { 'retry-after': String(MEMORY_BUDGET_RETRY_AFTER_SECONDS) },
       cause: error,
     });
   }

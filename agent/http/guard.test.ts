@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { closeServer, listenLoopback } from '../../test/fixtures/http-server.ts';
 import { pollUntil } from '../../test/fixtures/poll.ts';
 import { rawExchange, rawSocket } from '../../test/fixtures/raw-http.ts';
+import { ConnectionCounts } from './connection-gate.ts';
 import { type GuardEvents, type GuardOptions, LINGER_MS, guardServer } from './guard.ts';
 
 const REFUSAL = 'HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nfull';
@@ -15,17 +16,18 @@ interface Counted {
   refused: number;
   requestTimeouts: number;
   sendTimeouts: number;
+  pipelining: number;
   saturated: boolean[];
 }
 
 function counting(): { counts: Counted; events: GuardEvents } {
-  const counts: Counted = { opened: 0, closed: 0, refused: 0, requestTimeouts: 0, sendTimeouts: 0, saturated: [] };
+  const counts: Counted = { opened: 0, closed: 0, refused: 0, requestTimeouts: 0, sendTimeouts: 0, pipelining: 0, saturated: [] };
+  const cuts = { request_timeout: 'requestTimeouts', send_timeout: 'sendTimeouts', pipelining: 'pipelining' } as const;
   return {
     counts,
     events: {
       connection: (event) => void (counts[event] += 1),
-      requestTimeout: () => void (counts.requestTimeouts += 1),
-      sendTimeout: () => void (counts.sendTimeouts += 1),
+      cut: (reason) => void (counts[cuts[reason]] += 1),
       saturated: (atCap) => void counts.saturated.push(atCap),
     },
   };
@@ -50,6 +52,7 @@ async function guarded(handler: (res: ServerResponse, url: string) => void, opti
     sendTimeoutMs: 300,
     keepAliveTimeoutMs: 5_000,
     maxRequestsPerSocket: 100,
+    maxPipelined: 16,
     refusal: REFUSAL,
     clientErrorAnswer: () => BAD,
     events,
@@ -226,5 +229,101 @@ describe('guardServer: sockets taken over or answered raw', () => {
     const answer = await rawExchange(port, 'GET /slow HTTP/1.1\r\nHost: x\r\n\r\nBLAH\r\n\r\n', { responses: 2, timeoutMs: 3_000 });
     expect(answer.responses.map((r) => r.status)).toEqual([200, 400]);
     expect(answer.responses[0]?.body.toString()).toBe('slow');
+  });
+});
+
+describe('guardServer: one request at a time per connection', () => {
+  it('answers pipelined requests one after the other, never two handlers at once for one connection', async () => {
+    let running = 0;
+    let peak = 0;
+    const { port } = await guarded((res, url) => {
+      running += 1;
+      peak = Math.max(peak, running);
+      setTimeout(() => {
+        running -= 1;
+        res.end(url);
+      }, 5);
+    });
+    const requests = Array.from({ length: 10 }, (_, i) => `GET /${i} HTTP/1.1\r\nHost: x\r\n\r\n`).join('');
+    const answer = await rawExchange(port, requests, { responses: 10, timeoutMs: 5_000 });
+    expect(answer.responses.map((r) => r.body.toString())).toEqual(Array.from({ length: 10 }, (_, i) => `/${i}`));
+    expect(peak).toBe(1);
+  });
+
+  it('resets a connection that pipelines more requests than may wait, without running their handlers', async () => {
+    let handled = 0;
+    const { port, counts } = await guarded((res) => {
+      handled += 1;
+      setTimeout(() => res.end('ok'), 50);
+    });
+    const requests = Array.from({ length: 400 }, (_, i) => `GET /${i} HTTP/1.1\r\nHost: x\r\n\r\n`).join('');
+    const answer = await rawExchange(port, requests, { timeoutMs: 5_000 });
+    expect(answer.closed).toBe(true);
+    expect(counts.pipelining).toBe(1);
+    // The one being answered when the pipeline overflowed; none of the 399 behind it.
+    expect(handled).toBe(1);
+  });
+});
+
+describe('guardServer: a client must keep taking its answer', () => {
+  it('cuts a reader that takes a few bytes now and then, too slowly to count as progress', async () => {
+    const { port, counts } = await guarded((res) => {
+      res.writeHead(200, { 'content-length': String(32 * 1024 * 1024) });
+      const chunk = Buffer.alloc(64 * 1024);
+      let sent = 0;
+      const more = (): void => {
+        while (sent < 512) {
+          sent += 1;
+          if (!res.write(chunk)) return void res.once('drain', more);
+        }
+        res.end();
+      };
+      more();
+    }, { sendTimeoutMs: 600 });
+    const [client] = await openIdle(port, 1);
+    client!.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    // 4 KiB every 100 ms: never silent for long, but far below 1 MiB per send timeout.
+    client!.pause();
+    const crawl = setInterval(() => client!.read(4096), 100);
+    try {
+      await pollUntil(() => counts.sendTimeouts === 1, { timeoutMs: 10_000, what: 'the crawling reader cut' });
+    } finally {
+      clearInterval(crawl);
+    }
+  });
+});
+
+describe('ConnectionCounts', () => {
+  const counts = (options: Partial<{ maxConnections: number; maxPerAddress: number; loopbackReserve: number }>) =>
+    new ConnectionCounts({ maxConnections: 4, refusal: '', ...options });
+
+  it('caps connections per remote address, not per loopback client', () => {
+    const gate = counts({ maxConnections: 100, maxPerAddress: 2 });
+    expect(gate.admit('10.0.0.5')).toBeDefined();
+    expect(gate.admit('10.0.0.5')).toBeDefined();
+    expect(gate.admit('10.0.0.5')).toBeUndefined();
+    expect(gate.admit('10.0.0.6')).toBeDefined();
+    for (let i = 0; i < 5; i += 1) expect(gate.admit('127.0.0.1')).toBeDefined();
+  });
+
+  it('keeps the loopback reserve for loopback clients once remote ones hold the cap', () => {
+    const gate = counts({ maxConnections: 2, loopbackReserve: 1 });
+    const first = gate.admit('10.0.0.5');
+    expect(gate.admit('10.0.0.6')).toBeDefined();
+    expect(gate.admit('10.0.0.7')).toBeUndefined();
+    const probe = gate.admit('::ffff:127.0.0.1') ?? gate.admit('127.0.0.1');
+    expect(probe).toBeDefined();
+    expect(gate.admit('127.0.0.1')).toBeUndefined();
+    first?.();
+    expect(gate.admit('10.0.0.7')).toBeDefined();
+  });
+
+  it('gives each connection back exactly once', () => {
+    const gate = counts({ maxConnections: 1 });
+    const release = gate.admit('10.0.0.5');
+    release?.();
+    release?.();
+    expect(gate.admit('10.0.0.6')).toBeDefined();
+    expect(gate.admit('10.0.0.7')).toBeUndefined();
   });
 });

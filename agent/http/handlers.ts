@@ -1,11 +1,13 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { BlobReadable } from '../cache/blob-reader.ts';
-import type { Mirror, PullContext } from '../mirror/mirror.ts';
+import type { ManifestResult, Mirror, PullContext } from '../mirror/mirror.ts';
 import type { Digest } from '../oci/digest.ts';
 import { OciError } from '../oci/errors.ts';
 import type { DistributionRequest } from '../oci/request.ts';
+import { untilClientGone } from './client-gone.ts';
+import { releaseWithResponse } from './held-response.ts';
 import { decideRange } from './range.ts';
-import { API_VERSION_HEADER, ClientGoneError, writeAll } from './respond.ts';
+import { API_VERSION_HEADER, writeAll } from './respond.ts';
 
 /** What a handler learned, for the access log and metrics. */
 export interface Outcome {
@@ -33,7 +35,17 @@ export async function handleManifest(
   outcome: Outcome,
   ctx: PullContext,
 ): Promise<void> {
-  const result = await mirror.manifest(request.name, request.reference, ctx);
+  // A client that hangs up while its manifest waits for room in the body budget leaves that queue.
+  const gone = untilClientGone(res);
+  let result: ManifestResult;
+  try {
+    result = await mirror.manifest(request.name, request.reference, { ...ctx, signal: gone.signal });
+  } finally {
+    gone.stop();
+  }
+  const { body } = result;
+  // From here the response owns the body: whatever happens next, its bytes go back when it is done.
+  releaseWithResponse(res, body);
   outcome.cache = result.origin;
   res.writeHead(200, {
     ...API_VERSION_HEADER,
@@ -43,12 +55,13 @@ export async function handleManifest(
     etag: `"${result.digest}"`,
     'cache-control': request.reference.kind === 'digest' ? IMMUTABLE : 'no-cache',
   });
-  if (head || !result.body) {
+  if (head) {
+    body.release();
     res.end();
     return;
   }
-  outcome.bytes = result.body.length;
-  res.end(result.body);
+  outcome.bytes = body.length;
+  res.end(body.bytes);
 }
 
 export async function handleBlobHead(mirror: Mirror, name: Extract<DistributionRequest, { kind: 'blob' }>, res: ServerResponse, ctx: PullContext): Promise<void> {
@@ -66,16 +79,12 @@ export async function handleBlobGet(
   ctx: PullContext,
 ): Promise<void> {
   // A client that hangs up while its download waits for a slot gives up its place in the queue.
-  const gone = new AbortController();
-  const onClose = (): void => {
-    if (!res.writableFinished) gone.abort(new ClientGoneError());
-  };
-  res.once('close', onClose);
+  const gone = untilClientGone(res);
   let blob: BlobReadable;
   try {
     blob = await mirror.blob(request.name, request.digest, { ...ctx, signal: gone.signal });
   } finally {
-    res.off('close', onClose);
+    gone.stop();
   }
   outcome.cache = blob.origin;
   try {

@@ -47,6 +47,8 @@ export interface MirrorListenerLimits {
 /** containerd keeps connections to a mirror open between the requests of a pull. */
 const KEEP_ALIVE_MS = 30_000;
 const MAX_REQUESTS_PER_CONNECTION = 1_000;
+/** Requests parsed from one connection that may wait behind the one being answered. */
+const MAX_PIPELINED = 16;
 
 /** The mirror's HTTP surface: the only code that knows status codes and headers. */
 export function createMirrorServer(options: MirrorServerOptions): Server {
@@ -66,6 +68,7 @@ export function createMirrorServer(options: MirrorServerOptions): Server {
     ...limits,
     keepAliveTimeoutMs: KEEP_ALIVE_MS,
     maxRequestsPerSocket: MAX_REQUESTS_PER_CONNECTION,
+    maxPipelined: MAX_PIPELINED,
     refusal: rawOciResponse(
       new OciError('TOOMANYREQUESTS', `the agent is serving its maximum of ${limits.maxConnections} connections (max_connections); retry shortly`, {
         status: 503,

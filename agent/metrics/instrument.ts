@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { BlobCache } from '../cache/blob-cache.ts';
 import { DigestMismatchError, SizeMismatchError } from '../cache/errors.ts';
 import type { WiringState } from '../containerd/wiring.ts';
+import type { BodyBudgetState } from '../memory/body-budget.ts';
 import type { RequestRecord } from '../http/server.ts';
 import type { UpstreamObservation } from '../upstream/client.ts';
 import { AgentMetrics, statusClass } from './metrics.ts';
@@ -31,12 +32,16 @@ export interface Instrumentation {
   wiring(state: WiringState): void;
   /** A client connection opened, closed, or was refused at the cap, on `listener` (mirror, metrics). */
   connection(listener: ListenerName, event: 'opened' | 'closed' | 'refused'): void;
-  /** A client connection cut by client_request_timeout (`request`) or send_timeout (`send`). */
-  clientTimeout(listener: ListenerName, phase: 'request' | 'send'): void;
+  /** A client connection cut: its request did not arrive in time, its client stopped taking the answer, or it pipelined too deep. */
+  connectionCut(listener: ListenerName, reason: 'request_timeout' | 'send_timeout' | 'pipelining'): void;
   /** A redirect or token realm of `registry` refused by the destination policy. */
   destinationRefused(registry: string, reason: string): void;
   /** A blob download of `registry` started waiting for a slot (`waiting`), got one after waiting (`started`), or was refused (`rejected`). */
   fillSlot(registry: string, event: 'waiting' | 'started' | 'rejected' | 'abandoned'): void;
+  /** Bytes held and requests waiting in the body budget, on every change. */
+  bodyBudget(state: BodyBudgetState): void;
+  /** A request refused for lack of room in the body budget. */
+  bodyBudgetRefused(reason: 'queue_full' | 'wait_timeout'): void;
   scrape(cache: BlobCache, wiring: WiringState | undefined): Promise<{ contentType: string; body: string }>;
 }
 
@@ -114,8 +119,8 @@ export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instru
       else if (event === 'closed') metrics.connectionsOpen.dec({ listener });
       else metrics.connectionsRefused.inc({ listener });
     },
-    clientTimeout(listener, phase) {
-      metrics.clientTimeouts.inc({ listener, phase });
+    connectionCut(listener, reason) {
+      metrics.connectionsCut.inc({ listener, reason });
     },
     destinationRefused(registry, reason) {
       metrics.destinationsRefused.inc({ registry, reason });
@@ -129,6 +134,13 @@ export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instru
       } else {
         metrics.fillsRejected.inc({ registry });
       }
+    },
+    bodyBudget(state) {
+      metrics.bodyBudgetBytes.set(state.held);
+      metrics.bodyBudgetWaiting.set(state.waiting);
+    },
+    bodyBudgetRefused(reason) {
+      metrics.bodyBudgetRefused.inc({ reason });
     },
     async scrape(cache, wiring) {
       const stats = cache.stats();

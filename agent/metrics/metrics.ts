@@ -123,10 +123,31 @@ export class AgentMetrics {
     registers: [this.registry],
   });
 
-  readonly clientTimeouts = new Counter({
-    name: 'registry_proxy_client_timeouts_total',
-    help: 'Client connections cut by a timeout, by listener and phase: request (not received within client_request_timeout), send (the client took no byte for send_timeout).',
-    labelNames: ['listener', 'phase'] as const,
+  readonly connectionsCut = new Counter({
+    name: 'registry_proxy_connections_cut_total',
+    help:
+      'Client connections cut by the agent, by listener and reason: request_timeout (the request did not arrive within client_request_timeout), ' +
+      'send_timeout (the client took less than 1 MiB of its answer per send_timeout), pipelining (more than the allowed requests queued on one connection).',
+    labelNames: ['listener', 'reason'] as const,
+    registers: [this.registry],
+  });
+
+  readonly bodyBudgetBytes = new Gauge({
+    name: 'registry_proxy_body_budget_bytes',
+    help: 'Bytes of response bodies held whole in memory until their clients take them (manifests, token answers), against a 64 MiB budget.',
+    registers: [this.registry],
+  });
+
+  readonly bodyBudgetWaiting = new Gauge({
+    name: 'registry_proxy_body_budget_waiting',
+    help: 'Requests waiting for room in the body budget (at most 256 wait, each at most 30 s).',
+    registers: [this.registry],
+  });
+
+  readonly bodyBudgetRefused = new Counter({
+    name: 'registry_proxy_body_budget_refused_total',
+    help: 'Requests answered 429 TOOMANYREQUESTS for lack of room in the body budget, by reason: queue_full, wait_timeout.',
+    labelNames: ['reason'] as const,
     registers: [this.registry],
   });
 

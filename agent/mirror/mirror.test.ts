@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BlobCache } from '../cache/blob-cache.ts';
+import { BodyBudget } from '../memory/body-budget.ts';
 import type { MirrorConfig } from '../config/types.ts';
 import { type Digest, parseDigest } from '../oci/digest.ts';
 import { OciError } from '../oci/errors.ts';
@@ -32,6 +33,9 @@ interface Seen {
   readonly path: string;
   readonly accept: string | undefined;
 }
+
+/** A manifest answer after its body was copied out and released. */
+type Served = Omit<ManifestResult, 'body'> & { readonly bytes: Buffer };
 
 interface Manifest {
   readonly bytes: Buffer;
@@ -141,6 +145,7 @@ function path(reference: string): string {
 }
 
 describe('Mirror: tags', () => {
+  const bodies = new BodyBudget();
   let dir: string;
   let upstream: ScriptedUpstream;
   let clock: number;
@@ -155,6 +160,8 @@ describe('Mirror: tags', () => {
   });
 
   afterEach(async () => {
+    // Every manifest answer, served or failed, gave its bytes back.
+    expect(bodies.state()).toEqual({ held: 0, waiting: 0 });
     await Promise.all(clients.splice(0).map((client) => client.close()));
     await upstream.stop();
     await rm(dir, { recursive: true, force: true });
@@ -178,18 +185,26 @@ describe('Mirror: tags', () => {
     const client = new UpstreamClient({ registry: REGISTRY, base: upstream.url, auth: 'agent' });
     clients.push(client);
     const log = pino({ level: 'warn' }, { write: (line: string) => warnings.push((JSON.parse(line) as { msg: string }).msg) });
-    return { mirror: new Mirror({ config, upstream: client, cache, tags, log, now: () => clock }), tags };
+    return { mirror: new Mirror({ config, upstream: client, cache, tags, log, now: () => clock, bodies }), tags };
   }
 
-  function get(mirror: Mirror, tag = 'v1'): Promise<ManifestResult> {
-    return mirror.manifest(NAME, { kind: 'tag', tag });
+  /** A manifest answer as the HTTP handler would take it: the bytes copied out, the body released at once. */
+  async function served(answer: Promise<ManifestResult>): Promise<Served> {
+    const { body, ...result } = await answer;
+    const bytes = Buffer.from(body.bytes);
+    body.release();
+    return { ...result, bytes };
   }
 
-  function expectServes(result: ManifestResult, m: Manifest, origin: ManifestResult['origin']): void {
+  function get(mirror: Mirror, tag = 'v1'): Promise<Served> {
+    return served(mirror.manifest(NAME, { kind: 'tag', tag }));
+  }
+
+  function expectServes(result: Served, m: Manifest, origin: ManifestResult['origin']): void {
     expect(result.digest).toBe(m.digest);
     expect(result.mediaType).toBe(OCI_MANIFEST);
     expect(result.size).toBe(m.bytes.length);
-    expect(result.body?.equals(m.bytes)).toBe(true);
+    expect(result.bytes.equals(m.bytes)).toBe(true);
     expect(result.origin).toBe(origin);
   }
 
@@ -222,7 +237,7 @@ describe('Mirror: tags', () => {
     const v1 = manifest('v1');
     upstream.tag('v1', v1);
     const { mirror } = await newMirror();
-    const head = await mirror.manifest(NAME, { kind: 'tag', tag: 'v1' });
+    const head = await served(mirror.manifest(NAME, { kind: 'tag', tag: 'v1' }));
     expect(head.digest).toBe(v1.digest);
     upstream.forget();
     expectServes(await get(mirror), v1, 'hit');
@@ -242,7 +257,7 @@ describe('Mirror: tags', () => {
     upstream.tag('v1', v2);
     clock += 5 * MINUTE - 1;
     expectServes(await get(mirror), v1, 'hit');
-    expect((await mirror.manifest(NAME, { kind: 'tag', tag: 'v1' })).digest).toBe(v1.digest);
+    expect((await served(mirror.manifest(NAME, { kind: 'tag', tag: 'v1' }))).digest).toBe(v1.digest);
     expect(upstream.seen).toEqual([]);
 
     clock += 1;
@@ -312,7 +327,7 @@ describe('Mirror: tags', () => {
     expect((error as OciError).code).toBe('MANIFEST_UNKNOWN');
     // The manifest itself is still cached and served by digest.
     upstream.forget();
-    expect((await mirror.manifest(NAME, { kind: 'digest', digest: v1.digest })).origin).toBe('hit');
+    expect((await served(mirror.manifest(NAME, { kind: 'digest', digest: v1.digest }))).origin).toBe('hit');
     expect(upstream.seen).toEqual([]);
   });
 
@@ -331,7 +346,7 @@ describe('Mirror: tags', () => {
     // Twice: the stale answer does not change the record, so the next request asks upstream again.
     for (let attempt = 0; attempt < 2; attempt += 1) {
       upstream.forget();
-      const result = await mirror.manifest(NAME, { kind: 'tag', tag: 'v1' });
+      const result = await served(mirror.manifest(NAME, { kind: 'tag', tag: 'v1' }));
       expect(result.digest).toBe(v1.digest);
       expect(result.origin).toBe('stale');
       expect(upstream.seen.map((s) => `${s.method} ${s.path}`)).toEqual([`HEAD ${path('v1')}`, `GET ${path(v2.digest)}`]);
@@ -369,7 +384,7 @@ describe('Mirror: tags', () => {
 
     await upstream.stop();
     expectServes(await get(mirror), v1, 'stale');
-    expect((await mirror.manifest(NAME, { kind: 'digest', digest: v1.digest })).origin).toBe('hit');
+    expect((await served(mirror.manifest(NAME, { kind: 'digest', digest: v1.digest }))).origin).toBe('hit');
   });
 
   it('a restarted agent serves the persisted tag answer while upstream is down', async () => {

@@ -13,6 +13,8 @@ import { type Digest, isDigest } from '../oci/digest.ts';
 import { OciError } from '../oci/errors.ts';
 import { MANIFEST_ACCEPT, MANIFEST_MAX_BYTES, mediaTypeFromBody } from '../oci/media-types.ts';
 import { type Reference, type RepositoryName, upstreamRepository } from '../oci/reference.ts';
+import { BodyBudget } from '../memory/body-budget.ts';
+import { type HeldBody, readBody, releaseOnThrow } from '../memory/held-body.ts';
 import { type UpstreamClient, type UpstreamResponse, firstHeader } from '../upstream/client.ts';
 import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
 import { type FillSlotEvent, type FillSlotLimits, FillSlots } from './fill-slots.ts';
@@ -26,8 +28,11 @@ export interface ManifestResult {
   readonly digest: Digest;
   readonly mediaType: string;
   readonly size: number;
-  /** Present for GET. */
-  readonly body: Buffer | undefined;
+  /**
+   * The manifest, held under the process's body budget: the receiver owns it and must release it
+   * once done (the HTTP handler: when the response that carries it is done; HEAD: at once).
+   */
+  readonly body: HeldBody;
   readonly origin: ManifestOrigin;
 }
 
@@ -37,7 +42,8 @@ export interface PullContext {
   /**
    * Aborts (with a reason the HTTP layer chooses) when the puller's connection closed before the
    * answer started: a blob request still waiting for a download slot then leaves the queue, unless
-   * other requests wait for the same blob.
+   * other requests wait for the same blob; a manifest request waiting for room in the body budget
+   * leaves that queue.
    */
   readonly signal?: AbortSignal | undefined;
 }
@@ -61,6 +67,8 @@ export interface MirrorDeps {
   readonly log: Logger;
   readonly now?: () => number;
   readonly slots?: MirrorSlots;
+  /** The process-wide budget for bodies held whole in memory (default: one of its own, for tests). */
+  readonly bodies?: BodyBudget;
 }
 
 /** The reachability probe's answer; when upstream is not reachable, `cause` (an upstream error cause) and `detail` say why. */
@@ -93,6 +101,8 @@ export class Mirror {
   readonly #linked = new LRUCache<string, true>({ max: 200_000 });
   /** The last challenge upstream sent, answered while it is unreachable. */
   #lastChallenge: string | undefined;
+  /** Manifests and token answers are held whole in memory under this budget (shared by every mirror). */
+  readonly bodies: BodyBudget;
 
   constructor(deps: MirrorDeps) {
     this.config = deps.config;
@@ -102,6 +112,7 @@ export class Mirror {
     this.#log = deps.log;
     this.#now = deps.now ?? Date.now;
     this.#slots = new FillSlots(deps.config.registry, deps.slots ?? DEFAULT_SLOTS, deps.slots?.onEvent);
+    this.bodies = deps.bodies ?? new BodyBudget();
   }
 
   get registry(): string {
@@ -185,7 +196,7 @@ export class Mirror {
           if (response.status !== 200) throw await this.#failure(response, ctx, () => blobUnknown(digest));
           this.#confirm(name, digest, ctx);
           const size = contentLength(response);
-          return { size, body: response.body, resume: (offset: number) => this.#resumeBlob(name, digest, offset, size, ctx), ended: slot.release };
+          return { size, body: response.body, resume: (offset: number) => this.#resumeBlob(name, digest, offset, size, ctx), ended: slot.release, contended: () => this.#slots.waiting > 0 };
         } catch (error) {
           slot.release();
           throw error;
@@ -235,7 +246,7 @@ export class Mirror {
         this.#log.warn({ registry: this.registry, tag, ageMs: age, err: error.message }, 'upstream unavailable and the cached tag is older than max_stale');
         throw error;
       }
-      const cached = await this.#cachedManifest(known.digest, known.mediaType, 'stale');
+      const cached = await this.#cachedManifest(known.digest, known.mediaType, 'stale', ctx);
       if (!cached) throw error;
       this.#log.warn({ registry: this.registry, tag, digest: known.digest, ageMs: age, err: error.message }, 'upstream unavailable: serving the last known digest for this tag');
       return cached;
@@ -257,27 +268,31 @@ export class Mirror {
     if (!digest || !isDigest(digest) || !mediaType) return this.#fetchTag(name, tag, ctx);
     this.#confirm(name, digest, ctx);
     const { result, cached } = await this.#loadByDigest(name, digest, mediaType, 'miss', ctx);
-    if (cached) await this.#rememberTag(name, tag, { digest, mediaType: result.mediaType, size: result.size, checkedAt });
-    return result;
+    return releaseOnThrow(result.body, async () => {
+      if (cached) await this.#rememberTag(name, tag, { digest, mediaType: result.mediaType, size: result.size, checkedAt });
+      return result;
+    });
   }
 
   /** GET by tag, for registries whose HEAD does not name the digest: verified and cached by the computed digest. */
   async #fetchTag(name: RepositoryName, tag: string, ctx: PullContext): Promise<ManifestResult> {
     const response = await this.#request('GET', name, `manifests/${tag}`, ctx, { accept: MANIFEST_ACCEPT });
     if (response.status !== 200) throw await this.#failure(response, ctx, () => manifestUnknown(tag));
-    const body = await readLimited(this.registry, response);
-    const checkedAt = this.#now();
-    const digest = sha256(body);
-    const announced = firstHeader(response.headers['docker-content-digest']);
-    if (announced && announced.startsWith('sha256:') && announced !== digest) {
-      throw new UpstreamError(this.registry, 'invalid', `manifest digest header ${announced} does not match its content ${digest}`);
-    }
-    const mediaType = firstHeader(response.headers['content-type']) ?? mediaTypeFromBody(body) ?? 'application/octet-stream';
-    this.#confirm(name, digest, ctx);
-    if (await this.#cache.putSmall(digest, body, mediaType)) {
-      await this.#rememberTag(name, tag, { digest, mediaType, size: body.length, checkedAt });
-    }
-    return { digest, mediaType, size: body.length, body, origin: 'miss' };
+    const body = await this.#readManifest(response, ctx);
+    return releaseOnThrow(body, async () => {
+      const checkedAt = this.#now();
+      const digest = sha256(body.bytes);
+      const announced = firstHeader(response.headers['docker-content-digest']);
+      if (announced && announced.startsWith('sha256:') && announced !== digest) {
+        throw new UpstreamError(this.registry, 'invalid', `manifest digest header ${announced} does not match its content ${digest}`);
+      }
+      const mediaType = firstHeader(response.headers['content-type']) ?? mediaTypeFromBody(body.bytes) ?? 'application/octet-stream';
+      this.#confirm(name, digest, ctx);
+      if (await this.#cache.putSmall(digest, body.bytes, mediaType)) {
+        await this.#rememberTag(name, tag, { digest, mediaType, size: body.length, checkedAt });
+      }
+      return { digest, mediaType, size: body.length, body, origin: 'miss' };
+    });
   }
 
   /**
@@ -308,30 +323,49 @@ export class Mirror {
     origin: ManifestOrigin,
     ctx: PullContext,
   ): Promise<{ result: ManifestResult; cached: boolean }> {
-    const hit = await this.#cachedManifest(digest, mediaTypeHint, origin === 'miss' ? 'hit' : origin);
+    const hit = await this.#cachedManifest(digest, mediaTypeHint, origin === 'miss' ? 'hit' : origin, ctx);
     if (hit) {
-      await this.#guard(name, `manifests/${digest}`, digest, ctx);
-      return { result: hit, cached: true };
+      return releaseOnThrow(hit.body, async () => {
+        await this.#guard(name, `manifests/${digest}`, digest, ctx);
+        return { result: hit, cached: true };
+      });
     }
     const response = await this.#request('GET', name, `manifests/${digest}`, ctx, { accept: MANIFEST_ACCEPT });
     if (response.status !== 200) throw await this.#failure(response, ctx, () => manifestUnknown(digest));
     this.#confirm(name, digest, ctx);
-    const body = await readLimited(this.registry, response);
-    const actual = sha256(body);
-    if (actual !== digest) {
-      throw new UpstreamError(this.registry, 'invalid', `upstream manifest for ${digest} hashes to ${actual}`);
-    }
-    const mediaType = firstHeader(response.headers['content-type']) ?? mediaTypeHint ?? mediaTypeFromBody(body) ?? 'application/octet-stream';
-    const cached = await this.#cache.putSmall(digest, body, mediaType);
-    return { result: { digest, mediaType, size: body.length, body, origin: 'miss' }, cached };
+    const body = await this.#readManifest(response, ctx);
+    return releaseOnThrow(body, async () => {
+      const actual = sha256(body.bytes);
+      if (actual !== digest) {
+        throw new UpstreamError(this.registry, 'invalid', `upstream manifest for ${digest} hashes to ${actual}`);
+      }
+      const mediaType = firstHeader(response.headers['content-type']) ?? mediaTypeHint ?? mediaTypeFromBody(body.bytes) ?? 'application/octet-stream';
+      const cached = await this.#cache.putSmall(digest, body.bytes, mediaType);
+      return { result: { digest, mediaType, size: body.length, body, origin: 'miss' }, cached };
+    });
   }
 
-  async #cachedManifest(digest: Digest, mediaTypeHint: string | undefined, origin: ManifestOrigin): Promise<ManifestResult | undefined> {
-    const cached = await this.#cache.getSmall(digest);
+  async #cachedManifest(digest: Digest, mediaTypeHint: string | undefined, origin: ManifestOrigin, ctx: PullContext): Promise<ManifestResult | undefined> {
+    const cached = await this.#cache.getSmall(digest, this.bodies, ctx.signal);
     if (!cached) return undefined;
-    const mediaType = cached.mediaType ?? mediaTypeHint ?? mediaTypeFromBody(cached.bytes);
-    if (!mediaType) return undefined;
-    return { digest, mediaType, size: cached.bytes.length, body: cached.bytes, origin };
+    const mediaType = cached.mediaType ?? mediaTypeHint ?? mediaTypeFromBody(cached.body.bytes);
+    if (!mediaType) {
+      cached.body.release();
+      return undefined;
+    }
+    return { digest, mediaType, size: cached.body.length, body: cached.body, origin };
+  }
+
+  /** An upstream manifest, read whole under the body budget (room for its Content-Length, or the 4 MiB limit, first). */
+  #readManifest(response: UpstreamResponse, ctx: PullContext): Promise<HeldBody> {
+    return readBody(this.bodies, response.body, {
+      announced: contentLength(response),
+      limit: MANIFEST_MAX_BYTES,
+      signal: ctx.signal,
+      tooLarge: () => new UpstreamError(this.registry, 'invalid', `manifest exceeds the ${MANIFEST_MAX_BYTES}-byte limit`),
+      // A body cut short or stalled is upstream failing, not an internal error.
+      readError: (error) => fromTransportError(this.registry, error),
+    });
   }
 
   #request(method: 'GET' | 'HEAD', name: RepositoryName, rest: string, ctx: PullContext, headers: Record<string, string> = {}): Promise<UpstreamResponse> {
@@ -409,30 +443,6 @@ export class Mirror {
     if (response.status === 401 || response.status === 403) this.#revoke(name, ctx);
     throw await this.#failure(response, ctx, () => (rest.startsWith('blobs/') ? blobUnknown(digest) : manifestUnknown(digest)));
   }
-}
-
-async function readLimited(registry: string, response: UpstreamResponse): Promise<Buffer> {
-  const announced = contentLength(response);
-  if (announced !== undefined && announced > MANIFEST_MAX_BYTES) {
-    response.body.destroy();
-    throw new UpstreamError(registry, 'invalid', `manifest of ${announced} bytes exceeds the ${MANIFEST_MAX_BYTES}-byte limit`);
-  }
-  const chunks: Buffer[] = [];
-  let total = 0;
-  try {
-    for await (const chunk of response.body) {
-      total += (chunk as Buffer).length;
-      if (total > MANIFEST_MAX_BYTES) {
-        response.body.destroy();
-        throw new UpstreamError(registry, 'invalid', `manifest exceeds the ${MANIFEST_MAX_BYTES}-byte limit`);
-      }
-      chunks.push(chunk as Buffer);
-    }
-  } catch (error) {
-    // A body cut short or stalled is upstream failing, not an internal error.
-    throw fromTransportError(registry, error);
-  }
-  return Buffer.concat(chunks, total);
 }
 
 function sha256(bytes: Buffer): Digest {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { MirrorConfig } from '../config/types.ts';
 import { type Digest, parseDigest } from '../oci/digest.ts';
-import { type TagRecord, TagStore, tagMaxAge } from './tag-store.ts';
+import { type TagRecord, TagStore, type TagStoreOptions, tagMaxAge } from './tag-store.ts';
 
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
@@ -39,7 +39,11 @@ describe('TagStore', () => {
   });
 
   async function newStore(maxMemory?: number): Promise<TagStore> {
-    const store = new TagStore(dir, maxMemory);
+    return newStoreWith(maxMemory === undefined ? {} : { maxMemory });
+  }
+
+  async function newStoreWith(options: TagStoreOptions): Promise<TagStore> {
+    const store = new TagStore(dir, options);
     await store.init();
     return store;
   }
@@ -137,6 +141,88 @@ describe('TagStore', () => {
     const store = await newStore();
     await rm(dir, { recursive: true });
     expect(await store.get('docker.io', 'library/alpine', '3.20')).toBeUndefined();
+  });
+
+  describe('bounds on disk', () => {
+    const tags = (store: TagStore, names: readonly string[]): Promise<Array<TagRecord | undefined>> => Promise.all(names.map((tag) => store.get('a.test', 'app', tag)));
+
+    it('keeps at most maxFiles records on disk, removing the least recently written first', async () => {
+      const store = await newStoreWith({ maxFiles: 3 });
+      await store.loaded();
+      for (const tag of ['t1', 't2', 't3', 't4', 't5']) await store.set('a.test', 'app', tag, record(tag));
+      expect(await readdir(dir)).toHaveLength(3);
+      expect((await tags(await newStore(), ['t1', 't2', 't3', 't4', 't5'])).map(Boolean)).toEqual([false, false, true, true, true]);
+      // Written again, t3 is the newest: t4 goes next.
+      await store.set('a.test', 'app', 't3', record('t3 again'));
+      await store.set('a.test', 'app', 't6', record('t6'));
+      expect((await tags(await newStore(), ['t3', 't4', 't5', 't6'])).map(Boolean)).toEqual([true, false, true, true]);
+      // Memory still answers for what left the disk (until it leaves memory too).
+      expect(await store.get('a.test', 'app', 't1')).toEqual(record('t1'));
+    });
+
+    it('rebuilds the order from the files at start-up, oldest modification first, in the background', async () => {
+      const first = await newStore();
+      for (const tag of ['r1', 'r2', 'r3', 'r4']) await first.set('a.test', 'app', tag, record(tag));
+      // Modification times say: r2, r4, r1, r3 (oldest first).
+      const files = new Map<string, string>();
+      for (const name of await readdir(dir)) files.set((JSON.parse(await readFile(join(dir, name), 'utf8')) as { key: string }).key, name);
+      const ages: Array<[string, number]> = [['r2', 4], ['r4', 3], ['r1', 2], ['r3', 1]];
+      for (const [tag, hours] of ages) {
+        const when = new Date(Date.now() - hours * HOUR);
+        await utimes(join(dir, files.get(`a.test/app:${tag}`)!), when, when);
+      }
+      const restarted = await newStoreWith({ maxFiles: 5 });
+      // Written while the order is being rebuilt: the newest whatever the scan finds.
+      await restarted.set('a.test', 'app', 'fresh', record('fresh'));
+      await restarted.loaded();
+      await restarted.set('a.test', 'app', 'n1', record('n1'));
+      expect((await tags(await newStore(), ['r1', 'r2', 'r3', 'r4', 'fresh', 'n1'])).map(Boolean)).toEqual([true, false, true, true, true, true]);
+      await restarted.set('a.test', 'app', 'n2', record('n2'));
+      await restarted.set('a.test', 'app', 'n3', record('n3'));
+      expect((await tags(await newStore(), ['r1', 'r2', 'r3', 'r4', 'fresh', 'n1', 'n2', 'n3'])).map(Boolean)).toEqual([false, false, true, false, true, true, true, true]);
+      expect(await readdir(dir)).toHaveLength(5);
+    });
+
+    it('keeps records in memory only while the free-space reserve is reached, and says so once per change', async () => {
+      let space = false;
+      const asked: number[] = [];
+      const changes: boolean[] = [];
+      const store = await newStoreWith({
+        space: async (bytes) => {
+          asked.push(bytes);
+          return space ? { release: () => undefined } : undefined;
+        },
+        onPersisting: (persisting) => changes.push(persisting),
+      });
+      await store.set('a.test', 'app', 'a', record('a'));
+      await store.set('a.test', 'app', 'b', record('b'));
+      expect(await readdir(dir)).toEqual([]);
+      expect(await store.get('a.test', 'app', 'a')).toEqual(record('a'));
+      expect(await store.get('a.test', 'app', 'b')).toEqual(record('b'));
+      expect(changes).toEqual([false]);
+      // A record file takes at least a block, whatever its length.
+      expect(Math.min(...asked)).toBeGreaterThanOrEqual(4096);
+      // Resuming asks for a margin on top, so a disk at the edge does not flip back and forth.
+      expect(asked.at(-1)).toBeGreaterThan(1024 * 1024);
+      space = true;
+      await store.set('a.test', 'app', 'c', record('c'));
+      await store.set('a.test', 'app', 'd', record('d'));
+      expect(await readdir(dir)).toHaveLength(2);
+      expect(changes).toEqual([false, true]);
+      expect(await (await newStore()).get('a.test', 'app', 'c')).toEqual(record('c'));
+    });
+
+    it('forgets the files the sweep removed', async () => {
+      const store = await newStoreWith({ maxFiles: 2 });
+      await store.loaded();
+      const NOW = 1_800_000_000_000;
+      await store.set('a.test', 'app', 'old', record('old', NOW - 2 * HOUR));
+      await store.set('a.test', 'app', 'new', record('new', NOW));
+      expect(await store.sweep(tagMaxAge([mirror('a.test', { maxStaleMs: HOUR })]), NOW)).toEqual({ removed: 1, kept: 1 });
+      // Room for one more without removing "new".
+      await store.set('a.test', 'app', 'newer', record('newer', NOW));
+      expect((await tags(await newStore(), ['new', 'newer'])).map(Boolean)).toEqual([true, true]);
+    });
   });
 
   describe('sweep', () => {

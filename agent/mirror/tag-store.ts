@@ -9,6 +9,19 @@ const ORPHAN_MAX_AGE_MS = 24 * 3_600_000;
 /** A temp file this old belongs to no running write (a crash left it). */
 const TEMP_MAX_AGE_MS = 3_600_000;
 const SWEEP_BATCH = 64;
+/**
+ * Record files kept at most. Every tag upstream answers becomes a file, and an upstream that
+ * answers any tag lets a client create as many as it asks for; 10,000 records (~40 MiB of
+ * blocks at worst) cover the tags a node really pulls.
+ */
+const MAX_FILES = 10_000;
+/** What a small file takes on disk: a whole block on most file systems, whatever its length. */
+const MIN_FILE_BYTES = 4096;
+/**
+ * Once records are kept in memory only, writing resumes when this much more than a record is free:
+ * a disk at the edge of its reserve does not flip between the two (nor the log between its lines).
+ */
+const RESUME_MARGIN_BYTES = 1024 * 1024;
 
 /** What upstream last said a tag points at. */
 export interface TagRecord {
@@ -33,22 +46,61 @@ export function tagMaxAge(mirrors: readonly MirrorConfig[]): TagMaxAge {
   return (registry) => byRegistry.get(registry) ?? orphans;
 }
 
+/** Room granted on the cache's file system for one write; released once it is on disk. */
+export interface SpaceGrant {
+  release(): void;
+}
+
+export interface TagStoreOptions {
+  /** Records kept in memory (default 10,000). */
+  readonly maxMemory?: number;
+  /** Record files kept on disk; the least recently written go first (default 10,000). */
+  readonly maxFiles?: number;
+  /**
+   * Room for `bytes` more above the cache file system's free-space reserve, or undefined when the
+   * reserve is reached (default: always room). The cache's own check, so fills and tags share it.
+   */
+  readonly space?: (bytes: number) => Promise<SpaceGrant | undefined>;
+  /** Told once each time persisting stops (the reserve is reached) and when it resumes. */
+  readonly onPersisting?: (persisting: boolean) => void;
+}
+
 /**
  * tag → digest answers, kept in memory and persisted (one small JSON file per tag under
  * `<cache_dir>/tags/`) so a restarted agent can still serve cached images while upstream is down.
+ * The files are bounded: at most `maxFiles`, the least recently written removed first (the order
+ * is rebuilt from their modification times at start-up), and none is written while the cache's
+ * file system is at its free-space reserve (the answer is then kept in memory only).
  */
 export class TagStore {
   readonly #dir: string;
   readonly #memory = new Map<string, TagRecord>();
   readonly #maxMemory: number;
+  readonly #maxFiles: number;
+  readonly #space: (bytes: number) => Promise<SpaceGrant | undefined>;
+  readonly #onPersisting: (persisting: boolean) => void;
+  /** Record file names on disk, least recently written first (a Set keeps insertion order). */
+  #files = new Set<string>();
+  #loaded: Promise<void> = Promise.resolve();
+  #persisting = true;
 
-  constructor(dir: string, maxMemory = 10_000) {
+  constructor(dir: string, options: TagStoreOptions = {}) {
     this.#dir = dir;
-    this.#maxMemory = maxMemory;
+    this.#maxMemory = options.maxMemory ?? 10_000;
+    this.#maxFiles = options.maxFiles ?? MAX_FILES;
+    this.#space = options.space ?? (async () => ({ release: () => undefined }));
+    this.#onPersisting = options.onPersisting ?? (() => undefined);
   }
 
+  /** Creates the directory; the order of the files already there is rebuilt in the background (see `loaded`). */
   async init(): Promise<void> {
     await mkdir(this.#dir, { recursive: true, mode: 0o700 });
+    this.#loaded = this.#loadOrder();
+  }
+
+  /** Resolves once the files found at start-up are in the order (tests; never rejects). */
+  loaded(): Promise<void> {
+    return this.#loaded;
   }
 
   async get(registry: string, name: string, tag: string): Promise<TagRecord | undefined> {
@@ -56,7 +108,7 @@ export class TagStore {
     const known = this.#memory.get(key);
     if (known) return known;
     try {
-      const parsed = parseRecord(await readFile(this.#file(key), 'utf8'));
+      const parsed = parseRecord(await readFile(join(this.#dir, fileName(key)), 'utf8'));
       if (parsed) this.#remember(key, parsed);
       return parsed;
     } catch {
@@ -64,13 +116,79 @@ export class TagStore {
     }
   }
 
+  /**
+   * Remembers an answer and persists it, unless the cache's file system is at its free-space
+   * reserve (then memory only). Rejects only when writing the file fails.
+   */
   async set(registry: string, name: string, tag: string, record: TagRecord): Promise<void> {
     const key = tagKey(registry, name, tag);
     this.#remember(key, record);
-    const file = this.#file(key);
+    const text = JSON.stringify({ key, ...record });
+    const need = Math.max(MIN_FILE_BYTES, Buffer.byteLength(text));
+    const grant = await this.#space(this.#persisting ? need : need + RESUME_MARGIN_BYTES);
+    this.#persistingNow(grant !== undefined);
+    if (!grant) return;
+    const recordFile = fileName(key);
+    const file = join(this.#dir, recordFile);
     const temp = `${file}.${randomBytes(4).toString('hex')}.tmp`;
-    await writeFile(temp, JSON.stringify({ key, ...record }), { mode: 0o600 });
-    await rename(temp, file);
+    // Out of the order while it is rewritten: trimming must not pick the file being replaced.
+    this.#files.delete(recordFile);
+    try {
+      await writeFile(temp, text, { mode: 0o600 });
+      await rename(temp, file);
+    } finally {
+      grant.release();
+    }
+    // The newest (moved to the end, should the start-up order have put it back meanwhile).
+    this.#files.delete(recordFile);
+    this.#files.add(recordFile);
+    await this.#trim();
+  }
+
+  #persistingNow(persisting: boolean): void {
+    if (this.#persisting === persisting) return;
+    this.#persisting = persisting;
+    this.#onPersisting(persisting);
+  }
+
+  /** Removes the least recently written files beyond maxFiles. */
+  async #trim(): Promise<void> {
+    const excess: string[] = [];
+    for (const name of this.#files) {
+      if (this.#files.size - excess.length <= this.#maxFiles) break;
+      excess.push(name);
+    }
+    for (const name of excess) this.#files.delete(name);
+    await Promise.all(excess.map((name) => unlink(join(this.#dir, name)).catch(() => undefined)));
+  }
+
+  /**
+   * The files found at start-up, oldest modification first, ahead of any written since (those
+   * are newer); then trimmed to maxFiles.
+   */
+  async #loadOrder(): Promise<void> {
+    let names: string[];
+    try {
+      names = (await readdir(this.#dir)).filter((name) => RECORD_FILE.test(name));
+    } catch {
+      return;
+    }
+    const found: Array<{ name: string; mtimeMs: number }> = [];
+    for (let i = 0; i < names.length; i += SWEEP_BATCH) {
+      const batch = await Promise.all(
+        names.slice(i, i + SWEEP_BATCH).map((name) =>
+          stat(join(this.#dir, name)).then(
+            (info) => ({ name, mtimeMs: info.mtimeMs }),
+            () => undefined,
+          ),
+        ),
+      );
+      for (const file of batch) if (file) found.push(file);
+    }
+    found.sort((a, b) => a.mtimeMs - b.mtimeMs);
+    const written = this.#files;
+    this.#files = new Set([...found.map((file) => file.name).filter((name) => !written.has(name)), ...written]);
+    await this.#trim();
   }
 
   /**
@@ -113,6 +231,7 @@ export class TagStore {
         if (stored && newer && newer.checkedAt > stored.record.checkedAt) return 'kept';
       }
       await unlink(path);
+      this.#files.delete(name);
       return 'removed';
     } catch {
       // Removed or replaced meanwhile.
@@ -128,10 +247,12 @@ export class TagStore {
     this.#memory.delete(key);
     this.#memory.set(key, record);
   }
+}
 
-  #file(key: string): string {
-    return join(this.#dir, `${createHash('sha256').update(key).digest('hex')}.json`);
-  }
+const RECORD_FILE = /^[0-9a-f]{64}\.json$/;
+
+function fileName(key: string): string {
+  return `${createHash('sha256').update(key).digest('hex')}.json`;
 }
 
 function tagKey(registry: string, name: string, tag: string): string {

@@ -34,6 +34,13 @@ export interface Route {
 const HIGH_WATER_MARK = 256 * 1024;
 
 /**
+ * Connections per upstream origin (and to a proxy): a node's pulls need a few, blob downloads are
+ * bounded by max_fills_per_mirror; more requests than this wait in undici's queue instead of each
+ * opening a socket to the upstream (or the tunnel).
+ */
+export const MAX_CONNECTIONS_PER_ORIGIN = 32;
+
+/**
  * `ca`: the mirror's ca_file, trusted on top of the default roots for every https connection of this
  * route (upstream, token realms, redirect targets alike: they all serve this mirror). `destinations`:
  * checked against the address of every connection, after DNS (guardedPoolFactory).
@@ -49,7 +56,7 @@ export class DirectRoute implements Route {
     this.destinations = destinations;
     const trust = trustOptions(ca);
     const pools = destinations ? { factory: guardedPoolFactory(destinations, { connectTimeoutMs, trust }) } : trust ? { connect: trust } : {};
-    this.#agent = new Agent({ connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000, ...pools });
+    this.#agent = new Agent({ connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000, connections: MAX_CONNECTIONS_PER_ORIGIN, ...pools });
   }
 
   async send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData> {
@@ -83,7 +90,7 @@ export class HttpProxyRoute implements Route {
     this.#ca = ca;
     this.destinations = destinations;
     const requestTls = trustOptions(ca);
-    this.#agent = new ProxyAgent({ uri: proxy.href, connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000, ...(requestTls ? { requestTls } : {}) });
+    this.#agent = new ProxyAgent({ uri: proxy.href, connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000, connections: MAX_CONNECTIONS_PER_ORIGIN, ...(requestTls ? { requestTls } : {}) });
   }
 
   async send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData> {
@@ -145,7 +152,7 @@ export class ConnectivityProxyRoute implements Route {
   constructor(options: ConnectivityProxyRouteOptions) {
     this.#options = options;
     this.destinations = options.destinations;
-    this.#pool = new Pool(options.proxy.origin, { connectTimeout: options.connectTimeoutMs, keepAliveTimeout: 30_000 });
+    this.#pool = new Pool(options.proxy.origin, { connectTimeout: options.connectTimeoutMs, keepAliveTimeout: 30_000, connections: MAX_CONNECTIONS_PER_ORIGIN });
   }
 
   async send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData> {

@@ -1,0 +1,82 @@
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import type { Digest } from '../oci/digest.ts';
+import { FillAbandonedError } from './errors.ts';
+import { Fill, type FillSource } from './fill.ts';
+
+const DIGEST = `sha256:${'1'.repeat(64)}` as Digest;
+const CHUNK = 16 * 1024;
+
+/** An upstream body of endless chunks, as fast as the fill takes them; `destroyed` once the fill gives up. */
+function endless(): { body: Readable; destroyed: Promise<void> } {
+  const body = new Readable({
+    read() {
+      this.push(Buffer.alloc(CHUNK, 7));
+    },
+  });
+  const destroyed = new Promise<void>((resolve) => body.once('close', () => resolve()));
+  return { body, destroyed };
+}
+
+/** A relaying fill (no temp file) with a 64 KiB window and a short crawl limit. */
+function relay(source: FillSource): Fill {
+  return new Fill(DIGEST, '', { handle: undefined, relayWindowBytes: 64 * 1024, relayCrawlMs: 150 }, Promise.resolve(source));
+}
+
+describe('a relay paced by a reader that does not keep up', () => {
+  it('is stopped when other downloads wait for its slot: the upstream body is destroyed and the slot given back', async () => {
+    const { body, destroyed } = endless();
+    let ended = 0;
+    const fill = relay({ size: undefined, body, ended: () => void (ended += 1), contended: () => true });
+    // A reader that took nothing yet and never will.
+    const reader = fill.attach();
+    expect(await fill.verified()).toBe(false);
+    expect(fill.error).toBeInstanceOf(FillAbandonedError);
+    expect(fill.error?.message).toContain('read too slowly while other downloads waited');
+    await destroyed;
+    expect(ended).toBe(1);
+    reader.detach();
+  });
+
+  it('keeps waiting for its reader while nobody waits for the slot', async () => {
+    const { body } = endless();
+    let contended = false;
+    const fill = relay({ size: undefined, body, contended: () => contended });
+    const reader = fill.attach();
+    let settled = false;
+    void fill.verified().then(() => void (settled = true));
+    // Several crawl periods pass without a waiter: the relay just waits for its reader.
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    expect(settled).toBe(false);
+    expect(fill.failed).toBe(false);
+    // Someone queues for the slot: within about one more period the crawler gives it up.
+    contended = true;
+    expect(await fill.verified()).toBe(false);
+    expect(fill.error).toBeInstanceOf(FillAbandonedError);
+    reader.detach();
+  });
+
+  it('is not stopped while its reader keeps up, waiters or not', async () => {
+    const content = Buffer.alloc(4 * 1024 * 1024, 3);
+    const digest = `sha256:${createHash('sha256').update(content).digest('hex')}` as Digest;
+    const body = Readable.from(Array.from({ length: content.length / CHUNK }, (_, i) => content.subarray(i * CHUNK, (i + 1) * CHUNK)));
+    const fill = new Fill(digest, '', { handle: undefined, relayWindowBytes: 64 * 1024, relayCrawlMs: 150 }, Promise.resolve<FillSource>({ size: content.length, body, contended: () => true }));
+    const reader = fill.attach();
+    let position = 0;
+    // A reader that takes what is there, pausing a little now and then: paced, but never crawling.
+    while (position < content.length - 1) {
+      if (fill.failed) break;
+      const available = Math.min(fill.written, content.length - 1);
+      if (position < available) {
+        position += (await fill.read(position, available - position)).length;
+        reader.advance(position);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      } else {
+        await fill.changed();
+      }
+    }
+    expect(await fill.verified()).toBe(true);
+    reader.detach();
+  });
+});

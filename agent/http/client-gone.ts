@@ -1,0 +1,16 @@
+import type { ServerResponse } from 'node:http';
+import { ClientGoneError } from './respond.ts';
+
+/**
+ * A signal that aborts with ClientGoneError when the client hangs up before its response is done:
+ * what the request still waits for (a download slot, room in the body budget) is given up for it.
+ * Call `stop()` once the wait is over.
+ */
+export function untilClientGone(res: ServerResponse): { readonly signal: AbortSignal; stop(): void } {
+  const gone = new AbortController();
+  const onClose = (): void => {
+    if (!res.writableFinished) gone.abort(new ClientGoneError());
+  };
+  res.once('close', onClose);
+  return { signal: gone.signal, stop: () => res.off('close', onClose) };
+}
