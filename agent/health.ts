@@ -1,5 +1,5 @@
 import { STATUS_CODES, type Server, createServer } from 'node:http';
-import { type GuardEvents, answerAndClose, guardServer } from './http/guard.ts';
+import { type GuardEvents, type ListenerLimits, answerAndClose, guardServer } from './http/guard.ts';
 import { checkingInterval } from './http/server.ts';
 
 export interface HealthChecks {
@@ -7,12 +7,6 @@ export interface HealthChecks {
   ready(): { ok: boolean; reason?: string };
   /** Prometheus exposition. */
   metrics(): Promise<{ contentType: string; body: string }>;
-}
-
-export interface HealthListenerLimits {
-  readonly maxConnections: number;
-  readonly requestTimeoutMs: number;
-  readonly sendTimeoutMs: number;
 }
 
 /** Prometheus scrapes every 15-60 s and kubelet probes every few seconds: no reason to keep idle connections long. */
@@ -30,7 +24,7 @@ const LOOPBACK_RESERVE = 8;
  * exposed here. The port is usually reachable from the whole cluster (Prometheus scrapes it), so it is
  * bounded like the mirror port: a connection cap, request, keep-alive and send timeouts.
  */
-export function createHealthServer(checks: HealthChecks, limits: HealthListenerLimits, events?: GuardEvents): Server {
+export function createHealthServer(checks: HealthChecks, limits: ListenerLimits, events?: GuardEvents): Server {
   const scrape = shared(() => checks.metrics());
   const server = createServer({ maxHeaderSize: 8 * 1024, connectionsCheckingInterval: checkingInterval(limits.requestTimeoutMs) }, (req, res) => {
     req.resume();

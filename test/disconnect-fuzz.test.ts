@@ -12,14 +12,12 @@
 import { createHash } from 'node:crypto';
 import { get } from 'node:http';
 import { type Socket, connect } from 'node:net';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type AgentProcess, startAgentProcess, writeAgentConfig } from './fixtures/agent.ts';
+import { type PortedAgentProcess, startPortedAgentProcess } from './fixtures/agent.ts';
 import { countFds } from './fixtures/fds.ts';
 import { recordFigures } from './fixtures/figures.ts';
 import { type FuzzCase, type FuzzTargets, generateCases } from './fixtures/fuzz-requests.ts';
 import { type TestImage, makeImage, pushImage } from './fixtures/image.ts';
-import { freePort } from './fixtures/net.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
@@ -36,7 +34,7 @@ const FIN_GRACE_MS = 100;
 let dir: string;
 let registry: RegistryHandle;
 let image: TestImage;
-let agent: AgentProcess;
+let agent: PortedAgentProcess;
 let port: number;
 let metricsPort: number;
 const statuses = new Map<string, number>();
@@ -47,16 +45,12 @@ beforeAll(async () => {
   // A small layer for the after-batch check, a larger one so that answers can be cut mid-body.
   [registry, image] = await Promise.all([startRegistry(), makeImage({ layers: 2, layerBytes: 4 * 1024 * 1024, seed: 'fuzz' })]);
   await pushImage(registry.url, REPO, 'v1', image);
-  port = await freePort();
-  metricsPort = await freePort();
-  const config = await writeAgentConfig({
+  agent = await startPortedAgentProcess({
     dir,
-    port,
-    metricsPort,
     mirrors: [{ registry: REGISTRY, upstream: registry.url }],
     extraToml: ['client_request_timeout = "2s"', 'send_timeout = "1s"'].join('\n'),
   });
-  agent = await startAgentProcess(config, join(dir, 'agent.log'), port);
+  ({ port, metricsPort } = agent);
   // Warm: the manifest and both layers are cached before the first batch.
   expect(await blobDigest(image.layers[0]!.digest)).toBe(image.layers[0]!.digest);
   expect(await blobDigest(image.layers[1]!.digest)).toBe(image.layers[1]!.digest);

@@ -11,14 +11,13 @@ import { createServer } from 'node:http';
 import { request } from 'undici';
 import { MAX_CONNECTIONS_PER_ORIGIN } from '../agent/upstream/routes.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type AgentProcess, startAgent, startAgentProcess, writeAgentConfig } from './fixtures/agent.ts';
+import { type PortedAgentProcess, startAgent, startPortedAgentProcess } from './fixtures/agent.ts';
 import { closeServer, listenLoopback } from './fixtures/http-server.ts';
 import { countFds } from './fixtures/fds.ts';
 import { recordFigures } from './fixtures/figures.ts';
 import { type TestImage, makeImage, pushImage } from './fixtures/image.ts';
 import { peakRssMiB, resetPeakRss, rssMiB } from './fixtures/memory.ts';
 import { parseMetrics } from './fixtures/metrics-text.ts';
-import { freePort } from './fixtures/net.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { rawExchange } from './fixtures/raw-http.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
@@ -39,7 +38,7 @@ const LAYER_BYTES = 24 * 1024 * 1024;
 let dir: string;
 let registry: RegistryHandle;
 let image: TestImage;
-let agent: AgentProcess;
+let agent: PortedAgentProcess;
 let port: number;
 let metricsPort: number;
 
@@ -76,12 +75,8 @@ beforeAll(async () => {
   dir = await makeTempDir('rpa-limits');
   [registry, image] = await Promise.all([startRegistry(), makeImage({ layers: 2, layerBytes: LAYER_BYTES })]);
   await pushImage(registry.url, REPO, 'v1', image);
-  port = await freePort();
-  metricsPort = await freePort();
-  const config = await writeAgentConfig({
+  agent = await startPortedAgentProcess({
     dir,
-    port,
-    metricsPort,
     cacheMaxBytes: '40MiB',
     mirrors: [{ registry: REGISTRY, upstream: registry.url }],
     extraToml: [
@@ -91,7 +86,7 @@ beforeAll(async () => {
       `send_timeout = "${SEND_TIMEOUT_MS}ms"`,
     ].join('\n'),
   });
-  agent = await startAgentProcess(config, join(dir, 'agent.log'), port);
+  ({ port, metricsPort } = agent);
 }, 120_000);
 
 afterAll(async () => {

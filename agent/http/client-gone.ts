@@ -1,4 +1,5 @@
 import type { ServerResponse } from 'node:http';
+import type { PullContext } from '../mirror/mirror.ts';
 import { ClientGoneError } from './respond.ts';
 
 /**
@@ -13,4 +14,14 @@ export function untilClientGone(res: ServerResponse): { readonly signal: AbortSi
   };
   res.once('close', onClose);
   return { signal: gone.signal, stop: () => res.off('close', onClose) };
+}
+
+/** Runs `run` with a context whose signal aborts when the client hangs up before `run` is done. */
+export async function whileClientWaits<T>(res: ServerResponse, ctx: PullContext, run: (ctx: PullContext) => Promise<T>): Promise<T> {
+  const gone = untilClientGone(res);
+  try {
+    return await run({ ...ctx, signal: gone.signal });
+  } finally {
+    gone.stop();
+  }
 }

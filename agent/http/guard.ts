@@ -19,6 +19,13 @@ export interface GuardEvents {
   saturated?(atCap: boolean): void;
 }
 
+/** What a listener's configuration sets of its guard; the rest is the listener's own. */
+export interface ListenerLimits {
+  readonly maxConnections: number;
+  readonly requestTimeoutMs: number;
+  readonly sendTimeoutMs: number;
+}
+
 export interface GuardOptions {
   /** Connections served at once; the next one is answered with `refusal` and closed. */
   readonly maxConnections: number;

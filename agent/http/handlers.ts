@@ -1,10 +1,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { BlobReadable } from '../cache/blob-reader.ts';
-import type { ManifestResult, Mirror, PullContext } from '../mirror/mirror.ts';
+import type { Mirror, PullContext } from '../mirror/mirror.ts';
 import type { Digest } from '../oci/digest.ts';
 import { OciError } from '../oci/errors.ts';
 import type { DistributionRequest } from '../oci/request.ts';
-import { untilClientGone } from './client-gone.ts';
+import { whileClientWaits } from './client-gone.ts';
 import { releaseWithResponse } from './held-response.ts';
 import { decideRange } from './range.ts';
 import { API_VERSION_HEADER, writeAll } from './respond.ts';
@@ -36,13 +36,7 @@ export async function handleManifest(
   ctx: PullContext,
 ): Promise<void> {
   // A client that hangs up while its manifest waits for room in the body budget leaves that queue.
-  const gone = untilClientGone(res);
-  let result: ManifestResult;
-  try {
-    result = await mirror.manifest(request.name, request.reference, { ...ctx, signal: gone.signal });
-  } finally {
-    gone.stop();
-  }
+  const result = await whileClientWaits(res, ctx, (waiting) => mirror.manifest(request.name, request.reference, waiting));
   const { body } = result;
   // From here the response owns the body: whatever happens next, its bytes go back when it is done.
   releaseWithResponse(res, body);
@@ -79,13 +73,7 @@ export async function handleBlobGet(
   ctx: PullContext,
 ): Promise<void> {
   // A client that hangs up while its download waits for a slot gives up its place in the queue.
-  const gone = untilClientGone(res);
-  let blob: BlobReadable;
-  try {
-    blob = await mirror.blob(request.name, request.digest, { ...ctx, signal: gone.signal });
-  } finally {
-    gone.stop();
-  }
+  const blob = await whileClientWaits(res, ctx, (waiting) => mirror.blob(request.name, request.digest, waiting));
   outcome.cache = blob.origin;
   try {
     await sendBlob(blob, request.digest, req, res, outcome);

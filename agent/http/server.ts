@@ -11,7 +11,7 @@ import { toOciError } from './errors.ts';
 import { type Outcome, handleBase, handleBlobGet, handleBlobHead, handleManifest } from './handlers.ts';
 import type { MirrorSet } from './mirror-set.ts';
 import { clientErrorFor, protocolRefusal } from './client-errors.ts';
-import { type GuardEvents, answerAndClose, guardServer } from './guard.ts';
+import { type GuardEvents, type ListenerLimits, answerAndClose, guardServer } from './guard.ts';
 import { redactedTarget } from './redact.ts';
 import { ClientGoneError, rawOciResponse, sendOciError } from './respond.ts';
 
@@ -33,15 +33,9 @@ export interface MirrorServerOptions {
   /** Called once per finished request (metrics). */
   readonly onRequest?: (record: RequestRecord) => void;
   /** Connection cap and client timeouts of the mirror port. */
-  readonly limits: MirrorListenerLimits;
+  readonly limits: ListenerLimits;
   /** Connections, refusals and timeouts (metrics, logs). */
   readonly events?: GuardEvents;
-}
-
-export interface MirrorListenerLimits {
-  readonly maxConnections: number;
-  readonly requestTimeoutMs: number;
-  readonly sendTimeoutMs: number;
 }
 
 /** containerd keeps connections to a mirror open between the requests of a pull. */

@@ -1,20 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { BodyBudget, type BodyBudgetState } from './body-budget.ts';
 import { MemoryBudgetError } from './errors.ts';
+import { countingBudget } from '../../test/fixtures/body-budget.ts';
 
-/** A budget small enough to count in bytes; waiters are refused after `waitMs`. */
-function budget(limits: { bytes?: number; waiters?: number; waitMs?: number } = {}): { budget: BodyBudget; states: BodyBudgetState[]; refusals: string[] } {
-  const states: BodyBudgetState[] = [];
-  const refusals: string[] = [];
-  return {
-    budget: new BodyBudget(
-      { bytes: limits.bytes ?? 100, waiters: limits.waiters ?? 10, waitMs: limits.waitMs ?? 60_000 },
-      { changed: (state) => states.push(state), refused: (reason) => refusals.push(reason) },
-    ),
-    states,
-    refusals,
-  };
-}
+const budget = countingBudget;
 
 /** Whether a promise has settled, without waiting for it beyond the current microtasks. */
 async function settled(promise: Promise<unknown>): Promise<boolean> {
