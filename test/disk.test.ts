@@ -449,6 +449,71 @@ describe('a crawling reader of a relayed blob', () => {
   }, 30_000);
 });
 
+describe('readers of a relayed blob that wait or leave', () => {
+  let dir: string;
+  let paced: PacedRegistry;
+
+  beforeAll(async () => {
+    dir = await makeTempDir('rpa-relay-readers');
+    paced = await startPacedRegistry();
+  });
+
+  afterAll(async () => {
+    await paced?.stop();
+    if (dir) await removeTempDir(dir);
+  });
+
+  /** Sends a GET with `range` on a raw socket; resolves with the socket once the response head arrived. */
+  async function rangeRequest(agent: InProcessAgent, digest: string, range: string): Promise<{ socket: Socket; data: () => Buffer }> {
+    const socket = new Socket();
+    const chunks: Buffer[] = [];
+    socket.on('error', () => undefined);
+    socket.on('data', (d: Buffer) => chunks.push(d));
+    await new Promise<void>((resolve) => socket.connect(Number(new URL(agent.url).port), '127.0.0.1', resolve));
+    socket.write(`GET /v2/team/app/blobs/${digest}?ns=${REGISTRY} HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: ${range}\r\n\r\n`);
+    await pollUntil(() => Buffer.concat(chunks).includes('\r\n\r\n'), { timeoutMs: 10_000, what: 'the response head' });
+    return { socket, data: () => Buffer.concat(chunks) };
+  }
+
+  it('a Range reader waiting only for verification does not stall the relay for a full GET, and gets its byte', async () => {
+    await mkdir(join(dir, 'wait'), { recursive: true });
+    const agent = await startAgent({ dir: join(dir, 'wait'), cacheMaxBytes: '1MiB', mirrors: [{ registry: REGISTRY, upstream: paced.url }] });
+    try {
+      const big = makeRandomBlob(40 * MiB);
+      paced.serve(big);
+      // Wants byte 0 only, which is held back until the whole blob is verified.
+      const waiting = await rangeRequest(agent, big.digest, 'bytes=0-0');
+      const whole = await pull(agent, big.digest);
+      expectWhole(whole, big);
+      await pollUntil(() => waiting.data().length > 0 && waiting.data().subarray(waiting.data().indexOf('\r\n\r\n') + 4).length === 1, { timeoutMs: 5_000, what: 'the held-back byte' });
+      const head = waiting.data().toString('latin1');
+      expect(head).toMatch(/^HTTP\/1\.1 206/);
+      expect(waiting.data().subarray(waiting.data().indexOf('\r\n\r\n') + 4)[0]).toBe(big.bytes[0]);
+      waiting.socket.destroy();
+    } finally {
+      await agent.stop();
+    }
+  }, 30_000);
+
+  it('a client that leaves while its answer waits for relayed bytes lets go: the relay stops and its slot is free', async () => {
+    await mkdir(join(dir, 'leave'), { recursive: true });
+    const agent = await startAgent({ dir: join(dir, 'leave'), cacheMaxBytes: '1MiB', extraToml: 'max_fills_per_mirror = 1', mirrors: [{ registry: REGISTRY, upstream: paced.url }] });
+    try {
+      const big = makeRandomBlob(40 * MiB);
+      const small = makeRandomBlob(64 * 1024);
+      paced.serve(big);
+      paced.serve(small);
+      // Far into the blob: its answer waits while the relay (with no other reader) moves on.
+      const leaving = await rangeRequest(agent, big.digest, `bytes=${20 * MiB}-${20 * MiB}`);
+      leaving.socket.destroy();
+      await pollUntil(() => agent.runtime.cache.stats().inflight === 0, { timeoutMs: 10_000, what: 'the relay stopped' });
+      expectWhole(await pull(agent, small.digest), small);
+    } finally {
+      await agent.stop();
+    }
+  }, 30_000);
+});
+
 describe('tag records expire', () => {
   let dir: string;
 

@@ -150,6 +150,9 @@ export class FillBlob implements BlobReadable {
   readonly #budget: ReadBudget;
   readonly #leaveBudget: () => void;
   readonly #ring = new BufferRing();
+  /** Resolves when the reader is closed: a read waiting for the fill stops waiting. */
+  readonly #closing = Promise.withResolvers<void>();
+  #closed = false;
 
   constructor(fill: Fill, origin: BlobOrigin, budget: ReadBudget) {
     this.origin = origin;
@@ -168,15 +171,37 @@ export class FillBlob implements BlobReadable {
     return this.#fill.started();
   }
 
+  /**
+   * Yields the range as the fill writes it. Until the blob is verified, the last byte of the range is
+   * held back, so no response can complete on unverified content. Once everything but that byte was
+   * yielded, the byte is copied aside and the reader stops pinning the relay window: a reader
+   * waiting only for verification (a small Range request, the end of a GET) must not hold a relay
+   * that can only be verified by going on. Ends early, without an error, when the reader is closed
+   * (its client went away).
+   */
   async *read(start: number, end?: number): AsyncGenerator<Buffer> {
     const fill = this.#fill;
     let position = start;
+    let heldBack: Buffer | undefined;
     this.#reader.advance(position);
     for (;;) {
+      if (this.#closed) return;
       if (fill.failed) throw fill.error ?? new Error('fill failed');
-      // Until verified, hold back the last byte of the range so no response can complete on unverified content.
+      const last = end ?? fill.size;
+      if (heldBack) {
+        if (fill.done) {
+          yield heldBack;
+          return;
+        }
+      } else if (!fill.done && last !== undefined && position === last - 1 && fill.written >= last) {
+        heldBack = Buffer.from(await fill.read(position, 1));
+        if (heldBack.length !== 1) throw new Error(`fill of ${fill.digest} could not be read at ${position}`);
+        position += 1;
+        this.#reader.advance(Number.MAX_SAFE_INTEGER);
+        continue;
+      }
       const limit = fill.done ? (end ?? fill.size ?? fill.written) : Math.min(fill.written, end ?? Infinity) - 1;
-      if (position < limit) {
+      if (!heldBack && position < limit) {
         const chunk = await fill.read(position, Math.min(this.#budget.chunkBytes(), limit - position), (n) => this.#ring.take(n));
         if (chunk.length === 0) throw new Error(`fill of ${fill.digest} could not be read at ${position}`);
         position += chunk.length;
@@ -185,8 +210,8 @@ export class FillBlob implements BlobReadable {
         this.#reader.advance(position);
         continue;
       }
-      if (fill.done) return;
-      await fill.changed();
+      if (fill.done && !heldBack) return;
+      await Promise.race([fill.changed(), this.#closing.promise]);
     }
   }
 
@@ -195,6 +220,9 @@ export class FillBlob implements BlobReadable {
   }
 
   close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#closing.resolve();
     this.#ring.close();
     this.#leaveBudget();
     this.#reader.detach();

@@ -80,3 +80,33 @@ describe('a relay paced by a reader that does not keep up', () => {
     reader.detach();
   });
 });
+
+describe('a relay fed tiny chunks', () => {
+  it('keeps its window in blocks, not one object per chunk, and serves the bytes unchanged', async () => {
+    const count = 256 * 1024;
+    const content = Buffer.alloc(count);
+    for (let i = 0; i < count; i += 1) content[i] = i % 251;
+    const digest = `sha256:${createHash('sha256').update(content).digest('hex')}` as Digest;
+    // One byte per chunk, as a hostile upstream sends them (chunked encoding allows it).
+    const body = Readable.from(
+      (function* () {
+        for (let i = 0; i < count; i += 1) yield content.subarray(i, i + 1);
+      })(),
+    );
+    const fill = new Fill(digest, '', { handle: undefined, relayWindowBytes: 64 * 1024 * 1024 }, Promise.resolve<FillSource>({ size: count, body }));
+    // A reader at 0 that has not read yet: the whole window stays in memory.
+    const reader = fill.attach();
+    while (fill.written < count && !fill.failed) await fill.changed();
+    // 256 Ki Buffer objects would cost tens of MiB; four blocks of 64 KiB cost about the bytes.
+    expect(fill.relayBuffers).toBe(count / (64 * 1024));
+    let position = 0;
+    const parts: Buffer[] = [];
+    while (position < count) {
+      const part = await fill.read(position, count - position);
+      parts.push(Buffer.from(part));
+      position += part.length;
+    }
+    expect(Buffer.concat(parts).equals(content)).toBe(true);
+    reader.detach();
+  });
+});

@@ -52,6 +52,14 @@ export interface FillSpace {
 
 /** Most bytes received but not yet written before reading from upstream pauses. */
 const MAX_QUEUED_BYTES = 4 * 1024 * 1024;
+/**
+ * Most chunks queued for the writer, whatever their bytes: an upstream sending 1-byte chunks would
+ * otherwise queue 4 million Buffer objects (hundreds of MiB) within MAX_QUEUED_BYTES.
+ */
+const MAX_QUEUED_CHUNKS = 1024;
+/** Chunks smaller than this are copied together into COALESCE_BYTES blocks in the relay window. */
+const SMALL_CHUNK_BYTES = 16 * 1024;
+const COALESCE_BYTES = 64 * 1024;
 
 /** Resumes after a connection broke mid-blob (flaky tunnels, proxies that drop connections). */
 const MAX_RESUMES = 2;
@@ -109,6 +117,8 @@ export class Fill {
   /** The upstream body being read (the first, or a resume's). */
   #body: FillBody | undefined;
   #source: FillSource | undefined;
+  /** The block small relayed chunks are being copied into (see #remember). */
+  #tail: { readonly block: Buffer; used: number; view: Buffer } | undefined;
   /** While the relay waits for its readers: since when, and where the window started then. */
   #paced: { readonly at: number; readonly start: number } | undefined;
   /** Set when the fill was stopped for having no reader (see #stopIfUnread). */
@@ -187,6 +197,11 @@ export class Fill {
   /** True when the bytes were not (all) written to disk: the blob is streamed, not cached. */
   get relaying(): boolean {
     return this.#relay;
+  }
+
+  /** Buffers held in the relay window (each costs more than its bytes: see #remember). */
+  get relayBuffers(): number {
+    return this.#memory.length;
   }
 
   /** A new reader can start from byte 0 only while nothing was dropped from the relay window. */
@@ -303,7 +318,7 @@ export class Fill {
         queue.push(chunk);
         queuedBytes += chunk.length;
         const running = startWriter();
-        if (queuedBytes >= MAX_QUEUED_BYTES) await running;
+        if (queuedBytes >= MAX_QUEUED_BYTES || queue.length >= MAX_QUEUED_CHUNKS) await running;
       }
     } finally {
       // Bytes that arrived before a failure still count (a resume continues after them).
@@ -316,12 +331,39 @@ export class Fill {
   async #store(batch: Buffer[], bytes: number): Promise<void> {
     if (!this.#relay) await this.#writeToFile(batch, bytes);
     if (this.#relay) {
-      for (const chunk of batch) this.#memory.push(chunk);
+      for (const chunk of batch) this.#remember(chunk);
       this.#memoryBytes += bytes;
     }
     this.#written += bytes;
     this.#notify();
     if (this.#relay) await this.#paceRelay();
+  }
+
+  /**
+   * Puts a relayed chunk in the memory window. Small chunks are copied into shared blocks: the
+   * window counts bytes, and an upstream sending tiny chunks would otherwise fill it with millions
+   * of Buffer objects, each costing far more than its bytes. A block is only ever appended to, and
+   * the window's last entry is replaced by a longer view of it, so what readers already got stays.
+   */
+  #remember(chunk: Buffer): void {
+    const tail = this.#tail;
+    if (chunk.length >= SMALL_CHUNK_BYTES) {
+      this.#tail = undefined;
+      this.#memory.push(chunk);
+      return;
+    }
+    if (tail && this.#memory[this.#memory.length - 1] === tail.view && tail.used + chunk.length <= tail.block.length) {
+      chunk.copy(tail.block, tail.used);
+      tail.used += chunk.length;
+      tail.view = tail.block.subarray(0, tail.used);
+      this.#memory[this.#memory.length - 1] = tail.view;
+      return;
+    }
+    const block = Buffer.allocUnsafe(COALESCE_BYTES);
+    chunk.copy(block, 0);
+    const view = block.subarray(0, chunk.length);
+    this.#tail = { block, used: chunk.length, view };
+    this.#memory.push(view);
   }
 
   async #writeToFile(chunks: Buffer[], bytes: number): Promise<void> {

@@ -6,6 +6,7 @@ import { pollUntil } from '../../test/fixtures/poll.ts';
 import { rawExchange, rawSocket } from '../../test/fixtures/raw-http.ts';
 import { ConnectionCounts } from './connection-gate.ts';
 import { type GuardEvents, type GuardOptions, LINGER_MS, guardServer } from './guard.ts';
+import { writeAll } from './respond.ts';
 
 const REFUSAL = 'HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nfull';
 const BAD = 'HTTP/1.1 400 Bad Request\r\ncontent-length: 3\r\nconnection: close\r\n\r\nbad';
@@ -266,7 +267,7 @@ describe('guardServer: one request at a time per connection', () => {
 });
 
 describe('guardServer: a client must keep taking its answer', () => {
-  it('cuts a reader that takes a few bytes now and then, too slowly to count as progress', async () => {
+  it('cuts a reader that takes a few bytes now and then, below 1 MiB per four send timeouts', async () => {
     const { port, counts } = await guarded((res) => {
       res.writeHead(200, { 'content-length': String(32 * 1024 * 1024) });
       const chunk = Buffer.alloc(64 * 1024);
@@ -327,3 +328,39 @@ describe('ConnectionCounts', () => {
     expect(gate.admit('10.0.0.7')).toBeUndefined();
   });
 });
+
+describe('guardServer: a bursty reader above the minimum pace', () => {
+  it('is not cut, though the kernel hands its progress over in steps of megabytes', async () => {
+    const MiB = 1024 * 1024;
+    const total = 12 * MiB;
+    const { port, counts } = await guarded(
+      (res) => {
+        res.writeHead(200, { 'content-length': String(total) });
+        async function* chunks(): AsyncGenerator<Buffer> {
+          for (let sent = 0; sent < total; sent += MiB) yield Buffer.alloc(MiB, 1);
+        }
+        void writeAll(res, chunks()).then(() => res.end(), () => undefined);
+      },
+      { sendTimeoutMs: 2_000 },
+    );
+    const [client] = await openIdle(port, 1);
+    client!.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    // 1 MiB at a time, then a pause: about 1.4 MiB/s, lumpy (the kernel hands progress over in steps
+    // of megabytes), far above the floor of 1 MiB per 4 × 2 s.
+    let received = 0;
+    let sinceBurst = 0;
+    client!.on('data', (d: Buffer) => {
+      received += d.length;
+      sinceBurst += d.length;
+      if (sinceBurst >= MiB) {
+        sinceBurst = 0;
+        client!.pause();
+        setTimeout(() => client!.resume(), 400);
+      }
+    });
+    await new Promise((resolve) => client!.once('close', resolve).once('end', resolve));
+    expect(counts.sendTimeouts).toBe(0);
+    expect(received).toBeGreaterThan(total);
+  }, 30_000);
+});
+

@@ -75,9 +75,14 @@ export async function handleBlobGet(
   // A client that hangs up while its download waits for a slot gives up its place in the queue.
   const blob = await whileClientWaits(res, ctx, (waiting) => mirror.blob(request.name, request.digest, waiting));
   outcome.cache = blob.origin;
+  // A client that hangs up while its answer waits for bytes (a slow upstream, a relay) lets go of
+  // the blob at once: a reader nobody reads for must not pace a relay or keep it alive.
+  const release = (): void => blob.close();
+  res.once('close', release);
   try {
     await sendBlob(blob, request.digest, req, res, outcome);
   } finally {
+    res.off('close', release);
     blob.close();
   }
 }

@@ -44,10 +44,23 @@ export async function writeAll(res: ServerResponse, chunks: AsyncIterable<Buffer
   for await (const chunk of chunks) {
     if (res.destroyed) throw new ClientGoneError();
     bytes += chunk.length;
-    if (!res.write(chunk, written?.(chunk))) await drained(res);
+    for (let offset = 0; offset < chunk.length; offset += WRITE_SLICE_BYTES) {
+      const last = offset + WRITE_SLICE_BYTES >= chunk.length;
+      const slice = offset === 0 && last ? chunk : chunk.subarray(offset, offset + WRITE_SLICE_BYTES);
+      if (!res.write(slice, last ? written?.(chunk) : undefined)) await drained(res);
+    }
   }
+  // A source that ended because the client went away (a reader closed under it) is no whole answer.
+  if (res.destroyed) throw new ClientGoneError();
   return bytes;
 }
+
+/**
+ * Largest single write to a client: what the client takes shows up in steps of at most this much,
+ * well below the send watchdog's 1 MiB, so a client that keeps its pace is never judged by a step
+ * that happened to land just outside the window. Reads stay up to 1 MiB.
+ */
+export const WRITE_SLICE_BYTES = 256 * 1024;
 
 export class ClientGoneError extends Error {
   override readonly name = 'ClientGoneError';

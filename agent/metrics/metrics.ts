@@ -127,7 +127,7 @@ export class AgentMetrics {
     name: 'registry_proxy_connections_cut_total',
     help:
       'Client connections cut by the agent, by listener and reason: request_timeout (the request did not arrive within client_request_timeout), ' +
-      'send_timeout (the client took less than 1 MiB of its answer per send_timeout), pipelining (more than the allowed requests queued on one connection).',
+      'send_timeout (the client took nothing of its answer for send_timeout, or less than 1 MiB in 4 × send_timeout), pipelining (more than the allowed requests queued on one connection).',
     labelNames: ['listener', 'reason'] as const,
     registers: [this.registry],
   });

@@ -400,7 +400,7 @@ describe('Mirror.blob with download slots', () => {
     expect(events).toEqual(['waiting', 'waiting', 'abandoned']);
     released.resolve();
     expect((await readAll(first)).equals(x)).toBe(true);
-    await upstream.waitFor(() => zSecond.state() !== 'pending', 'z answered');
+    await until(() => zSecond.state() !== 'pending', 'z answered');
     expect((await readAll(zSecond.value()!)).equals(z)).toBe(true);
     expect(upstream.gets(sha256(y))).toBe(0);
     expect(events).toEqual(['waiting', 'waiting', 'abandoned', 'started']);
