@@ -4,7 +4,7 @@
 // the files on disk are the proof.
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
-import { readdir, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, stat } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { request } from 'undici';
@@ -57,7 +57,7 @@ describe('exhaustion', () => {
   });
 
   async function agentWith(name: string, setup: { cacheMaxBytes: number; extraToml?: string }): Promise<InProcessAgent> {
-    const agent = await startAgent({ dir: await makeTempDir(join(dir, name)), mirrors: [{ registry: REGISTRY, upstream: upstream.url }], ...setup });
+    const agent = await startAgent({ dir: await mkdtemp(join(dir, `${name}-`)), mirrors: [{ registry: REGISTRY, upstream: upstream.url }], ...setup });
     agents.push(agent);
     return agent;
   }

@@ -330,7 +330,7 @@ describe('Mirror.blob with download slots', () => {
     resumed.resolve();
     expect(sha256(await readingX)).toBe(sha256(x));
     await upstream.waitFor(() => upstream.gets(sha256(y)) === 1, 'GET y after x ended');
-    await upstream.waitFor(() => yReader.state() !== 'pending', 'y answered');
+    await until(() => yReader.state() !== 'pending', 'y answered');
     expect((await readAll(yReader.value()!)).equals(y)).toBe(true);
     expect(events).toEqual(['waiting', 'started']);
   });
