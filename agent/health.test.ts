@@ -18,17 +18,24 @@ afterEach(async () => {
 describe('the metrics port', () => {
   it('renders /metrics once for scrapes that arrive together', async () => {
     let renders = 0;
+    // The rendering finishes only once all 30 scrapes have arrived: they all come while it runs.
+    const allArrived = Promise.withResolvers<void>();
     server = createHealthServer(
       {
         ready: () => ({ ok: true }),
         metrics: async () => {
           renders += 1;
-          await new Promise((resolve) => setTimeout(resolve, 20));
+          await allArrived.promise;
           return { contentType: 'text/plain', body: `render ${renders}\n` };
         },
       },
       LIMITS,
     );
+    let arrived = 0;
+    server.on('request', () => {
+      arrived += 1;
+      if (arrived === 30) allArrived.resolve();
+    });
     const port = await listenLoopback(server);
     const answers = await Promise.all(Array.from({ length: 30 }, () => rawExchange(port, 'GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n', { responses: 1 })));
     expect(answers.every((a) => a.responses[0]?.body.toString() === 'render 1\n')).toBe(true);

@@ -34,8 +34,8 @@ interface Pulled {
   headers: Record<string, string | string[] | undefined>;
 }
 
-async function pull(agent: InProcessAgent, digest: string): Promise<Pulled> {
-  const response = await request(`${agent.url}/v2/team/app/blobs/${digest}?ns=${REGISTRY}`, { signal: AbortSignal.timeout(20_000) });
+async function pull(agent: InProcessAgent, digest: string, timeoutMs = 20_000): Promise<Pulled> {
+  const response = await request(`${agent.url}/v2/team/app/blobs/${digest}?ns=${REGISTRY}`, { signal: AbortSignal.timeout(timeoutMs) });
   return { status: response.statusCode, body: Buffer.from(await response.body.arrayBuffer()), headers: response.headers };
 }
 
@@ -433,7 +433,7 @@ describe('a crawling reader of a relayed blob', () => {
       const cut = new Promise<void>((resolve) => crawler.once('close', () => resolve()));
       await pollUntil(() => agent.runtime.cache.stats().inflight === 1, { timeoutMs: 5_000, what: 'the big blob relaying' });
       const started = Date.now();
-      const victim = await pull(agent, small.digest);
+      const victim = await pull(agent, small.digest, 60_000);
       const waited = Date.now() - started;
       clearInterval(crawl);
       expectWhole(victim, small);
@@ -441,12 +441,13 @@ describe('a crawling reader of a relayed blob', () => {
       await cut;
       await recordFigures('disk', 'crawling relay reader', { victimWaitedMs: waited, relayCrawlMs: RELAY_CRAWL_MS });
       expect(waited).toBeGreaterThanOrEqual(RELAY_CRAWL_MS - 500);
-      expect(waited).toBeLessThan(RELAY_CRAWL_MS + 5_000);
+      // About RELAY_CRAWL_MS after the window filled; more on a loaded machine, never "forever".
+      expect(waited).toBeLessThan(RELAY_CRAWL_MS * 4);
     } finally {
       crawler.destroy();
       await agent.stop();
     }
-  }, 30_000);
+  }, 90_000);
 });
 
 describe('readers of a relayed blob that wait or leave', () => {
