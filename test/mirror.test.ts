@@ -105,7 +105,13 @@ describe('pull-through mirror core with a real registry and containerd', () => {
 
   it('1. containerd pulls a 3-layer image through the agent, each blob fetched from upstream once', async () => {
     const result = await containerd.pull(`${REGISTRY}/${REPO}:v1`, { hostsDir, user: `${auth.username}:${auth.password}` });
-    expect(result.stderr + result.stdout).not.toMatch(/error|failed/i);
+    // ctr's progress display may log "failed to get content info … context canceled" when it is
+    // stopped as the pull ends: its own shutdown, not a failed fetch.
+    const output = (result.stderr + result.stdout)
+      .split('\n')
+      .filter((line) => !/msg="failed to get content info" error="context canceled"/.test(line))
+      .join('\n');
+    expect(output).not.toMatch(/error|failed/i);
     expect(result.code).toBe(0);
     for (const blob of [image.config, ...image.layers]) {
       expect(proxy.count({ method: 'GET', pathIncludes: `/blobs/${blob.digest}` }), blob.digest).toBe(1);
