@@ -1,6 +1,6 @@
-import { STATUS_CODES, type Server, createServer } from 'node:http';
-import { type GuardEvents, type ListenerLimits, answerAndClose, guardServer } from './http/guard.ts';
-import { checkingInterval } from './http/server.ts';
+import { type Server, createServer } from 'node:http';
+import { type GuardEvents, type ListenerLimits, answerAndClose, checkingInterval, guardServer } from './http/guard.ts';
+import { rawResponse } from './http/respond.ts';
 
 export interface HealthChecks {
   /** Listener up and cache index usable. Upstream reachability is deliberately NOT part of it. */
@@ -88,8 +88,5 @@ function shared<T>(run: () => Promise<T>): () => Promise<T> {
 
 /** A plain-text raw HTTP/1.1 answer that closes the connection. */
 function plain(status: number, body: string, headers: Record<string, string> = {}): string {
-  const head = Object.entries({ ...headers, 'content-type': 'text/plain', 'content-length': String(Buffer.byteLength(body)), connection: 'close' })
-    .map(([name, value]) => `${name}: ${value}\r\n`)
-    .join('');
-  return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n${head}\r\n${body}`;
+  return rawResponse(status, { ...headers, 'content-type': 'text/plain' }, body);
 }

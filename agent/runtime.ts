@@ -7,7 +7,7 @@ import { isLoopback } from './config/address.ts';
 import { type WiringState, wireContainerd } from './containerd/wiring.ts';
 import type { AgentConfig, ConnectivityProxyConfig, ListenAddress, MirrorConfig } from './config/types.ts';
 import { createHealthServer } from './health.ts';
-import type { GuardEvents } from './http/guard.ts';
+import type { GuardEvents, ListenerLimits } from './http/guard.ts';
 import { type Instrumentation, type ListenerName, instrument } from './metrics/instrument.ts';
 import { AgentMetrics } from './metrics/metrics.ts';
 import { MirrorSet } from './http/mirror-set.ts';
@@ -48,26 +48,16 @@ export class AgentRuntime {
   #scan: Promise<void> = Promise.resolve();
   #wiring: WiringState | undefined;
 
-  readonly #tags: TagStore;
-  readonly #cpTokens: OAuthTokenSource | undefined;
+  /** What every mirror is built from besides its own configuration. */
+  readonly #parts: MirrorParts;
   /** Bodies held whole in memory (manifests, token answers), across every mirror. */
   readonly bodies: BodyBudget;
 
-  private constructor(
-    config: AgentConfig,
-    log: Logger,
-    cache: BlobCache,
-    mirrors: MirrorSet,
-    instrumentation: Instrumentation,
-    options: RuntimeOptions,
-    tags: TagStore,
-    cpTokens: OAuthTokenSource | undefined,
-    bodies: BodyBudget,
-  ) {
-    this.bodies = bodies;
+  private constructor(config: AgentConfig, mirrors: MirrorSet, options: RuntimeOptions, parts: MirrorParts) {
+    const { log, cache, instrumentation } = parts;
+    this.#parts = parts;
+    this.bodies = parts.bodies;
     this.#config = config;
-    this.#tags = tags;
-    this.#cpTokens = cpTokens;
     this.#log = log;
     this.cache = cache;
     this.mirrors = mirrors;
@@ -81,12 +71,12 @@ export class AgentRuntime {
         instrumentation.request(record);
         options.onRequest?.(record);
       },
-      limits: { maxConnections: config.limits.maxConnections, requestTimeoutMs: config.limits.requestTimeoutMs, sendTimeoutMs: config.limits.sendTimeoutMs },
+      limits: listenerLimits(config.limits, config.limits.maxConnections),
       events: listenerEvents('mirror', 'max_connections', instrumentation, log),
     });
     this.#healthServer = createHealthServer(
       { ready: () => this.#readiness(), metrics: () => instrumentation.scrape(this.cache, this.#wiring) },
-      { maxConnections: config.limits.metricsMaxConnections, requestTimeoutMs: config.limits.requestTimeoutMs, sendTimeoutMs: config.limits.sendTimeoutMs },
+      listenerLimits(config.limits, config.limits.metricsMaxConnections),
       listenerEvents('metrics', 'metrics_max_connections', instrumentation, log),
     );
   }
@@ -124,10 +114,19 @@ export class AgentRuntime {
     await tags.init();
     const cpTokens = await connectivityProxyTokens(config.connectivityProxy);
     const bodies = new BodyBudget(DEFAULT_BODY_BUDGET, { changed: (state) => instrumentation.bodyBudget(state), refused: (reason) => instrumentation.bodyBudgetRefused(reason) });
-    const mirrors = new MirrorSet(
-      await Promise.all(config.mirrors.map((m) => buildMirror(m, config.connectivityProxy, cpTokens, cache, tags, log, instrumentation, config.upstreamTimeouts, config.limits, bodies))),
-    );
-    const runtime = new AgentRuntime(config, log, cache, mirrors, instrumentation, options, tags, cpTokens, bodies);
+    const parts: MirrorParts = {
+      cp: config.connectivityProxy,
+      cpTokens,
+      cache,
+      tags,
+      log,
+      instrumentation,
+      timeouts: config.upstreamTimeouts,
+      limits: config.limits,
+      bodies,
+    };
+    const mirrors = new MirrorSet(await Promise.all(config.mirrors.map((m) => buildMirror(m, parts))));
+    const runtime = new AgentRuntime(config, mirrors, options, parts);
     await runtime.#listen();
     runtime.#scan = runtime.#rebuildIndex();
     await runtime.rewire();
@@ -163,7 +162,7 @@ export class AgentRuntime {
   #startTagSweep(intervalMs = 3_600_000): void {
     const sweep = async (): Promise<void> => {
       try {
-        const { removed, kept } = await this.#tags.sweep(tagMaxAge(this.#config.mirrors));
+        const { removed, kept } = await this.#parts.tags.sweep(tagMaxAge(this.#config.mirrors));
         if (removed > 0) this.#log.info({ removed, kept }, 'expired tag records removed');
         else this.#log.debug({ kept }, 'no expired tag records');
       } catch (error) {
@@ -228,9 +227,7 @@ export class AgentRuntime {
           next.push(existing);
           continue;
         }
-        next.push(
-          await buildMirror(config, this.#config.connectivityProxy, this.#cpTokens, this.cache, this.#tags, this.#log, this.#instrumentation, this.#config.upstreamTimeouts, this.#config.limits, this.bodies),
-        );
+        next.push(await buildMirror(config, this.#parts));
         if (existing) {
           changed.push(config.registry);
           retired.push(existing);
@@ -333,18 +330,21 @@ export class AgentRuntime {
   }
 }
 
-async function buildMirror(
-  config: MirrorConfig,
-  cp: ConnectivityProxyConfig | undefined,
-  cpTokens: OAuthTokenSource | undefined,
-  cache: BlobCache,
-  tags: TagStore,
-  log: Logger,
-  instrumentation: Instrumentation,
-  timeouts: UpstreamTimeouts,
-  limits: AgentConfig['limits'],
-  bodies: BodyBudget,
-): Promise<Mirror> {
+/** What every mirror is built from besides its own configuration: the agent's shared parts. */
+interface MirrorParts {
+  readonly cp: ConnectivityProxyConfig | undefined;
+  readonly cpTokens: OAuthTokenSource | undefined;
+  readonly cache: BlobCache;
+  readonly tags: TagStore;
+  readonly log: Logger;
+  readonly instrumentation: Instrumentation;
+  readonly timeouts: UpstreamTimeouts;
+  readonly limits: AgentConfig['limits'];
+  readonly bodies: BodyBudget;
+}
+
+async function buildMirror(config: MirrorConfig, parts: MirrorParts): Promise<Mirror> {
+  const { cp, cpTokens, cache, tags, log, instrumentation, timeouts, limits, bodies } = parts;
   const credentials = config.auth === 'agent' ? await readCredentials(config) : undefined;
   const upstreamLog = log.child({ component: 'upstream', registry: config.registry });
   const onRefused = refusalReporter(upstreamLog, (reason) => instrumentation.destinationRefused(config.registry, reason));
@@ -369,6 +369,11 @@ async function buildMirror(
     log: log.child({ component: 'mirror', registry: config.registry }),
     slots: { running: limits.maxFillsPerMirror, queued: limits.maxQueuedFillsPerMirror, onEvent: (event) => instrumentation.fillSlot(config.registry, event) },
   });
+}
+
+/** A listener's limits: its own connection cap, the client timeouts both listeners share. */
+function listenerLimits(limits: AgentConfig['limits'], maxConnections: number): ListenerLimits {
+  return { maxConnections, requestTimeoutMs: limits.requestTimeoutMs, sendTimeoutMs: limits.sendTimeoutMs };
 }
 
 /** A listener's connections and timeouts into metrics; reaching the cap (and leaving it) into the log. */

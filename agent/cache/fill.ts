@@ -417,11 +417,7 @@ export class Fill {
       }
       const now = performance.now();
       if (!this.#paced || this.#memoryStart - this.#paced.start >= window) this.#paced = { at: now, start: this.#memoryStart };
-      if (now - this.#paced.at >= crawlMs && this.#source?.contended?.()) {
-        this.#abandoned = new FillAbandonedError(this.digest, 'crawling');
-        this.#body?.destroy?.(this.#abandoned);
-        throw this.#abandoned;
-      }
+      if (now - this.#paced.at >= crawlMs && this.#source?.contended?.()) throw this.#abandon('crawling');
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, crawlMs);
         timer.unref();
@@ -442,9 +438,14 @@ export class Fill {
   #stopIfUnread(): void {
     if (!this.#relay || this.#positions.size > 0 || this.#state !== 'running' || this.#abandoned) return;
     this.#releaseMemory(true);
-    if (!this.#dropped) return;
-    this.#abandoned = new FillAbandonedError(this.digest, 'relaying');
+    if (this.#dropped) this.#abandon('relaying');
+  }
+
+  /** Stops the download on purpose: the upstream body is destroyed, and the copy ends with this error. */
+  #abandon(when: 'relaying' | 'crawling'): FillAbandonedError {
+    this.#abandoned = new FillAbandonedError(this.digest, when);
     this.#body?.destroy?.(this.#abandoned);
+    return this.#abandoned;
   }
 
   #releaseMemory(all = false): void {

@@ -11,7 +11,7 @@ import { contentLength } from '../mirror/upstream-status.ts';
 import type { UpstreamResponse } from '../upstream/client.ts';
 import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
 import { toOciError } from './errors.ts';
-import { untilClientGone } from './client-gone.ts';
+import { whileClientWaits } from './client-gone.ts';
 import { releaseWithResponse } from './held-response.ts';
 import type { MirrorSet } from './mirror-set.ts';
 
@@ -168,18 +168,15 @@ async function readRequestBody(req: IncomingMessage, limit: number): Promise<Buf
  * The realm's answer, read whole under the mirror's body budget (room for its Content-Length, or
  * the 64 KiB limit, first). A puller that hangs up while it waits for room leaves the queue.
  */
-async function readTokenAnswer(mirror: Mirror, response: UpstreamResponse, res: ServerResponse): Promise<HeldBody> {
-  const gone = untilClientGone(res);
-  try {
-    return await readBody(mirror.bodies, response.body, {
+function readTokenAnswer(mirror: Mirror, response: UpstreamResponse, res: ServerResponse): Promise<HeldBody> {
+  return whileClientWaits(res, {}, ({ signal }) =>
+    readBody(mirror.bodies, response.body, {
       announced: contentLength(response),
       limit: MAX_TOKEN_RESPONSE_BYTES,
-      signal: gone.signal,
+      signal,
       tooLarge: () => new OciError('UNAVAILABLE', 'token endpoint response too large', { status: 502 }),
       // A realm's body cut short is the realm failing, not an internal error.
       readError: (error) => fromTransportError(mirror.registry, error),
-    });
-  } finally {
-    gone.stop();
-  }
+    }),
+  );
 }

@@ -7,7 +7,7 @@ import { ClientGoneError } from './respond.ts';
  * what the request still waits for (a download slot, room in the body budget) is given up for it.
  * Call `stop()` once the wait is over.
  */
-export function untilClientGone(res: ServerResponse): { readonly signal: AbortSignal; stop(): void } {
+function untilClientGone(res: ServerResponse): { readonly signal: AbortSignal; stop(): void } {
   const gone = new AbortController();
   const onClose = (): void => {
     if (!res.writableFinished) gone.abort(new ClientGoneError());

@@ -1,6 +1,7 @@
 import type { Server } from 'node:http';
-import { BlockList, type Socket, isIPv6 } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { isLoopback } from '../config/address.ts';
 
 /** How long a connection that got a final raw answer may linger before it is destroyed. */
 export const LINGER_MS = 1_000;
@@ -25,10 +26,6 @@ export interface GateOptions {
 }
 
 const ignore = (): void => undefined;
-
-const LOOPBACK = new BlockList();
-LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
-LOOPBACK.addAddress('::1', 'ipv6');
 
 /**
  * Puts a connection cap in front of node:http's own connection handling (its one 'connection'
@@ -74,7 +71,8 @@ export class ConnectionCounts {
 
   /** Counts a new connection from `address`; returns its release, or undefined when it must be refused. */
   admit(address: string): (() => void) | undefined {
-    const loopback = isLoopbackAddress(address);
+    // A socket that closed before it was handled has no address: never loopback.
+    const loopback = address !== '' && isLoopback(address);
     const perAddress = this.#options.maxPerAddress;
     const held = this.#perAddress.get(address) ?? 0;
     if (!loopback && perAddress !== undefined && held >= perAddress) return this.#refused();
@@ -108,11 +106,6 @@ export class ConnectionCounts {
     this.#atCap = now;
     this.#options.onSaturated?.(now);
   }
-}
-
-function isLoopbackAddress(address: string): boolean {
-  if (address === '') return false;
-  return LOOPBACK.check(address, isIPv6(address) ? 'ipv6' : 'ipv4');
 }
 
 /**

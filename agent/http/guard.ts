@@ -53,6 +53,14 @@ export interface GuardOptions {
 }
 
 /**
+ * How often node:http looks for connections past their request timeout (its `connectionsCheckingInterval`
+ * option, read only when the server is created): a fraction of the timeout, at most every second.
+ */
+export function checkingInterval(requestTimeoutMs: number): number {
+  return Math.max(50, Math.min(1_000, Math.floor(requestTimeoutMs / 4)));
+}
+
+/**
  * Bounds everything a client can hold of an HTTP listener: connections (a cap answered, never hung),
  * request and keep-alive timeouts, requests per connection, one request answered at a time per
  * connection with a bounded pipeline behind it, and a minimum pace at which a client must take its

@@ -19,18 +19,17 @@ export function sendOciError(res: ServerResponse, error: OciError, method: strin
   res.end(method === 'HEAD' ? undefined : body);
 }
 
-/** An OCI error as raw HTTP/1.1 bytes, for sockets that never got a ServerResponse (parse errors, CONNECT). */
+/** An OCI error as raw HTTP/1.1 bytes, for sockets that never got a ServerResponse (parse errors, CONNECT, refusals). */
 export function rawOciResponse(error: OciError): string {
-  const body = JSON.stringify(error.toJSON());
-  const headers: Record<string, string> = {
-    ...API_VERSION_HEADER,
-    ...error.headers,
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': String(Buffer.byteLength(body)),
-    connection: 'close',
-  };
-  const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
-  return `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? 'Error'}\r\n${head}\r\n${body}`;
+  return rawResponse(error.status, { ...API_VERSION_HEADER, ...error.headers, 'content-type': 'application/json; charset=utf-8' }, JSON.stringify(error.toJSON()));
+}
+
+/** A whole HTTP/1.1 answer as raw text, with its length, that closes the connection. */
+export function rawResponse(status: number, headers: Readonly<Record<string, string>>, body: string): string {
+  const head = Object.entries({ ...headers, 'content-length': String(Buffer.byteLength(body)), connection: 'close' })
+    .map(([name, value]) => `${name}: ${value}\r\n`)
+    .join('');
+  return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n${head}\r\n${body}`;
 }
 
 /**

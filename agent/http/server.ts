@@ -11,7 +11,7 @@ import { toOciError } from './errors.ts';
 import { type Outcome, handleBase, handleBlobGet, handleBlobHead, handleManifest } from './handlers.ts';
 import type { MirrorSet } from './mirror-set.ts';
 import { clientErrorFor, protocolRefusal } from './client-errors.ts';
-import { type GuardEvents, type ListenerLimits, answerAndClose, guardServer } from './guard.ts';
+import { type GuardEvents, type ListenerLimits, answerAndClose, checkingInterval, guardServer } from './guard.ts';
 import { redactedTarget } from './redact.ts';
 import { ClientGoneError, rawOciResponse, sendOciError } from './respond.ts';
 
@@ -164,11 +164,6 @@ function logRequest(log: Logger, req: IncomingMessage, record: RequestRecord): v
   };
   if (record.error && record.status >= 500) log.warn(line, 'request failed');
   else log.info(line, 'request');
-}
-
-/** How often node:http looks for connections past their request timeout: a fraction of it, at most every second. */
-export function checkingInterval(requestTimeoutMs: number): number {
-  return Math.max(50, Math.min(1_000, Math.floor(requestTimeoutMs / 4)));
 }
 
 /** The error and its causes as one readable line (no stack, no headers: nothing secret). */

@@ -1,3 +1,4 @@
+import { FifoAdmission } from '../admission/fifo-admission.ts';
 import { MemoryBudgetError } from './errors.ts';
 
 /**
@@ -44,11 +45,6 @@ export interface BudgetHold {
   release(): void;
 }
 
-interface Waiter {
-  readonly bytes: number;
-  readonly grant: () => void;
-}
-
 /**
  * A process-wide byte budget for bodies held whole in memory. Room is asked for BEFORE the bytes
  * are read; requests wait first come, first served (a small one never overtakes a large one, so
@@ -57,18 +53,18 @@ interface Waiter {
  * budget is granted alone.
  */
 export class BodyBudget {
-  readonly #limits: BodyBudgetLimits;
-  readonly #events: BodyBudgetEvents;
-  readonly #queue: Waiter[] = [];
-  #held = 0;
+  readonly #queue: FifoAdmission;
 
   constructor(limits: BodyBudgetLimits = DEFAULT_BODY_BUDGET, events: BodyBudgetEvents = {}) {
-    this.#limits = limits;
-    this.#events = events;
+    this.#queue = new FifoAdmission(
+      { capacity: limits.bytes, waiters: limits.waiters, waitMs: limits.waitMs },
+      (reason, state) => new MemoryBudgetError(reason, state.held, state.waiting),
+      { ...(events.changed ? { changed: events.changed } : {}), ...(events.refused ? { refused: events.refused } : {}) },
+    );
   }
 
   state(): BodyBudgetState {
-    return { held: this.#held, waiting: this.#queue.length };
+    return this.#queue.state();
   }
 
   /**
@@ -76,81 +72,14 @@ export class BodyBudget {
    * earlier. Rejects with MemoryBudgetError (queue full, waited too long), or with the signal's
    * reason when it aborts first.
    */
-  acquire(bytes: number, signal?: AbortSignal): Promise<BudgetHold> {
-    if (signal?.aborted) return Promise.reject(signal.reason);
-    if (this.#queue.length === 0 && this.#fits(bytes)) return Promise.resolve(this.#grant(bytes));
-    if (this.#queue.length >= this.#limits.waiters) return Promise.reject(this.#refuse('queue_full'));
-    return new Promise<BudgetHold>((resolve, reject) => {
-      const leave = (): boolean => {
-        const index = this.#queue.indexOf(waiter);
-        if (index < 0) return false;
-        this.#queue.splice(index, 1);
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-        return true;
-      };
-      const onAbort = (): void => {
-        if (!leave()) return;
-        this.#pump();
-        reject(signal?.reason);
-      };
-      const waiter: Waiter = {
-        bytes,
-        grant: () => {
-          leave();
-          resolve(this.#grant(bytes));
-        },
-      };
-      const timer = setTimeout(() => {
-        if (!leave()) return;
-        this.#pump();
-        reject(this.#refuse('wait_timeout'));
-      }, this.#limits.waitMs);
-      timer.unref();
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.#queue.push(waiter);
-      this.#changed();
-    });
-  }
-
-  #fits(bytes: number): boolean {
-    return this.#held + bytes <= this.#limits.bytes || this.#held === 0;
-  }
-
-  #grant(bytes: number): BudgetHold {
-    this.#held += bytes;
-    this.#changed();
-    let held = bytes;
-    const give = (amount: number): void => {
-      held -= amount;
-      this.#held -= amount;
-      this.#pump();
-      this.#changed();
-    };
+  async acquire(bytes: number, signal?: AbortSignal): Promise<BudgetHold> {
+    const admission = await this.#queue.acquire(bytes, signal);
     return {
       get bytes() {
-        return held;
+        return admission.amount;
       },
-      shrink: (bytes) => {
-        if (bytes < held) give(held - Math.max(0, bytes));
-      },
-      release: () => {
-        if (held > 0) give(held);
-      },
+      shrink: (to) => admission.shrink(to),
+      release: () => admission.release(),
     };
-  }
-
-  /** Grants waiters from the head of the queue while they fit. */
-  #pump(): void {
-    for (let head = this.#queue[0]; head && this.#fits(head.bytes); head = this.#queue[0]) head.grant();
-  }
-
-  #refuse(reason: MemoryBudgetError['reason']): MemoryBudgetError {
-    this.#events.refused?.(reason);
-    return new MemoryBudgetError(reason, this.#held, this.#queue.length);
-  }
-
-  #changed(): void {
-    this.#events.changed?.(this.state());
   }
 }

@@ -1,3 +1,4 @@
+import { FifoAdmission } from '../admission/fifo-admission.ts';
 import { FillQueueFullError } from './errors.ts';
 
 /** What happened to a request for a slot, for metrics: it queued, got a slot after queueing, was refused, or left the queue. */
@@ -15,11 +16,6 @@ export interface FillSlot {
   release(): void;
 }
 
-interface Waiter {
-  readonly grant: (slot: FillSlot) => void;
-  readonly abandon: () => void;
-}
-
 /**
  * The download slots of one mirror: at most `running` blob downloads from its upstream at once, so
  * a node pulling many images does not open hundreds of transfers through one tunnel or proxy.
@@ -27,73 +23,35 @@ interface Waiter {
  * refused. A waiter whose signal aborts (nobody wants the blob any more) leaves the queue.
  */
 export class FillSlots {
-  readonly #registry: string;
-  readonly #limits: FillSlotLimits;
-  readonly #onEvent: (event: FillSlotEvent) => void;
-  readonly #queue: Waiter[] = [];
-  #running = 0;
+  readonly #queue: FifoAdmission;
 
   constructor(registry: string, limits: FillSlotLimits, onEvent: (event: FillSlotEvent) => void = () => undefined) {
-    this.#registry = registry;
-    this.#limits = limits;
-    this.#onEvent = onEvent;
+    this.#queue = new FifoAdmission(
+      { capacity: limits.running, waiters: limits.queued },
+      (_reason, state) => new FillQueueFullError(registry, state.held, state.waiting),
+      {
+        queued: () => onEvent('waiting'),
+        admittedAfterWait: () => onEvent('started'),
+        left: () => onEvent('abandoned'),
+        refused: () => onEvent('rejected'),
+      },
+    );
   }
 
   get running(): number {
-    return this.#running;
+    return this.#queue.state().held;
   }
 
   get waiting(): number {
-    return this.#queue.length;
+    return this.#queue.state().waiting;
   }
 
   /**
    * A slot, at once when one is free, else after everyone who asked earlier. Rejects with
    * FillQueueFullError when the queue is full, and with the signal's reason when it aborts first.
    */
-  acquire(signal?: AbortSignal): Promise<FillSlot> {
-    if (signal?.aborted) return Promise.reject(signal.reason);
-    if (this.#running < this.#limits.running) {
-      this.#running += 1;
-      return Promise.resolve(this.#slot());
-    }
-    if (this.#queue.length >= this.#limits.queued) {
-      this.#onEvent('rejected');
-      return Promise.reject(new FillQueueFullError(this.#registry, this.#running, this.#queue.length));
-    }
-    return new Promise<FillSlot>((resolve, reject) => {
-      const onAbort = (): void => waiter.abandon();
-      const waiter: Waiter = {
-        grant: (slot) => {
-          signal?.removeEventListener('abort', onAbort);
-          this.#onEvent('started');
-          resolve(slot);
-        },
-        abandon: () => {
-          const index = this.#queue.indexOf(waiter);
-          if (index < 0) return;
-          this.#queue.splice(index, 1);
-          this.#onEvent('abandoned');
-          reject(signal?.reason);
-        },
-      };
-      this.#queue.push(waiter);
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.#onEvent('waiting');
-    });
-  }
-
-  #slot(): FillSlot {
-    let released = false;
-    return {
-      release: () => {
-        if (released) return;
-        released = true;
-        // Handed straight to the next waiter: no newcomer can take it in between.
-        const next = this.#queue.shift();
-        if (next) next.grant(this.#slot());
-        else this.#running -= 1;
-      },
-    };
+  async acquire(signal?: AbortSignal): Promise<FillSlot> {
+    const admission = await this.#queue.acquire(1, signal);
+    return { release: () => admission.release() };
   }
 }

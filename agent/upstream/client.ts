@@ -103,8 +103,6 @@ export class UpstreamClient {
   readonly #tokens = new TokenCache();
   readonly #observe: ((observation: UpstreamObservation) => void) | undefined;
   readonly #realmMap: Readonly<Record<string, string>>;
-  /** Where redirects and realms may go: the route's policy (one per mirror). */
-  readonly destinations: DestinationPolicy;
   readonly #log: WarningLog | undefined;
   /** Realm origins already warned about (credentials withheld), so that the warning comes once. */
   readonly #withheldWarned = new Set<string>();
@@ -115,15 +113,18 @@ export class UpstreamClient {
     this.base = options.base;
     this.#credentials = options.credentials;
     this.#timeouts = options.timeouts ?? DEFAULT_TIMEOUTS;
-    const policy = (kind: Route['kind']): DestinationPolicy =>
-      new DestinationPolicy({ registry: options.registry, upstream: options.base, route: kind, allowed: options.allowedDestinations });
-    this.route = options.route ?? new DirectRoute(this.#timeouts.connectMs, undefined, policy('direct'));
-    // A route without a policy (a route under test) still gets the URL checks here.
-    this.destinations = this.route.destinations ?? policy(this.route.kind);
+    this.route =
+      options.route ??
+      new DirectRoute(this.#timeouts.connectMs, undefined, new DestinationPolicy({ registry: options.registry, upstream: options.base, route: 'direct', allowed: options.allowedDestinations }));
     this.authMode = options.auth ?? 'agent';
     this.#observe = options.observe;
     this.#realmMap = options.realmMap ?? {};
     this.#log = options.log;
+  }
+
+  /** Where redirects and realms may go: the route's policy (one per mirror). */
+  get destinations(): DestinationPolicy {
+    return this.route.destinations;
   }
 
   /** Builds the upstream URL for a registry API path such as `/v2/team/app/manifests/1.0`. */

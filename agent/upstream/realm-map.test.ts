@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { type ConnectivityProxy, startConnectivityProxy } from '../../test/fixtures/connectivity-proxy.ts';
 import { UpstreamClient } from './client.ts';
+import { DestinationPolicy } from './destination-policy.ts';
 import { UpstreamError } from './errors.ts';
 import { ConnectivityProxyRoute } from './routes.ts';
 import { rejection } from '../../test/fixtures/thrown.ts';
@@ -46,7 +47,8 @@ async function listen(handler: (req: IncomingMessage, res: ServerResponse, body:
 const originOf = (server: Server) => `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 
 function client(realmMap: Record<string, string> = MAP): UpstreamClient {
-  const route = new ConnectivityProxyRoute({ proxy: new URL(cp.url), locationId: undefined, tokens: undefined, connectTimeoutMs: 5_000 });
+  const destinations = new DestinationPolicy({ registry: 'registry.corp.example', upstream: new URL(`http://${VIRTUAL}`), route: 'connectivity-proxy' });
+  const route = new ConnectivityProxyRoute({ proxy: new URL(cp.url), locationId: undefined, tokens: undefined, connectTimeoutMs: 5_000, destinations });
   const c = new UpstreamClient({ registry: 'registry.corp.example', base: new URL(`http://${VIRTUAL}`), credentials: CREDENTIALS, route, auth: 'agent', realmMap });
   clients.push(c);
   return c;

@@ -21,12 +21,8 @@ export interface RouteRequest {
  */
 export interface Route {
   readonly kind: 'direct' | 'http-proxy' | 'connectivity-proxy';
-  /**
-   * Where requests for redirects and token realms may go, enforced by the route where it connects
-   * (see DestinationPolicy). Every mirror's route has one; a route built without one (a test of
-   * the route alone) checks nothing at connect time.
-   */
-  readonly destinations: DestinationPolicy | undefined;
+  /** Where requests for redirects and token realms may go, enforced by the route where it connects (see DestinationPolicy). */
+  readonly destinations: DestinationPolicy;
   send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData>;
   close(): Promise<void>;
 }
@@ -47,16 +43,15 @@ export const MAX_CONNECTIONS_PER_ORIGIN = 32;
  */
 export class DirectRoute implements Route {
   readonly kind = 'direct';
-  readonly destinations: DestinationPolicy | undefined;
+  readonly destinations: DestinationPolicy;
   readonly #agent: Agent;
   readonly #ca: MirrorCa | undefined;
 
-  constructor(connectTimeoutMs: number, ca?: MirrorCa, destinations?: DestinationPolicy) {
+  constructor(connectTimeoutMs: number, ca: MirrorCa | undefined, destinations: DestinationPolicy) {
     this.#ca = ca;
     this.destinations = destinations;
-    const trust = trustOptions(ca);
-    const pools = destinations ? { factory: guardedPoolFactory(destinations, { connectTimeoutMs, trust }) } : trust ? { connect: trust } : {};
-    this.#agent = new Agent({ connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000, connections: MAX_CONNECTIONS_PER_ORIGIN, ...pools });
+    const factory = guardedPoolFactory(destinations, { connectTimeoutMs, trust: trustOptions(ca) });
+    this.#agent = new Agent({ connectTimeout: connectTimeoutMs, keepAliveTimeout: 30_000, connections: MAX_CONNECTIONS_PER_ORIGIN, factory });
   }
 
   async send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData> {
@@ -80,12 +75,12 @@ export class DirectRoute implements Route {
  */
 export class HttpProxyRoute implements Route {
   readonly kind = 'http-proxy';
-  readonly destinations: DestinationPolicy | undefined;
+  readonly destinations: DestinationPolicy;
   readonly #agent: ProxyAgent;
   readonly #proxy: URL;
   readonly #ca: MirrorCa | undefined;
 
-  constructor(proxy: URL, connectTimeoutMs: number, ca?: MirrorCa, destinations?: DestinationPolicy) {
+  constructor(proxy: URL, connectTimeoutMs: number, ca: MirrorCa | undefined, destinations: DestinationPolicy) {
     this.#proxy = proxy;
     this.#ca = ca;
     this.destinations = destinations;
@@ -94,7 +89,7 @@ export class HttpProxyRoute implements Route {
   }
 
   async send(registry: string, url: URL, request: RouteRequest): Promise<Dispatcher.ResponseData> {
-    await this.destinations?.checkProxied(url);
+    await this.destinations.checkProxied(url);
     try {
       return await this.#agent.request({ origin: url.origin, path: `${url.pathname}${url.search}`, highWaterMark: HIGH_WATER_MARK, ...request });
     } catch (error) {
@@ -133,7 +128,7 @@ export interface ConnectivityProxyRouteOptions {
   readonly tokens: OAuthTokenSource | undefined;
   readonly connectTimeoutMs: number;
   /** Scheme and credentials only on this route (see DestinationPolicy); nothing here is connected to but the proxy. */
-  readonly destinations?: DestinationPolicy;
+  readonly destinations: DestinationPolicy;
 }
 
 export const LOCATION_ID_HEADER = 'SAP-Connectivity-SCC-Location_ID';
@@ -145,7 +140,7 @@ export const LOCATION_ID_HEADER = 'SAP-Connectivity-SCC-Location_ID';
  */
 export class ConnectivityProxyRoute implements Route {
   readonly kind = 'connectivity-proxy';
-  readonly destinations: DestinationPolicy | undefined;
+  readonly destinations: DestinationPolicy;
   readonly #pool: Pool;
   readonly #options: ConnectivityProxyRouteOptions;
 

@@ -9,6 +9,7 @@ import { type TestCa, makeTestCa } from '../../test/fixtures/tls-registry.ts';
 import { makeTempDir, removeTempDir } from '../../test/fixtures/tmp.ts';
 import type { MirrorCa } from '../config/types.ts';
 import { UpstreamClient, type UpstreamObservation } from './client.ts';
+import { DestinationPolicy } from './destination-policy.ts';
 import { UpstreamError } from './errors.ts';
 import { DirectRoute, type RouteRequest } from './routes.ts';
 import { tlsError } from './tls.ts';
@@ -18,6 +19,16 @@ import { rejection } from '../../test/fixtures/thrown.ts';
 // mirror (ca_file on top of the defaults), and how a refused certificate is reported.
 
 const REGISTRY = 'upstream.test';
+/** The routes here reach only TLS servers of this test on the loopback (by address or as localhost). */
+const LOOPBACK_ONLY = new DestinationPolicy({
+  registry: REGISTRY,
+  upstream: new URL('https://127.0.0.1'),
+  route: 'direct',
+  allowed: [
+    { kind: 'cidr', address: '127.0.0.0', prefix: 8, family: 'ipv4', text: '127.0.0.0/8' },
+    { kind: 'cidr', address: '::1', prefix: 128, family: 'ipv6', text: '::1/128' },
+  ],
+});
 const GET: RouteRequest = { method: 'GET', headers: {}, headersTimeout: 5_000, bodyTimeout: 5_000 };
 
 interface TlsServer {
@@ -69,7 +80,7 @@ afterAll(async () => {
 describe('DirectRoute with a mirror CA', () => {
   it('without ca_file refuses a private CA with cause tls, naming code, host and the ca_file fix', async () => {
     const server = await serveTls(caA);
-    const route = new DirectRoute(5_000);
+    const route = new DirectRoute(5_000, undefined, LOOPBACK_ONLY);
     try {
       const error = await failureOf(route.send(REGISTRY, server.url, GET));
       expect(error.upstreamCause).toBe('tls');
@@ -85,7 +96,7 @@ describe('DirectRoute with a mirror CA', () => {
 
   it('with ca_file trusts that CA', async () => {
     const server = await serveTls(caA);
-    const route = new DirectRoute(5_000, await mirrorCa(caA));
+    const route = new DirectRoute(5_000, await mirrorCa(caA), LOOPBACK_ONLY);
     try {
       expect(await ok(route, server.url)).toBe('200 ok');
     } finally {
@@ -95,7 +106,7 @@ describe('DirectRoute with a mirror CA', () => {
 
   it('with the wrong ca_file says the issuer is missing from that file', async () => {
     const server = await serveTls(caA);
-    const route = new DirectRoute(5_000, await mirrorCa(caB));
+    const route = new DirectRoute(5_000, await mirrorCa(caB), LOOPBACK_ONLY);
     try {
       const error = await failureOf(route.send(REGISTRY, server.url, GET));
       expect(error.upstreamCause).toBe('tls');
@@ -113,7 +124,7 @@ describe('DirectRoute with a mirror CA', () => {
     const defaults = getCACertificates('default');
     setDefaultCACertificates([...defaults, await readFile(caB.caFile, 'utf8')]);
     // A route built now with ca_file = A trusts B's server through the defaults (by its name: B's certificate has no IP).
-    const route = new DirectRoute(5_000, await mirrorCa(caA));
+    const route = new DirectRoute(5_000, await mirrorCa(caA), LOOPBACK_ONLY);
     try {
       const server = await serveTls(caB);
       const byName = new URL(server.url.href.replace('127.0.0.1', 'localhost'));
@@ -126,7 +137,7 @@ describe('DirectRoute with a mirror CA', () => {
 
   it('reports a certificate without the host name as a name problem with the certificate fix', async () => {
     const server = await serveTls(caB);
-    const route = new DirectRoute(5_000, await mirrorCa(caB));
+    const route = new DirectRoute(5_000, await mirrorCa(caB), LOOPBACK_ONLY);
     try {
       const error = await failureOf(route.send(REGISTRY, server.url, GET));
       expect(error.upstreamCause).toBe('tls');
@@ -140,7 +151,7 @@ describe('DirectRoute with a mirror CA', () => {
   it('reports an https upstream on a plain-HTTP port as a failed handshake', async () => {
     const plain = createHttpServer((_req, res) => res.end('plain'));
     await new Promise<void>((resolve) => plain.listen(0, '127.0.0.1', resolve));
-    const route = new DirectRoute(5_000);
+    const route = new DirectRoute(5_000, undefined, LOOPBACK_ONLY);
     try {
       const url = new URL(`https://127.0.0.1:${(plain.address() as AddressInfo).port}/v2/`);
       const error = await failureOf(route.send(REGISTRY, url, GET));
