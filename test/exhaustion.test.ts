@@ -411,6 +411,53 @@ describe('the body budget is back to zero after every manifest and token path', 
   });
 
   it.each([
+    ['while the realm answers (GET)', 'GET', ''],
+    ['in the middle of its OAuth2 form (POST)', 'POST', 'Content-Length: 100\r\nContent-Type: application/x-www-form-urlencoded\r\n'],
+  ])('a token request whose client resets %s is recorded as aborted, for its mirror, never as a 500', async (_label, method, extraHeaders) => {
+    const repo = `paths/token-reset-${method.toLowerCase()}`;
+    let asked!: () => void;
+    const realmAsked = new Promise<void>((resolve) => (asked = resolve));
+    let answer!: () => void;
+    const answered = new Promise<void>((resolve) => (answer = resolve));
+    upstream.on('*', `/token-reset-${method}`, async (req, res) => {
+      req.resume();
+      asked();
+      await answered;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ token: 'late-token' }));
+    });
+    upstream.on('*', new RegExp(`^/v2/${repo}/`), (req, res) => {
+      req.resume();
+      res.writeHead(401, { 'www-authenticate': `Bearer realm="${upstream.url}/token-reset-${method}",service="budget"`, 'content-type': 'application/json', 'content-length': '2' });
+      res.end('{}');
+    });
+    const challenge = await get(manifestPath(repo, 'v1'));
+    const realm = /realm="([^"]+)"/.exec(String(challenge.headers['www-authenticate']))?.[1] ?? '';
+    const path = realm.slice(agent.url.length);
+    const before = agent.requests.length;
+    const openConnections = async (): Promise<number> =>
+      (await agent.runtime.metrics.connectionsOpen.get()).values.find((v) => v.labels['listener'] === 'mirror')?.value ?? 0;
+    const openBefore = await openConnections();
+    const socket = await rawSocket(Number(new URL(agent.url).port));
+    socket.on('error', () => undefined);
+    socket.write(`${method} ${path} HTTP/1.1\r\nHost: mirror\r\n${extraHeaders}\r\n${method === 'POST' ? 'grant_type=password' : ''}`);
+    // The GET is cut while the realm is asked; the POST while its form is still arriving.
+    if (method === 'GET') await realmAsked;
+    else await pollUntil(async () => (await openConnections()) > openBefore, { timeoutMs: 2_000, what: 'the request arrived' });
+    socket.resetAndDestroy();
+    // The agent has seen the reset before the realm answers.
+    await pollUntil(async () => (await openConnections()) === openBefore, { timeoutMs: 2_000, what: 'the reset seen' });
+    answer();
+    await pollUntil(() => agent.requests.length > before, { timeoutMs: 5_000, what: 'the token request to finish' });
+    const record = agent.requests.at(-1)!;
+    expect(record.outcome.kind).toBe('token');
+    expect(record.outcome.registry).toBe(PT);
+    expect(record.aborted).toBe(true);
+    expect(record.error?.code).toBeUndefined();
+    expect(record.status).not.toBe(500);
+  });
+
+  it.each([
     ['a token answer', 2_000, 200],
     ['a token answer over 64 KiB', 64 * KiB + 1, 502],
   ])('%s through the token endpoint', async (label, size, status) => {

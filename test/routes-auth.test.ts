@@ -455,6 +455,59 @@ describe('Basic auth with per-repository access: a credential valid for another 
   });
 });
 
+describe('Basic auth: access withdrawn upstream', () => {
+  const layers = [randomBytes(24 * 1024), randomBytes(8 * 1024)];
+  /** Who may read priv/app now; the test takes it away from alice half-way. */
+  const allowed = new Set([alice.username]);
+  let dir: string;
+  let upstream: ScriptedRegistry;
+  let agent: InProcessAgent;
+
+  beforeAll(async () => {
+    dir = await makeTempDir('rpa-basic-revoked');
+    upstream = await startScriptedRegistry();
+    upstream.on('*', /^\/v2\/priv\/app\/blobs\//, (req, res) => {
+      req.resume();
+      const user = parseBasic(req.headers.authorization);
+      if (user?.username !== alice.username || user.password !== alice.password) {
+        return sendJson(res, 401, { errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }, { 'www-authenticate': 'Basic realm="acl-registry"' });
+      }
+      if (!allowed.has(user.username)) return sendJson(res, 403, { errors: [{ code: 'DENIED', message: 'requested access to the resource is denied' }] });
+      const bytes = layers.find((layer) => (req.url ?? '').includes(sha256(layer)));
+      if (!bytes) return sendJson(res, 404, { errors: [{ code: 'BLOB_UNKNOWN', message: 'blob unknown' }] });
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(bytes.length), 'docker-content-digest': sha256(bytes) });
+      res.end(req.method === 'HEAD' ? undefined : bytes);
+    });
+    agent = await startAgent({ dir, mirrors: [{ registry: REGISTRY, upstream: upstream.url }] });
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await upstream?.stop();
+    if (dir) await removeTempDir(dir);
+  });
+
+  it('a refusal on any path withdraws the remembered access: cached content is refused at once, online and offline', async () => {
+    const [cachedLayer, otherLayer] = layers as [Buffer, Buffer];
+    const url = (layer: Buffer): string => `${agent.url}/v2/priv/app/blobs/${sha256(layer)}?ns=${REGISTRY}`;
+    const asAlice = { authorization: basic(alice.username, alice.password) };
+    expect((await get(url(cachedLayer), asAlice)).status).toBe(200);
+
+    // Upstream takes priv/app away from alice; the agent learns it from a blob it had not cached.
+    allowed.delete(alice.username);
+    expect((await get(url(otherLayer), asAlice)).status).toBe(403);
+    // Within the 5 minutes the agent would otherwise trust its memory: asked again, refused.
+    const online = await get(url(cachedLayer), asAlice);
+    expect(online.status).toBe(403);
+    expect(online.body.includes(cachedLayer.subarray(0, 64))).toBe(false);
+
+    await upstream.stop();
+    const offline = await get(url(cachedLayer), asAlice);
+    expect(offline.status).toBe(401);
+    expect(offline.body.includes(cachedLayer.subarray(0, 64))).toBe(false);
+  });
+});
+
 describe('http-proxy route through a real tinyproxy', () => {
   let dir: string;
   let registry: RegistryHandle;

@@ -12,7 +12,9 @@ import type { UpstreamResponse } from '../upstream/client.ts';
 import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
 import { toOciError } from './errors.ts';
 import { whileClientWaits } from './client-gone.ts';
+import type { Outcome } from './handlers.ts';
 import { releaseWithResponse } from './held-response.ts';
+import { ClientGoneError } from './respond.ts';
 import type { MirrorSet } from './mirror-set.ts';
 
 /** Turns a passthrough auth failure into the 401 the puller needs, with the challenge pointed at the agent. */
@@ -53,7 +55,7 @@ export function isTokenRequest(target: string): boolean {
  * the mirror's route. Status, content type and body come back unchanged so the puller's
  * POST-then-GET fallback keeps working. Scopes gain the mirror's repository_prefix.
  */
-export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessage, res: ServerResponse): Promise<{ registry: string; status: number }> {
+export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessage, res: ServerResponse, outcome: Outcome): Promise<void> {
   const match = TOKEN_PATH.exec(req.url ?? '');
   if (!match) throw new OciError('NAME_INVALID', 'malformed token endpoint path', { status: 404 });
   let registry: string;
@@ -63,6 +65,8 @@ export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessag
     throw new OciError('NAME_INVALID', 'malformed token endpoint path', { status: 404 });
   }
   const mirror = mirrors.select(registry);
+  // Known from here: failures of this request count for its mirror, not for none.
+  outcome.registry = mirror.registry;
   const realm = mirror.realms.get(match[2] ?? '');
   if (!realm || !mirror.passthrough) throw new OciError('NAME_UNKNOWN', 'unknown token realm for this registry', { status: 404 });
   const method = req.method === 'POST' ? 'POST' : req.method === 'GET' ? 'GET' : undefined;
@@ -93,12 +97,15 @@ export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessag
   try {
     response = await mirror.upstream.forwardTokenRequest(target, method, headers, body);
   } catch (error) {
-    if (error instanceof UpstreamError && error.unavailable && offlineToken(mirror, credential, repositories, res)) {
-      return { registry: mirror.registry, status: 200 };
-    }
+    if (error instanceof UpstreamError && error.unavailable && offlineToken(mirror, credential, repositories, res)) return;
     throw error;
   }
   const answer = await readTokenAnswer(mirror, response, res);
+  if (res.closed || res.destroyed) {
+    // The puller left while the realm answered: nobody to give the answer to.
+    answer.release();
+    throw new ClientGoneError();
+  }
   // From here the response owns the answer: its bytes go back to the budget when it is done.
   releaseWithResponse(res, answer);
   // Not access yet (realms answer 200 with an empty grant too): the credential counts as accepted
@@ -111,7 +118,6 @@ export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessag
   if (typeof authenticate === 'string') out['www-authenticate'] = authenticate;
   res.writeHead(response.status, out);
   res.end(answer.bytes);
-  return { registry: mirror.registry, status: response.status };
 }
 
 /** What identifies the puller at the realm: its Basic header, or the password grant's username and password. Hashed at once, never stored. */
@@ -156,10 +162,16 @@ function offlineToken(mirror: Mirror, credential: CredentialHash, repositories: 
 async function readRequestBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
-  for await (const chunk of req) {
-    total += (chunk as Buffer).length;
-    if (total > limit) throw new OciError('SIZE_INVALID', `request body over ${limit} bytes`, { status: 413 });
-    chunks.push(chunk as Buffer);
+  try {
+    for await (const chunk of req) {
+      total += (chunk as Buffer).length;
+      if (total > limit) throw new OciError('SIZE_INVALID', `request body over ${limit} bytes`, { status: 413 });
+      chunks.push(chunk as Buffer);
+    }
+  } catch (error) {
+    // A body the client broke off ("aborted"): the client left, nothing failed here.
+    if (!(error instanceof OciError) && req.destroyed) throw new ClientGoneError();
+    throw error;
   }
   return Buffer.concat(chunks);
 }

@@ -92,8 +92,7 @@ async function handle(options: MirrorServerOptions, req: IncomingMessage, res: S
     }
     if (isTokenRequest(req.url ?? '')) {
       outcome.kind = 'token';
-      const { registry } = await handleTokenRequest(options.mirrors, req, res);
-      outcome.registry = registry;
+      await handleTokenRequest(options.mirrors, req, res, outcome);
       return;
     }
     // Request bodies are never used; drain them so keep-alive connections stay usable.

@@ -173,7 +173,7 @@ export class Mirror {
       return cached;
     }
     const response = await this.#request('HEAD', name, `blobs/${digest}`, ctx);
-    if (response.status !== 200) throw await this.#failure(response, ctx, () => blobUnknown(digest));
+    if (response.status !== 200) throw await this.#failure(name, response, ctx, () => blobUnknown(digest));
     await response.body.dump().catch(() => undefined);
     this.#confirm(name, digest, ctx);
     const size = contentLength(response);
@@ -193,7 +193,7 @@ export class Mirror {
         const slot = await this.#slots.acquire(unwanted);
         try {
           const response = await this.#request('GET', name, `blobs/${digest}`, ctx);
-          if (response.status !== 200) throw await this.#failure(response, ctx, () => blobUnknown(digest));
+          if (response.status !== 200) throw await this.#failure(name, response, ctx, () => blobUnknown(digest));
           this.#confirm(name, digest, ctx);
           const size = contentLength(response);
           return { size, body: response.body, resume: (offset: number) => this.#resumeBlob(name, digest, offset, size, ctx), ended: slot.release, contended: () => this.#slots.waiting > 0 };
@@ -225,7 +225,7 @@ export class Mirror {
       await response.body.dump().catch(() => undefined);
       throw new UpstreamError(this.registry, 'invalid', `upstream cannot resume ${digest} at byte ${offset} (status ${response.status})`);
     }
-    this.#log.info({ registry: this.registry, digest, offset }, 'resuming a blob download that broke off');
+    this.#log.info({ digest, offset }, 'resuming a blob download that broke off');
     return { body: response.body };
   }
 
@@ -243,12 +243,12 @@ export class Mirror {
       await this.#guard(name, `manifests/${known.digest}`, known.digest, ctx);
       const age = now - known.checkedAt;
       if (age > this.config.maxStaleMs) {
-        this.#log.warn({ registry: this.registry, tag, ageMs: age, err: error.message }, 'upstream unavailable and the cached tag is older than max_stale');
+        this.#log.warn({ tag, ageMs: age, err: error.message }, 'upstream unavailable and the cached tag is older than max_stale');
         throw error;
       }
       const cached = await this.#cachedManifest(known.digest, known.mediaType, 'stale', ctx);
       if (!cached) throw error;
-      this.#log.warn({ registry: this.registry, tag, digest: known.digest, ageMs: age, err: error.message }, 'upstream unavailable: serving the last known digest for this tag');
+      this.#log.warn({ tag, digest: known.digest, ageMs: age, err: error.message }, 'upstream unavailable: serving the last known digest for this tag');
       return cached;
     }
   }
@@ -260,7 +260,7 @@ export class Mirror {
    */
   async #resolveTag(name: RepositoryName, tag: string, ctx: PullContext): Promise<ManifestResult> {
     const head = await this.#request('HEAD', name, `manifests/${tag}`, ctx, { accept: MANIFEST_ACCEPT });
-    if (head.status !== 200) throw await this.#failure(head, ctx, () => manifestUnknown(tag));
+    if (head.status !== 200) throw await this.#failure(name, head, ctx, () => manifestUnknown(tag));
     await head.body.dump().catch(() => undefined);
     const checkedAt = this.#now();
     const digest = firstHeader(head.headers['docker-content-digest']);
@@ -277,7 +277,7 @@ export class Mirror {
   /** GET by tag, for registries whose HEAD does not name the digest: verified and cached by the computed digest. */
   async #fetchTag(name: RepositoryName, tag: string, ctx: PullContext): Promise<ManifestResult> {
     const response = await this.#request('GET', name, `manifests/${tag}`, ctx, { accept: MANIFEST_ACCEPT });
-    if (response.status !== 200) throw await this.#failure(response, ctx, () => manifestUnknown(tag));
+    if (response.status !== 200) throw await this.#failure(name, response, ctx, () => manifestUnknown(tag));
     const body = await this.#readManifest(response, ctx);
     return releaseOnThrow(body, async () => {
       const checkedAt = this.#now();
@@ -301,7 +301,7 @@ export class Mirror {
    */
   async #rememberTag(name: RepositoryName, tag: string, record: TagRecord): Promise<void> {
     await this.#tags.set(this.registry, name, tag, record).catch((error: unknown) => {
-      this.#log.warn({ registry: this.registry, err: (error as Error).message }, 'could not persist tag record');
+      this.#log.warn({ err: (error as Error).message }, 'could not persist tag record');
     });
   }
 
@@ -331,7 +331,7 @@ export class Mirror {
       });
     }
     const response = await this.#request('GET', name, `manifests/${digest}`, ctx, { accept: MANIFEST_ACCEPT });
-    if (response.status !== 200) throw await this.#failure(response, ctx, () => manifestUnknown(digest));
+    if (response.status !== 200) throw await this.#failure(name, response, ctx, () => manifestUnknown(digest));
     this.#confirm(name, digest, ctx);
     const body = await this.#readManifest(response, ctx);
     return releaseOnThrow(body, async () => {
@@ -373,8 +373,14 @@ export class Mirror {
     return this.upstream.request(method, `/v2/${repository}/${rest}`, `repository:${repository}:pull`, headers, ctx.authorization);
   }
 
-  /** Maps a non-200 answer; in passthrough a 401 goes back to the puller as a challenge. */
-  async #failure(response: UpstreamResponse, ctx: PullContext, notFound: () => OciError): Promise<Error> {
+  /**
+   * Maps a non-200 answer; in passthrough a 401 goes back to the puller as a challenge. A 401 or 403
+   * for `name`, on whatever path it came (tag, manifest, blob, download, access check), withdraws
+   * what the agent remembers of this credential's access to it: cached content must not outlive
+   * upstream's refusal.
+   */
+  async #failure(name: RepositoryName, response: UpstreamResponse, ctx: PullContext, notFound: () => OciError): Promise<Error> {
+    if (this.passthrough && (response.status === 401 || response.status === 403)) this.#revoke(name, ctx);
     if (response.status === 401 && this.passthrough) {
       await response.body.dump().catch(() => undefined);
       const challenge = firstHeader(response.headers['www-authenticate']);
@@ -440,8 +446,7 @@ export class Mirror {
       this.#confirm(name, digest, ctx);
       return;
     }
-    if (response.status === 401 || response.status === 403) this.#revoke(name, ctx);
-    throw await this.#failure(response, ctx, () => (rest.startsWith('blobs/') ? blobUnknown(digest) : manifestUnknown(digest)));
+    throw await this.#failure(name, response, ctx, () => (rest.startsWith('blobs/') ? blobUnknown(digest) : manifestUnknown(digest)));
   }
 }
 
