@@ -44,9 +44,12 @@ export async function writeAll(res: ServerResponse, chunks: AsyncIterable<Buffer
   for await (const chunk of chunks) {
     if (res.destroyed) throw new ClientGoneError();
     bytes += chunk.length;
-    for (let offset = 0; offset < chunk.length; offset += slice) {
-      const last = offset + slice >= chunk.length;
-      const piece = offset === 0 && last ? chunk : chunk.subarray(offset, offset + slice);
+    // The slice size can shrink between two pieces of one chunk: each piece starts where the last ended.
+    for (let offset = 0; offset < chunk.length; ) {
+      const end = Math.min(chunk.length, offset + slice);
+      const last = end === chunk.length;
+      const piece = offset === 0 && last ? chunk : chunk.subarray(offset, end);
+      offset = end;
       if (res.write(piece, last ? written?.(chunk) : undefined)) continue;
       const waited = performance.now();
       await drained(res);
