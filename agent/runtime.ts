@@ -66,7 +66,6 @@ export class AgentRuntime {
     this.#mirrorServer = createMirrorServer({
       mirrors,
       log: log.child({ component: 'mirror' }),
-      agentBase: () => agentUrlForContainerd(config.listen, this.#mirrorServer),
       onRequest: (record) => {
         instrumentation.request(record);
         options.onRequest?.(record);
@@ -114,7 +113,10 @@ export class AgentRuntime {
     await tags.init();
     const cpTokens = await connectivityProxyTokens(config.connectivityProxy);
     const bodies = new BodyBudget(DEFAULT_BODY_BUDGET, { changed: (state) => instrumentation.bodyBudget(state), refused: (reason) => instrumentation.bodyBudgetRefused(reason) });
+    // The mirror port is bound after the mirrors are built: its URL is looked up when a challenge needs it.
+    let runtime: AgentRuntime | undefined;
     const parts: MirrorParts = {
+      agentBase: () => (runtime ? agentUrlForContainerd(config.listen, runtime.#mirrorServer) : ''),
       cp: config.connectivityProxy,
       cpTokens,
       cache,
@@ -126,7 +128,7 @@ export class AgentRuntime {
       bodies,
     };
     const mirrors = new MirrorSet(await Promise.all(config.mirrors.map((m) => buildMirror(m, parts))));
-    const runtime = new AgentRuntime(config, mirrors, options, parts);
+    runtime = new AgentRuntime(config, mirrors, options, parts);
     await runtime.#listen();
     runtime.#scan = runtime.#rebuildIndex();
     await runtime.rewire();
@@ -332,6 +334,8 @@ export class AgentRuntime {
 
 /** What every mirror is built from besides its own configuration: the agent's shared parts. */
 interface MirrorParts {
+  /** The agent's URL as pullers reach it: token realms in challenges are rewritten to it. */
+  readonly agentBase: () => string;
   readonly cp: ConnectivityProxyConfig | undefined;
   readonly cpTokens: OAuthTokenSource | undefined;
   readonly cache: BlobCache;
@@ -344,7 +348,7 @@ interface MirrorParts {
 }
 
 async function buildMirror(config: MirrorConfig, parts: MirrorParts): Promise<Mirror> {
-  const { cp, cpTokens, cache, tags, log, instrumentation, timeouts, limits, bodies } = parts;
+  const { agentBase, cp, cpTokens, cache, tags, log, instrumentation, timeouts, limits, bodies } = parts;
   const credentials = config.auth === 'agent' ? await readCredentials(config) : undefined;
   const upstreamLog = log.child({ component: 'upstream', registry: config.registry });
   const onRefused = refusalReporter(upstreamLog, (reason) => instrumentation.destinationRefused(config.registry, reason));
@@ -366,6 +370,7 @@ async function buildMirror(config: MirrorConfig, parts: MirrorParts): Promise<Mi
     cache,
     tags,
     bodies,
+    agentBase,
     log: log.child({ component: 'mirror', registry: config.registry }),
     slots: { running: limits.maxFillsPerMirror, queued: limits.maxQueuedFillsPerMirror, onEvent: (event) => instrumentation.fillSlot(config.registry, event) },
   });

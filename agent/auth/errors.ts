@@ -1,11 +1,12 @@
 /**
- * Upstream wants credentials the puller has not (validly) presented. Carries the upstream's
- * challenge; the HTTP surface rewrites a Bearer realm so the token request comes to the agent.
+ * Upstream wants credentials the puller has not (validly) presented, or the agent cannot vouch for
+ * the puller while upstream is away. Carries the challenge for the puller: a Bearer realm already
+ * points at the agent's token endpoint (see AccessBroker).
  */
 export class AuthRequiredError extends Error {
   override readonly name = 'AuthRequiredError';
   readonly registry: string;
-  /** The upstream's WWW-Authenticate header value, untouched. */
+  /** The WWW-Authenticate value for the puller. */
   readonly challenge: string | undefined;
 
   constructor(registry: string, challenge: string | undefined, message = 'authentication required') {
@@ -15,12 +16,24 @@ export class AuthRequiredError extends Error {
   }
 }
 
-/** The puller presented a credential and upstream (or the agent's memory of it) refused it. */
-export class AccessDeniedError extends Error {
-  override readonly name = 'AccessDeniedError';
+/** A token request names a realm this mirror did not learn from its upstream (or the mirror is not passthrough). */
+export class TokenRealmUnknownError extends Error {
+  override readonly name = 'TokenRealmUnknownError';
   readonly registry: string;
-  constructor(registry: string, message: string) {
-    super(message);
+
+  constructor(registry: string) {
+    super(`unknown token realm for registry ${registry}`);
+    this.registry = registry;
+  }
+}
+
+/** A realm's token answer over the size any real one has. */
+export class TokenTooLargeError extends Error {
+  override readonly name = 'TokenTooLargeError';
+  readonly registry: string;
+
+  constructor(registry: string) {
+    super(`the token endpoint of ${registry} sent an answer over the size limit`);
     this.registry = registry;
   }
 }

@@ -480,6 +480,34 @@ describe('BlobCache', () => {
       expect(secondCalls()).toBe(1);
     });
 
+    it('leaves no unhandled rejection when the client left while its own download failed', async () => {
+      const cache = await newCache();
+      const digest = sha256(Buffer.from('gone while refused'));
+      const unhandled: unknown[] = [];
+      const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
+      process.on('unhandledRejection', onUnhandled);
+      try {
+        const client = new AbortController();
+        const refused = new Error('refused for this requester');
+        const requester = {
+          key: 'anonymous',
+          ownsFailure: () => true,
+          // The client hangs up while upstream is asked; upstream then refuses.
+          fetch: async (): Promise<FillSource> => {
+            client.abort(new Error('client went away'));
+            await new Promise((resolve) => setTimeout(resolve, 5));
+            throw refused;
+          },
+        };
+        await expect(cache.open(digest, requester, client.signal)).rejects.toThrow('client went away');
+        await until(() => cache.stats().inflight === 0, 'fill to settle');
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        expect(unhandled).toEqual([]);
+      } finally {
+        process.off('unhandledRejection', onUnhandled);
+      }
+    });
+
     it.each([
       ['no reader is attached', true],
       ['the first reader is still attached', false],

@@ -9,7 +9,8 @@ import { type BlobReadable, FileBlob, FillBlob, ReadBudget } from './blob-reader
 import { CacheIndex, type CacheIndexStats, type Lease } from './cache-index.ts';
 import { DiskReserve, type FreeSpace } from './disk-reserve.ts';
 import { DigestMismatchError, FillAbandonedError, SizeMismatchError } from './errors.ts';
-import { Fill, type FillSource } from './fill.ts';
+import { Fill } from './fill.ts';
+import { type FetchBlob, type FillRequester, FillStart, asRequester } from './fill-start.ts';
 import { FillRoom } from './fill-room.ts';
 
 /** What the cache reports; the caller logs and counts. Keeps this module free of logger/metrics choices. */
@@ -29,12 +30,7 @@ export interface CacheOptions {
   readonly recheckBytes?: number;
 }
 
-/**
- * Starts the upstream download of a blob. `unwanted` aborts when every reader left before
- * upstream answered: a download that has not been sent yet (waiting for a slot) should then be
- * dropped, one already under way may go on and be cached.
- */
-export type FetchBlob = (unwanted: AbortSignal) => Promise<FillSource>;
+export type { FetchBlob, FillRequester } from './fill-start.ts';
 
 export interface SmallBlob {
   /** Counted against the body budget until the caller releases it. */
@@ -61,6 +57,8 @@ export class BlobCache {
   readonly #recheckBytes: number | undefined;
   readonly #events: CacheEvents;
   readonly #inflight = new Map<Digest, Fill>();
+  /** How each running fill is being started (with whose request), for requests joining it. */
+  readonly #starts = new WeakMap<Fill, FillStart>();
   /** Sizes reads by how many streams run at once: memory stays bounded under 1,000 clients. */
   readonly #budget = new ReadBudget();
   readonly #verifying = new Map<Digest, Promise<boolean>>();
@@ -156,28 +154,27 @@ export class BlobCache {
     return size;
   }
 
+  /** Whether the blob is in the cache (no file is opened, nothing is read; a running fill does not count). */
+  isCached(digest: Digest): boolean {
+    return this.#index.has(digest);
+  }
+
   /** A cached blob or a running fill to join; undefined when the caller must fetch. */
   async lookup(digest: Digest): Promise<BlobReadable | undefined> {
-    const committed = await this.#openCommitted(digest);
-    if (committed) return committed;
-    const fill = this.#running(digest);
-    if (fill) {
-      this.#joined += 1;
-      return new FillBlob(fill, 'joined', this.#budget);
-    }
-    return undefined;
+    return (await this.#openCommitted(digest)) ?? this.#join(digest);
   }
 
   /**
-   * Opens a blob: from disk, by joining the running fill, or by starting one with `fetch`.
-   * Rejects with fetch's error when upstream does not deliver content (e.g. 404). `signal` is the
-   * client's: when it aborts before upstream answered, the client stops waiting (rejected with
-   * its reason) and leaves the fill; the fill itself goes on for the others.
+   * Opens a blob: from disk, by joining the running fill, or by starting one with the requester's
+   * fetch. Rejects with the fetch's error when upstream does not deliver content (e.g. 404): the
+   * starter's own failure is not a joiner's (see FillStart). `signal` is the client's: when it
+   * aborts before upstream answered, the client stops waiting (rejected with its reason) and
+   * leaves the fill; the fill itself goes on for the others.
    */
-  async open(digest: Digest, fetch: FetchBlob, signal?: AbortSignal): Promise<BlobReadable> {
+  async open(digest: Digest, fetch: FetchBlob | FillRequester, signal?: AbortSignal): Promise<BlobReadable> {
     signal?.throwIfAborted();
-    const found = await this.lookup(digest);
-    const reader = found ?? (await this.#startFill(digest, fetch));
+    const requester = asRequester(fetch);
+    const reader = (await this.#openCommitted(digest)) ?? this.#join(digest, requester) ?? (await this.#startFill(digest, requester));
     if (reader instanceof FillBlob) {
       try {
         await untilAborted(reader.started(), signal);
@@ -189,24 +186,31 @@ export class BlobCache {
     return reader;
   }
 
-  async #startFill(digest: Digest, fetch: FetchBlob): Promise<FillBlob> {
-    const again = this.#running(digest);
-    if (again) {
-      this.#joined += 1;
-      return new FillBlob(again, 'joined', this.#budget);
-    }
+  /**
+   * A reader of the running fill. With a requester, it is queued in case the requests before it
+   * fail on their own; without, the reader shares the fill's outcome whatever it is.
+   */
+  #join(digest: Digest, requester?: FillRequester): FillBlob | undefined {
+    const fill = this.#running(digest);
+    if (!fill) return undefined;
+    this.#joined += 1;
+    return new FillBlob(fill, 'joined', this.#budget, requester && this.#starts.get(fill)?.join(requester));
+  }
+
+  async #startFill(digest: Digest, requester: FillRequester): Promise<FillBlob> {
+    const again = this.#join(digest, requester);
+    if (again) return again;
     const temp = await this.#createTemp();
     // Re-check: another request may have started the fill while the temp file was created. Joined
     // before anything else is awaited: a fill found joinable may end and close on any later await.
-    const raced = this.#running(digest);
+    const raced = this.#join(digest, requester);
     if (raced) {
-      this.#joined += 1;
-      const reader = new FillBlob(raced, 'joined', this.#budget);
       if (temp) void this.#dropTemp(temp);
-      return reader;
+      return raced;
     }
     const unwanted = new AbortController();
     const room = new FillRoom(this.#index, this.#disk, { removals: () => this.#removalsDone(), ...(this.#recheckBytes ? { recheckBytes: this.#recheckBytes } : {}) });
+    const start = new FillStart(requester, unwanted.signal);
     const fill = new Fill(
       digest,
       temp?.path ?? '',
@@ -216,10 +220,11 @@ export class BlobCache {
         onRelay: (reason) => this.#events.cacheBypassed?.(digest, reason),
         onUnwanted: () => unwanted.abort(new FillAbandonedError(digest)),
       },
-      fetch(unwanted.signal),
+      start.source,
     );
     this.#inflight.set(digest, fill);
-    const reader = new FillBlob(fill, 'miss', this.#budget);
+    this.#starts.set(fill, start);
+    const reader = new FillBlob(fill, 'miss', this.#budget, start.firstStake);
     void this.#settle(fill, room);
     return reader;
   }
@@ -419,12 +424,14 @@ export class BlobCache {
   /**
    * Small content (manifests), read whole and verified on every read. Room for it is held under
    * `budget` BEFORE it is read (its size is the index's): the caller owns the returned body and
-   * releases it once done. Rejects with the budget's refusal, or `signal`'s reason while waiting.
+   * releases it once done. Content larger than `maxBytes` counts as not cached (nothing is read). Rejects with the budget's refusal, or `signal`'s reason while waiting.
    */
-  async getSmall(digest: Digest, budget: BodyBudget, signal?: AbortSignal): Promise<SmallBlob | undefined> {
+  async getSmall(digest: Digest, budget: BodyBudget, signal?: AbortSignal, maxBytes = Infinity): Promise<SmallBlob | undefined> {
     const lease = this.#index.acquire(digest) ?? (await this.#adoptFromDisk(digest));
     if (!lease) return undefined;
     try {
+      // Larger than the caller's kind of content can be (a layer asked for as a manifest): not read at all.
+      if (lease.size > maxBytes) return undefined;
       const hold = await budget.acquire(lease.size, signal);
       try {
         const bytes = await readFile(this.store.blobPath(digest));
@@ -503,6 +510,8 @@ function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): 
   return new Promise<T>((resolve, reject) => {
     const onAbort = (): void => reject(signal.reason);
     if (signal.aborted) {
+      // Nobody waits for `promise` any more: its rejection is nobody's to handle.
+      promise.catch(() => undefined);
       onAbort();
       return;
     }

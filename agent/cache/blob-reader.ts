@@ -1,5 +1,6 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { Fill, FillReader } from './fill.ts';
+import type { StartStake } from './fill-start.ts';
 
 /** Largest read: few syscalls per MiB for a lone stream. */
 export const CHUNK_BYTES = 1024 * 1024;
@@ -152,23 +153,33 @@ export class FillBlob implements BlobReadable {
   readonly #ring = new BufferRing();
   /** Resolves when the reader is closed: a read waiting for the fill stops waiting. */
   readonly #closing = Promise.withResolvers<void>();
+  /** This reader's requester in the fill's start (see FillStart). */
+  readonly #stake: StartStake | undefined;
   #closed = false;
 
-  constructor(fill: Fill, origin: BlobOrigin, budget: ReadBudget) {
+  constructor(fill: Fill, origin: BlobOrigin, budget: ReadBudget, stake?: StartStake) {
     this.origin = origin;
     this.#fill = fill;
     this.#reader = fill.attach();
     this.#budget = budget;
     this.#leaveBudget = budget.open();
+    this.#stake = stake;
   }
 
   size(): number | undefined {
     return this.#fill.size;
   }
 
-  /** Resolves once upstream answered with content; rejects with its error otherwise. */
+  /**
+   * Resolves once upstream answered with content; rejects with the fill's error, or with this
+   * reader's own requester's failure (the fill may go on for others: see FillStart).
+   */
   started(): Promise<void> {
-    return this.#fill.started();
+    if (!this.#stake) return this.#fill.started();
+    const started = Promise.race([this.#fill.started(), this.#stake.own]);
+    // Observed by whoever awaits it; one that stopped waiting (its client left) must not leave it unhandled.
+    started.catch(() => undefined);
+    return started;
   }
 
   /**
@@ -225,6 +236,7 @@ export class FillBlob implements BlobReadable {
     this.#closing.resolve();
     this.#ring.close();
     this.#leaveBudget();
+    this.#stake?.leave();
     this.#reader.detach();
   }
 }

@@ -1,3 +1,4 @@
+import { AuthRequiredError, TokenRealmUnknownError, TokenTooLargeError } from '../auth/errors.ts';
 import { DigestMismatchError, FillAbandonedError, SizeMismatchError } from '../cache/errors.ts';
 import { MemoryBudgetError } from '../memory/errors.ts';
 import { FillQueueFullError } from '../mirror/errors.ts';
@@ -19,6 +20,14 @@ const MEMORY_BUDGET_RETRY_AFTER_SECONDS = 5;
 export function toOciError(error: unknown): OciError {
   if (error instanceof OciError) return error;
   if (error instanceof UpstreamError) return fromUpstream(error);
+  if (error instanceof AuthRequiredError) {
+    return new OciError('UNAUTHORIZED', error.message, {
+      headers: error.challenge ? { 'www-authenticate': error.challenge } : {},
+      detail: { registry: error.registry },
+    });
+  }
+  if (error instanceof TokenRealmUnknownError) return new OciError('NAME_UNKNOWN', 'unknown token realm for this registry', { status: 404, cause: error });
+  if (error instanceof TokenTooLargeError) return new OciError('UNAVAILABLE', 'token endpoint response too large', { status: 502, cause: error });
   if (error instanceof DigestMismatchError || error instanceof SizeMismatchError) {
     return new OciError('UNAVAILABLE', 'upstream content did not match its digest; nothing was cached', { status: 502, cause: error });
   }

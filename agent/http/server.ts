@@ -2,11 +2,10 @@ import { randomBytes } from 'node:crypto';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { AccessDeniedError, AuthRequiredError } from '../auth/errors.ts';
 import type { Mirror, PullContext } from '../mirror/mirror.ts';
 import { OciError } from '../oci/errors.ts';
 import { type DistributionRequest, isReadMethod, parseDistributionRequest } from '../oci/request.ts';
-import { authError, handleTokenRequest, isTokenRequest } from './auth.ts';
+import { handleTokenRequest, isTokenRequest } from './auth.ts';
 import { toOciError } from './errors.ts';
 import { type Outcome, handleBase, handleBlobGet, handleBlobHead, handleManifest } from './handlers.ts';
 import type { MirrorSet } from './mirror-set.ts';
@@ -28,8 +27,6 @@ export interface RequestRecord {
 export interface MirrorServerOptions {
   readonly mirrors: MirrorSet;
   readonly log: Logger;
-  /** The agent's URL as pullers reach it; token realms are rewritten to it. */
-  readonly agentBase: () => string;
   /** Called once per finished request (metrics). */
   readonly onRequest?: (record: RequestRecord) => void;
   /** Connection cap and client timeouts of the mirror port. */
@@ -83,7 +80,6 @@ async function handle(options: MirrorServerOptions, req: IncomingMessage, res: S
   let error: OciError | undefined;
   let aborted = false;
   res.setHeader('x-request-id', id);
-  let mirror: Mirror | undefined;
   try {
     const refusal = protocolRefusal(req);
     if (refusal) {
@@ -99,17 +95,14 @@ async function handle(options: MirrorServerOptions, req: IncomingMessage, res: S
     req.resume();
     const request = parse(req);
     outcome.kind = request.kind;
-    mirror = options.mirrors.select(request.ns);
+    const mirror = options.mirrors.select(request.ns);
     outcome.registry = mirror.registry;
     await dispatch(mirror, request, req, res, outcome, { authorization: req.headers.authorization });
   } catch (caught) {
     if (caught instanceof ClientGoneError) {
       aborted = true;
     } else {
-      error =
-        (caught instanceof AuthRequiredError || caught instanceof AccessDeniedError) && mirror
-          ? authError(caught, mirror, options.agentBase())
-          : toOciError(caught);
+      error = toOciError(caught);
       if (res.headersSent) aborted = true;
       sendOciError(res, error, method);
     }

@@ -1,25 +1,20 @@
 import { createHash } from 'node:crypto';
-import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
-import { ANONYMOUS, AccessMemory, hashCredential } from '../auth/access-memory.ts';
-import { challengeForRepository } from '../auth/challenge-rewrite.ts';
-import { AuthRequiredError } from '../auth/errors.ts';
-import { RealmRegistry } from '../auth/realms.ts';
-import { TokenGrants, realmKey } from '../auth/token-grants.ts';
-import type { BlobCache } from '../cache/blob-cache.ts';
+import { AccessBroker, type TokenAnswer, type TokenRequest, blobUnknown, manifestUnknown } from '../auth/broker.ts';
+import type { BlobCache, FillRequester } from '../cache/blob-cache.ts';
 import type { BlobReadable } from '../cache/blob-reader.ts';
 import type { MirrorConfig } from '../config/types.ts';
 import { type Digest, isDigest } from '../oci/digest.ts';
-import { OciError } from '../oci/errors.ts';
 import { MANIFEST_ACCEPT, MANIFEST_MAX_BYTES, mediaTypeFromBody } from '../oci/media-types.ts';
-import { type Reference, type RepositoryName, upstreamRepository } from '../oci/reference.ts';
+import type { Reference, RepositoryName } from '../oci/reference.ts';
+import { manifestReferences } from '../oci/references.ts';
 import { BodyBudget } from '../memory/body-budget.ts';
 import { type HeldBody, readBody, releaseOnThrow } from '../memory/held-body.ts';
 import { type UpstreamClient, type UpstreamResponse, firstHeader } from '../upstream/client.ts';
 import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
 import { type FillSlotEvent, type FillSlotLimits, FillSlots } from './fill-slots.ts';
 import type { TagRecord, TagStore } from './tag-store.ts';
-import { contentLength, upstreamFailure } from './upstream-status.ts';
+import { contentLength } from '../upstream/status.ts';
 
 /** How a manifest answer was obtained, for logs and metrics. */
 export type ManifestOrigin = 'hit' | 'miss' | 'stale';
@@ -56,9 +51,6 @@ export interface MirrorSlots extends FillSlotLimits {
 /** The configuration defaults, for mirrors built without limits (tests). */
 const DEFAULT_SLOTS: FillSlotLimits = { running: 8, queued: 64 };
 
-/** How long an upstream "yes" for a credential + repository is trusted before asking again. */
-export const ACCESS_RECHECK_MS = 5 * 60_000;
-
 export interface MirrorDeps {
   readonly config: MirrorConfig;
   readonly upstream: UpstreamClient;
@@ -69,6 +61,8 @@ export interface MirrorDeps {
   readonly slots?: MirrorSlots;
   /** The process-wide budget for bodies held whole in memory (default: one of its own, for tests). */
   readonly bodies?: BodyBudget;
+  /** The agent's URL as pullers reach it (Bearer realms are rewritten to its token endpoint). */
+  readonly agentBase?: () => string;
 }
 
 /** The reachability probe's answer; when upstream is not reachable, `cause` (an upstream error cause) and `detail` say why. */
@@ -91,16 +85,8 @@ export class Mirror {
   readonly #now: () => number;
   /** Blob downloads from this upstream at once; joins of a running download take none. */
   readonly #slots: FillSlots;
-  /** passthrough: credentials upstream accepted per repository (hashed). */
-  readonly access = new AccessMemory();
-  /** passthrough: which credential each realm token the agent forwarded was issued to (hashed). */
-  readonly tokenGrants = new TokenGrants();
-  /** passthrough: token realms learned from this upstream's challenges. */
-  readonly realms = new RealmRegistry();
-  /** passthrough: digests upstream confirmed to belong to a repository. */
-  readonly #linked = new LRUCache<string, true>({ max: 200_000 });
-  /** The last challenge upstream sent, answered while it is unreachable. */
-  #lastChallenge: string | undefined;
+  /** Who may read what through this mirror: every access decision is its. */
+  readonly #access: AccessBroker;
   /** Manifests and token answers are held whole in memory under this budget (shared by every mirror). */
   readonly bodies: BodyBudget;
 
@@ -113,14 +99,24 @@ export class Mirror {
     this.#now = deps.now ?? Date.now;
     this.#slots = new FillSlots(deps.config.registry, deps.slots ?? DEFAULT_SLOTS, deps.slots?.onEvent);
     this.bodies = deps.bodies ?? new BodyBudget();
+    this.#access = new AccessBroker({
+      registry: deps.config.registry,
+      upstream: deps.upstream,
+      repositoryPrefix: deps.config.repositoryPrefix,
+      maxStaleMs: deps.config.maxStaleMs,
+      agentBase: deps.agentBase ?? (() => 'http://127.0.0.1'),
+      bodies: this.bodies,
+      now: this.#now,
+    });
   }
 
   get registry(): string {
     return this.config.registry;
   }
 
-  get passthrough(): boolean {
-    return this.upstream.authMode === 'passthrough';
+  /** The agent's token endpoint for this mirror (passthrough): see AccessBroker.token. */
+  token(request: TokenRequest, signal?: AbortSignal): Promise<TokenAnswer> {
+    return this.#access.token(request, signal);
   }
 
   /** Reachability probe: GET /v2/ through the route without credentials; 200 or 401 means upstream answers. */
@@ -141,7 +137,7 @@ export class Mirror {
 
   /** `GET /v2/`: in passthrough, upstream decides whether the puller must authenticate. */
   async ping(ctx: PullContext): Promise<void> {
-    if (!this.passthrough) return;
+    if (!this.#access.passthrough) return;
     let response: UpstreamResponse;
     try {
       response = await this.upstream.request('GET', '/v2/', '', {}, ctx.authorization);
@@ -149,12 +145,8 @@ export class Mirror {
       if (error instanceof UpstreamError && error.unavailable) return;
       throw error;
     }
+    if (response.status === 401) throw await this.#access.failure(undefined, response, ctx, () => manifestUnknown(''));
     await response.body.dump().catch(() => undefined);
-    if (response.status === 401) {
-      const challenge = firstHeader(response.headers['www-authenticate']);
-      if (challenge) this.#lastChallenge = challenge;
-      throw new AuthRequiredError(this.registry, challenge);
-    }
   }
 
   /**
@@ -162,39 +154,74 @@ export class Mirror {
    * manifest, because containerd's next request is a GET by that digest.
    */
   async manifest(name: RepositoryName, reference: Reference, ctx: PullContext = {}): Promise<ManifestResult> {
-    if (reference.kind === 'digest') return this.#manifestByDigest(name, reference.digest, undefined, 'miss', ctx);
-    return this.#manifestByTag(name, reference.tag, ctx);
+    let result: ManifestResult;
+    try {
+      result = reference.kind === 'digest' ? await this.#manifestByDigest(name, reference.digest, undefined, 'miss', ctx) : await this.#manifestByTag(name, reference.tag, ctx);
+    } catch (error) {
+      throw this.#access.unavailable(name, ctx, error as Error);
+    }
+    this.#access.derive(name, result.digest, manifestReferences(result.body.bytes));
+    return result;
   }
 
   async blobSize(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<number> {
-    const cached = await this.#cache.sizeOf(digest);
-    if (cached !== undefined) {
-      await this.#guard(name, `blobs/${digest}`, digest, ctx);
-      return cached;
+    try {
+      // Asked before anything of the cache is read: a requester that is not entitled learns nothing from it.
+      if (this.#cache.isCached(digest)) await this.#access.check(name, 'blobs', digest, ctx);
+      const cached = await this.#cache.sizeOf(digest);
+      if (cached !== undefined) {
+        await this.#access.check(name, 'blobs', digest, ctx);
+        return cached;
+      }
+      const response = await this.#access.request('HEAD', name, `blobs/${digest}`, ctx);
+      if (response.status !== 200) throw await this.#access.failure(name, response, ctx, () => blobUnknown(digest));
+      await response.body.dump().catch(() => undefined);
+      this.#access.confirm(name, 'blobs', digest, ctx);
+      const size = contentLength(response);
+      if (size === undefined) throw new UpstreamError(this.registry, 'invalid', 'blob HEAD without Content-Length');
+      return size;
+    } catch (error) {
+      throw this.#access.unavailable(name, ctx, error as Error);
     }
-    const response = await this.#request('HEAD', name, `blobs/${digest}`, ctx);
-    if (response.status !== 200) throw await this.#failure(name, response, ctx, () => blobUnknown(digest));
-    await response.body.dump().catch(() => undefined);
-    this.#confirm(name, digest, ctx);
-    const size = contentLength(response);
-    if (size === undefined) throw new UpstreamError(this.registry, 'invalid', 'blob HEAD without Content-Length');
-    return size;
   }
 
   /**
    * Opens a blob from cache, a running fill, or a new fill from upstream. A new fill waits for one
    * of the mirror's download slots (FillQueueFullError when too many wait) and holds it until its
-   * body ended, resumes included; a request for a blob being fetched joins that fill instead.
+   * body ended, resumes included; a request for a blob being fetched joins that fill instead. When
+   * the request that started a fill is refused (401, 403, 404 for its credential or repository),
+   * the fill goes on with the next joined request's own credential (see FillStart).
    */
   async blob(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<BlobReadable> {
-    const reader = await this.#cache.open(
-      digest,
-      async (unwanted) => {
+    try {
+      if (this.#cache.isCached(digest)) await this.#access.check(name, 'blobs', digest, ctx);
+      const reader = await this.#cache.open(digest, this.#requester(name, digest, ctx), ctx.signal);
+      if (reader.origin !== 'miss') {
+        // A running download joined, or cached since the check above: checked before a byte is read.
+        try {
+          await this.#access.check(name, 'blobs', digest, ctx);
+        } catch (error) {
+          reader.close();
+          throw error;
+        }
+      }
+      return reader;
+    } catch (error) {
+      throw this.#access.unavailable(name, ctx, error as Error);
+    }
+  }
+
+  /** This request as the starter of a blob download: its fetch, with its own credential. */
+  #requester(name: RepositoryName, digest: Digest, ctx: PullContext): FillRequester {
+    return {
+      key: this.#access.requesterKey(name, ctx),
+      ownsFailure: (error) => this.#access.ownsFailure(error),
+      fetch: async (unwanted) => {
         const slot = await this.#slots.acquire(unwanted);
         try {
-          const response = await this.#request('GET', name, `blobs/${digest}`, ctx);
-          if (response.status !== 200) throw await this.#failure(name, response, ctx, () => blobUnknown(digest));
-          this.#confirm(name, digest, ctx);
+          const response = await this.#access.request('GET', name, `blobs/${digest}`, ctx);
+          if (response.status !== 200) throw await this.#access.failure(name, response, ctx, () => blobUnknown(digest));
+          this.#access.confirm(name, 'blobs', digest, ctx);
           const size = contentLength(response);
           return { size, body: response.body, resume: (offset: number) => this.#resumeBlob(name, digest, offset, size, ctx), ended: slot.release, contended: () => this.#slots.waiting > 0 };
         } catch (error) {
@@ -202,22 +229,12 @@ export class Mirror {
           throw error;
         }
       },
-      ctx.signal,
-    );
-    if (reader.origin !== 'miss') {
-      try {
-        await this.#guard(name, `blobs/${digest}`, digest, ctx);
-      } catch (error) {
-        reader.close();
-        throw error;
-      }
-    }
-    return reader;
+    };
   }
 
   /** The rest of a blob from `offset` (Range request); only a 206 for exactly that offset is accepted. */
   async #resumeBlob(name: RepositoryName, digest: Digest, offset: number, size: number | undefined, ctx: PullContext): Promise<{ body: UpstreamResponse['body'] }> {
-    const response = await this.#request('GET', name, `blobs/${digest}`, ctx, { range: `bytes=${offset}-` });
+    const response = await this.#access.request('GET', name, `blobs/${digest}`, ctx, { range: `bytes=${offset}-` });
     const range = firstHeader(response.headers['content-range']);
     const match = range ? /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(range) : null;
     const total = match?.[3] === '*' ? undefined : Number(match?.[3]);
@@ -232,20 +249,23 @@ export class Mirror {
   async #manifestByTag(name: RepositoryName, tag: string, ctx: PullContext): Promise<ManifestResult> {
     const known = await this.#tags.get(this.registry, name, tag);
     const now = this.#now();
+    // This mirror's upstream named the digest for this tag in this repository when it was recorded.
+    if (known) this.#access.vouch(name, 'manifests', known.digest, known.checkedAt);
     if (known && now - known.checkedAt < this.config.tagTtlMs) {
-      await this.#guard(name, `manifests/${known.digest}`, known.digest, ctx);
+      await this.#access.check(name, 'manifests', known.digest, ctx);
       return this.#manifestByDigest(name, known.digest, known.mediaType, 'hit', ctx);
     }
     try {
       return await this.#resolveTag(name, tag, ctx);
     } catch (error) {
       if (!(error instanceof UpstreamError) || !error.unavailable || !known) throw error;
-      await this.#guard(name, `manifests/${known.digest}`, known.digest, ctx);
       const age = now - known.checkedAt;
       if (age > this.config.maxStaleMs) {
         this.#log.warn({ tag, ageMs: age, err: error.message }, 'upstream unavailable and the cached tag is older than max_stale');
         throw error;
       }
+      // Upstream just failed to answer: it is not asked again for the access check.
+      this.#access.checkOffline(name, 'manifests', known.digest, ctx, error);
       const cached = await this.#cachedManifest(known.digest, known.mediaType, 'stale', ctx);
       if (!cached) throw error;
       this.#log.warn({ tag, digest: known.digest, ageMs: age, err: error.message }, 'upstream unavailable: serving the last known digest for this tag');
@@ -259,14 +279,15 @@ export class Mirror {
    * without a usable Docker-Content-Digest or Content-Type (some registries) costs a GET by tag.
    */
   async #resolveTag(name: RepositoryName, tag: string, ctx: PullContext): Promise<ManifestResult> {
-    const head = await this.#request('HEAD', name, `manifests/${tag}`, ctx, { accept: MANIFEST_ACCEPT });
-    if (head.status !== 200) throw await this.#failure(name, head, ctx, () => manifestUnknown(tag));
+    const head = await this.#access.request('HEAD', name, `manifests/${tag}`, ctx, { accept: MANIFEST_ACCEPT });
+    if (head.status !== 200) throw await this.#access.failure(name, head, ctx, () => manifestUnknown(tag));
     await head.body.dump().catch(() => undefined);
+    this.#access.accept(name, ctx);
     const checkedAt = this.#now();
     const digest = firstHeader(head.headers['docker-content-digest']);
     const mediaType = firstHeader(head.headers['content-type']);
     if (!digest || !isDigest(digest) || !mediaType) return this.#fetchTag(name, tag, ctx);
-    this.#confirm(name, digest, ctx);
+    this.#access.confirm(name, 'manifests', digest, ctx);
     const { result, cached } = await this.#loadByDigest(name, digest, mediaType, 'miss', ctx);
     return releaseOnThrow(result.body, async () => {
       if (cached) await this.#rememberTag(name, tag, { digest, mediaType: result.mediaType, size: result.size, checkedAt });
@@ -276,8 +297,8 @@ export class Mirror {
 
   /** GET by tag, for registries whose HEAD does not name the digest: verified and cached by the computed digest. */
   async #fetchTag(name: RepositoryName, tag: string, ctx: PullContext): Promise<ManifestResult> {
-    const response = await this.#request('GET', name, `manifests/${tag}`, ctx, { accept: MANIFEST_ACCEPT });
-    if (response.status !== 200) throw await this.#failure(name, response, ctx, () => manifestUnknown(tag));
+    const response = await this.#access.request('GET', name, `manifests/${tag}`, ctx, { accept: MANIFEST_ACCEPT });
+    if (response.status !== 200) throw await this.#access.failure(name, response, ctx, () => manifestUnknown(tag));
     const body = await this.#readManifest(response, ctx);
     return releaseOnThrow(body, async () => {
       const checkedAt = this.#now();
@@ -287,7 +308,7 @@ export class Mirror {
         throw new UpstreamError(this.registry, 'invalid', `manifest digest header ${announced} does not match its content ${digest}`);
       }
       const mediaType = firstHeader(response.headers['content-type']) ?? mediaTypeFromBody(body.bytes) ?? 'application/octet-stream';
-      this.#confirm(name, digest, ctx);
+      this.#access.confirm(name, 'manifests', digest, ctx);
       if (await this.#cache.putSmall(digest, body.bytes, mediaType)) {
         await this.#rememberTag(name, tag, { digest, mediaType, size: body.length, checkedAt });
       }
@@ -315,7 +336,11 @@ export class Mirror {
     return (await this.#loadByDigest(name, digest, mediaTypeHint, origin, ctx)).result;
   }
 
-  /** The manifest from the cache or upstream, and whether it is in the cache now. */
+  /**
+   * The manifest from the cache or upstream, and whether it is in the cache now. Access is decided
+   * before the cache is read, and the cache is never read beyond the manifest size limit: content
+   * larger than that (a layer asked for as a manifest) counts as not cached, and upstream answers.
+   */
   async #loadByDigest(
     name: RepositoryName,
     digest: Digest,
@@ -323,16 +348,14 @@ export class Mirror {
     origin: ManifestOrigin,
     ctx: PullContext,
   ): Promise<{ result: ManifestResult; cached: boolean }> {
-    const hit = await this.#cachedManifest(digest, mediaTypeHint, origin === 'miss' ? 'hit' : origin, ctx);
-    if (hit) {
-      return releaseOnThrow(hit.body, async () => {
-        await this.#guard(name, `manifests/${digest}`, digest, ctx);
-        return { result: hit, cached: true };
-      });
+    if (this.#cache.isCached(digest)) {
+      await this.#access.check(name, 'manifests', digest, ctx);
+      const hit = await this.#cachedManifest(digest, mediaTypeHint, origin === 'miss' ? 'hit' : origin, ctx);
+      if (hit) return { result: hit, cached: true };
     }
-    const response = await this.#request('GET', name, `manifests/${digest}`, ctx, { accept: MANIFEST_ACCEPT });
-    if (response.status !== 200) throw await this.#failure(name, response, ctx, () => manifestUnknown(digest));
-    this.#confirm(name, digest, ctx);
+    const response = await this.#access.request('GET', name, `manifests/${digest}`, ctx, { accept: MANIFEST_ACCEPT });
+    if (response.status !== 200) throw await this.#access.failure(name, response, ctx, () => manifestUnknown(digest));
+    this.#access.confirm(name, 'manifests', digest, ctx);
     const body = await this.#readManifest(response, ctx);
     return releaseOnThrow(body, async () => {
       const actual = sha256(body.bytes);
@@ -346,7 +369,7 @@ export class Mirror {
   }
 
   async #cachedManifest(digest: Digest, mediaTypeHint: string | undefined, origin: ManifestOrigin, ctx: PullContext): Promise<ManifestResult | undefined> {
-    const cached = await this.#cache.getSmall(digest, this.bodies, ctx.signal);
+    const cached = await this.#cache.getSmall(digest, this.bodies, ctx.signal, MANIFEST_MAX_BYTES);
     if (!cached) return undefined;
     const mediaType = cached.mediaType ?? mediaTypeHint ?? mediaTypeFromBody(cached.body.bytes);
     if (!mediaType) {
@@ -367,97 +390,8 @@ export class Mirror {
       readError: (error) => fromTransportError(this.registry, error),
     });
   }
-
-  #request(method: 'GET' | 'HEAD', name: RepositoryName, rest: string, ctx: PullContext, headers: Record<string, string> = {}): Promise<UpstreamResponse> {
-    const repository = upstreamRepository(this.config.repositoryPrefix, name);
-    return this.upstream.request(method, `/v2/${repository}/${rest}`, `repository:${repository}:pull`, headers, ctx.authorization);
-  }
-
-  /**
-   * Maps a non-200 answer; in passthrough a 401 goes back to the puller as a challenge. A 401 or 403
-   * for `name`, on whatever path it came (tag, manifest, blob, download, access check), withdraws
-   * what the agent remembers of this credential's access to it: cached content must not outlive
-   * upstream's refusal.
-   */
-  async #failure(name: RepositoryName, response: UpstreamResponse, ctx: PullContext, notFound: () => OciError): Promise<Error> {
-    if (this.passthrough && (response.status === 401 || response.status === 403)) this.#revoke(name, ctx);
-    if (response.status === 401 && this.passthrough) {
-      await response.body.dump().catch(() => undefined);
-      const challenge = firstHeader(response.headers['www-authenticate']);
-      if (challenge) this.#lastChallenge = challenge;
-      return ctx.authorization
-        ? new AuthRequiredError(this.registry, challenge, 'upstream refused the presented credential')
-        : new AuthRequiredError(this.registry, challenge);
-    }
-    return upstreamFailure(this.registry, response, notFound);
-  }
-
-  /** Upstream just served `digest` under `name` to this credential: remember access and linkage. */
-  #confirm(name: RepositoryName, digest: Digest, ctx: PullContext): void {
-    if (!this.passthrough) return;
-    const now = this.#now();
-    this.access.remember(hashCredential(ctx.authorization), name, now);
-    // Upstream accepted a token the agent forwarded from a realm: only now does the credential the
-    // puller showed the realm count for this repository (the realm's 200 may have been an empty grant).
-    const issuedTo = this.tokenGrants.issuedTo(ctx.authorization, name, now);
-    if (issuedTo) this.access.remember(issuedTo, realmKey(name), now);
-    this.#linked.set(`${name}@${digest}`, true);
-  }
-
-  /** Upstream refused this credential for `name`: forget it, and the realm credential its token was issued to. */
-  #revoke(name: RepositoryName, ctx: PullContext): void {
-    this.access.forget(hashCredential(ctx.authorization), name);
-    const issuedTo = this.tokenGrants.issuedTo(ctx.authorization, name, this.#now());
-    if (issuedTo) this.access.forget(issuedTo, realmKey(name));
-  }
-
-  /**
-   * passthrough: content about to be served from the cache goes only to a puller whose
-   * credential upstream accepted for this repository (and only for digests upstream showed in
-   * it). Asks upstream with a HEAD when the memory is older than ACCESS_RECHECK_MS (or max_stale,
-   * when that is shorter); while upstream is unavailable, only a credential upstream itself accepted for this very repository
-   * within max_stale is served (an offline token counts from that acceptance); everyone else gets
-   * 401 with the remembered challenge.
-   */
-  async #guard(name: RepositoryName, rest: string, digest: Digest, ctx: PullContext): Promise<void> {
-    if (!this.passthrough) return;
-    const now = this.#now();
-    const linked = this.#linked.has(`${name}@${digest}`);
-    const credential = hashCredential(ctx.authorization);
-    const acceptedWithin = (maxAgeMs: number): boolean =>
-      linked && (this.access.acceptedWithin(credential, name, maxAgeMs, now) || this.access.acceptedWithin(ANONYMOUS, name, maxAgeMs, now));
-    // Not asking upstream is serving without it: never on an acceptance older than max_stale.
-    if (acceptedWithin(Math.min(ACCESS_RECHECK_MS, this.config.maxStaleMs))) return;
-    let response: UpstreamResponse;
-    try {
-      response = await this.#request('HEAD', name, rest, ctx, rest.startsWith('manifests/') ? { accept: MANIFEST_ACCEPT } : {});
-    } catch (error) {
-      if (!(error instanceof UpstreamError) || !error.unavailable) throw error;
-      if (acceptedWithin(this.config.maxStaleMs)) return;
-      const challenge = this.#lastChallenge && challengeForRepository(this.#lastChallenge, upstreamRepository(this.config.repositoryPrefix, name));
-      throw new AuthRequiredError(
-        this.registry,
-        challenge,
-        ctx.authorization ? 'upstream is unavailable and upstream did not accept this credential for this repository within max_stale' : 'upstream unavailable: present a credential',
-      );
-    }
-    if (response.status === 200) {
-      await response.body.dump().catch(() => undefined);
-      this.#confirm(name, digest, ctx);
-      return;
-    }
-    throw await this.#failure(name, response, ctx, () => (rest.startsWith('blobs/') ? blobUnknown(digest) : manifestUnknown(digest)));
-  }
 }
 
 function sha256(bytes: Buffer): Digest {
   return `sha256:${createHash('sha256').update(bytes).digest('hex')}` as Digest;
-}
-
-function manifestUnknown(reference: string): OciError {
-  return new OciError('MANIFEST_UNKNOWN', 'manifest unknown', { detail: { reference } });
-}
-
-function blobUnknown(digest: Digest): OciError {
-  return new OciError('BLOB_UNKNOWN', 'blob unknown', { detail: { digest } });
 }

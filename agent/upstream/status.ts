@@ -1,6 +1,6 @@
 import { OciError } from '../oci/errors.ts';
-import type { UpstreamResponse } from '../upstream/client.ts';
-import { UpstreamError } from '../upstream/errors.ts';
+import type { UpstreamResponse } from './client.ts';
+import { UpstreamError } from './errors.ts';
 
 /**
  * Turns a non-success upstream answer into the error to raise: registry-level answers (404, 401,

@@ -1,0 +1,449 @@
+import { randomBytes } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import type { BodyBudget } from '../memory/body-budget.ts';
+import { HeldBody, readBody } from '../memory/held-body.ts';
+import type { Digest } from '../oci/digest.ts';
+import { OciError } from '../oci/errors.ts';
+import { MANIFEST_ACCEPT } from '../oci/media-types.ts';
+import { type RepositoryName, upstreamRepository } from '../oci/reference.ts';
+import type { ManifestReference } from '../oci/references.ts';
+import { type UpstreamClient, type UpstreamResponse, firstHeader } from '../upstream/client.ts';
+import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
+import { contentLength, upstreamFailure } from '../upstream/status.ts';
+import { ANONYMOUS, AccessMemory, type CredentialHash, hashCredential } from './access-memory.ts';
+import { addPrefix, challengeForRepository, mapScopes, rewriteChallenge } from './challenge-rewrite.ts';
+import { AuthRequiredError, TokenRealmUnknownError, TokenTooLargeError } from './errors.ts';
+import { RealmRegistry } from './realms.ts';
+import { TokenGrants, realmKey } from './token-grants.ts';
+
+/** Who is asking: the credential the puller presented (passthrough mode). */
+export interface Requester {
+  readonly authorization?: string | undefined;
+}
+
+/** What a pull reads: a blob or a manifest (by digest; a tag resolves to a manifest digest). */
+export type ContentKind = 'blobs' | 'manifests';
+
+/** How long an upstream "yes" for a credential + repository + content is trusted before asking again. */
+export const ACCESS_RECHECK_MS = 5 * 60_000;
+
+/** How long a token minted while upstream is unreachable is good for. */
+const OFFLINE_TOKEN_TTL_S = 300;
+/** Real token answers are a few KiB (a JWT and some fields); this is held in memory until the puller took it. */
+const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
+/** Content confirmed per repository, remembered (least recently used out: a lost entry means asking again). */
+const MAX_LINKS = 200_000;
+
+/** The principal of every request of an agent-auth mirror: the agent's own credential, whoever asks. */
+const AGENT = hashCredential('\0agent');
+
+export interface AccessBrokerOptions {
+  readonly registry: string;
+  readonly upstream: UpstreamClient;
+  readonly repositoryPrefix: string;
+  readonly maxStaleMs: number;
+  /** The agent's URL as pullers reach it: Bearer realms handed to pullers point at its token endpoint. */
+  readonly agentBase: () => string;
+  /** Token answers are held whole under this budget. */
+  readonly bodies: BodyBudget;
+  readonly now?: () => number;
+}
+
+/** A puller's token request to the agent's token endpoint, as the HTTP layer parsed it. */
+export interface TokenRequest {
+  readonly realmId: string;
+  readonly method: 'GET' | 'POST';
+  /** The query string (without `?`). */
+  readonly query: string;
+  readonly authorization?: string | undefined;
+  readonly accept?: string | undefined;
+  /** POST: the OAuth2 form. */
+  readonly form?: Buffer | undefined;
+}
+
+/** The token endpoint's answer; the receiver owns `body` and releases it once sent. */
+export interface TokenAnswer {
+  readonly status: number;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body: HeldBody;
+}
+
+/**
+ * The one place that decides who may read what through one mirror. Content is cached once per
+ * digest for every mirror, but entitlement is per (mirror, repository, content): served from the
+ * cache only after this mirror's upstream vouched for that content in that repository: for the
+ * requester's own credential (passthrough), or for the agent's (agent auth). Remembered for
+ * ACCESS_RECHECK_MS (or `max_stale`, when shorter), then asked again with a HEAD; while upstream is
+ * unreachable, remembered for `max_stale`. A requester that is not entitled gets the same answer
+ * for cached and uncached content. Owns the access memory, the token grants and realms learned
+ * from upstream challenges, the offline tokens, and the clock.
+ */
+export class AccessBroker {
+  readonly registry: string;
+  readonly #upstream: UpstreamClient;
+  readonly #prefix: string;
+  readonly #maxStaleMs: number;
+  readonly #agentBase: () => string;
+  readonly #bodies: BodyBudget;
+  readonly #now: () => number;
+  /** Which credential upstream accepted for which repository (passthrough). */
+  readonly #accepted = new AccessMemory();
+  /** Content upstream showed in a repository: kind, repository, digest → when. */
+  readonly #links = new LRUCache<string, number>({ max: MAX_LINKS });
+  /**
+   * Content named by a manifest upstream showed in a repository, dated like that manifest: counted
+   * only while upstream cannot be asked (after a restart, the persisted tag answers and the manifests
+   * they name are all that vouch for an image).
+   */
+  readonly #derived = new LRUCache<string, number>({ max: MAX_LINKS });
+  /** When upstream last refused a principal for a repository (401/403): older confirmations no longer count. */
+  readonly #refused = new LRUCache<string, number>({ max: 50_000 });
+  /** Access checks asking upstream, shared by concurrent requests of one principal for one content. */
+  readonly #checking = new Map<string, Promise<void>>();
+  /** passthrough: which credential each realm token the agent forwarded was issued to (hashed). */
+  readonly #grants = new TokenGrants();
+  /** passthrough: token realms learned from this upstream's challenges. */
+  readonly #realms = new RealmRegistry();
+  /** The last challenge upstream sent, answered while it is unreachable. */
+  #lastChallenge: string | undefined;
+
+  constructor(options: AccessBrokerOptions) {
+    this.registry = options.registry;
+    this.#upstream = options.upstream;
+    this.#prefix = options.repositoryPrefix;
+    this.#maxStaleMs = options.maxStaleMs;
+    this.#agentBase = options.agentBase;
+    this.#bodies = options.bodies;
+    this.#now = options.now ?? Date.now;
+  }
+
+  get passthrough(): boolean {
+    return this.#upstream.authMode === 'passthrough';
+  }
+
+  /**
+   * The key of a requester for `name` in a download's start (see FillStart): requests with the same
+   * key get the same answer from upstream. Never the credential itself.
+   */
+  requesterKey(name: RepositoryName, requester: Requester): string {
+    return `${this.#principal(requester)}\0${name}`;
+  }
+
+  /** A 401, 403 or 404 for this requester: upstream's answer to it, not to everyone. */
+  ownsFailure(error: unknown): boolean {
+    if (error instanceof AuthRequiredError) return true;
+    const code = (error as Partial<OciError>).code;
+    return code === 'BLOB_UNKNOWN' || code === 'MANIFEST_UNKNOWN' || code === 'DENIED' || code === 'UNAUTHORIZED';
+  }
+
+  /** Upstream just served `digest` as `kind` under `name` to this requester: remember access and linkage. */
+  confirm(name: RepositoryName, kind: ContentKind, digest: Digest, requester: Requester): void {
+    this.#links.set(linkKey(kind, name, digest), this.#now());
+    this.accept(name, requester);
+  }
+
+  /** Upstream answered this requester with content from `name` (e.g. a tag that names no digest yet). */
+  accept(name: RepositoryName, requester: Requester): void {
+    if (!this.passthrough) return;
+    const now = this.#now();
+    this.#accepted.remember(this.#principal(requester), name, now);
+    // Upstream accepted a token the agent forwarded from a realm: only now does the credential the
+    // puller showed the realm count for this repository (the realm's 200 may have been an empty grant).
+    const issuedTo = this.#grants.issuedTo(requester.authorization, name, now);
+    if (issuedTo) this.#accepted.remember(issuedTo, realmKey(name), now);
+  }
+
+  /**
+   * A persisted answer of this mirror's upstream (a tag record) says `digest` was in `name` at `at`:
+   * the manifest counts as shown there then (a requester's own acceptance is still needed in
+   * passthrough). Never moves a newer confirmation back.
+   */
+  vouch(name: RepositoryName, kind: ContentKind, digest: Digest, at: number): void {
+    const key = linkKey(kind, name, digest);
+    if ((this.#links.get(key) ?? -Infinity) < at) this.#links.set(key, at);
+  }
+
+  /**
+   * A manifest served from `name`: what it names is in `name` as of the manifest's own confirmation
+   * (registries only accept a manifest whose blobs are in its repository). Used only while upstream
+   * cannot be asked; online, each piece is confirmed by upstream itself.
+   */
+  derive(name: RepositoryName, manifest: Digest, references: readonly ManifestReference[]): void {
+    const at = this.#linkedAt(name, 'manifests', manifest, true);
+    if (at === undefined) return;
+    for (const reference of references) {
+      const key = linkKey(reference.kind, name, reference.digest);
+      if ((this.#derived.get(key) ?? -Infinity) < at) this.#derived.set(key, at);
+    }
+  }
+
+  /**
+   * Content about to be served from the cache (or a running download) goes only to a requester
+   * entitled to it. Asks upstream with a HEAD when the memory is older than ACCESS_RECHECK_MS (or
+   * max_stale, when shorter); concurrent checks of one requester for one content share the HEAD.
+   * While upstream is unavailable, see `checkOffline`.
+   */
+  async check(name: RepositoryName, kind: ContentKind, digest: Digest, requester: Requester): Promise<void> {
+    if (this.#entitledWithin(name, kind, digest, requester, Math.min(ACCESS_RECHECK_MS, this.#maxStaleMs), false)) return;
+    const key = `${this.#principal(requester)}\0${linkKey(kind, name, digest)}`;
+    let running = this.#checking.get(key);
+    if (!running) {
+      running = this.#askUpstream(name, kind, digest, requester).finally(() => this.#checking.delete(key));
+      this.#checking.set(key, running);
+    }
+    return running;
+  }
+
+  /**
+   * Upstream just failed to answer (`error`): served only what upstream confirmed for this
+   * requester within max_stale; everyone else gets what uncached content would get (`unavailable`).
+   */
+  checkOffline(name: RepositoryName, kind: ContentKind, digest: Digest, requester: Requester, error: Error): void {
+    if (this.#entitledWithin(name, kind, digest, requester, this.#maxStaleMs, true)) return;
+    throw this.unavailable(name, requester, error);
+  }
+
+  async #askUpstream(name: RepositoryName, kind: ContentKind, digest: Digest, requester: Requester): Promise<void> {
+    let failure: Error;
+    try {
+      const response = await this.request('HEAD', name, `${kind}/${digest}`, requester, kind === 'manifests' ? { accept: MANIFEST_ACCEPT } : {});
+      if (response.status === 200) {
+        await response.body.dump().catch(() => undefined);
+        this.confirm(name, kind, digest, requester);
+        return;
+      }
+      if (response.status === 404) {
+        this.#links.delete(linkKey(kind, name, digest));
+        this.#derived.delete(linkKey(kind, name, digest));
+      }
+      failure = await this.failure(name, response, requester, () => notFound(kind, digest));
+    } catch (error) {
+      failure = error as Error;
+    }
+    if (failure instanceof UpstreamError && failure.unavailable) this.checkOffline(name, kind, digest, requester, failure);
+    else throw failure;
+  }
+
+  /**
+   * Upstream is unreachable and the content cannot be served: the error to answer with. A
+   * passthrough requester upstream did not accept for this repository within max_stale gets 401
+   * with the remembered challenge, whether the content is cached or not (no existence oracle);
+   * everyone else gets the unavailability itself (503: not cached), as does an anonymous requester
+   * when upstream never sent a challenge since the agent started.
+   */
+  unavailable(name: RepositoryName, requester: Requester, error: Error): Error {
+    if (!(error instanceof UpstreamError) || !error.unavailable || !this.passthrough) return error;
+    if (this.#acceptedWithin(name, requester, this.#maxStaleMs)) return error;
+    // An upstream that never asked for credentials (since the start) gives an anonymous requester
+    // nothing to answer: it gets the unavailability, for cached and uncached content alike.
+    if (this.#lastChallenge === undefined && !requester.authorization) return error;
+    const challenge = this.#lastChallenge && challengeForRepository(this.#lastChallenge, upstreamRepository(this.#prefix, name));
+    return this.#authRequired(
+      challenge,
+      requester.authorization
+        ? 'upstream is unavailable and upstream did not accept this credential for this repository within max_stale'
+        : 'upstream unavailable: present a credential',
+    );
+  }
+
+  /**
+   * Maps a non-200 answer; in passthrough a 401 goes back to the puller as a challenge. A 401 or 403
+   * for `name`, on whatever path it came, withdraws what is remembered of this requester's access
+   * to it: cached content must not outlive upstream's refusal.
+   */
+  async failure(name: RepositoryName | undefined, response: UpstreamResponse, requester: Requester, notFoundError: () => OciError): Promise<Error> {
+    if (name !== undefined && (response.status === 401 || response.status === 403)) this.#revoke(name, requester);
+    if (response.status === 401 && this.passthrough) {
+      await response.body.dump().catch(() => undefined);
+      const challenge = firstHeader(response.headers['www-authenticate']);
+      if (challenge) this.#lastChallenge = challenge;
+      return this.#authRequired(challenge, requester.authorization ? 'upstream refused the presented credential' : 'authentication required');
+    }
+    return upstreamFailure(this.registry, response, notFoundError);
+  }
+
+  /** A registry API request for `name` with this requester's credential (passthrough) or the agent's. */
+  request(method: 'GET' | 'HEAD', name: RepositoryName, rest: string, requester: Requester, headers: Record<string, string> = {}): Promise<UpstreamResponse> {
+    const repository = upstreamRepository(this.#prefix, name);
+    return this.#upstream.request(method, `/v2/${repository}/${rest}`, `repository:${repository}:pull`, headers, requester.authorization);
+  }
+
+  /**
+   * The agent's token endpoint (passthrough): forwards a puller's token request, GET with query or
+   * POST with an OAuth2 form, to a realm learned from this upstream's own challenges. Status, content
+   * type and body come back unchanged so the puller's POST-then-GET fallback keeps working. Scopes
+   * gain the mirror's repository_prefix. While the realm is unreachable, a credential upstream
+   * accepted for every requested repository within max_stale gets a token of the agent's own,
+   * whichever way it is presented (form or Basic header).
+   */
+  async token(request: TokenRequest, signal?: AbortSignal): Promise<TokenAnswer> {
+    const realm = this.#realms.get(request.realmId);
+    if (!realm || !this.passthrough) throw new TokenRealmUnknownError(this.registry);
+    const target = new URL(realm.href);
+    const repositories: string[] = [];
+    const mapScope = (scope: string): string =>
+      mapScopes(scope, (name) => {
+        repositories.push(name);
+        return addPrefix(name, this.#prefix);
+      });
+    for (const [key, value] of new URLSearchParams(request.query)) target.searchParams.append(key, key === 'scope' ? mapScope(value) : value);
+    const headers: Record<string, string> = { accept: request.accept ?? 'application/json' };
+    if (request.authorization) headers['authorization'] = request.authorization;
+    let body: Buffer | undefined;
+    if (request.method === 'POST') {
+      const rewritten = new URLSearchParams();
+      for (const [key, value] of new URLSearchParams((request.form ?? Buffer.alloc(0)).toString('utf8'))) rewritten.append(key, key === 'scope' ? mapScope(value) : value);
+      body = Buffer.from(rewritten.toString());
+      headers['content-type'] = 'application/x-www-form-urlencoded';
+    }
+    const credential = hashCredential(realmCredential(request.authorization, body));
+    let response: UpstreamResponse;
+    try {
+      response = await this.#upstream.forwardTokenRequest(target, request.method, headers, body);
+    } catch (error) {
+      if (error instanceof UpstreamError && error.unavailable) {
+        const offline = await this.#offlineToken(credential, repositories, signal);
+        if (offline) return offline;
+      }
+      throw error;
+    }
+    const answer = await readBody(this.#bodies, response.body, {
+      announced: contentLength(response),
+      limit: MAX_TOKEN_RESPONSE_BYTES,
+      signal,
+      tooLarge: () => new TokenTooLargeError(this.registry),
+      // A realm's body cut short is the realm failing, not an internal error.
+      readError: (error) => fromTransportError(this.registry, error),
+    });
+    // Not access yet (realms answer 200 with an empty grant too): the credential counts as accepted
+    // for a repository only once upstream accepts this token for it (see confirm).
+    if (response.status === 200) this.#grants.record(answer.bytes, credential, repositories, this.#now());
+    const out: Record<string, string> = { 'cache-control': 'no-store' };
+    const type = response.headers['content-type'];
+    if (typeof type === 'string') out['content-type'] = type;
+    const authenticate = response.headers['www-authenticate'];
+    if (typeof authenticate === 'string') out['www-authenticate'] = authenticate;
+    return { status: response.status, headers: out, body: answer };
+  }
+
+  /**
+   * The realm is unreachable: if upstream accepted a token issued to this very credential for every
+   * requested repository within max_stale, a token of the agent's own. It opens nothing but this
+   * mirror's cache (check accepts it for those repositories only); upstream never sees it. A realm's
+   * 200 alone never counts (see TokenGrants).
+   */
+  async #offlineToken(credential: CredentialHash, repositories: readonly string[], signal: AbortSignal | undefined): Promise<TokenAnswer | undefined> {
+    if (repositories.length === 0) return undefined;
+    const now = this.#now();
+    let confirmedAt = now;
+    for (const repository of repositories) {
+      const at = this.#accepted.acceptedAt(credential, realmKey(repository));
+      if (at === undefined || now - at > this.#maxStaleMs) return undefined;
+      confirmedAt = Math.min(confirmedAt, at);
+    }
+    const token = `rpa-offline.${randomBytes(24).toString('base64url')}`;
+    // Dated like the confirmation it rests on: minting a token never stretches max_stale.
+    for (const repository of repositories) this.#accepted.remember(hashCredential(`Bearer ${token}`), repository, confirmedAt);
+    const bytes = Buffer.from(JSON.stringify({ token, access_token: token, expires_in: OFFLINE_TOKEN_TTL_S, issued_at: new Date(now).toISOString() }));
+    const hold = await this.#bodies.acquire(bytes.length, signal);
+    return { status: 200, headers: { 'content-type': 'application/json', 'cache-control': 'no-store' }, body: new HeldBody(bytes, hold) };
+  }
+
+  #principal(requester: Requester): CredentialHash {
+    return this.passthrough ? hashCredential(requester.authorization) : AGENT;
+  }
+
+  #acceptedWithin(name: RepositoryName, requester: Requester, maxAgeMs: number): boolean {
+    const now = this.#now();
+    return this.#accepted.acceptedWithin(this.#principal(requester), name, maxAgeMs, now) || this.#accepted.acceptedWithin(ANONYMOUS, name, maxAgeMs, now);
+  }
+
+  /** When `digest` was last shown in `name` as `kind` (directly, or also as named by a manifest). */
+  #linkedAt(name: RepositoryName, kind: ContentKind, digest: Digest, derived: boolean): number | undefined {
+    const key = linkKey(kind, name, digest);
+    const direct = this.#links.get(key);
+    const named = derived ? this.#derived.get(key) : undefined;
+    return direct === undefined ? named : named === undefined ? direct : Math.max(direct, named);
+  }
+
+  /**
+   * The content was shown in this repository within `maxAgeMs`, after upstream last refused this
+   * requester there; and in passthrough, upstream accepted the requester's credential (or anyone,
+   * anonymously) for the repository within `maxAgeMs` too.
+   */
+  #entitledWithin(name: RepositoryName, kind: ContentKind, digest: Digest, requester: Requester, maxAgeMs: number, derived: boolean): boolean {
+    const at = this.#linkedAt(name, kind, digest, derived);
+    if (at === undefined || this.#now() - at > maxAgeMs) return false;
+    if (at <= (this.#refused.get(`${this.#principal(requester)}\0${name}`) ?? -Infinity)) return false;
+    return !this.passthrough || this.#acceptedWithin(name, requester, maxAgeMs);
+  }
+
+  /** Upstream refused this requester for `name`: forget it, and the realm credential its token was issued to. */
+  #revoke(name: RepositoryName, requester: Requester): void {
+    const principal = this.#principal(requester);
+    this.#refused.set(`${principal}\0${name}`, this.#now());
+    this.#accepted.forget(principal, name);
+    if (!this.passthrough) return;
+    const issuedTo = this.#grants.issuedTo(requester.authorization, name, this.#now());
+    if (issuedTo) this.#accepted.forget(issuedTo, realmKey(name));
+  }
+
+  /**
+   * A 401 for the puller: a Bearer realm becomes the agent's token endpoint (learned as a realm of
+   * this mirror). A realm the agent would not contact itself is not handed to the puller either.
+   */
+  #authRequired(challenge: string | undefined, message: string): Error {
+    if (challenge === undefined) return new AuthRequiredError(this.registry, undefined, message);
+    try {
+      this.#upstream.destinations.checkRealm(challenge);
+    } catch (refused) {
+      return refused as Error;
+    }
+    const rewritten = rewriteChallenge(challenge, {
+      agentBase: this.#agentBase(),
+      registry: this.registry,
+      realms: this.#realms,
+      repositoryPrefix: this.#prefix,
+      upstreamBase: this.#upstream.base,
+    });
+    return new AuthRequiredError(this.registry, rewritten, message);
+  }
+}
+
+/**
+ * What identifies the puller at the realm, whichever way it is presented: Basic `user:password`
+ * and the OAuth2 password grant's username and password are the same credential (containerd POSTs
+ * the form first and falls back to GET with Basic). Hashed at once, never stored.
+ */
+export function realmCredential(authorization: string | undefined, form: Buffer | undefined): string {
+  if (form) {
+    const fields = new URLSearchParams(form.toString('utf8'));
+    const user = fields.get('username');
+    if (user !== null) return `password:${user}\0${fields.get('password') ?? ''}`;
+    const refresh = fields.get('refresh_token');
+    if (refresh !== null) return `refresh:${refresh}`;
+  }
+  const basic = /^basic\s+([A-Za-z0-9+/=_-]+)\s*$/i.exec(authorization ?? '')?.[1];
+  if (basic !== undefined) {
+    const decoded = Buffer.from(basic, 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    if (colon >= 0) return `password:${decoded.slice(0, colon)}\0${decoded.slice(colon + 1)}`;
+  }
+  return authorization ? `header:${authorization}` : 'anonymous';
+}
+
+function linkKey(kind: ContentKind, name: RepositoryName, digest: Digest): string {
+  return `${kind}\0${name}\0${digest}`;
+}
+
+function notFound(kind: ContentKind, digest: Digest): OciError {
+  return kind === 'blobs' ? blobUnknown(digest) : manifestUnknown(digest);
+}
+
+export function manifestUnknown(reference: string): OciError {
+  return new OciError('MANIFEST_UNKNOWN', 'manifest unknown', { detail: { reference } });
+}
+
+export function blobUnknown(digest: Digest): OciError {
+  return new OciError('BLOB_UNKNOWN', 'blob unknown', { detail: { digest } });
+}
