@@ -31,8 +31,11 @@ export const ACCESS_RECHECK_MS = 5 * 60_000;
 const OFFLINE_TOKEN_TTL_S = 300;
 /** Real token answers are a few KiB (a JWT and some fields); this is held in memory until the puller took it. */
 const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
-/** Content confirmed per repository, remembered (least recently used out: a lost entry means asking again). */
-const MAX_LINKS = 200_000;
+/**
+ * Content confirmed per repository, remembered (least recently used out: a lost entry means asking
+ * again). The LRU preallocates its slots: 50,000 (some 5,000 images) cost ~1 MiB per mirror.
+ */
+const MAX_LINKS = 50_000;
 
 /** The principal of every request of an agent-auth mirror: the agent's own credential, whoever asks. */
 const AGENT = hashCredential('\0agent');
@@ -97,7 +100,9 @@ export class AccessBroker {
    */
   readonly #derived = new LRUCache<string, number>({ max: MAX_LINKS });
   /** When upstream last refused a principal for a repository (401/403): older confirmations no longer count. */
-  readonly #refused = new LRUCache<string, number>({ max: 50_000 });
+  readonly #refused = new LRUCache<string, number>({ max: 10_000 });
+  /** Offline tokens the agent minted → when they expire (they announce OFFLINE_TOKEN_TTL_S and are good for no longer). */
+  readonly #offlineTokens = new LRUCache<CredentialHash, number>({ max: 10_000 });
   /** Access checks asking upstream, shared by concurrent requests of one principal for one content. */
   readonly #checking = new Map<string, Promise<void>>();
   /** passthrough: which credential each realm token the agent forwarded was issued to (hashed). */
@@ -342,8 +347,10 @@ export class AccessBroker {
       confirmedAt = Math.min(confirmedAt, at);
     }
     const token = `rpa-offline.${randomBytes(24).toString('base64url')}`;
+    const holder = hashCredential(`Bearer ${token}`);
     // Dated like the confirmation it rests on: minting a token never stretches max_stale.
-    for (const repository of repositories) this.#accepted.remember(hashCredential(`Bearer ${token}`), repository, confirmedAt);
+    for (const repository of repositories) this.#accepted.remember(holder, repository, confirmedAt);
+    this.#offlineTokens.set(holder, now + OFFLINE_TOKEN_TTL_S * 1000);
     const bytes = Buffer.from(JSON.stringify({ token, access_token: token, expires_in: OFFLINE_TOKEN_TTL_S, issued_at: new Date(now).toISOString() }));
     const hold = await this.#bodies.acquire(bytes.length, signal);
     return { status: 200, headers: { 'content-type': 'application/json', 'cache-control': 'no-store' }, body: new HeldBody(bytes, hold) };
@@ -355,7 +362,10 @@ export class AccessBroker {
 
   #acceptedWithin(name: RepositoryName, requester: Requester, maxAgeMs: number): boolean {
     const now = this.#now();
-    return this.#accepted.acceptedWithin(this.#principal(requester), name, maxAgeMs, now) || this.#accepted.acceptedWithin(ANONYMOUS, name, maxAgeMs, now);
+    const principal = this.#principal(requester);
+    const expires = this.#offlineTokens.get(principal);
+    const own = (expires === undefined || now < expires) && this.#accepted.acceptedWithin(principal, name, maxAgeMs, now);
+    return own || this.#accepted.acceptedWithin(ANONYMOUS, name, maxAgeMs, now);
   }
 
   /** When `digest` was last shown in `name` as `kind` (directly, or also as named by a manifest). */
