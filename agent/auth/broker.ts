@@ -365,7 +365,18 @@ export class AccessBroker {
     const principal = this.#principal(requester);
     const expires = this.#offlineTokens.get(principal);
     const own = (expires === undefined || now < expires) && this.#accepted.acceptedWithin(principal, name, maxAgeMs, now);
-    return own || this.#accepted.acceptedWithin(ANONYMOUS, name, maxAgeMs, now);
+    return own || this.#accepted.acceptedWithin(ANONYMOUS, name, maxAgeMs, now) || this.#issuedToAccepted(name, requester, maxAgeMs, now);
+  }
+
+  /**
+   * A realm token the agent forwarded, not yet shown to upstream (a new token while the registry is
+   * down but its realm answers): it counts as the credential it was issued to, when upstream accepted
+   * a token of that credential for this repository within `maxAgeMs`.
+   */
+  #issuedToAccepted(name: RepositoryName, requester: Requester, maxAgeMs: number, now: number): boolean {
+    if (!this.passthrough) return false;
+    const issuedTo = this.#grants.issuedTo(requester.authorization, name, now);
+    return issuedTo !== undefined && this.#accepted.acceptedWithin(issuedTo, realmKey(name), maxAgeMs, now);
   }
 
   /** When `digest` was last shown in `name` as `kind` (directly, or also as named by a manifest). */
