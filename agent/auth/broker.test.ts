@@ -599,14 +599,16 @@ describe('AccessBroker', () => {
       expect(await failureOf(broker.check(APP, 'blobs', layer, ANON))).toBeInstanceOf(UpstreamError);
     });
 
-    it('passthrough: derived content still needs the requester accepted for the repository', async () => {
+    it('passthrough: nothing is derived (each requester is confirmed by upstream itself, piece by piece)', async () => {
       const broker = newBroker('passthrough');
       await seeChallenge(broker);
       broker.confirm(APP, 'manifests', M, ALICE);
       broker.derive(APP, M, manifestReferences(manifestBody));
       upstream.unavailable = true;
       clock = T0 + 30 * MINUTE;
-      await broker.check(APP, 'blobs', layer, ALICE);
+      // Alice is accepted for the repository, but the layer was never shown to anyone there: 503, as uncached.
+      const error = await failureOf(broker.check(APP, 'blobs', layer, ALICE));
+      expect(error).toBeInstanceOf(UpstreamError);
       expect(await failureOf(broker.check(APP, 'blobs', layer, BOB))).toBeInstanceOf(AuthRequiredError);
     });
   });

@@ -169,11 +169,13 @@ export class AccessBroker {
   }
 
   /**
-   * A manifest served from `name`: what it names is in `name` as of the manifest's own confirmation
-   * (registries only accept a manifest whose blobs are in its repository). Used only while upstream
-   * cannot be asked; online, each piece is confirmed by upstream itself.
+   * A manifest served from `name` (agent auth): what it names is in `name` as of the manifest's own
+   * confirmation (registries only accept a manifest whose blobs are in its repository). Used only
+   * while upstream cannot be asked; online, each piece is confirmed by upstream itself.
    */
   derive(name: RepositoryName, manifest: Digest, references: readonly ManifestReference[]): void {
+    // passthrough: each requester's own acceptance is in memory only, so this could serve nobody after a restart.
+    if (this.passthrough) return;
     const at = this.#linkedAt(name, 'manifests', manifest, true);
     if (at === undefined) return;
     for (const reference of references) {

@@ -23,4 +23,22 @@ describe('manifestReferences', () => {
       expect(manifestReferences(Buffer.from(body)), body).toEqual([]);
     }
   });
+
+  it('leaves out foreign (non-distributable) layers: registries neither hold nor check them', () => {
+    const body = Buffer.from(
+      JSON.stringify({
+        config: { digest: d('a') },
+        layers: [
+          { mediaType: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip', digest: d('b') },
+          { mediaType: 'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip', digest: d('c') },
+          { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: d('e'), urls: ['https://example.com/layer'] },
+          { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: d('f') },
+        ],
+      }),
+    );
+    expect(manifestReferences(body)).toEqual([
+      { kind: 'blobs', digest: d('a') },
+      { kind: 'blobs', digest: d('f') },
+    ]);
+  });
 });

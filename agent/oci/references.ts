@@ -7,8 +7,10 @@ export interface ManifestReference {
 }
 
 /**
- * The digests an image manifest or index refers to (OCI and Docker schema 2 alike). Anything that
- * is not such a manifest (or not JSON) refers to nothing. Only well-formed digests are returned.
+ * The digests an image manifest or index refers to (OCI and Docker schema 2 alike), as content the
+ * registry holds: foreign (non-distributable) layers, which registries do not hold or check, are left
+ * out. Anything that is not such a manifest (or not JSON) refers to nothing. Only well-formed
+ * digests are returned.
  */
 export function manifestReferences(body: Buffer): ManifestReference[] {
   let parsed: unknown;
@@ -21,7 +23,11 @@ export function manifestReferences(body: Buffer): ManifestReference[] {
   const fields = parsed as Record<string, unknown>;
   const found: ManifestReference[] = [];
   const add = (kind: ManifestReference['kind'], descriptor: unknown): void => {
-    const digest = typeof descriptor === 'object' && descriptor !== null ? (descriptor as Record<string, unknown>)['digest'] : undefined;
+    if (typeof descriptor !== 'object' || descriptor === null) return;
+    const fields = descriptor as Record<string, unknown>;
+    // A foreign (non-distributable) layer is not in the registry at all: naming one proves nothing.
+    if (fields['urls'] !== undefined || /foreign|nondistributable/.test(String(fields['mediaType'] ?? ''))) return;
+    const digest = fields['digest'];
     if (typeof digest === 'string' && isDigest(digest)) found.push({ kind, digest });
   };
   add('blobs', fields['config']);
