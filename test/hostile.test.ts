@@ -690,6 +690,20 @@ describe('an upstream that lies about blobs', () => {
     }
   });
 
+  it('a one-byte blob with the wrong byte: a clean 502 OCI error, since no byte could be sent before the check', async () => {
+    const honest = Buffer.from('x');
+    const digest = sha256(honest);
+    const repo = `lie/one-byte-${nextId()}`;
+    upstream.on('*', `/v2/${repo}/blobs/${digest}`, (req, res) => {
+      req.resume();
+      res.writeHead(200, { 'content-length': '1' });
+      res.end('y');
+    });
+    const answer = await get(`/v2/${repo}/blobs/${digest}?${ns()}`);
+    expectOciError(answer, 502, 'UNAVAILABLE');
+    expect(answer.body.toString()).toContain('did not match its digest');
+  });
+
   it.each<[string, ScriptHandler, number, number]>([
     ['HEAD without Content-Length', (req, res) => {
       res.writeHead(200, { 'transfer-encoding': 'chunked' });

@@ -93,15 +93,22 @@ async function sendBlob(blob: BlobReadable, digest: Digest, req: IncomingMessage
   if (range.kind === 'unsatisfiable') {
     throw new OciError('RANGE_INVALID', 'requested range not satisfiable', { headers: { 'content-range': `bytes */${size}` }, detail: { size } });
   }
-  if (range.kind === 'partial' && size !== undefined) {
-    const { start, end } = range.range;
-    res.writeHead(206, { ...blobHeaders(digest, end - start), 'content-range': `bytes ${start}-${end - 1}/${size}` });
-    outcome.bytes = await writeAll(res, blob.read(start, end), blob.recycle?.bind(blob));
-  } else {
-    res.writeHead(200, blobHeaders(digest, size));
-    outcome.bytes = await writeAll(res, blob.read(0), blob.recycle?.bind(blob));
-  }
+  const partial = range.kind === 'partial' && size !== undefined ? range.range : undefined;
+  const chunks = partial ? blob.read(partial.start, partial.end) : blob.read(0);
+  // The first bytes before the status: a download that fails before any byte was read (wrong
+  // content, upstream gone) is answered with its error, not a 200 cut short.
+  const first = await chunks.next();
+  if (partial) res.writeHead(206, { ...blobHeaders(digest, partial.end - partial.start), 'content-range': `bytes ${partial.start}-${partial.end - 1}/${size}` });
+  else res.writeHead(200, blobHeaders(digest, size));
+  outcome.bytes = await writeAll(res, startingWith(first, chunks), blob.recycle?.bind(blob));
   res.end();
+}
+
+/** `rest`, with the result of its first `next()` (already taken) in front. */
+async function* startingWith(first: IteratorResult<Buffer>, rest: AsyncGenerator<Buffer>): AsyncGenerator<Buffer> {
+  if (first.done) return;
+  yield first.value;
+  yield* rest;
 }
 
 function blobHeaders(digest: Digest, size: number | undefined): Record<string, string> {
