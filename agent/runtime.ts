@@ -12,7 +12,9 @@ import { type Instrumentation, type ListenerName, instrument } from './metrics/i
 import { AgentMetrics } from './metrics/metrics.ts';
 import { MirrorSet } from './http/mirror-set.ts';
 import { BodyBudget, DEFAULT_BODY_BUDGET } from './memory/body-budget.ts';
-import { type RequestRecord, causeChain, createMirrorServer } from './http/server.ts';
+import { createMirrorServer } from './http/server.ts';
+import { UpstreamStateLog } from './observe/logs.ts';
+import { type RequestRecord, causeChain } from './observe/request-record.ts';
 import { Mirror, type ProbeResult } from './mirror/mirror.ts';
 import { TagStore, tagMaxAge } from './mirror/tag-store.ts';
 import { UpstreamClient, type UpstreamTimeouts } from './upstream/client.ts';
@@ -74,7 +76,7 @@ export class AgentRuntime {
       events: listenerEvents('mirror', 'max_connections', instrumentation, log),
     });
     this.#healthServer = createHealthServer(
-      { ready: () => this.#readiness(), metrics: () => instrumentation.scrape(this.cache, this.#wiring) },
+      { ready: () => this.#readiness(), metrics: () => instrumentation.scrape(this.cache) },
       listenerLimits(config.limits, config.limits.metricsMaxConnections),
       listenerEvents('metrics', 'metrics_max_connections', instrumentation, log),
     );
@@ -112,6 +114,7 @@ export class AgentRuntime {
     });
     await tags.init();
     const cpTokens = await connectivityProxyTokens(config.connectivityProxy);
+    const upstreamStates = new UpstreamStateLog(log);
     const bodies = new BodyBudget(DEFAULT_BODY_BUDGET, { changed: (state) => instrumentation.bodyBudget(state), refused: (reason) => instrumentation.bodyBudgetRefused(reason) });
     // The mirror port is bound after the mirrors are built: its URL is looked up when a challenge needs it.
     let runtime: AgentRuntime | undefined;
@@ -123,6 +126,7 @@ export class AgentRuntime {
       tags,
       log,
       instrumentation,
+      upstreamStates,
       timeouts: config.upstreamTimeouts,
       limits: config.limits,
       bodies,
@@ -196,7 +200,8 @@ export class AgentRuntime {
 
   #probed(registry: string, result: ProbeResult): void {
     this.#probes.set(registry, result);
-    this.#instrumentation.upstreamUp(registry, result.up, this.#log, result.cause);
+    this.#instrumentation.upstreamUp(registry, result.up);
+    this.#parts.upstreamStates.probed(registry, result.up, result.cause);
   }
 
   /** Why the last probe found `registry`'s upstream unreachable; undefined while it is reachable or not probed yet. */
@@ -342,13 +347,15 @@ interface MirrorParts {
   readonly tags: TagStore;
   readonly log: Logger;
   readonly instrumentation: Instrumentation;
+  /** Upstream failures and recoveries into the log, once per change of state. */
+  readonly upstreamStates: UpstreamStateLog;
   readonly timeouts: UpstreamTimeouts;
   readonly limits: AgentConfig['limits'];
   readonly bodies: BodyBudget;
 }
 
 async function buildMirror(config: MirrorConfig, parts: MirrorParts): Promise<Mirror> {
-  const { agentBase, cp, cpTokens, cache, tags, log, instrumentation, timeouts, limits, bodies } = parts;
+  const { agentBase, cp, cpTokens, cache, tags, log, instrumentation, upstreamStates, timeouts, limits, bodies } = parts;
   const credentials = config.auth === 'agent' ? await readCredentials(config) : undefined;
   const upstreamLog = log.child({ component: 'upstream', registry: config.registry });
   const onRefused = refusalReporter(upstreamLog, (reason) => instrumentation.destinationRefused(config.registry, reason));
@@ -360,7 +367,10 @@ async function buildMirror(config: MirrorConfig, parts: MirrorParts): Promise<Mi
     route,
     auth: config.auth,
     timeouts,
-    observe: (o) => instrumentation.upstream(o, log),
+    observe: (o) => {
+      instrumentation.upstream(o);
+      upstreamStates.observe(o);
+    },
     realmMap: config.realmMap,
     log: upstreamLog,
   });

@@ -17,7 +17,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parseDestinations } from '../config/destinations.ts';
 import { BodyBudget } from '../memory/body-budget.ts';
 import { type Digest, parseDigest } from '../oci/digest.ts';
-import { OciError } from '../oci/errors.ts';
+import { toOciError } from '../http/errors.ts';
+import { ContentUnknownError, OciError } from '../oci/errors.ts';
 import { MANIFEST_ACCEPT } from '../oci/media-types.ts';
 import { type RepositoryName, parseRepositoryName } from '../oci/reference.ts';
 import { manifestReferences } from '../oci/references.ts';
@@ -274,10 +275,10 @@ describe('AccessBroker', () => {
       broker.confirm(APP, 'manifests', D1, ALICE);
       upstream.respond = () => ({ status: 404, body: '{"errors":[{"code":"BLOB_UNKNOWN"}]}' });
       const blob = await failureOf(broker.check(OTHER, 'blobs', D1, ALICE));
-      expect(blob).toBeInstanceOf(OciError);
-      expect((blob as OciError).code).toBe('BLOB_UNKNOWN');
+      expect(blob).toBeInstanceOf(ContentUnknownError);
+      expect(toOciError(blob).code).toBe('BLOB_UNKNOWN');
       const manifest = await failureOf(broker.check(OTHER, 'manifests', D1, ALICE));
-      expect((manifest as OciError).code).toBe('MANIFEST_UNKNOWN');
+      expect(toOciError(manifest).code).toBe('MANIFEST_UNKNOWN');
       expect(upstream.seen.map((s) => [s.method, s.path, s.authorization])).toEqual([
         ['HEAD', blobPath(OTHER, D1), ALICE.authorization],
         ['HEAD', manifestPath(OTHER, D1), ALICE.authorization],
@@ -450,7 +451,7 @@ describe('AccessBroker', () => {
         upstream.respond = () => ({ status, headers });
         const refused = await failureOf(broker.check(APP, 'blobs', D2, ALICE));
         if (status === 401) expect(refused).toBeInstanceOf(AuthRequiredError);
-        else expect((refused as OciError).code).toBe('DENIED');
+        else expect(toOciError(refused).code).toBe('DENIED');
 
         // Within 5 minutes of the confirmation, yet asked again; upstream is down now.
         upstream.unavailable = true;
@@ -470,7 +471,7 @@ describe('AccessBroker', () => {
       upstream.respond = () => ({ status: 403 });
       const response = await broker.request('GET', APP, 'tags/list', ALICE);
       const error = await broker.failure(APP, response, ALICE, () => new OciError('NAME_UNKNOWN', 'x'));
-      expect((error as OciError).code).toBe('DENIED');
+      expect(toOciError(error).code).toBe('DENIED');
       upstream.seen.length = 0;
       upstream.respond = () => ({ status: 200 });
       clock = T0 + 1;
@@ -485,7 +486,7 @@ describe('AccessBroker', () => {
       broker.confirm(APP, 'blobs', D1, ANON);
       clock = T0 + MINUTE;
       upstream.respond = () => ({ status: 403 });
-      expect(((await failureOf(broker.check(APP, 'blobs', D2, ANON))) as OciError).code).toBe('DENIED');
+      expect(toOciError(await failureOf(broker.check(APP, 'blobs', D2, ANON))).code).toBe('DENIED');
       upstream.unavailable = true;
       const offline = await failureOf(broker.check(APP, 'blobs', D1, ANON));
       expect(offline).toBeInstanceOf(UpstreamError);
@@ -501,9 +502,9 @@ describe('AccessBroker', () => {
       expect(upstream.seen).toHaveLength(0);
 
       const other = await failureOf(broker.check(OTHER, 'blobs', D1, ALICE));
-      expect((other as OciError).code).toBe('BLOB_UNKNOWN');
+      expect(toOciError(other).code).toBe('BLOB_UNKNOWN');
       const kind = await failureOf(broker.check(APP, 'manifests', D1, ALICE));
-      expect((kind as OciError).code).toBe('MANIFEST_UNKNOWN');
+      expect(toOciError(kind).code).toBe('MANIFEST_UNKNOWN');
       expect(upstream.seen.map((s) => [s.method, s.path])).toEqual([
         ['HEAD', blobPath(OTHER, D1)],
         ['HEAD', manifestPath(APP, D1)],
@@ -594,7 +595,7 @@ describe('AccessBroker', () => {
       broker.confirm(APP, 'manifests', M, ANON);
       broker.derive(APP, M, manifestReferences(manifestBody));
       clock = T0 + MINUTE;
-      expect(((await failureOf(broker.check(APP, 'blobs', layer, ANON))) as OciError).code).toBe('BLOB_UNKNOWN');
+      expect(toOciError(await failureOf(broker.check(APP, 'blobs', layer, ANON))).code).toBe('BLOB_UNKNOWN');
       upstream.unavailable = true;
       expect(await failureOf(broker.check(APP, 'blobs', layer, ANON))).toBeInstanceOf(UpstreamError);
     });

@@ -3,13 +3,13 @@ import { LRUCache } from 'lru-cache';
 import type { BodyBudget } from '../memory/body-budget.ts';
 import { HeldBody, readBody } from '../memory/held-body.ts';
 import type { Digest } from '../oci/digest.ts';
-import { OciError } from '../oci/errors.ts';
+import { ContentUnknownError } from '../oci/errors.ts';
 import { MANIFEST_ACCEPT } from '../oci/media-types.ts';
 import { type RepositoryName, upstreamRepository } from '../oci/reference.ts';
 import type { ManifestReference } from '../oci/references.ts';
 import { type UpstreamClient, type UpstreamResponse, firstHeader } from '../upstream/client.ts';
-import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
-import { contentLength, upstreamFailure } from '../upstream/status.ts';
+import { UpstreamError, UpstreamRefusedError, fromTransportError } from '../upstream/errors.ts';
+import { contentLength, discard, upstreamFailure } from '../upstream/status.ts';
 import { ANONYMOUS, AccessMemory, type CredentialHash, hashCredential } from './access-memory.ts';
 import { addPrefix, challengeForRepository, mapScopes, rewriteChallenge } from './challenge-rewrite.ts';
 import { AuthRequiredError, TokenRealmUnknownError, TokenTooLargeError } from './errors.ts';
@@ -136,9 +136,8 @@ export class AccessBroker {
 
   /** A 401, 403 or 404 for this requester: upstream's answer to it, not to everyone. */
   ownsFailure(error: unknown): boolean {
-    if (error instanceof AuthRequiredError) return true;
-    const code = (error as Partial<OciError>).code;
-    return code === 'BLOB_UNKNOWN' || code === 'MANIFEST_UNKNOWN' || code === 'DENIED' || code === 'UNAUTHORIZED';
+    if (error instanceof AuthRequiredError || error instanceof ContentUnknownError) return true;
+    return error instanceof UpstreamRefusedError && error.refusal !== 'rate_limited';
   }
 
   /** Upstream just served `digest` as `kind` under `name` to this requester: remember access and linkage. */
@@ -215,7 +214,7 @@ export class AccessBroker {
     try {
       const response = await this.request('HEAD', name, `${kind}/${digest}`, requester, kind === 'manifests' ? { accept: MANIFEST_ACCEPT } : {});
       if (response.status === 200) {
-        await response.body.dump().catch(() => undefined);
+        await discard(response);
         this.confirm(name, kind, digest, requester);
         return;
       }
@@ -258,10 +257,10 @@ export class AccessBroker {
    * for `name`, on whatever path it came, withdraws what is remembered of this requester's access
    * to it: cached content must not outlive upstream's refusal.
    */
-  async failure(name: RepositoryName | undefined, response: UpstreamResponse, requester: Requester, notFoundError: () => OciError): Promise<Error> {
+  async failure(name: RepositoryName | undefined, response: UpstreamResponse, requester: Requester, notFoundError: () => Error): Promise<Error> {
     if (name !== undefined && (response.status === 401 || response.status === 403)) this.#revoke(name, requester);
     if (response.status === 401 && this.passthrough) {
-      await response.body.dump().catch(() => undefined);
+      await discard(response);
       const challenge = firstHeader(response.headers['www-authenticate']);
       if (challenge) this.#lastChallenge = challenge;
       return this.#authRequired(challenge, requester.authorization ? 'upstream refused the presented credential' : 'authentication required');
@@ -459,14 +458,6 @@ function linkKey(kind: ContentKind, name: RepositoryName, digest: Digest): strin
   return `${kind}\0${name}\0${digest}`;
 }
 
-function notFound(kind: ContentKind, digest: Digest): OciError {
-  return kind === 'blobs' ? blobUnknown(digest) : manifestUnknown(digest);
-}
-
-export function manifestUnknown(reference: string): OciError {
-  return new OciError('MANIFEST_UNKNOWN', 'manifest unknown', { detail: { reference } });
-}
-
-export function blobUnknown(digest: Digest): OciError {
-  return new OciError('BLOB_UNKNOWN', 'blob unknown', { detail: { digest } });
+function notFound(kind: ContentKind, digest: Digest): ContentUnknownError {
+  return new ContentUnknownError(kind === 'blobs' ? 'blob' : 'manifest', digest);
 }

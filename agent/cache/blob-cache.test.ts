@@ -1,18 +1,15 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, readdir, readFile, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { type Digest, parseDigest } from '../oci/digest.ts';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { Digest } from '../oci/digest.ts';
 import { BlobCache, type CacheEvents, type CacheOptions } from './blob-cache.ts';
 import type { BlobReadable } from './blob-reader.ts';
 import { DigestMismatchError, FillAbandonedError, NoRoomError, SizeMismatchError } from './errors.ts';
 import type { FillSource } from './fill.ts';
 import { BodyBudget } from '../memory/body-budget.ts';
-
-function sha256(bytes: Buffer): Digest {
-  return parseDigest(`sha256:${createHash('sha256').update(bytes).digest('hex')}`);
-}
+import { sha256 } from '../../test/fixtures/digest.ts';
 
 /** An upstream body the test drives: the fill receives each chunk when the test pushes it. */
 class Feed {
@@ -1172,8 +1169,12 @@ describe('BlobCache', () => {
       const blob = randomBytes(20_000);
       const digest = await fill(first, blob);
       const second = await newCache();
+      const rehash = vi.spyOn(second.store, 'verify');
       const readers = await Promise.all([second.lookup(digest), second.lookup(digest), second.lookup(digest)]);
       for (const reader of readers) expectBytes(await readAll(reader!), blob);
+      // Served again, one after the other: verified once, not again.
+      for (let i = 0; i < 2; i += 1) expectBytes(await readAll((await second.lookup(digest))!), blob);
+      expect(rehash.mock.calls).toEqual([[digest]]);
     });
 
     it('detects a blob truncated after restart, before its first serve (size check first, then hash)', async () => {

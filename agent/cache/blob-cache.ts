@@ -31,6 +31,7 @@ export interface CacheOptions {
 }
 
 export type { FetchBlob, FillRequester } from './fill-start.ts';
+export type { FillSource } from './fill.ts';
 
 export interface SmallBlob {
   /** Counted against the body budget until the caller releases it. */
@@ -265,40 +266,45 @@ export class BlobCache {
    */
   async #settle(fill: Fill, room: FillRoom): Promise<void> {
     const ok = await fill.verified();
-    try {
-      if (!ok) {
-        if (fill.error instanceof DigestMismatchError || fill.error instanceof SizeMismatchError) this.#mismatches += 1;
-        // Abandoned before upstream was asked: nothing failed.
-        if (fill.error && !(fill.error instanceof FillAbandonedError)) this.#events.fillFailed?.(fill.digest, fill.error);
-        await this.#discard(fill, room);
-        return;
-      }
-      const size = fill.written;
-      if (!fill.relaying && this.#index.fits(size)) {
-        await this.#commit(fill.tempPath, fill.digest, size, room);
-        this.#forget(fill);
-        await this.#persist(fill);
-        return;
-      }
-      // Streamed without caching (no room, or the cache dir went away): nothing to commit.
+    if (!ok) {
+      this.#forget(fill);
+      if (fill.error instanceof DigestMismatchError || fill.error instanceof SizeMismatchError) this.#mismatches += 1;
+      // Abandoned before upstream was asked: nothing failed.
+      if (fill.error && !(fill.error instanceof FillAbandonedError)) this.#events.fillFailed?.(fill.digest, fill.error);
       await this.#discard(fill, room);
-      void fill.complete();
+      return;
+    }
+    // Streamed without caching (no room, or the cache dir went away), or the commit failed: nothing to keep.
+    const committed = !fill.relaying && this.#index.fits(fill.written) && (await this.#tryCommit(fill, room));
+    // From here a new request finds the committed file, or fetches again: nobody joins this fill,
+    // whose temp file closes once its readers are done.
+    this.#forget(fill);
+    if (committed) {
+      await this.#persist(fill);
+      return;
+    }
+    // The bytes were verified: the readers may still complete.
+    void fill.complete();
+    await this.#discard(fill, room);
+  }
+
+  /** Renames a verified fill's temp file into the cache; false (reported) when the store failed. */
+  async #tryCommit(fill: Fill, room: FillRoom): Promise<boolean> {
+    try {
+      await this.#commit(fill.tempPath, fill.digest, fill.written, room);
+      return true;
     } catch (error) {
       this.#events.storeError?.('commit', error as Error);
-      // The bytes were verified; only caching failed. Readers may still complete; nobody new may join,
-      // since complete() may have closed the temp file.
-      void fill.complete();
-      this.#forget(fill);
-      await this.#discard(fill, room).catch(() => undefined);
-    } finally {
-      this.#forget(fill);
+      return false;
     }
   }
 
-  /** Removes a fill's temp file, then gives its room back. */
+  /** Removes a fill's temp file (a failure is reported, never thrown), then gives its room back. */
   async #discard(fill: Fill, room: FillRoom): Promise<void> {
     try {
       await this.store.removeTemp(fill.tempPath);
+    } catch (error) {
+      this.#events.storeError?.('remove temp file', error as Error);
     } finally {
       room.release();
     }

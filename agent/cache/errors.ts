@@ -22,14 +22,6 @@ export class SizeMismatchError extends Error {
   }
 }
 
-/** A fill ended without a verified blob; joiners see this (or its cause) and must not complete a response. */
-export class FillFailedError extends Error {
-  override readonly name = 'FillFailedError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
-}
-
 /**
  * No room to cache a blob (under `cache_max_bytes`, or above the free-space reserve): the fill
  * relays it to its readers instead and nothing is cached. Never reaches a client.

@@ -13,10 +13,12 @@ export interface FillSource {
   readonly body: FillBody;
   /**
    * Continues a download that broke off after `offset` bytes (a Range request). The fill asks at
-   * most MAX_RESUMES times, only after a transport failure, and only when bytes arrived since the
-   * last attempt; the whole blob is still verified against its digest at the end.
+   * most MAX_RESUMES times, only after a failure `resumable` calls a broken transfer, and only when
+   * bytes arrived since the last attempt; the whole blob is still verified against its digest at the end.
    */
   readonly resume?: (offset: number) => Promise<{ readonly body: FillBody }>;
+  /** Whether a failure while reading `body` is a broken transfer (the source knows its own errors). */
+  readonly resumable?: (error: unknown) => boolean;
   /**
    * Called once when the fill stops reading upstream: verified, failed or cut for good (resumes
    * happen before). Whatever the download held (a download slot) is given back here.
@@ -258,7 +260,7 @@ export class Fill {
       } catch (error) {
         // Whatever the destroyed body threw: stopped on purpose, never resumed.
         if (this.#abandoned) throw this.#abandoned;
-        if (!isTransportError(error)) throw error;
+        if (error instanceof DigestMismatchError || error instanceof SizeMismatchError || source.resumable?.(error) !== true) throw error;
         // Every announced byte arrived and then the connection dropped (proxies that close without
         // saying so): nothing is missing, and the digest check below decides.
         if (this.#size !== undefined && this.#written === this.#size) break;
@@ -486,11 +488,6 @@ export class Fill {
     this.#closeIfUnused();
   }
 
-  /** Fails a fill from outside (e.g. the commit step failed). */
-  abort(error: Error): void {
-    if (this.#state !== 'done') this.#fail(error);
-  }
-
   /** Registers a reader at `position`; detach when done. The file closes after the last reader of an ended fill. */
   attach(position = 0): FillReader {
     if (this.#closed) throw new Error(`fill of ${this.digest} is closed`);
@@ -535,13 +532,6 @@ export class Fill {
     this.#wake = [];
     for (const resolve of wake) resolve();
   }
-}
-
-/** A broken connection or stalled body, as opposed to content that is wrong (never resumed). */
-function isTransportError(error: unknown): boolean {
-  if (error instanceof DigestMismatchError || error instanceof SizeMismatchError) return false;
-  const code = (error as { code?: unknown }).code;
-  return typeof code === 'string' && /^(UND_ERR_SOCKET|UND_ERR_BODY_TIMEOUT|UND_ERR_ABORTED|ECONNRESET|EPIPE|ETIMEDOUT)$/.test(code);
 }
 
 function toError(error: unknown): Error {

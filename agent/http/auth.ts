@@ -1,7 +1,8 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { OciError } from '../oci/errors.ts';
 import { whileClientWaits } from './client-gone.ts';
-import type { Outcome } from './handlers.ts';
+import { refusals } from './errors.ts';
+import type { Exchange } from './handlers.ts';
 import { releaseWithResponse } from './held-response.ts';
 import type { MirrorSet } from './mirror-set.ts';
 import { ClientGoneError } from './respond.ts';
@@ -17,20 +18,20 @@ export function isTokenRequest(target: string): boolean {
  * The agent's token endpoint (passthrough): parses a puller's token request, GET with query or
  * POST with an OAuth2 form, and sends back what the mirror's access broker answered.
  */
-export async function handleTokenRequest(mirrors: MirrorSet, req: IncomingMessage, res: ServerResponse, outcome: Outcome): Promise<void> {
+export async function handleTokenRequest(mirrors: MirrorSet, { req, res, recorder }: Exchange): Promise<void> {
   const match = TOKEN_PATH.exec(req.url ?? '');
-  if (!match) throw new OciError('NAME_INVALID', 'malformed token endpoint path', { status: 404 });
+  if (!match) throw refusals.tokenPath();
   let registry: string;
   try {
     registry = decodeURIComponent(match[1] ?? '');
   } catch {
-    throw new OciError('NAME_INVALID', 'malformed token endpoint path', { status: 404 });
+    throw refusals.tokenPath();
   }
   const mirror = mirrors.select(registry);
   // Known from here: failures of this request count for its mirror, not for none.
-  outcome.registry = mirror.registry;
+  recorder.setRegistry(mirror.registry);
   const method = req.method === 'POST' ? 'POST' : req.method === 'GET' ? 'GET' : undefined;
-  if (!method) throw new OciError('UNSUPPORTED', 'token endpoint takes GET or POST', { headers: { allow: 'GET, POST' } });
+  if (!method) throw refusals.tokenMethod();
   const form = method === 'POST' ? await readRequestBody(req, MAX_FORM_BYTES) : undefined;
   if (method === 'GET') req.resume();
   // A puller that hangs up while its answer waits for room in the body budget leaves that queue.
@@ -54,7 +55,7 @@ async function readRequestBody(req: IncomingMessage, limit: number): Promise<Buf
   try {
     for await (const chunk of req) {
       total += (chunk as Buffer).length;
-      if (total > limit) throw new OciError('SIZE_INVALID', `request body over ${limit} bytes`, { status: 413 });
+      if (total > limit) throw refusals.bodyTooLarge(limit);
       chunks.push(chunk as Buffer);
     }
   } catch (error) {

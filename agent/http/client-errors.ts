@@ -1,17 +1,18 @@
 import type { IncomingMessage } from 'node:http';
-import { OciError } from '../oci/errors.ts';
+import type { OciError } from '../oci/errors.ts';
+import { refusals } from './errors.ts';
 
 /** The OCI error for a request node:http could not parse (it never reaches a handler). */
 export function clientErrorFor(code: string | undefined): OciError {
   switch (code) {
     case 'HPE_HEADER_OVERFLOW':
-      return new OciError('SIZE_INVALID', 'request line and headers exceed 16 KiB', { status: 431 });
+      return refusals.headerOverflow();
     case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
-      return new OciError('SIZE_INVALID', 'chunk extensions too large', { status: 413 });
+      return refusals.chunkExtensions();
     case 'ERR_HTTP_REQUEST_TIMEOUT':
-      return new OciError('UNSUPPORTED', 'request not received in time', { status: 408 });
+      return refusals.requestTimeout();
     default:
-      return new OciError('UNSUPPORTED', 'malformed HTTP request', { status: 400, detail: { reason: code ?? 'unknown' } });
+      return refusals.malformed(code ?? 'unknown');
   }
 }
 
@@ -24,9 +25,9 @@ const CONTINUE = /(?:^|\W)100-continue(?:$|\W)/i;
  */
 export function protocolRefusal(req: IncomingMessage): OciError | undefined {
   if (req.httpVersion === '1.1' && req.headers.host === undefined) {
-    return new OciError('UNSUPPORTED', 'HTTP/1.1 request without Host header', { status: 400 });
+    return refusals.noHost();
   }
   const expect = req.headers.expect;
-  if (expect !== undefined && !CONTINUE.test(expect)) return new OciError('UNSUPPORTED', 'Expect is not supported', { status: 417 });
+  if (expect !== undefined && !CONTINUE.test(expect)) return refusals.expectation();
   return undefined;
 }

@@ -2,8 +2,9 @@ import { AuthRequiredError, TokenRealmUnknownError, TokenTooLargeError } from '.
 import { DigestMismatchError, FillAbandonedError, SizeMismatchError } from '../cache/errors.ts';
 import { MemoryBudgetError } from '../memory/errors.ts';
 import { FillQueueFullError } from '../mirror/errors.ts';
-import { OciError } from '../oci/errors.ts';
-import { DestinationRefusedError, UpstreamError } from '../upstream/errors.ts';
+import { ContentUnknownError, InvalidRequestError, OciError, type OciErrorCode, type RequestProblem } from '../oci/errors.ts';
+import { DestinationRefusedError, UpstreamError, UpstreamRefusedError } from '../upstream/errors.ts';
+import { RegistryNotMirroredError } from './mirror-set.ts';
 
 /**
  * Seconds a client refused for a full download queue is asked to wait: long enough for a few of
@@ -14,12 +15,38 @@ const FILL_QUEUE_RETRY_AFTER_SECONDS = 10;
 const MEMORY_BUDGET_RETRY_AFTER_SECONDS = 5;
 
 /**
- * The one place where domain errors become OCI errors with an HTTP status. The original error
- * stays attached as `cause` for logs.
+ * Every status the mirror port can answer is decided in this file: domain errors become OCI errors
+ * here (toOciError), and refusals of the HTTP surface itself are built here (`refusals`). The
+ * original error stays attached as `cause` for logs.
  */
 export function toOciError(error: unknown): OciError {
   if (error instanceof OciError) return error;
   if (error instanceof UpstreamError) return fromUpstream(error);
+  if (error instanceof InvalidRequestError) {
+    const [code, status] = REQUEST_PROBLEMS[error.problem];
+    return new OciError(code, error.message, { status, ...(error.detail === undefined ? {} : { detail: error.detail }), cause: error.cause });
+  }
+  if (error instanceof ContentUnknownError) {
+    return error.kind === 'blob'
+      ? new OciError('BLOB_UNKNOWN', 'blob unknown', { detail: { digest: error.reference } })
+      : new OciError('MANIFEST_UNKNOWN', 'manifest unknown', { detail: { reference: error.reference } });
+  }
+  if (error instanceof UpstreamRefusedError) {
+    switch (error.refusal) {
+      case 'credentials':
+        // The node's credential is at fault, not the puller's: no challenge (containerd has nothing else to offer).
+        return new OciError('UNAUTHORIZED', error.message, { status: 502 });
+      case 'denied':
+        return new OciError('DENIED', error.message);
+      case 'rate_limited':
+        return new OciError('TOOMANYREQUESTS', error.message, error.retryAfter ? { headers: { 'retry-after': error.retryAfter } } : {});
+    }
+  }
+  if (error instanceof RegistryNotMirroredError) {
+    return error.ns !== undefined
+      ? new OciError('NAME_UNKNOWN', error.message, { detail: { ns: error.ns } })
+      : new OciError('NAME_UNKNOWN', error.message, { detail: { registries: error.registries } });
+  }
   if (error instanceof AuthRequiredError) {
     return new OciError('UNAUTHORIZED', error.message, {
       headers: error.challenge ? { 'www-authenticate': error.challenge } : {},
@@ -89,3 +116,38 @@ function fromRefusal(error: UpstreamError): OciError {
   const detail = { registry: error.registry, cause: error.message, ...(refusal ? { reason: refusal.reason, destination: refusal.destination, fix: refusal.fix } : {}) };
   return new OciError('UNAVAILABLE', refusal ? `${error.message}; fix: ${refusal.fix}` : error.message, { status: 502, detail, cause: error });
 }
+
+/** The OCI code and status of each way a request can be malformed (the spec's 400s; a path this mirror does not serve is a 404). */
+const REQUEST_PROBLEMS: Readonly<Record<RequestProblem, readonly [OciErrorCode, number]>> = {
+  name: ['NAME_INVALID', 400],
+  tag: ['TAG_INVALID', 400],
+  digest: ['DIGEST_INVALID', 400],
+  ns: ['NAME_INVALID', 400],
+  target: ['UNSUPPORTED', 400],
+  endpoint: ['UNSUPPORTED', 404],
+};
+
+const PULL_ONLY = { allow: 'GET, HEAD' } as const;
+
+/** Refusals of the HTTP surface itself: requests it does not accept before any mirror is asked. */
+export const refusals = {
+  /** node:http's parse errors (they never reach a handler). */
+  headerOverflow: () => new OciError('SIZE_INVALID', 'request line and headers exceed 16 KiB', { status: 431 }),
+  chunkExtensions: () => new OciError('SIZE_INVALID', 'chunk extensions too large', { status: 413 }),
+  requestTimeout: () => new OciError('UNSUPPORTED', 'request not received in time', { status: 408 }),
+  malformed: (reason: string) => new OciError('UNSUPPORTED', 'malformed HTTP request', { status: 400, detail: { reason } }),
+  noHost: () => new OciError('UNSUPPORTED', 'HTTP/1.1 request without Host header', { status: 400 }),
+  expectation: () => new OciError('UNSUPPORTED', 'Expect is not supported', { status: 417 }),
+  connect: () => new OciError('UNSUPPORTED', 'CONNECT is not supported: this is a mirror, not a proxy', { headers: PULL_ONLY }),
+  method: (method: string) => new OciError('UNSUPPORTED', `${method} is not supported: this mirror is pull-only`, { headers: PULL_ONLY }),
+  connectionCap: (maxConnections: number) =>
+    new OciError('TOOMANYREQUESTS', `the agent is serving its maximum of ${maxConnections} connections (max_connections); retry shortly`, {
+      status: 503,
+      headers: { 'retry-after': '1' },
+    }),
+  rangeNotSatisfiable: (size: number) => new OciError('RANGE_INVALID', 'requested range not satisfiable', { headers: { 'content-range': `bytes */${size}` }, detail: { size } }),
+  /** The token endpoint (passthrough). */
+  tokenPath: () => new OciError('NAME_INVALID', 'malformed token endpoint path', { status: 404 }),
+  tokenMethod: () => new OciError('UNSUPPORTED', 'token endpoint takes GET or POST', { headers: { allow: 'GET, POST' } }),
+  bodyTooLarge: (limit: number) => new OciError('SIZE_INVALID', `request body over ${limit} bytes`, { status: 413 }),
+} as const;

@@ -1,5 +1,4 @@
 import type { Mirror } from '../mirror/mirror.ts';
-import { OciError } from '../oci/errors.ts';
 
 /** The configured mirrors, selected by containerd's `ns` query parameter. */
 export class MirrorSet {
@@ -14,6 +13,10 @@ export class MirrorSet {
     this.#byRegistry = new Map([...mirrors].map((m) => [m.registry, m]));
   }
 
+  registries(): string[] {
+    return [...this.#byRegistry.keys()];
+  }
+
   list(): Mirror[] {
     return [...this.#byRegistry.values()];
   }
@@ -22,15 +25,26 @@ export class MirrorSet {
   select(ns: string | undefined): Mirror {
     if (ns !== undefined) {
       const mirror = this.#byRegistry.get(ns);
-      if (!mirror) throw new OciError('NAME_UNKNOWN', `registry ${ns} is not mirrored by this agent`, { detail: { ns } });
+      if (!mirror) throw new RegistryNotMirroredError(`registry ${ns} is not mirrored by this agent`, ns, this.registries());
       return mirror;
     }
     const only = this.#byRegistry.size === 1 ? this.#byRegistry.values().next().value : undefined;
     if (!only) {
-      throw new OciError('NAME_UNKNOWN', 'several registries are mirrored: add ?ns=<registry> (containerd does this through hosts.toml)', {
-        detail: { registries: [...this.#byRegistry.keys()] },
-      });
+      throw new RegistryNotMirroredError('several registries are mirrored: add ?ns=<registry> (containerd does this through hosts.toml)', undefined, this.registries());
     }
     return only;
+  }
+}
+
+/** A request for a registry this agent does not mirror (`ns`), or without `ns` where several are mirrored. */
+export class RegistryNotMirroredError extends Error {
+  override readonly name = 'RegistryNotMirroredError';
+  readonly ns: string | undefined;
+  readonly registries: readonly string[];
+
+  constructor(message: string, ns: string | undefined, registries: readonly string[]) {
+    super(message);
+    this.ns = ns;
+    this.registries = registries;
   }
 }

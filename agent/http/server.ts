@@ -1,28 +1,18 @@
-import { randomBytes } from 'node:crypto';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import type { Mirror, PullContext } from '../mirror/mirror.ts';
-import { OciError } from '../oci/errors.ts';
+import { logRequest } from '../observe/logs.ts';
+import { type RequestRecord, ResponseRecorder } from '../observe/request-record.ts';
+import type { OciError } from '../oci/errors.ts';
 import { type DistributionRequest, isReadMethod, parseDistributionRequest } from '../oci/request.ts';
 import { handleTokenRequest, isTokenRequest } from './auth.ts';
-import { toOciError } from './errors.ts';
-import { type Outcome, handleBase, handleBlobGet, handleBlobHead, handleManifest } from './handlers.ts';
+import { refusals, toOciError } from './errors.ts';
+import { type RequestContext, handleBase, handleBlobGet, handleBlobHead, handleManifest, isHead } from './handlers.ts';
 import type { MirrorSet } from './mirror-set.ts';
 import { clientErrorFor, protocolRefusal } from './client-errors.ts';
 import { type GuardEvents, type ListenerLimits, answerAndClose, checkingInterval, guardServer } from './guard.ts';
 import { redactedTarget } from './redact.ts';
 import { ClientGoneError, rawOciResponse, sendOciError } from './respond.ts';
-
-export interface RequestRecord {
-  readonly id: string;
-  readonly method: string;
-  readonly outcome: Outcome;
-  readonly status: number;
-  readonly durationMs: number;
-  readonly error?: OciError;
-  readonly aborted: boolean;
-}
 
 export interface MirrorServerOptions {
   readonly mirrors: MirrorSet;
@@ -53,19 +43,14 @@ export function createMirrorServer(options: MirrorServerOptions): Server {
   server.on('checkExpectation', serve);
   // A forward-proxy tunnel request is never served: this is a mirror, not a proxy.
   server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
-    answerAndClose(socket, rawOciResponse(new OciError('UNSUPPORTED', 'CONNECT is not supported: this is a mirror, not a proxy', { headers: { allow: 'GET, HEAD' } })));
+    answerAndClose(socket, rawOciResponse(refusals.connect()));
   });
   guardServer(server, {
     ...limits,
     keepAliveTimeoutMs: KEEP_ALIVE_MS,
     maxRequestsPerSocket: MAX_REQUESTS_PER_CONNECTION,
     maxPipelined: MAX_PIPELINED,
-    refusal: rawOciResponse(
-      new OciError('TOOMANYREQUESTS', `the agent is serving its maximum of ${limits.maxConnections} connections (max_connections); retry shortly`, {
-        status: 503,
-        headers: { 'retry-after': '1' },
-      }),
-    ),
+    refusal: rawOciResponse(refusals.connectionCap(limits.maxConnections)),
     clientErrorAnswer: (code) => rawOciResponse(clientErrorFor(code)),
     ...(options.events ? { events: options.events } : {}),
   });
@@ -73,13 +58,11 @@ export function createMirrorServer(options: MirrorServerOptions): Server {
 }
 
 async function handle(options: MirrorServerOptions, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const started = performance.now();
-  const id = randomBytes(8).toString('hex');
   const method = req.method ?? 'GET';
-  const outcome: Outcome = { kind: 'base', bytes: 0 };
+  const recorder = new ResponseRecorder(method);
   let error: OciError | undefined;
   let aborted = false;
-  res.setHeader('x-request-id', id);
+  res.setHeader('x-request-id', recorder.id);
   try {
     const refusal = protocolRefusal(req);
     if (refusal) {
@@ -87,17 +70,17 @@ async function handle(options: MirrorServerOptions, req: IncomingMessage, res: S
       throw refusal;
     }
     if (isTokenRequest(req.url ?? '')) {
-      outcome.kind = 'token';
-      await handleTokenRequest(options.mirrors, req, res, outcome);
+      recorder.setKind('token');
+      await handleTokenRequest(options.mirrors, { req, res, recorder });
       return;
     }
     // Request bodies are never used; drain them so keep-alive connections stay usable.
     req.resume();
     const request = parse(req);
-    outcome.kind = request.kind;
+    recorder.setKind(request.kind);
     const mirror = options.mirrors.select(request.ns);
-    outcome.registry = mirror.registry;
-    await dispatch(mirror, request, req, res, outcome, { authorization: req.headers.authorization });
+    recorder.setRegistry(mirror.registry);
+    await dispatch({ mirror, request, req, res, recorder, pull: { authorization: req.headers.authorization } });
   } catch (caught) {
     if (caught instanceof ClientGoneError) {
       aborted = true;
@@ -107,64 +90,27 @@ async function handle(options: MirrorServerOptions, req: IncomingMessage, res: S
       sendOciError(res, error, method);
     }
   } finally {
-    const record: RequestRecord = {
-      id,
-      method,
-      outcome,
-      status: res.statusCode,
-      durationMs: performance.now() - started,
-      ...(error ? { error } : {}),
-      aborted,
-    };
-    logRequest(options.log, req, record);
+    const record = recorder.finish({ status: res.statusCode, error, aborted });
+    logRequest(options.log, record, redactedTarget((req.url ?? '').slice(0, 512)));
     options.onRequest?.(record);
   }
 }
 
 function parse(req: IncomingMessage): DistributionRequest {
   if (!isReadMethod(req.method)) {
-    throw new OciError('UNSUPPORTED', `${req.method ?? ''} is not supported: this mirror is pull-only`, { headers: { allow: 'GET, HEAD' } });
+    throw refusals.method(req.method ?? '');
   }
   return parseDistributionRequest(req.url ?? '');
 }
 
-async function dispatch(mirror: Mirror, request: DistributionRequest, req: IncomingMessage, res: ServerResponse, outcome: Outcome, ctx: PullContext): Promise<void> {
-  const head = req.method === 'HEAD';
+async function dispatch(ctx: RequestContext): Promise<void> {
+  const { request } = ctx;
   switch (request.kind) {
     case 'base':
-      return handleBase(mirror, res, head, ctx);
+      return handleBase(ctx);
     case 'manifest':
-      return handleManifest(mirror, request, res, head, outcome, ctx);
+      return handleManifest({ ...ctx, request });
     case 'blob':
-      return head ? handleBlobHead(mirror, request, res, ctx) : handleBlobGet(mirror, request, req, res, outcome, ctx);
+      return isHead(ctx.req) ? handleBlobHead({ ...ctx, request }) : handleBlobGet({ ...ctx, request });
   }
-}
-
-function logRequest(log: Logger, req: IncomingMessage, record: RequestRecord): void {
-  const line = {
-    reqId: record.id,
-    method: record.method,
-    path: redactedTarget((req.url ?? '').slice(0, 512)),
-    registry: record.outcome.registry,
-    kind: record.outcome.kind,
-    cache: record.outcome.cache,
-    status: record.status,
-    bytes: record.outcome.bytes,
-    durationMs: Math.round(record.durationMs),
-    ...(record.aborted ? { aborted: true } : {}),
-    ...(record.error ? { code: record.error.code, err: causeChain(record.error) } : {}),
-  };
-  if (record.error && record.status >= 500) log.warn(line, 'request failed');
-  else log.info(line, 'request');
-}
-
-/** The error and its causes as one readable line (no stack, no headers: nothing secret). */
-export function causeChain(error: unknown): string {
-  const parts: string[] = [];
-  let current: unknown = error;
-  for (let depth = 0; depth < 5 && current instanceof Error; depth += 1) {
-    parts.push(current.message);
-    current = current.cause;
-  }
-  return parts.join(': ');
 }

@@ -1,9 +1,8 @@
-import type { Logger } from 'pino';
 import type { BlobCache } from '../cache/blob-cache.ts';
 import { DigestMismatchError, SizeMismatchError } from '../cache/errors.ts';
 import type { WiringState } from '../containerd/wiring.ts';
 import type { BodyBudgetState } from '../memory/body-budget.ts';
-import type { RequestRecord } from '../http/server.ts';
+import type { RequestRecord } from '../observe/request-record.ts';
 import type { UpstreamObservation } from '../upstream/client.ts';
 import { AgentMetrics, statusClass } from './metrics.ts';
 
@@ -19,12 +18,12 @@ const CONTAINERD_STATES = [
   'config_invalid',
 ] as const;
 
-/** The agent's hooks into its metrics: each event source calls one method. */
+/** The agent's hooks into its metrics: each event source calls one method. Counts only: what is logged is decided in observe/. */
 export interface Instrumentation {
   readonly metrics: AgentMetrics;
   request(record: RequestRecord): void;
-  upstream(observation: UpstreamObservation, log: Logger): void;
-  upstreamUp(registry: string, up: boolean, log: Logger, cause?: string): void;
+  upstream(observation: UpstreamObservation): void;
+  upstreamUp(registry: string, up: boolean): void;
   corrupt(error: Error): void;
   fillFailed(error: Error): void;
   evicted(): void;
@@ -42,7 +41,7 @@ export interface Instrumentation {
   bodyBudget(state: BodyBudgetState): void;
   /** A request refused for lack of room in the body budget. */
   bodyBudgetRefused(reason: 'queue_full' | 'wait_timeout'): void;
-  scrape(cache: BlobCache, wiring: WiringState | undefined): Promise<{ contentType: string; body: string }>;
+  scrape(cache: BlobCache): Promise<{ contentType: string; body: string }>;
 }
 
 /** The agent's two listeners, as metrics label them. */
@@ -52,9 +51,6 @@ export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instru
   metrics.cacheMaxBytes.set(cacheMaxBytes);
   for (const listener of ['mirror', 'metrics'] as const) metrics.connectionsOpen.set({ listener }, 0);
   let lastJoined = 0;
-  /** Last failure cause per registry (answers) and per registry's bodies, to log a problem once per state change. */
-  const lastCause = new Map<string, string | undefined>();
-  const lastUp = new Map<string, boolean>();
   return {
     metrics,
     request(record) {
@@ -67,7 +63,7 @@ export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instru
       }
       if (record.outcome.kind === 'token') metrics.tokenRequests.inc({ registry, for: 'puller', status_class: statusClass(record.status) });
     },
-    upstream(o, log) {
+    upstream(o) {
       // A body that broke off belongs to an exchange already counted as a request: only its error counts.
       if (o.phase === 'response') {
         metrics.upstreamRequests.inc({ registry: o.registry, route: o.route, result: o.cause && o.status === undefined ? 'error' : statusClass(o.status ?? 0) });
@@ -76,27 +72,9 @@ export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instru
         if (o.purpose === 'token') metrics.tokenRequests.inc({ registry: o.registry, for: 'agent', status_class: statusClass(o.status ?? 0) });
       }
       if (o.cause) metrics.upstreamErrors.inc({ registry: o.registry, cause: o.cause });
-      // One line per change of state, not per request: a node pulling through a broken route would
-      // otherwise log every layer of every pull. The line carries cause and fix, as the OCI error does.
-      // Answers and bodies are separate states: a tunnel that cuts every blob while headers keep
-      // coming (each resumed request answers 206) is one state, not two lines per Range request.
-      // A redirect is a hop, not an outcome: the hop after it (which may fail) decides.
-      if (o.phase === 'response' && isRedirect(o.status)) return;
-      const key = o.phase === 'body' ? `${o.registry} body` : o.registry;
-      const previous = lastCause.get(key);
-      if (previous !== o.cause) {
-        lastCause.set(key, o.cause);
-        if (o.cause) log.warn({ registry: o.registry, route: o.route, cause: o.cause, status: o.status, detail: o.detail, fix: o.fix }, 'upstream failing');
-        else if (previous) log.info({ registry: o.registry, route: o.route, previous }, 'upstream answering again');
-      }
     },
-    upstreamUp(registry, up, log, cause) {
+    upstreamUp(registry, up) {
       metrics.upstreamUp.set({ registry }, up ? 1 : 0);
-      if (lastUp.get(registry) !== up) {
-        lastUp.set(registry, up);
-        if (up) log.info({ registry }, 'upstream reachable');
-        else log.warn({ registry, cause }, 'upstream unreachable (probe)');
-      }
     },
     corrupt(error) {
       if (error instanceof DigestMismatchError || error instanceof SizeMismatchError) metrics.digestMismatches.inc({ where: 'disk' });
@@ -142,19 +120,14 @@ export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instru
     bodyBudgetRefused(reason) {
       metrics.bodyBudgetRefused.inc({ reason });
     },
-    async scrape(cache, wiring) {
+    async scrape(cache) {
       const stats = cache.stats();
       metrics.cacheBytes.set(stats.bytes);
       metrics.cacheEntries.set(stats.entries);
       metrics.fillsInflight.set(stats.inflight);
       if (stats.joined > lastJoined) metrics.fillJoins.inc(stats.joined - lastJoined);
       lastJoined = stats.joined;
-      void wiring;
       return { contentType: metrics.registry.contentType, body: await metrics.registry.metrics() };
     },
   };
-}
-
-function isRedirect(status: number | undefined): boolean {
-  return status !== undefined && status >= 300 && status < 400;
 }

@@ -13,7 +13,8 @@ import { BlobCache } from '../cache/blob-cache.ts';
 import { BodyBudget } from '../memory/body-budget.ts';
 import type { MirrorConfig } from '../config/types.ts';
 import { type Digest, parseDigest } from '../oci/digest.ts';
-import { OciError } from '../oci/errors.ts';
+import { toOciError } from '../http/errors.ts';
+import { ContentUnknownError } from '../oci/errors.ts';
 import { MANIFEST_ACCEPT } from '../oci/media-types.ts';
 import { type RepositoryName, parseRepositoryName } from '../oci/reference.ts';
 import { UpstreamClient } from '../upstream/client.ts';
@@ -323,8 +324,8 @@ describe('Mirror: tags', () => {
     upstream.untag('v1');
 
     const error = await failureOf(get(mirror));
-    expect(error).toBeInstanceOf(OciError);
-    expect((error as OciError).code).toBe('MANIFEST_UNKNOWN');
+    expect(error).toBeInstanceOf(ContentUnknownError);
+    expect(toOciError(error).code).toBe('MANIFEST_UNKNOWN');
     // The manifest itself is still cached and served by digest.
     upstream.forget();
     expect((await served(mirror.manifest(NAME, { kind: 'digest', digest: v1.digest }))).origin).toBe('hit');

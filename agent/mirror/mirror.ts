@@ -1,12 +1,13 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
-import { AccessBroker, type TokenAnswer, type TokenRequest, blobUnknown, manifestUnknown } from '../auth/broker.ts';
-import type { BlobCache, FillRequester } from '../cache/blob-cache.ts';
+import { AccessBroker, type TokenAnswer, type TokenRequest } from '../auth/broker.ts';
+import type { BlobCache } from '../cache/blob-cache.ts';
 import type { BlobReadable } from '../cache/blob-reader.ts';
 import type { MirrorConfig } from '../config/types.ts';
 import { type Digest, isDigest } from '../oci/digest.ts';
 import { MANIFEST_ACCEPT, MANIFEST_MAX_BYTES, mediaTypeFromBody } from '../oci/media-types.ts';
 import type { Reference, RepositoryName } from '../oci/reference.ts';
+import { ContentUnknownError } from '../oci/errors.ts';
 import { manifestReferences } from '../oci/references.ts';
 import { BodyBudget } from '../memory/body-budget.ts';
 import { type HeldBody, readBody, releaseOnThrow } from '../memory/held-body.ts';
@@ -14,7 +15,8 @@ import { type UpstreamClient, type UpstreamResponse, firstHeader } from '../upst
 import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
 import { type FillSlotEvent, type FillSlotLimits, FillSlots } from './fill-slots.ts';
 import type { TagRecord, TagStore } from './tag-store.ts';
-import { contentLength } from '../upstream/status.ts';
+import { UpstreamBlob } from './upstream-blob.ts';
+import { contentLength, discard } from '../upstream/status.ts';
 
 /** How a manifest answer was obtained, for logs and metrics. */
 export type ManifestOrigin = 'hit' | 'miss' | 'stale';
@@ -123,7 +125,7 @@ export class Mirror {
   async probe(): Promise<ProbeResult> {
     try {
       const response = await this.upstream.request('GET', '/v2/', '', {}, undefined, { probe: true });
-      await response.body.dump().catch(() => undefined);
+      await discard(response);
       if (response.status === 200 || response.status === 401) return { up: true };
       return { up: false, cause: response.status >= 500 ? 'status_5xx' : 'status', detail: `GET /v2/ answered ${response.status}` };
     } catch (error) {
@@ -145,8 +147,8 @@ export class Mirror {
       if (error instanceof UpstreamError && error.unavailable) return;
       throw error;
     }
-    if (response.status === 401) throw await this.#access.failure(undefined, response, ctx, () => manifestUnknown(''));
-    await response.body.dump().catch(() => undefined);
+    if (response.status === 401) throw await this.#access.failure(undefined, response, ctx, () => new ContentUnknownError('manifest', ''));
+    await discard(response);
   }
 
   /**
@@ -174,8 +176,8 @@ export class Mirror {
         return cached;
       }
       const response = await this.#access.request('HEAD', name, `blobs/${digest}`, ctx);
-      if (response.status !== 200) throw await this.#access.failure(name, response, ctx, () => blobUnknown(digest));
-      await response.body.dump().catch(() => undefined);
+      if (response.status !== 200) throw await this.#access.failure(name, response, ctx, () => new ContentUnknownError('blob', digest));
+      await discard(response);
       this.#access.confirm(name, 'blobs', digest, ctx);
       const size = contentLength(response);
       if (size === undefined) throw new UpstreamError(this.registry, 'invalid', 'blob HEAD without Content-Length');
@@ -195,7 +197,7 @@ export class Mirror {
   async blob(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<BlobReadable> {
     try {
       if (this.#cache.isCached(digest)) await this.#access.check(name, 'blobs', digest, ctx);
-      const reader = await this.#cache.open(digest, this.#requester(name, digest, ctx), ctx.signal);
+      const reader = await this.#cache.open(digest, new UpstreamBlob(this.#access, this.#slots, name, digest, ctx, this.#log), ctx.signal);
       if (reader.origin !== 'miss') {
         // A running download joined, or cached since the check above: checked before a byte is read.
         try {
@@ -209,41 +211,6 @@ export class Mirror {
     } catch (error) {
       throw this.#access.unavailable(name, ctx, error as Error);
     }
-  }
-
-  /** This request as the starter of a blob download: its fetch, with its own credential. */
-  #requester(name: RepositoryName, digest: Digest, ctx: PullContext): FillRequester {
-    return {
-      key: this.#access.requesterKey(name, ctx),
-      ownsFailure: (error) => this.#access.ownsFailure(error),
-      fetch: async (unwanted) => {
-        const slot = await this.#slots.acquire(unwanted);
-        try {
-          const response = await this.#access.request('GET', name, `blobs/${digest}`, ctx);
-          if (response.status !== 200) throw await this.#access.failure(name, response, ctx, () => blobUnknown(digest));
-          this.#access.confirm(name, 'blobs', digest, ctx);
-          const size = contentLength(response);
-          return { size, body: response.body, resume: (offset: number) => this.#resumeBlob(name, digest, offset, size, ctx), ended: slot.release, contended: () => this.#slots.waiting > 0 };
-        } catch (error) {
-          slot.release();
-          throw error;
-        }
-      },
-    };
-  }
-
-  /** The rest of a blob from `offset` (Range request); only a 206 for exactly that offset is accepted. */
-  async #resumeBlob(name: RepositoryName, digest: Digest, offset: number, size: number | undefined, ctx: PullContext): Promise<{ body: UpstreamResponse['body'] }> {
-    const response = await this.#access.request('GET', name, `blobs/${digest}`, ctx, { range: `bytes=${offset}-` });
-    const range = firstHeader(response.headers['content-range']);
-    const match = range ? /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(range) : null;
-    const total = match?.[3] === '*' ? undefined : Number(match?.[3]);
-    if (response.status !== 206 || !match || Number(match[1]) !== offset || (size !== undefined && total !== undefined && total !== size)) {
-      await response.body.dump().catch(() => undefined);
-      throw new UpstreamError(this.registry, 'invalid', `upstream cannot resume ${digest} at byte ${offset} (status ${response.status})`);
-    }
-    this.#log.info({ digest, offset }, 'resuming a blob download that broke off');
-    return { body: response.body };
   }
 
   async #manifestByTag(name: RepositoryName, tag: string, ctx: PullContext): Promise<ManifestResult> {
@@ -280,8 +247,8 @@ export class Mirror {
    */
   async #resolveTag(name: RepositoryName, tag: string, ctx: PullContext): Promise<ManifestResult> {
     const head = await this.#access.request('HEAD', name, `manifests/${tag}`, ctx, { accept: MANIFEST_ACCEPT });
-    if (head.status !== 200) throw await this.#access.failure(name, head, ctx, () => manifestUnknown(tag));
-    await head.body.dump().catch(() => undefined);
+    if (head.status !== 200) throw await this.#access.failure(name, head, ctx, () => new ContentUnknownError('manifest', tag));
+    await discard(head);
     this.#access.accept(name, ctx);
     const checkedAt = this.#now();
     const digest = firstHeader(head.headers['docker-content-digest']);
@@ -298,7 +265,7 @@ export class Mirror {
   /** GET by tag, for registries whose HEAD does not name the digest: verified and cached by the computed digest. */
   async #fetchTag(name: RepositoryName, tag: string, ctx: PullContext): Promise<ManifestResult> {
     const response = await this.#access.request('GET', name, `manifests/${tag}`, ctx, { accept: MANIFEST_ACCEPT });
-    if (response.status !== 200) throw await this.#access.failure(name, response, ctx, () => manifestUnknown(tag));
+    if (response.status !== 200) throw await this.#access.failure(name, response, ctx, () => new ContentUnknownError('manifest', tag));
     const body = await this.#readManifest(response, ctx);
     return releaseOnThrow(body, async () => {
       const checkedAt = this.#now();
@@ -354,7 +321,7 @@ export class Mirror {
       if (hit) return { result: hit, cached: true };
     }
     const response = await this.#access.request('GET', name, `manifests/${digest}`, ctx, { accept: MANIFEST_ACCEPT });
-    if (response.status !== 200) throw await this.#access.failure(name, response, ctx, () => manifestUnknown(digest));
+    if (response.status !== 200) throw await this.#access.failure(name, response, ctx, () => new ContentUnknownError('manifest', digest));
     this.#access.confirm(name, 'manifests', digest, ctx);
     const body = await this.#readManifest(response, ctx);
     return releaseOnThrow(body, async () => {

@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { digestFromHex, digestHex, isDigest, parseDigest } from './digest.ts';
-import { OciError } from './errors.ts';
+import { toOciError } from '../http/errors.ts';
+import { InvalidRequestError, OciError } from './errors.ts';
 
 const HEX = createHash('sha256').update('hello').digest('hex');
 const DIGEST = `sha256:${HEX}`;
@@ -11,7 +12,8 @@ function rejection(value: string): OciError {
   try {
     parseDigest(value);
   } catch (error) {
-    if (error instanceof OciError) return error;
+    // What the client gets: the HTTP surface translates the parser's error.
+    if (error instanceof InvalidRequestError) return toOciError(error);
     throw error;
   }
   throw new Error(`expected ${JSON.stringify(value)} to be rejected`);
@@ -82,11 +84,11 @@ describe('digestHex / digestFromHex', () => {
   });
 
   it.each(['', 'xyz', HEX.toUpperCase(), `${HEX}0`, `../${HEX.slice(3)}`])('digestFromHex(%j) throws DIGEST_INVALID', (hex) => {
-    expect(() => digestFromHex(hex)).toThrow(OciError);
+    expect(() => digestFromHex(hex)).toThrow(InvalidRequestError);
     try {
       digestFromHex(hex);
     } catch (error) {
-      expect((error as OciError).code).toBe('DIGEST_INVALID');
+      expect(toOciError(error).code).toBe('DIGEST_INVALID');
     }
   });
 });

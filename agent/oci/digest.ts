@@ -1,4 +1,4 @@
-import { OciError } from './errors.ts';
+import { InvalidRequestError } from './errors.ts';
 
 /** A validated `sha256:<64 lowercase hex>` digest. */
 export type Digest = string & { readonly __digest: unique symbol };
@@ -14,14 +14,14 @@ export function isDigest(value: string): value is Digest {
 export function parseDigest(value: string): Digest {
   if (isDigest(value)) return value;
   if (/^sha256:[a-fA-F0-9]{64}$/.test(value)) {
-    throw new OciError('DIGEST_INVALID', 'digest hex must be lower-case', { detail: { digest: value } });
+    throw new InvalidRequestError('digest', 'digest hex must be lower-case', { detail: { digest: value } });
   }
   if (ANY_DIGEST.test(value) && !value.startsWith('sha256:')) {
-    throw new OciError('DIGEST_INVALID', `unsupported digest algorithm "${value.slice(0, value.indexOf(':'))}": only sha256 is supported`, {
+    throw new InvalidRequestError('digest', `unsupported digest algorithm "${value.slice(0, value.indexOf(':'))}": only sha256 is supported`, {
       detail: { digest: value.slice(0, 100) },
     });
   }
-  throw new OciError('DIGEST_INVALID', 'invalid digest: expected sha256:<64 lower-case hex characters>', {
+  throw new InvalidRequestError('digest', 'invalid digest: expected sha256:<64 lower-case hex characters>', {
     detail: { digest: value.slice(0, 100) },
   });
 }

@@ -1,6 +1,7 @@
 /**
- * OCI distribution error codes and the HTTP status the distribution spec pairs with each.
- * The HTTP surface renders these as `{"errors":[{code,message,detail}]}` in one place.
+ * OCI distribution error codes and the HTTP status the distribution spec pairs with each. OciError
+ * is the wire form, built by the HTTP surface only (agent/http/errors.ts); the other modules throw
+ * the domain errors below (and their own), which that one file translates.
  */
 export const OCI_STATUS = {
   BLOB_UNKNOWN: 404,
@@ -55,5 +56,44 @@ export class OciError extends Error {
     const entry: { code: string; message: string; detail?: unknown } = { code: this.code, message: this.message };
     if (this.detail !== undefined) entry.detail = this.detail;
     return { errors: [entry] };
+  }
+}
+
+/** What was wrong with a request as the protocol sees it (parsing); http/errors.ts picks code and status. */
+export type RequestProblem =
+  /** A repository name, or a path with encoded, escaped or empty segments. */
+  | 'name'
+  | 'tag'
+  | 'digest'
+  /** The `ns` query parameter (repeated, not percent-encoding, not a host[:port]). */
+  | 'ns'
+  /** Not an origin-form target (absolute-form, authority-form: proxy requests). */
+  | 'target'
+  /** A path this pull-only mirror does not serve. */
+  | 'endpoint';
+
+export class InvalidRequestError extends Error {
+  override readonly name = 'InvalidRequestError';
+  readonly problem: RequestProblem;
+  readonly detail: unknown;
+
+  constructor(problem: RequestProblem, message: string, options: { detail?: unknown; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.problem = problem;
+    this.detail = options.detail;
+  }
+}
+
+/** The registry (upstream) does not have this content in this repository, or will not say so to this requester. */
+export class ContentUnknownError extends Error {
+  override readonly name = 'ContentUnknownError';
+  readonly kind: 'blob' | 'manifest';
+  /** The digest, or the tag of a manifest. */
+  readonly reference: string;
+
+  constructor(kind: 'blob' | 'manifest', reference: string) {
+    super(`${kind} unknown`);
+    this.kind = kind;
+    this.reference = reference;
   }
 }

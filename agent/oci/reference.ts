@@ -1,4 +1,4 @@
-import { OciError } from './errors.ts';
+import { InvalidRequestError } from './errors.ts';
 import { type Digest, parseDigest } from './digest.ts';
 
 /** A repository name validated against the OCI distribution grammar. */
@@ -14,12 +14,12 @@ export const NAME_MAX_LENGTH = 255;
 
 export function parseRepositoryName(value: string): RepositoryName {
   if (value.length === 0 || value.length > NAME_MAX_LENGTH) {
-    throw new OciError('NAME_INVALID', `repository name must be 1 to ${NAME_MAX_LENGTH} characters`, {
+    throw new InvalidRequestError('name', `repository name must be 1 to ${NAME_MAX_LENGTH} characters`, {
       detail: { length: value.length },
     });
   }
   if (!NAME.test(value)) {
-    throw new OciError('NAME_INVALID', 'invalid repository name', { detail: { name: value.slice(0, 256) } });
+    throw new InvalidRequestError('name', 'invalid repository name', { detail: { name: value.slice(0, 256) } });
   }
   return value as RepositoryName;
 }
@@ -27,7 +27,7 @@ export function parseRepositoryName(value: string): RepositoryName {
 export function parseReference(value: string): Reference {
   if (value.includes(':')) return { kind: 'digest', digest: parseDigest(value) };
   if (!TAG.test(value)) {
-    throw new OciError('TAG_INVALID', 'invalid tag: expected [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}', {
+    throw new InvalidRequestError('tag', 'invalid tag: expected [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}', {
       detail: { tag: value.slice(0, 256) },
     });
   }

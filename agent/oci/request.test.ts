@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { OciError, type OciErrorCode } from './errors.ts';
+import { toOciError } from '../http/errors.ts';
+import { InvalidRequestError, OciError, type OciErrorCode } from './errors.ts';
 import { isReadMethod, parseDistributionRequest } from './request.ts';
 
 const HEX = 'a'.repeat(64);
@@ -10,7 +11,8 @@ function rejection(target: string): OciError {
   try {
     parseDistributionRequest(target);
   } catch (error) {
-    if (error instanceof OciError) return error;
+    // What the client gets: the HTTP surface translates the parser's error.
+    if (error instanceof InvalidRequestError) return toOciError(error);
     throw error;
   }
   throw new Error(`expected ${JSON.stringify(target)} to be rejected`);

@@ -1,4 +1,4 @@
-import { OciError } from './errors.ts';
+import { InvalidRequestError } from './errors.ts';
 import { type Digest, parseDigest } from './digest.ts';
 import { type Reference, type RepositoryName, parseReference, parseRepositoryName } from './reference.ts';
 
@@ -14,7 +14,7 @@ const ROUTE = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/;
 /** containerd puts the registry host in `ns`; host[:port], or `_default`. */
 const NS = /^(?:_default|(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?|\[[0-9a-f:.]+\](?::[0-9]{1,5})?)$/;
 
-/** Methods that change a registry. A pull-only mirror answers them with UNSUPPORTED. */
+/** The methods a pull-only mirror serves; the others are refused. */
 export function isReadMethod(method: string | undefined): method is ReadMethod {
   return method === 'GET' || method === 'HEAD';
 }
@@ -25,18 +25,18 @@ export function isReadMethod(method: string | undefined): method is ReadMethod {
  */
 export function parseDistributionRequest(target: string): DistributionRequest {
   if (!target.startsWith('/')) {
-    throw new OciError('UNSUPPORTED', 'only origin-form request targets are accepted: this is a mirror, not a proxy', { status: 400 });
+    throw new InvalidRequestError('target', 'only origin-form request targets are accepted: this is a mirror, not a proxy');
   }
   const queryAt = target.indexOf('?');
   const path = queryAt === -1 ? target : target.slice(0, queryAt);
   const ns = parseNs(queryAt === -1 ? '' : target.slice(queryAt + 1));
   if (path === '/v2/' || path === '/v2') return { kind: 'base', ns };
   if (/[%\\\0]/.test(path) || path.includes('//')) {
-    throw new OciError('NAME_INVALID', 'request path contains encoded, escaped or empty segments', { detail: { path: path.slice(0, 256) } });
+    throw new InvalidRequestError('name', 'request path contains encoded, escaped or empty segments', { detail: { path: path.slice(0, 256) } });
   }
   const match = ROUTE.exec(path);
   if (!match) {
-    throw new OciError('UNSUPPORTED', 'endpoint not supported by this pull-only mirror', { status: 404, detail: { path: path.slice(0, 256) } });
+    throw new InvalidRequestError('endpoint', 'endpoint not supported by this pull-only mirror', { detail: { path: path.slice(0, 256) } });
   }
   const [, rawName = '', endpoint, rawRef = ''] = match;
   const name = parseRepositoryName(rawName);
@@ -51,14 +51,14 @@ function parseNs(query: string): string | undefined {
     const eq = pair.indexOf('=');
     const key = eq === -1 ? pair : pair.slice(0, eq);
     if (key !== 'ns') continue;
-    if (ns !== undefined) throw new OciError('NAME_INVALID', 'ns given more than once', { detail: { query: query.slice(0, 256) } });
+    if (ns !== undefined) throw new InvalidRequestError('ns', 'ns given more than once', { detail: { query: query.slice(0, 256) } });
     let value: string;
     try {
       value = decodeURIComponent(eq === -1 ? '' : pair.slice(eq + 1)).toLowerCase();
     } catch (cause) {
-      throw new OciError('NAME_INVALID', 'ns is not valid percent-encoding', { cause });
+      throw new InvalidRequestError('ns', 'ns is not valid percent-encoding', { cause });
     }
-    if (!NS.test(value)) throw new OciError('NAME_INVALID', 'ns is not a registry host[:port]', { detail: { ns: value.slice(0, 256) } });
+    if (!NS.test(value)) throw new InvalidRequestError('ns', 'ns is not a registry host[:port]', { detail: { ns: value.slice(0, 256) } });
     ns = value;
   }
   return ns;

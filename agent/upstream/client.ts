@@ -6,6 +6,7 @@ import { DestinationPolicy } from './destination-policy.ts';
 import { DestinationRefusedError, UpstreamError, type UpstreamCause, bodyFailure } from './errors.ts';
 import { DirectRoute, type Route } from './routes.ts';
 import { TokenCache } from './tokens.ts';
+import { discard } from './status.ts';
 
 export interface UpstreamTimeouts {
   readonly connectMs: number;
@@ -153,7 +154,7 @@ export class UpstreamClient {
     let response = await this.#send(method, this.url(apiPath), headers, this.#authorization(scope));
     if (response.status === 401 && this.#credentialsCanHelp(response)) {
       const challenge = parseChallenge(firstHeader(response.headers['www-authenticate']));
-      await response.body.dump().catch(() => undefined);
+      await discard(response);
       const authorization = await this.#answer(challenge, scope);
       response = await this.#send(method, this.url(apiPath), headers, authorization);
     }
@@ -303,7 +304,7 @@ export class UpstreamClient {
     // realm, or where realm_map maps it), never across redirects.
     const response = await this.#send('GET', target, { accept: 'application/json' }, this.#realmAuthorization(target), 'token');
     if (response.status !== 200) {
-      await response.body.dump().catch(() => undefined);
+      await discard(response);
       throw new UpstreamError(this.registry, 'status', `token endpoint answered ${response.status}`, { status: response.status });
     }
     let parsed: { token?: unknown; access_token?: unknown; expires_in?: unknown };
@@ -363,7 +364,7 @@ export class UpstreamClient {
       if (!REDIRECTS.has(response.statusCode) || !location) {
         return { status: response.statusCode, headers: response.headers, body: response.body, url: current };
       }
-      await response.body.dump().catch(() => undefined);
+      await discard(response);
       if (hop >= MAX_REDIRECTS) throw new UpstreamError(this.registry, 'redirect', `more than ${MAX_REDIRECTS} redirects`);
       current = this.#redirectTarget(current, location);
     }

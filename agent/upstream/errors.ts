@@ -34,6 +34,30 @@ export type BodyFailure = 'body_cut' | 'body_timeout';
  */
 export type UpstreamCause = UpstreamFailure | 'refused' | 'status_5xx' | BodyFailure | ProxyDiagnosis['code'];
 
+/**
+ * Upstream answered, and refused: the agent's own credentials (`credentials`: a 401 to an
+ * agent-auth mirror), access (`denied`: 403), or for now (`rate_limited`: 429, with its Retry-After).
+ */
+export class UpstreamRefusedError extends Error {
+  override readonly name = 'UpstreamRefusedError';
+  readonly registry: string;
+  readonly refusal: 'credentials' | 'denied' | 'rate_limited';
+  readonly retryAfter: string | undefined;
+
+  constructor(registry: string, refusal: UpstreamRefusedError['refusal'], retryAfter?: string) {
+    super(
+      refusal === 'credentials'
+        ? `upstream ${registry} refused the agent's credentials`
+        : refusal === 'denied'
+          ? `upstream ${registry} denied access`
+          : `upstream ${registry} is rate limiting`,
+    );
+    this.registry = registry;
+    this.refusal = refusal;
+    this.retryAfter = retryAfter;
+  }
+}
+
 export class UpstreamError extends Error {
   override readonly name = 'UpstreamError';
   readonly failure: UpstreamFailure;

@@ -1,4 +1,5 @@
 import { request } from 'undici';
+import { discard } from './status.ts';
 
 /** Supplies a bearer token, cached until shortly before it expires. */
 export interface OAuthTokenSource {
@@ -49,7 +50,7 @@ export class ClientCredentialsTokenSource implements OAuthTokenSource {
       bodyTimeout: 15_000,
     });
     if (response.statusCode !== 200) {
-      await response.body.dump().catch(() => undefined);
+      await discard(response);
       throw new Error(`token endpoint answered ${response.statusCode}`);
     }
     const parsed = (await response.body.json().catch(() => ({}))) as { access_token?: unknown; expires_in?: unknown };

@@ -5,6 +5,7 @@ import { UpstreamError, fromTransportError } from './errors.ts';
 import { guardedPoolFactory } from './guarded-connect.ts';
 import type { OAuthTokenSource } from './oauth.ts';
 import { tlsError, trustOptions } from './tls.ts';
+import { discard } from './status.ts';
 
 /** One request as the upstream client hands it to a route. */
 export interface RouteRequest {
@@ -157,7 +158,7 @@ export class ConnectivityProxyRoute implements Route {
     }
     let response = await this.#once(registry, url, request, false);
     if (response.statusCode === 407 && this.#options.tokens) {
-      await response.body.dump().catch(() => undefined);
+      await discard(response);
       response = await this.#once(registry, url, request, true);
     }
     const failure = proxyFailure(response, request.method);

@@ -1,31 +1,32 @@
-import { OciError } from '../oci/errors.ts';
 import type { UpstreamResponse } from './client.ts';
-import { UpstreamError } from './errors.ts';
+import { UpstreamError, UpstreamRefusedError } from './errors.ts';
 
 /**
- * Turns a non-success upstream answer into the error to raise: registry-level answers (404, 401,
- * 403, 429) become the matching OCI error; everything else is an UpstreamError (5xx counts as
- * upstream unavailable, so stale content may be served).
+ * Turns a non-success upstream answer into the error to raise: 404 is `notFound` (the content the
+ * caller asked for), 401 (the agent's credentials), 403 and 429 are refusals; everything else is an
+ * UpstreamError (5xx counts as upstream unavailable, so stale content may be served).
  */
-export async function upstreamFailure(registry: string, response: UpstreamResponse, notFound: () => OciError): Promise<Error> {
-  await response.body.dump().catch(() => undefined);
+export async function upstreamFailure(registry: string, response: UpstreamResponse, notFound: () => Error): Promise<Error> {
+  await discard(response);
   switch (response.status) {
     case 404:
       return notFound();
     case 401:
-      return new OciError('UNAUTHORIZED', `upstream ${registry} refused the agent's credentials`, { status: 502 });
+      return new UpstreamRefusedError(registry, 'credentials');
     case 403:
-      return new OciError('DENIED', `upstream ${registry} denied access`);
-    case 429:
-      return new OciError('TOOMANYREQUESTS', `upstream ${registry} is rate limiting`, retryAfter(response));
+      return new UpstreamRefusedError(registry, 'denied');
+    case 429: {
+      const retryAfter = response.headers['retry-after'];
+      return new UpstreamRefusedError(registry, 'rate_limited', typeof retryAfter === 'string' ? retryAfter : undefined);
+    }
     default:
       return new UpstreamError(registry, 'status', `upstream ${registry} answered ${response.status}`, { status: response.status });
   }
 }
 
-function retryAfter(response: UpstreamResponse): { headers?: Record<string, string> } {
-  const value = response.headers['retry-after'];
-  return typeof value === 'string' ? { headers: { 'retry-after': value } } : {};
+/** Reads and drops a response body nobody needs (a HEAD's, an error's): the connection can be reused. */
+export async function discard(response: { readonly body: { dump(): Promise<unknown> } }): Promise<void> {
+  await response.body.dump().catch(() => undefined);
 }
 
 /** Content-Length as a number, when present and well-formed. */

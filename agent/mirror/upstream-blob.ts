@@ -1,0 +1,77 @@
+import type { Logger } from 'pino';
+import type { AccessBroker, Requester } from '../auth/broker.ts';
+import type { FillRequester, FillSource } from '../cache/blob-cache.ts';
+import type { Digest } from '../oci/digest.ts';
+import { ContentUnknownError } from '../oci/errors.ts';
+import type { RepositoryName } from '../oci/reference.ts';
+import type { UpstreamResponse } from '../upstream/client.ts';
+import { UpstreamError, bodyFailure } from '../upstream/errors.ts';
+import { contentLength, discard } from '../upstream/status.ts';
+import { firstHeader } from '../upstream/client.ts';
+import type { FillSlots } from './fill-slots.ts';
+
+/**
+ * One requester's download of a blob from the mirror's upstream, as the cache's fill reads it: a
+ * download slot first (held until the body ended, resumes included), then GET with the requester's
+ * credential (passthrough) or the agent's; a 200 vouches for the blob in that repository. A body
+ * that breaks off is resumed with a Range request; which failures count as broken is upstream's
+ * knowledge, not the cache's.
+ */
+export class UpstreamBlob implements FillRequester {
+  readonly key: string;
+  readonly #access: AccessBroker;
+  readonly #slots: FillSlots;
+  readonly #name: RepositoryName;
+  readonly #digest: Digest;
+  readonly #requester: Requester;
+  readonly #log: Logger;
+
+  constructor(access: AccessBroker, slots: FillSlots, name: RepositoryName, digest: Digest, requester: Requester, log: Logger) {
+    this.#access = access;
+    this.#slots = slots;
+    this.#name = name;
+    this.#digest = digest;
+    this.#requester = requester;
+    this.#log = log;
+    this.key = access.requesterKey(name, requester);
+  }
+
+  ownsFailure(error: unknown): boolean {
+    return this.#access.ownsFailure(error);
+  }
+
+  readonly fetch = async (unwanted: AbortSignal): Promise<FillSource> => {
+    const slot = await this.#slots.acquire(unwanted);
+    try {
+      const response = await this.#access.request('GET', this.#name, `blobs/${this.#digest}`, this.#requester);
+      if (response.status !== 200) throw await this.#access.failure(this.#name, response, this.#requester, () => new ContentUnknownError('blob', this.#digest));
+      this.#access.confirm(this.#name, 'blobs', this.#digest, this.#requester);
+      const size = contentLength(response);
+      return {
+        size,
+        body: response.body,
+        resume: (offset: number) => this.#resume(offset, size),
+        resumable: (error: unknown) => bodyFailure(error) !== undefined,
+        ended: slot.release,
+        contended: () => this.#slots.waiting > 0,
+      };
+    } catch (error) {
+      slot.release();
+      throw error;
+    }
+  };
+
+  /** The rest of the blob from `offset` (Range request); only a 206 for exactly that offset is accepted. */
+  async #resume(offset: number, size: number | undefined): Promise<{ body: UpstreamResponse['body'] }> {
+    const response = await this.#access.request('GET', this.#name, `blobs/${this.#digest}`, this.#requester, { range: `bytes=${offset}-` });
+    const range = firstHeader(response.headers['content-range']);
+    const match = range ? /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(range) : null;
+    const total = match?.[3] === '*' ? undefined : Number(match?.[3]);
+    if (response.status !== 206 || !match || Number(match[1]) !== offset || (size !== undefined && total !== undefined && total !== size)) {
+      await discard(response);
+      throw new UpstreamError(this.#access.registry, 'invalid', `upstream cannot resume ${this.#digest} at byte ${offset} (status ${response.status})`);
+    }
+    this.#log.info({ digest: this.#digest, offset }, 'resuming a blob download that broke off');
+    return { body: response.body };
+  }
+}
