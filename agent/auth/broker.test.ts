@@ -27,6 +27,7 @@ import { UpstreamClient } from '../upstream/client.ts';
 import { UpstreamError } from '../upstream/errors.ts';
 import { ACCESS_RECHECK_MS, AccessBroker, type Requester, type TokenAnswer, realmCredential } from './broker.ts';
 import { AuthRequiredError, TokenRealmUnknownError } from './errors.ts';
+import { listenLoopback } from '../../test/fixtures/http-server.ts';
 
 const REGISTRY = 'mirror.test';
 const AGENT_BASE = 'http://agent.local:5050';
@@ -93,10 +94,7 @@ class ScriptedUpstream {
 
   static async start(): Promise<ScriptedUpstream> {
     const server = createServer();
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ host: '127.0.0.1', port: 0 }, resolve);
-    });
+    await listenLoopback(server);
     return new ScriptedUpstream(server);
   }
 

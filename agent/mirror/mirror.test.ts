@@ -21,6 +21,7 @@ import { UpstreamClient } from '../upstream/client.ts';
 import { UpstreamError } from '../upstream/errors.ts';
 import { type ManifestResult, Mirror } from './mirror.ts';
 import { TagStore } from './tag-store.ts';
+import { listenLoopback } from '../../test/fixtures/http-server.ts';
 
 const REGISTRY = 'registry.test:5000';
 const NAME: RepositoryName = parseRepositoryName('team/app');
@@ -85,10 +86,7 @@ class ScriptedUpstream {
 
   static async start(): Promise<ScriptedUpstream> {
     const server = createServer();
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ host: '127.0.0.1', port: 0 }, resolve);
-    });
+    await listenLoopback(server);
     return new ScriptedUpstream(server);
   }
 
