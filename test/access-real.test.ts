@@ -17,28 +17,25 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type InProcessAgent, type PortedAgentProcess, agentMain, startAgent, startPortedAgentProcess } from './fixtures/agent.ts';
 import { type ConfiguredAgent, startConfiguredAgent } from './fixtures/configured-agent.ts';
-import { type ConnectivityProxy, startConnectivityProxy } from './fixtures/connectivity-proxy.ts';
 import { type ContainerdHandle, startContainerd } from './fixtures/containerd.ts';
 import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
-import { type LatencyProxy, startLatencyProxy } from './fixtures/latency-proxy.ts';
+import { type CpStack, startCpStack } from './fixtures/cp-stack.ts';
+import { sha256 } from './fixtures/digest.ts';
 import { type FileBlob, type MemoryBlob, type TestImage, makeImage, makeRandomBlob, makeRandomBlobFile, pushBlob, pushImage } from './fixtures/image.ts';
+import { type LatencyProxy, startLatencyProxy } from './fixtures/latency-proxy.ts';
 import { peakRssMiB, resetPeakRss, rssMiB } from './fixtures/memory.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { runCommand } from './fixtures/process.ts';
 import { type RealmRegistry, startRealmRegistry } from './fixtures/realm-registry.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
-import { type TokenRegistry, type TokenServer, startTokenRegistry } from './fixtures/token-registry.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
+import { type TokenRegistry, type TokenServer, startTokenRegistry } from './fixtures/token-registry.ts';
 
 const alice = { username: 'alice', password: 'wonder land' };
 const aliceUser = `${alice.username}:${alice.password}`;
 
 function basic(user: { username: string; password: string }): string {
   return `Basic ${Buffer.from(`${user.username}:${user.password}`).toString('base64')}`;
-}
-
-function sha256(bytes: Buffer): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 }
 
 interface Answer {
@@ -355,10 +352,8 @@ describeOfflineTokens('2b. offline token pull through the Connectivity Proxy: ht
   const TOKEN_VIRTUAL = 'auth.virtual:80';
   const REALM = 'https://auth.corp.example/token';
   const REALM_MAP = [`realm_map = { "https://auth.corp.example" = "http://${TOKEN_VIRTUAL}" }`];
-  const dir = await makeTempDir('rpa-access-token-cp');
   let realm: RealmRegistry | undefined;
-  let cp: ConnectivityProxy | undefined;
-  let agent: ConfiguredAgent | undefined;
+  let stack: CpStack<ConfiguredAgent> | undefined;
   try {
     let imageA: TestImage;
     let imageB: TestImage;
@@ -369,17 +364,17 @@ describeOfflineTokens('2b. offline token pull through the Connectivity Proxy: ht
     ]);
     await realm.push('team/a', 'v1', imageA);
     await realm.push('team/b', 'v1', imageB);
-    cp = await startConnectivityProxy({ virtualHosts: { [VIRTUAL]: realm.registry.url, [TOKEN_VIRTUAL]: realm.tokenOrigin } });
-    agent = await startConfiguredAgent(
-      {
-        dir,
+    stack = await startCpStack({
+      dir: { name: 'rpa-access-token-cp' },
+      virtualHosts: { [VIRTUAL]: realm.registry.url, [TOKEN_VIRTUAL]: realm.tokenOrigin },
+      agent: {
         manageHosts: true,
-        connectivityProxy: { url: cp.url },
         mirrors: [M1, M2].map((registry) => ({ registry, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy' as const, auth: 'passthrough' as const })),
       },
-      { [M1]: REALM_MAP, [M2]: REALM_MAP },
-    );
-    const [running, proxy, registry] = [agent, cp, realm];
+      start: (setup) => startConfiguredAgent(setup, { [M1]: REALM_MAP, [M2]: REALM_MAP }),
+    });
+    const [started, registry] = [stack, realm];
+    const { agent: running, cp: proxy, dir } = started;
     return {
       agent: running,
       hostsDir: join(dir, 'certs.d'),
@@ -396,21 +391,15 @@ describeOfflineTokens('2b. offline token pull through the Connectivity Proxy: ht
         for (const r of proxy.requests) expect(r.target, r.target).toMatch(/^http:\/\/(registry\.virtual:5000|auth\.virtual)\//);
       },
       async stop() {
-        await cleanup(() => running.stop());
-        await cleanup(
-          () => proxy.stop(),
-          () => registry.stop(),
-        );
-        await removeTempDir(dir);
+        await started.stop();
+        await registry.stop();
       },
     };
   } catch (error) {
     await cleanup(
-      () => agent?.stop(),
-      () => cp?.stop(),
+      () => stack?.stop(),
       () => realm?.stop(),
     );
-    await removeTempDir(dir);
     throw error;
   }
 });

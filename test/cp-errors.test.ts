@@ -6,15 +6,16 @@
 import { randomBytes } from 'node:crypto';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
-import { type ConnectivityProxy, startConnectivityProxy } from './fixtures/connectivity-proxy.ts';
+import type { InProcessAgent } from './fixtures/agent.ts';
+import type { ConnectivityProxy } from './fixtures/connectivity-proxy.ts';
+import { type CpStack, startCpStack } from './fixtures/cp-stack.ts';
+import { type OciErrorBody, fetchAnswer, get } from './fixtures/http-client.ts';
 import { makeImage, pushImage } from './fixtures/image.ts';
+import { parseMetrics } from './fixtures/metrics-text.ts';
 import { freePort } from './fixtures/net.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
 import { type ScriptedRegistry, startScriptedRegistry } from './fixtures/scripted-registry.ts';
-import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
-import { parseMetrics } from './fixtures/metrics-text.ts';
 
 /** Exposed in the Cloud Connector: the real registry. */
 const VIRTUAL = 'registry.virtual:5000';
@@ -28,22 +29,12 @@ const DENIED_MIRROR = 'denied.corp.example:5000';
 const REDIRECT_MIRROR = 'redirect.corp.example:5000';
 const DIRECT_MIRROR = 'direct.corp.example:5000';
 
-interface OciErrorBody {
-  errors: Array<{ code: string; message: string; detail?: Record<string, unknown> }>;
-}
-
-async function get(url: string, method: 'GET' | 'HEAD' = 'GET') {
-  const response = await request(url, { method });
-  const text = await response.body.text();
-  return { status: response.statusCode, text, json: () => JSON.parse(text) as OciErrorBody };
-}
-
 function randomDigest(): string {
   return `sha256:${randomBytes(32).toString('hex')}`;
 }
 
 describe('Connectivity Proxy failures, end to end: OCI error, metric, one log line per change of state', () => {
-  let dir: string;
+  let stack: CpStack | undefined;
   let registry: RegistryHandle;
   let scripted: ScriptedRegistry;
   let cp: ConnectivityProxy;
@@ -94,7 +85,6 @@ describe('Connectivity Proxy failures, end to end: OCI error, metric, one log li
   }
 
   beforeAll(async () => {
-    dir = await makeTempDir('rpa-cp-errors');
     const [reg, scr, image, closedPort] = await Promise.all([startRegistry(), startScriptedRegistry(), makeImage({ layers: 1, layerBytes: 1024 }), freePort()]);
     registry = reg;
     scripted = scr;
@@ -112,17 +102,20 @@ describe('Connectivity Proxy failures, end to end: OCI error, metric, one log li
       res.writeHead(403, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) });
       res.end(req.method === 'HEAD' ? undefined : body);
     });
-    cp = await startConnectivityProxy({ virtualHosts: { [VIRTUAL]: registry.url, [SCRIPTED_VIRTUAL]: scripted.url }, locations: { 'loc-1': 'connected' } });
-    agent = await startAgent({
-      dir,
-      connectivityProxy: { url: cp.url, locationId: 'loc-1' },
-      mirrors: [
-        { registry: CP_MIRROR, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy' },
-        { registry: DENIED_MIRROR, upstream: `http://${NOT_EXPOSED}`, route: 'connectivity-proxy' },
-        { registry: REDIRECT_MIRROR, upstream: `http://${SCRIPTED_VIRTUAL}`, route: 'connectivity-proxy' },
-        { registry: DIRECT_MIRROR, upstream: `http://127.0.0.1:${closedPort}` },
-      ],
-    });
+    ({ cp, agent } = stack = await startCpStack({
+      dir: { name: 'rpa-cp-errors' },
+      virtualHosts: { [VIRTUAL]: registry.url, [SCRIPTED_VIRTUAL]: scripted.url },
+      locations: { 'loc-1': 'connected' },
+      locationId: 'loc-1',
+      agent: {
+        mirrors: [
+          { registry: CP_MIRROR, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy' },
+          { registry: DENIED_MIRROR, upstream: `http://${NOT_EXPOSED}`, route: 'connectivity-proxy' },
+          { registry: REDIRECT_MIRROR, upstream: `http://${SCRIPTED_VIRTUAL}`, route: 'connectivity-proxy' },
+          { registry: DIRECT_MIRROR, upstream: `http://127.0.0.1:${closedPort}` },
+        ],
+      },
+    }));
     // The start-up probe (GET /v2/ per mirror) sets each mirror's first state; wait for all of them so
     // that no late probe answer interleaves with a test's requests.
     const probed = (registryName: string) => agent.logs.some((l) => l['registry'] === registryName && /^upstream (?:reachable|unreachable \(probe\))$/.test(String(l['msg'])));
@@ -130,10 +123,8 @@ describe('Connectivity Proxy failures, end to end: OCI error, metric, one log li
   });
 
   afterAll(async () => {
-    await agent?.stop();
-    await Promise.all([cp?.stop(), scripted?.stop()]);
-    await registry?.stop();
-    if (dir) await removeTempDir(dir);
+    await stack?.stop();
+    await Promise.all([scripted?.stop(), registry?.stop()]);
   });
 
   it('serves through the proxy while it is healthy', async () => {
@@ -184,7 +175,7 @@ describe('Connectivity Proxy failures, end to end: OCI error, metric, one log li
     const fix = /expose not-exposed\.virtual:5000 in the Cloud Connector.*Access Control/;
     // GET carries SAP's text; HEAD has only the headers, and is still told apart by its media type.
     await expectFailure(DENIED_MIRROR, 'cp_denied', { status: 502, message: /denied access to the virtual host not-exposed\.virtual:5000.*Access denied to system/, fix });
-    const head = await get(`${agent.url}/v2/team/app/manifests/v1?ns=${DENIED_MIRROR}`, 'HEAD');
+    const head = await fetchAnswer(`${agent.url}/v2/team/app/manifests/v1?ns=${DENIED_MIRROR}`, { method: 'HEAD' });
     expect(head.status).toBe(502);
     expect(cp.requests.filter((r) => r.rejected === 'access-denied').length).toBeGreaterThanOrEqual(4);
     // The log line was written by the start-up probe (the first failure); nothing since.

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { request } from 'undici';
@@ -6,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AgentProcess, startAgentProcess, writeAgentConfig } from './fixtures/agent.ts';
 import { type ContainerdHandle, startContainerd } from './fixtures/containerd.ts';
 import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
+import { sha256 } from './fixtures/digest.ts';
 import { type TestImage, makeImage, pushImage } from './fixtures/image.ts';
 import { freePort } from './fixtures/net.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
@@ -96,7 +96,7 @@ describe('5. the agent killed with SIGKILL in the middle of a blob', () => {
     const again = await request(url);
     const body = Buffer.from(await again.body.arrayBuffer());
     expect(again.statusCode).toBe(200);
-    expect(`sha256:${createHash('sha256').update(body).digest('hex')}`).toBe(blob.digest);
+    expect(sha256(body)).toBe(blob.digest);
     expect(proxy.count({ method: 'GET', pathIncludes: `/blobs/${blob.digest}` })).toBe(2);
   });
 });

@@ -9,11 +9,11 @@
  * The seed is printed. `RPA_FUZZ_SEED=<seed> npx vitest run test/disconnect-fuzz.test.ts` replays the
  * same cases (`RPA_FUZZ_CASES` sets how many per listener).
  */
-import { createHash } from 'node:crypto';
 import { get } from 'node:http';
 import { type Socket, connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type PortedAgentProcess, startPortedAgentProcess } from './fixtures/agent.ts';
+import { sha256 } from './fixtures/digest.ts';
 import { countFds } from './fixtures/fds.ts';
 import { recordFigures } from './fixtures/figures.ts';
 import { type FuzzCase, type FuzzTargets, generateCases } from './fixtures/fuzz-requests.ts';
@@ -174,7 +174,7 @@ function plainGet(url: string): Promise<{ status: number; body: Buffer }> {
 async function blobDigest(digest: string): Promise<string> {
   const { status, body } = await plainGet(`http://127.0.0.1:${port}/v2/${REPO}/blobs/${digest}?ns=${REGISTRY}`);
   expect(status).toBe(200);
-  return `sha256:${createHash('sha256').update(body).digest('hex')}`;
+  return sha256(body);
 }
 
 async function invariants(baselineFds: number, where: string): Promise<void> {

@@ -2,7 +2,6 @@
 // cache_dir is a real 24 MiB tmpfs, against an in-memory registry whose responses the test holds
 // and releases. The bounds are sampled while the fills run; upstream request counts are the proof
 // for the slots.
-import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { request } from 'undici';
@@ -11,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RELAY_CRAWL_MS } from '../agent/cache/fill.ts';
 import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
 import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
+import { sha256 } from './fixtures/digest.ts';
 import { recordFigures } from './fixtures/figures.ts';
 import { type MemoryBlob, makeRandomBlob } from './fixtures/image.ts';
 import { type PacedRegistry, type PacedRequest, startPacedRegistry } from './fixtures/paced-registry.ts';
@@ -23,10 +23,6 @@ import { parseDigest } from '../agent/oci/digest.ts';
 
 const REGISTRY = 'registry.corp.example:5000';
 const MiB = 1024 * 1024;
-
-function sha256(bytes: Buffer): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-}
 
 interface Pulled {
   status: number;

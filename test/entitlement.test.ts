@@ -57,19 +57,20 @@
  *   401): any of 401/403/404 is accepted (a refusal; no challenge is required, containerd has no
  *   credential to offer the agent's upstream); passthrough must match the upstream's status exactly.
  */
-import { X509Certificate, createHash, createPrivateKey, randomBytes } from 'node:crypto';
+import { X509Certificate, createPrivateKey, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
 import { type BasicAuth, basicAuthHeader } from './fixtures/auth.ts';
 import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
+import { sha256 } from './fixtures/digest.ts';
+import { type Answer, get as httpGet } from './fixtures/http-client.ts';
 import { type TestImage, makeImage, pushImage } from './fixtures/image.ts';
 import { runCommand } from './fixtures/process.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
-import { type TokenServer, startTokenServer } from './fixtures/token-server.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
+import { type TokenServer, startTokenServer } from './fixtures/token-server.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Who is who
@@ -211,23 +212,14 @@ const ACCEPT = [
   '*/*',
 ].join(', ');
 
-type Headers = Record<string, string | string[] | undefined>;
-
-interface Answer {
-  status: number;
-  headers: Headers;
-  body: Buffer;
-}
-
 /** The final answer a puller ends up with, and every body it received on the way. */
 interface Pull extends Answer {
   seen: Buffer[];
 }
 
-async function get(url: string, headers: Record<string, string> = {}): Promise<Answer> {
-  const response = await request(url, { headers: { accept: ACCEPT, ...headers } });
-  const body = Buffer.from(await response.body.arrayBuffer());
-  return { status: response.statusCode, headers: response.headers as Headers, body };
+/** A GET accepting every manifest type, as a puller sends it. */
+function get(url: string, headers: Record<string, string> = {}): Promise<Answer> {
+  return httpGet(url, { accept: ACCEPT, ...headers });
 }
 
 function header(answer: Answer, name: string): string | undefined {
@@ -282,10 +274,6 @@ function ociCode(body: Buffer): string | undefined {
   } catch {
     return undefined;
   }
-}
-
-function sha256(bytes: Buffer): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,11 +10,13 @@ import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
-import { OCI_MANIFEST } from './fixtures/image.ts';
+import { sha256 } from './fixtures/digest.ts';
 import { recordFigures } from './fixtures/figures.ts';
+import { type Answer, fetchAnswer } from './fixtures/http-client.ts';
+import { OCI_MANIFEST } from './fixtures/image.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { rawSocket } from './fixtures/raw-http.ts';
-import { type ScriptedRegistry, sha256, startScriptedRegistry } from './fixtures/scripted-registry.ts';
+import { type ScriptedRegistry, startScriptedRegistry } from './fixtures/scripted-registry.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
 
 const REGISTRY = 'registry.exhaustion.example';
@@ -280,9 +282,8 @@ describe('the body budget is back to zero after every manifest and token path', 
     if (dir) await removeTempDir(dir);
   });
 
-  async function get(path: string, method: 'GET' | 'HEAD' = 'GET', headers: Record<string, string> = {}): Promise<{ status: number; body: Buffer; headers: Record<string, unknown> }> {
-    const response = await request(`${agent.url}${path}`, { method, headers, signal: AbortSignal.timeout(10_000) });
-    return { status: response.statusCode, body: Buffer.from(await response.body.arrayBuffer()), headers: response.headers };
+  function get(path: string, method: 'GET' | 'HEAD' = 'GET', headers: Record<string, string> = {}): Promise<Answer> {
+    return fetchAnswer(`${agent.url}${path}`, { method, headers, signal: AbortSignal.timeout(10_000) });
   }
 
   const manifestPath = (repo: string, reference: string): string => `/v2/${repo}/manifests/${reference}?ns=${PT}`;

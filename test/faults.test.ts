@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { request } from 'undici';
@@ -6,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AgentProcess, type InProcessAgent, startAgent, startAgentProcess, writeAgentConfig } from './fixtures/agent.ts';
 import { type ConnectivityProxy, startConnectivityProxy } from './fixtures/connectivity-proxy.ts';
 import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
+import { sha256 } from './fixtures/digest.ts';
 import { type Figures, recordFigures } from './fixtures/figures.ts';
 import { type MemoryBlob, makeRandomBlob, pushBlob } from './fixtures/image.ts';
 import { peakRssMiB, resetPeakRss, rssMiB } from './fixtures/memory.ts';
@@ -23,10 +23,6 @@ const REGISTRY = 'registry.corp.example:5000';
  * seconds), far below the test timeout, so a hang is reported as such rather than as a timeout.
  */
 const CLIENT_DEADLINE_MS = 10_000;
-
-function sha256(bytes: Buffer): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-}
 
 interface Outcome {
   status: number;

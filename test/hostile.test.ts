@@ -15,10 +15,12 @@ import { MirrorSet } from '../agent/http/mirror-set.ts';
 import { createMirrorServer } from '../agent/http/server.ts';
 import { createLogger } from '../agent/log.ts';
 import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
+import { sha256 } from './fixtures/digest.ts';
+import { fetchAnswer } from './fixtures/http-client.ts';
 import { type MemoryBlob, OCI_MANIFEST, type TestImage, makeImage, makeRandomBlob } from './fixtures/image.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { type RawExchange, type RawResponse, rawExchange, rawSocket } from './fixtures/raw-http.ts';
-import { type ScriptHandler, type ScriptedRegistry, sha256, startScriptedRegistry } from './fixtures/scripted-registry.ts';
+import { type ScriptHandler, type ScriptedRegistry, startScriptedRegistry } from './fixtures/scripted-registry.ts';
 import { type Sentinel, startSentinel } from './fixtures/sentinel.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
 
@@ -59,10 +61,8 @@ interface Answer {
   readonly body: Buffer;
 }
 
-async function get(path: string, init: { method?: 'GET' | 'HEAD' | 'POST' | 'PUT'; headers?: Record<string, string>; body?: string } = {}): Promise<Answer> {
-  const response = await request(`${agent.url}${path}`, { method: init.method ?? 'GET', headers: init.headers, body: init.body });
-  const body = Buffer.from(await response.body.arrayBuffer());
-  return { status: response.statusCode, headers: response.headers, body };
+function get(path: string, init: { method?: 'GET' | 'HEAD' | 'POST' | 'PUT'; headers?: Record<string, string>; body?: string } = {}): Promise<Answer> {
+  return fetchAnswer(`${agent.url}${path}`, init);
 }
 
 /** A GET that reports a cut connection instead of throwing. */

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
@@ -6,6 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
 import { type ContainerdHandle, startContainerd } from './fixtures/containerd.ts';
 import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
+import { sha256 } from './fixtures/digest.ts';
+import { type Answer, type OciErrorBody, fetchAnswer } from './fixtures/http-client.ts';
 import { type MemoryBlob, type TestImage, makeImage, makeRandomBlob, pushBlob, pushImage } from './fixtures/image.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
@@ -16,16 +17,14 @@ const auth = { username: 'puller', password: 'correct horse' };
 const REGISTRY = 'registry.corp.example:5000';
 const REPO = 'team/app';
 
-function sha256(bytes: Buffer): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+/** A connection of its own for one request, as separate containerd pulls would have: a shared pool could queue them. */
+function ownConnection(): Agent {
+  return new Agent({ keepAliveTimeout: 10, keepAliveMaxTimeout: 10 });
 }
 
-/** Each GET on its own connection, as separate containerd pulls would be: a shared pool could queue them. */
-async function getBlob(agentUrl: string, digest: string, headers: Record<string, string> = {}) {
-  const dispatcher = new Agent({ keepAliveTimeout: 10, keepAliveMaxTimeout: 10 });
-  const response = await request(`${agentUrl}/v2/${REPO}/blobs/${digest}?ns=${REGISTRY}`, { headers, dispatcher });
-  const body = Buffer.from(await response.body.arrayBuffer());
-  return { status: response.statusCode, headers: response.headers, body };
+/** Each GET on its own connection. */
+function getBlob(agentUrl: string, digest: string, headers: Record<string, string> = {}): Promise<Answer> {
+  return fetchAnswer(`${agentUrl}/v2/${REPO}/blobs/${digest}?ns=${REGISTRY}`, { headers, dispatcher: ownConnection() });
 }
 
 /** GETs a blob and reports whether the body arrived whole, or the connection was cut. */
@@ -38,10 +37,6 @@ async function tryGetBlob(agentUrl: string, digest: string): Promise<{ status: n
   }
 }
 
-interface OciErrorBody {
-  errors: Array<{ code: string; message: string; detail?: Record<string, unknown> }>;
-}
-
 /** The first entry of an OCI error body; fails the test when the body is not one. */
 function ociError(body: Buffer): OciErrorBody['errors'][number] {
   const parsed = JSON.parse(body.toString('utf8')) as OciErrorBody;
@@ -50,11 +45,8 @@ function ociError(body: Buffer): OciErrorBody['errors'][number] {
 }
 
 /** HEAD or GET of any path on the agent, on its own connection; the body is read whole. */
-async function call(url: string, method: 'GET' | 'HEAD' = 'GET') {
-  const dispatcher = new Agent({ keepAliveTimeout: 10, keepAliveMaxTimeout: 10 });
-  const response = await request(url, { method, dispatcher });
-  const body = Buffer.from(await response.body.arrayBuffer());
-  return { status: response.statusCode, headers: response.headers, body };
+function call(url: string, method: 'GET' | 'HEAD' = 'GET'): Promise<Answer> {
+  return fetchAnswer(url, { method, dispatcher: ownConnection() });
 }
 
 /** The headers every blob answer carries, whatever its origin (upstream, cache). */

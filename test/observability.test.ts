@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -6,16 +6,18 @@ import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../agent/log.ts';
 import { type AgentProcess, type InProcessAgent, startAgent, startAgentProcess, writeAgentConfig } from './fixtures/agent.ts';
-import { type ConnectivityProxy, type OAuthServer, startConnectivityProxy, startOAuthServer } from './fixtures/connectivity-proxy.ts';
+import type { OAuthServer } from './fixtures/connectivity-proxy.ts';
 import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
+import { type CpStack, startCpStack } from './fixtures/cp-stack.ts';
+import { sha256 } from './fixtures/digest.ts';
 import { type TestImage, makeImage, makeRandomBlob, pushBlob, pushImage } from './fixtures/image.ts';
+import { parseMetrics } from './fixtures/metrics-text.ts';
 import { freePort } from './fixtures/net.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
 import { type ScriptedRegistry, startScriptedRegistry } from './fixtures/scripted-registry.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
 import { type TokenRegistry, startTokenRegistry } from './fixtures/token-registry.ts';
-import { parseMetrics } from './fixtures/metrics-text.ts';
 
 const REGISTRY = 'registry.corp.example:5000';
 
@@ -282,7 +284,7 @@ describe('metrics under a small cache and a stalling upstream', () => {
 
   it('counts an upstream that goes silent mid-body as body_timeout, with the cause in the log', async () => {
     const bytes = randomBytes(64 * 1024);
-    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    const digest = sha256(bytes);
     scripted.on('GET', `/v2/team/app/blobs/${digest}`, (req, res) => {
       req.resume();
       // A resume (Range) is refused: one stall, one timeout.
@@ -316,45 +318,37 @@ describe('token metrics and no secrets on /metrics after authenticated pulls', (
   const VIRTUAL = 'registry.virtual:5000';
   const PASSWORD = 'pw-4f1c9e7a-secret';
   const CLIENT_SECRET = 'cs-8d2b6a05-secret';
-  let dir: string;
   let tokens: TokenRegistry;
   let oauth: OAuthServer;
-  let cp: ConnectivityProxy;
   let agent: InProcessAgent;
   let image: TestImage;
+  let stack: CpStack | undefined;
 
   beforeAll(async () => {
-    dir = await makeTempDir('rpa-obs-auth');
-    [tokens, oauth, image] = await Promise.all([
-      startTokenRegistry({ users: { alice: PASSWORD } }),
-      startOAuthServer({ clientId: 'sb-agent', clientSecret: CLIENT_SECRET }),
-      makeImage({ layers: 1, layerBytes: 4096 }),
-    ]);
+    [tokens, image] = await Promise.all([startTokenRegistry({ users: { alice: PASSWORD } }), makeImage({ layers: 1, layerBytes: 4096 })]);
     await tokens.push('team/app', 'v1', image);
     const realm = new URL(tokens.tokenServer.url);
-    // The token realm is reached through the Connectivity Proxy too, as one more virtual host.
-    cp = await startConnectivityProxy({
+    stack = await startCpStack({
+      dir: { name: 'rpa-obs-auth' },
+      // The token realm is reached through the Connectivity Proxy too, as one more virtual host.
       virtualHosts: { [VIRTUAL]: tokens.registry.url, [realm.host]: realm.origin },
-      trusted: false,
-      isValidToken: (token) => oauth.isValidToken(token),
+      oauth: { clientId: 'sb-agent', clientSecret: CLIENT_SECRET },
+      agent: {
+        mirrors: [
+          // The token server listens on another loopback port than the registry: listed, as an admin would.
+          { registry: AGENT_AUTH, upstream: tokens.registry.url, username: 'alice', password: PASSWORD, allowedDestinations: [realm.host] },
+          { registry: PASSTHROUGH, upstream: tokens.registry.url, allowedDestinations: [realm.host] },
+          { registry: THROUGH_CP, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', username: 'alice', password: PASSWORD },
+        ],
+      },
     });
-    agent = await startAgent({
-      dir,
-      connectivityProxy: { url: cp.url, tokenUrl: oauth.url, clientId: 'sb-agent', clientSecret: CLIENT_SECRET },
-      mirrors: [
-        // The token server listens on another loopback port than the registry: listed, as an admin would.
-        { registry: AGENT_AUTH, upstream: tokens.registry.url, username: 'alice', password: PASSWORD, allowedDestinations: [realm.host] },
-        { registry: PASSTHROUGH, upstream: tokens.registry.url, allowedDestinations: [realm.host] },
-        { registry: THROUGH_CP, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', username: 'alice', password: PASSWORD },
-      ],
-    });
+    agent = stack.agent;
+    oauth = stack.oauth!;
   });
 
   afterAll(async () => {
-    await agent?.stop();
-    await Promise.all([cp?.stop(), oauth?.stop()]);
+    await stack?.stop();
     await tokens?.stop();
-    if (dir) await removeTempDir(dir);
   });
 
   it('counts tokens by who they are for, once each, and /metrics holds no password, token or client secret', async () => {

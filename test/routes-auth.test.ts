@@ -1,19 +1,21 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
-import { type ConnectivityProxy, type OAuthServer, startConnectivityProxy, startOAuthServer } from './fixtures/connectivity-proxy.ts';
+import { type ConnectivityProxy, type OAuthServer, startConnectivityProxy } from './fixtures/connectivity-proxy.ts';
 import { type ContainerdHandle, startContainerd } from './fixtures/containerd.ts';
-import { type TestImage, makeImage, pushImage } from './fixtures/image.ts';
+import { type CpStack, startCpStack } from './fixtures/cp-stack.ts';
+import { sha256 } from './fixtures/digest.ts';
+import { get } from './fixtures/http-client.ts';
 import { parseBasic, sendJson } from './fixtures/http-server.ts';
+import { type TestImage, makeImage, pushImage } from './fixtures/image.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { type BasicAuth, type RegistryHandle, startRegistry } from './fixtures/registry.ts';
 import { type ScriptedRegistry, startScriptedRegistry } from './fixtures/scripted-registry.ts';
 import { type TinyproxyHandle, startTinyproxy } from './fixtures/tinyproxy.ts';
-import { type TokenRegistry, startTokenRegistry } from './fixtures/token-registry.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
+import { type TokenRegistry, startTokenRegistry } from './fixtures/token-registry.ts';
 
 const REGISTRY = 'registry.corp.example:5000';
 const VIRTUAL = 'registry.virtual:5000';
@@ -22,16 +24,6 @@ const bob = { username: 'bob', password: 'the builder' };
 
 function basic(username: string, password: string): string {
   return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`;
-}
-
-function sha256(bytes: Buffer): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-}
-
-async function get(url: string, headers: Record<string, string> = {}) {
-  const response = await request(url, { headers });
-  const body = Buffer.from(await response.body.arrayBuffer());
-  return { status: response.statusCode, headers: response.headers, body, json: () => JSON.parse(body.toString()) as { errors: Array<{ code: string; message: string; detail?: Record<string, unknown> }> } };
 }
 
 interface TokenPull {
@@ -72,29 +64,27 @@ describe('connectivity-proxy route, passthrough auth, private content in the cac
   let agent: InProcessAgent;
   let containerd: ContainerdHandle;
   let image: TestImage;
+  let stack: CpStack | undefined;
 
   beforeAll(async () => {
-    dir = await makeTempDir('rpa-cp');
     await Promise.all([
       startRegistry({ auth: alice }).then((r) => (registry = r)),
       startContainerd().then((c) => (containerd = c)),
       makeImage({ layers: 2, layerBytes: 128 * 1024 }).then((i) => (image = i)),
     ]);
     await pushImage(registry.url, 'team/app', 'v1', image, alice);
-    cp = await startConnectivityProxy({ virtualHosts: { [VIRTUAL]: registry.url }, locations: { 'loc-1': 'connected' } });
-    agent = await startAgent({
-      dir,
-      manageHosts: true,
-      connectivityProxy: { url: cp.url, locationId: 'loc-1' },
-      mirrors: [{ registry: REGISTRY, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy' }],
-    });
+    ({ dir, cp, agent } = stack = await startCpStack({
+      dir: { name: 'rpa-cp' },
+      virtualHosts: { [VIRTUAL]: registry.url },
+      locations: { 'loc-1': 'connected' },
+      locationId: 'loc-1',
+      agent: { manageHosts: true, mirrors: [{ registry: REGISTRY, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy' }] },
+    }));
   });
 
   afterAll(async () => {
-    await agent?.stop();
-    await Promise.all([containerd?.stop(), cp?.stop()]);
-    await registry?.stop();
-    if (dir) await removeTempDir(dir);
+    await stack?.stop();
+    await Promise.all([containerd?.stop(), registry?.stop()]);
   });
 
   it('containerd pulls with its pull secret through agent → Connectivity Proxy → registry', async () => {
@@ -161,35 +151,29 @@ describe('connectivity-proxy route, passthrough auth, private content in the cac
 });
 
 describe('connectivity-proxy non-trusted mode: OAuth token as Proxy-Authorization, refreshed once on 407', () => {
-  let dir: string;
   let registry: RegistryHandle;
   let cp: ConnectivityProxy;
   let oauth: OAuthServer;
   let agent: InProcessAgent;
+  let stack: CpStack | undefined;
   const revoked = new Set<string>();
   let refuseAll = false;
 
   beforeAll(async () => {
-    dir = await makeTempDir('rpa-cp-oauth');
     registry = await startRegistry({ auth: alice });
-    oauth = await startOAuthServer({ clientId: 'sb-agent', clientSecret: 'client secret!' });
-    cp = await startConnectivityProxy({
+    stack = await startCpStack({
+      dir: { name: 'rpa-cp-oauth' },
       virtualHosts: { [VIRTUAL]: registry.url },
-      trusted: false,
-      isValidToken: (token) => !refuseAll && !revoked.has(token) && oauth.isValidToken(token),
+      oauth: { clientId: 'sb-agent', clientSecret: 'client secret!', accept: (token) => !refuseAll && !revoked.has(token) },
+      agent: { mirrors: [{ registry: REGISTRY, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', username: alice.username, password: alice.password }] },
     });
-    agent = await startAgent({
-      dir,
-      connectivityProxy: { url: cp.url, tokenUrl: oauth.url, clientId: 'sb-agent', clientSecret: 'client secret!' },
-      mirrors: [{ registry: REGISTRY, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', username: alice.username, password: alice.password }],
-    });
+    ({ cp, agent } = stack);
+    oauth = stack.oauth!;
   });
 
   afterAll(async () => {
-    await agent?.stop();
-    await Promise.all([cp?.stop(), oauth?.stop()]);
+    await stack?.stop();
     await registry?.stop();
-    if (dir) await removeTempDir(dir);
   });
 
   it('sends the cached token, and on 407 fetches a new one exactly once', async () => {
@@ -240,9 +224,9 @@ describe('token auth (realm on another host:port) through the Connectivity Proxy
   let containerd: ContainerdHandle;
   let image: TestImage;
   let otherImage: TestImage;
+  let stack: CpStack | undefined;
 
   beforeAll(async () => {
-    dir = await makeTempDir('rpa-token');
     await Promise.all([
       startTokenRegistry({
         users: { [alice.username]: alice.password, [bob.username]: bob.password },
@@ -259,24 +243,24 @@ describe('token auth (realm on another host:port) through the Connectivity Proxy
     await tokens.push('priv/other/app', 'v1', otherImage);
     const realm = new URL(tokens.tokenServer.url);
     cpHosts = { [VIRTUAL]: tokens.registry.url, [realm.host]: realm.origin };
-    cp = await startConnectivityProxy({ virtualHosts: cpHosts });
+    ({ dir, cp, agent } = stack = await startCpStack({
+      dir: { name: 'rpa-token' },
+      virtualHosts: cpHosts,
+      agent: {
+        manageHosts: true,
+        mirrors: [
+          { registry: REGISTRY, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', repositoryPrefix: 'priv' },
+          { registry: SHORT_STALE, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', repositoryPrefix: 'priv', maxStale: `${SHORT_STALE_MS}ms` },
+        ],
+      },
+    }));
     cpPort = cp.port;
-    agent = await startAgent({
-      dir,
-      manageHosts: true,
-      connectivityProxy: { url: cp.url },
-      mirrors: [
-        { registry: REGISTRY, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', repositoryPrefix: 'priv' },
-        { registry: SHORT_STALE, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', repositoryPrefix: 'priv', maxStale: `${SHORT_STALE_MS}ms` },
-      ],
-    });
   });
 
   afterAll(async () => {
-    await agent?.stop();
-    await Promise.all([containerd?.stop(), cp?.stop()]);
-    await tokens?.stop();
-    if (dir) await removeTempDir(dir);
+    await stack?.stop();
+    // The tests restart the proxy on the same port: `cp` may be another one than the stack's.
+    await Promise.all([containerd?.stop(), cp?.stop(), tokens?.stop()]);
   });
 
   it('containerd gets its token from the agent, which forwards the OAuth2 POST to the real realm', async () => {

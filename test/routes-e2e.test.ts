@@ -1,12 +1,15 @@
 import { createHash } from 'node:crypto';
 import { copyFile, mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { getGlobalDispatcher, request, setGlobalDispatcher } from 'undici';
+import { getGlobalDispatcher, setGlobalDispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type InProcessAgent, type TestMirror, agentMain, startAgent, writeAgentConfig } from './fixtures/agent.ts';
+import { type InProcessAgent, type TestMirror, agentMain, writeAgentConfig } from './fixtures/agent.ts';
 import { type ConfiguredAgent, type MirrorKeys, addMirrorKeys, startConfiguredAgent } from './fixtures/configured-agent.ts';
-import { type ConnectivityProxy, startConnectivityProxy } from './fixtures/connectivity-proxy.ts';
+import type { ConnectivityProxy } from './fixtures/connectivity-proxy.ts';
 import { type ContainerdHandle, startContainerd } from './fixtures/containerd.ts';
+import { type CpStack, startCpStack } from './fixtures/cp-stack.ts';
+import { sha256 } from './fixtures/digest.ts';
+import { type OciErrorBody, get } from './fixtures/http-client.ts';
 import { type TestImage, makeImage, pushImage } from './fixtures/image.ts';
 import { freePort } from './fixtures/net.ts';
 import { pollUntil } from './fixtures/poll.ts';
@@ -21,20 +24,6 @@ const REGISTRY = 'registry.corp.example:5000';
 const VIRTUAL = 'registry.virtual:5000';
 const REPO = 'team/app';
 const alice = { username: 'alice', password: 'wonder land' };
-
-interface OciErrorBody {
-  errors: Array<{ code: string; message: string; detail?: Record<string, unknown> }>;
-}
-
-function sha256(bytes: Buffer): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-}
-
-async function get(url: string, headers: Record<string, string> = {}) {
-  const response = await request(url, { headers });
-  const body = Buffer.from(await response.body.arrayBuffer());
-  return { status: response.statusCode, headers: response.headers, body, json: () => JSON.parse(body.toString()) as OciErrorBody };
-}
 
 /** Status of every `GET <path>` in distribution's access log (combined log format). */
 async function registryGets(logFile: string, path: string): Promise<number[]> {
@@ -54,9 +43,9 @@ describe('containerd → agent (auth = "agent") → Connectivity Proxy → htpas
   let containerd: ContainerdHandle;
   let image: TestImage;
   let blobs: string[];
+  let stack: CpStack | undefined;
 
   beforeAll(async () => {
-    dir = await makeTempDir('rpa-e2e-cp-agent');
     await Promise.all([
       startRegistry({ auth: alice }).then((r) => (registry = r)),
       startContainerd().then((c) => (containerd = c)),
@@ -64,20 +53,18 @@ describe('containerd → agent (auth = "agent") → Connectivity Proxy → htpas
     ]);
     blobs = [image.config.digest, ...image.layers.map((l) => l.digest)];
     await pushImage(registry.url, REPO, 'v1', image, alice);
-    cp = await startConnectivityProxy({ virtualHosts: { [VIRTUAL]: registry.url }, locations: { 'loc-1': 'connected' } });
-    agent = await startAgent({
-      dir,
-      manageHosts: true,
-      connectivityProxy: { url: cp.url, locationId: 'loc-1' },
-      mirrors: [{ registry: REGISTRY, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', auth: 'agent', ...alice }],
-    });
+    ({ dir, cp, agent } = stack = await startCpStack({
+      dir: { name: 'rpa-e2e-cp-agent' },
+      virtualHosts: { [VIRTUAL]: registry.url },
+      locations: { 'loc-1': 'connected' },
+      locationId: 'loc-1',
+      agent: { manageHosts: true, mirrors: [{ registry: REGISTRY, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', auth: 'agent', ...alice }] },
+    }));
   });
 
   afterAll(async () => {
-    await agent?.stop();
-    await Promise.all([containerd?.stop(), cp?.stop()]);
-    await registry?.stop();
-    if (dir) await removeTempDir(dir);
+    await stack?.stop();
+    await Promise.all([containerd?.stop(), registry?.stop()]);
   });
 
   it('containerd pulls without any credential; each blob crosses the Connectivity Proxy and the registry once', async () => {
@@ -312,26 +299,27 @@ describe('Connectivity Proxy with a token registry whose realm is https', () => 
   let registry: RegistryHandle;
   let cp: ConnectivityProxy;
   let agent: InProcessAgent;
+  let stack: CpStack | undefined;
 
   beforeAll(async () => {
     dir = await makeTempDir('rpa-e2e-https-realm');
     // The registry only names the realm in its challenge and checks token signatures against this bundle.
     const ca = await makeTestCa(dir);
     registry = await startRegistry({ tokenAuth: { realm: REALM, service: 'rpa-test-registry', issuer: 'rpa-test-issuer', rootCertBundle: ca.caFile } });
-    cp = await startConnectivityProxy({ virtualHosts: { [VIRTUAL]: registry.url } });
-    agent = await startAgent({
+    ({ cp, agent } = stack = await startCpStack({
       dir,
-      connectivityProxy: { url: cp.url },
-      mirrors: [
-        { registry: AGENT_AUTH, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', auth: 'agent', ...alice },
-        { registry: PASSTHROUGH, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy' },
-      ],
-    });
+      virtualHosts: { [VIRTUAL]: registry.url },
+      agent: {
+        mirrors: [
+          { registry: AGENT_AUTH, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', auth: 'agent', ...alice },
+          { registry: PASSTHROUGH, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy' },
+        ],
+      },
+    }));
   });
 
   afterAll(async () => {
-    await agent?.stop();
-    await cp?.stop();
+    await stack?.stop();
     await registry?.stop();
     if (dir) await removeTempDir(dir);
   });
@@ -384,9 +372,9 @@ describe('Connectivity Proxy with a token registry whose https realm is mapped b
   let containerd: ContainerdHandle;
   let image: TestImage;
   let other: TestImage;
+  let stack: CpStack<ConfiguredAgent> | undefined;
 
   beforeAll(async () => {
-    dir = await makeTempDir('rpa-e2e-realm-map');
     await Promise.all([
       startRealmRegistry({ realm: REALM, users: { [alice.username]: alice.password } }).then((r) => (realmRegistry = r)),
       startContainerd().then((c) => (containerd = c)),
@@ -397,26 +385,23 @@ describe('Connectivity Proxy with a token registry whose https realm is mapped b
     await realmRegistry.push(REPO, 'v1', image);
     await realmRegistry.push(OTHER_REPO, 'v1', other);
     // The Cloud Connector exposes the registry and, as its own virtual host, the token server.
-    cp = await startConnectivityProxy({ virtualHosts: { [VIRTUAL]: realmRegistry.registry.url, [TOKEN_VIRTUAL]: realmRegistry.tokenOrigin } });
-    agent = await startConfiguredAgent(
-      {
-        dir,
+    ({ dir, cp, agent } = stack = await startCpStack({
+      dir: { name: 'rpa-e2e-realm-map' },
+      virtualHosts: { [VIRTUAL]: realmRegistry.registry.url, [TOKEN_VIRTUAL]: realmRegistry.tokenOrigin },
+      agent: {
         manageHosts: true,
-        connectivityProxy: { url: cp.url },
         mirrors: [
           { registry: AGENT_AUTH, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy', auth: 'agent', ...alice },
           { registry: PASSTHROUGH, upstream: `http://${VIRTUAL}`, route: 'connectivity-proxy' },
         ],
       },
-      { [AGENT_AUTH]: REALM_MAP, [PASSTHROUGH]: REALM_MAP },
-    );
+      start: (setup) => startConfiguredAgent(setup, { [AGENT_AUTH]: REALM_MAP, [PASSTHROUGH]: REALM_MAP }),
+    }));
   });
 
   afterAll(async () => {
-    await agent?.stop();
-    await Promise.all([containerd?.stop(), cp?.stop()]);
-    await realmRegistry?.stop();
-    if (dir) await removeTempDir(dir);
+    await stack?.stop();
+    await Promise.all([containerd?.stop(), realmRegistry?.stop()]);
   });
 
   /** Everything the agent sent through the proxy was an http:// absolute-form request to an exposed virtual host, and none was refused. */
