@@ -16,7 +16,7 @@ import type { AddressInfo } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parseDestinations } from '../config/destinations.ts';
 import { BodyBudget } from '../memory/body-budget.ts';
-import { type Digest, parseDigest } from '../oci/digest.ts';
+import { type Digest, sha256Of } from '../oci/digest.ts';
 import { toOciError } from '../http/errors.ts';
 import { ContentUnknownError, OciError } from '../oci/errors.ts';
 import { MANIFEST_ACCEPT } from '../oci/media-types.ts';
@@ -42,12 +42,9 @@ const MAX_STALE = HOUR;
 const LOOPBACK_ALLOWED = parseDestinations(['127.0.0.0/8']);
 const T0 = 1_700_000_000_000;
 
-const D1 = digest('one');
-const D2 = digest('two');
+const D1 = sha256Of('one');
+const D2 = sha256Of('two');
 
-function digest(label: string): Digest {
-  return parseDigest(`sha256:${createHash('sha256').update(label).digest('hex')}`);
-}
 
 function basic(user: string, password: string): string {
   return `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
@@ -520,8 +517,8 @@ describe('AccessBroker', () => {
   });
 
   describe('vouch and derive', () => {
-    const config = digest('config');
-    const layer = digest('layer');
+    const config = sha256Of('config');
+    const layer = sha256Of('layer');
     const manifestBody = Buffer.from(
       JSON.stringify({
         schemaVersion: 2,
@@ -530,7 +527,7 @@ describe('AccessBroker', () => {
         layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: layer, size: 5 }],
       }),
     );
-    const M = digest(manifestBody.toString());
+    const M = sha256Of(manifestBody.toString());
 
     it("vouch: a tag record's date entitles an agent-mode manifest offline within max_stale of that date, not after", async () => {
       const broker = newBroker('agent');

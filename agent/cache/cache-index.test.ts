@@ -1,11 +1,8 @@
-import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { type Digest, parseDigest } from '../oci/digest.ts';
+import { sha256Of } from '../oci/digest.ts';
 import { CacheIndex } from './cache-index.ts';
 
-function digestOf(label: string): Digest {
-  return parseDigest(`sha256:${createHash('sha256').update(label).digest('hex')}`);
-}
+const digestOf = sha256Of;
 
 const A = digestOf('a');
 const B = digestOf('b');

@@ -1,13 +1,10 @@
-import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { type Digest, parseDigest } from '../oci/digest.ts';
+import { type Digest, sha256Of } from '../oci/digest.ts';
 import { CacheIndex } from './cache-index.ts';
 import { DiskReserve } from './disk-reserve.ts';
 import { FillRoom } from './fill-room.ts';
 
-function digestOf(label: string): Digest {
-  return parseDigest(`sha256:${createHash('sha256').update(label).digest('hex')}`);
-}
+const digestOf = sha256Of;
 
 const [A, B, C, D] = ['a', 'b', 'c', 'd'].map(digestOf) as [Digest, Digest, Digest, Digest];
 const NAMES = new Map([

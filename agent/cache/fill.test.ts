@@ -1,7 +1,6 @@
-import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import type { Digest } from '../oci/digest.ts';
+import { type Digest, sha256Of } from '../oci/digest.ts';
 import { FillAbandonedError } from './errors.ts';
 import { Fill, type FillSource } from './fill.ts';
 
@@ -59,7 +58,7 @@ describe('a relay paced by a reader that does not keep up', () => {
 
   it('is not stopped while its reader keeps up, waiters or not', async () => {
     const content = Buffer.alloc(4 * 1024 * 1024, 3);
-    const digest = `sha256:${createHash('sha256').update(content).digest('hex')}` as Digest;
+    const digest = sha256Of(content);
     const body = Readable.from(Array.from({ length: content.length / CHUNK }, (_, i) => content.subarray(i * CHUNK, (i + 1) * CHUNK)));
     const fill = new Fill(digest, '', { handle: undefined, relayWindowBytes: 64 * 1024, relayCrawlMs: 150 }, Promise.resolve<FillSource>({ size: content.length, body, contended: () => true }));
     const reader = fill.attach();
@@ -86,7 +85,7 @@ describe('a relay fed tiny chunks', () => {
     const count = 256 * 1024;
     const content = Buffer.alloc(count);
     for (let i = 0; i < count; i += 1) content[i] = i % 251;
-    const digest = `sha256:${createHash('sha256').update(content).digest('hex')}` as Digest;
+    const digest = sha256Of(content);
     // One byte per chunk, as a hostile upstream sends them (chunked encoding allows it).
     const body = Readable.from(
       (function* () {

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
@@ -11,7 +11,7 @@ import { BlobCache } from '../cache/blob-cache.ts';
 import type { BlobReadable } from '../cache/blob-reader.ts';
 import type { MirrorConfig } from '../config/types.ts';
 import { toOciError } from '../http/errors.ts';
-import { type Digest, parseDigest } from '../oci/digest.ts';
+import { type Digest, sha256Of } from '../oci/digest.ts';
 import { type RepositoryName, parseRepositoryName } from '../oci/reference.ts';
 import { UpstreamClient } from '../upstream/client.ts';
 import { FillQueueFullError } from './errors.ts';
@@ -22,9 +22,7 @@ import { TagStore } from './tag-store.ts';
 const REGISTRY = 'registry.test:5000';
 const NAME: RepositoryName = parseRepositoryName('team/app');
 
-function sha256(bytes: Buffer): Digest {
-  return parseDigest(`sha256:${createHash('sha256').update(bytes).digest('hex')}`);
-}
+const sha256 = sha256Of;
 
 /** Settles `promise` into a value the test can look at without awaiting it to the end. */
 function track<T>(promise: Promise<T>): { state: () => 'pending' | 'resolved' | 'rejected'; value: () => T | undefined; error: () => unknown } {

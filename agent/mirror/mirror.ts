@@ -1,10 +1,9 @@
-import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { AccessBroker, type TokenAnswer, type TokenRequest } from '../auth/broker.ts';
 import type { BlobCache } from '../cache/blob-cache.ts';
 import type { BlobReadable } from '../cache/blob-reader.ts';
 import type { MirrorConfig } from '../config/types.ts';
-import { type Digest, isDigest } from '../oci/digest.ts';
+import { type Digest, isDigest, sha256Of } from '../oci/digest.ts';
 import { MANIFEST_ACCEPT, MANIFEST_MAX_BYTES, mediaTypeFromBody } from '../oci/media-types.ts';
 import type { Reference, RepositoryName } from '../oci/reference.ts';
 import { ContentUnknownError } from '../oci/errors.ts';
@@ -269,7 +268,7 @@ export class Mirror {
     const body = await this.#readManifest(response, ctx);
     return releaseOnThrow(body, async () => {
       const checkedAt = this.#now();
-      const digest = sha256(body.bytes);
+      const digest = sha256Of(body.bytes);
       const announced = firstHeader(response.headers['docker-content-digest']);
       if (announced && announced.startsWith('sha256:') && announced !== digest) {
         throw new UpstreamError(this.registry, 'invalid', `manifest digest header ${announced} does not match its content ${digest}`);
@@ -325,7 +324,7 @@ export class Mirror {
     this.#access.confirm(name, 'manifests', digest, ctx);
     const body = await this.#readManifest(response, ctx);
     return releaseOnThrow(body, async () => {
-      const actual = sha256(body.bytes);
+      const actual = sha256Of(body.bytes);
       if (actual !== digest) {
         throw new UpstreamError(this.registry, 'invalid', `upstream manifest for ${digest} hashes to ${actual}`);
       }
@@ -359,6 +358,3 @@ export class Mirror {
   }
 }
 
-function sha256(bytes: Buffer): Digest {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}` as Digest;
-}

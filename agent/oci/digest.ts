@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { InvalidRequestError } from './errors.ts';
 
 /** A validated `sha256:<64 lowercase hex>` digest. */
@@ -33,4 +34,9 @@ export function digestHex(digest: Digest): string {
 
 export function digestFromHex(hex: string): Digest {
   return parseDigest(`sha256:${hex}`);
+}
+
+/** The sha256 digest of `content`. */
+export function sha256Of(content: Uint8Array | string): Digest {
+  return `sha256:${createHash('sha256').update(content).digest('hex')}` as Digest;
 }
