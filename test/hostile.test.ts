@@ -1033,6 +1033,32 @@ describe('lying token realms and challenges', () => {
     tally('realms', `passthrough: realm ${label}`, 'refused');
   });
 
+  it('passthrough: token POSTs whose form never arrives whole are closed, never left holding a connection', async () => {
+    const id = nextId();
+    tokenEndpoint(`/t/pt-${id}`, answerWith(200, 'application/json', '{"token":"t"}'));
+    challenged(`auth/pt-${id}`, `Bearer realm="/t/pt-${id}",service="x"`);
+    const challenge = await get(`/v2/auth/pt-${id}/manifests/v1?${ns()}`);
+    const realm = (/realm="([^"]+)"/.exec(String(challenge.headers['www-authenticate']))?.[1] ?? '').slice(agent.url.length);
+    expect(realm.startsWith('/_token/')).toBe(true);
+    // 40 clients send a part of their form and half-close: the agent must close its side at once.
+    const sockets = await Promise.all(Array.from({ length: 40 }, () => rawSocket(agentPort)));
+    const closed = sockets.map(
+      (socket) =>
+        new Promise<boolean>((resolve) => {
+          socket.on('error', () => undefined);
+          socket.resume();
+          const timer = setTimeout(() => resolve(false), 3_000);
+          socket.once('close', () => {
+            clearTimeout(timer);
+            resolve(true);
+          });
+        }),
+    );
+    for (const socket of sockets) socket.end(`POST ${realm} HTTP/1.1\r\nHost: ${agent.host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant_type=pass`);
+    expect(await Promise.all(closed)).toEqual(sockets.map(() => true));
+    tally('realms', 'passthrough: token POST cut mid-form', 'cut');
+  });
+
   it('passthrough: a relative realm on the upstream itself is rewritten and works', async () => {
     const repo = 'auth/pt-relative';
     tokenEndpoint('/t/relative', answerWith(200, 'application/json', '{"token":"honest-token"}'));
@@ -1043,6 +1069,9 @@ describe('lying token realms and challenges', () => {
     expect(realm.startsWith(`${agent.url}/_token/`)).toBe(true);
     const token = await get(realm.slice(agent.url.length));
     expect(token.status).toBe(200);
+    // The access log counts the token answer's bytes.
+    const record = agent.requests.filter((r) => r.outcome.kind === 'token').at(-1);
+    expect(record?.outcome.bytes).toBe(token.body.length);
     const pulled = await get(`/v2/${repo}/manifests/v1?${ns()}`, { headers: { authorization: 'Bearer honest-token' } });
     expect(pulled.status).toBe(200);
   });

@@ -134,6 +134,11 @@ export class AccessBroker {
     return `${this.#principal(requester)}\0${name}`;
   }
 
+  /** Upstream accepted this requester for `name` within ACCESS_RECHECK_MS (agent auth: always). */
+  knownToRead(name: RepositoryName, requester: Requester): boolean {
+    return !this.passthrough || this.#acceptedWithin(name, requester, Math.min(ACCESS_RECHECK_MS, this.#maxStaleMs));
+  }
+
   /** A 401, 403 or 404 for this requester: upstream's answer to it, not to everyone. */
   ownsFailure(error: unknown): boolean {
     if (error instanceof AuthRequiredError || error instanceof ContentUnknownError) return true;

@@ -78,6 +78,23 @@ function start(first: FillRequester): { fill: FillStart; controller: AbortContro
 }
 
 describe('FillStart', () => {
+  it('after a refusal, a requester known to be served goes before the others that queued earlier', async () => {
+    const first = requester('attacker-0');
+    const { fill } = start(first);
+    const others = Array.from({ length: 5 }, (_, i) => requester(`attacker-${i + 1}`));
+    for (const other of others) fill.join(other);
+    // Alice's fetches are counted on her script; the requester joining adds that she is known to be served.
+    const aliceScript = requester('alice');
+    fill.join({ key: 'alice', fetch: aliceScript.fetch, ownsFailure: aliceScript.ownsFailure, likely: () => true });
+    first.reject(new Error('refused'));
+    await flush();
+    // Alice is tried next, not after the five that queued before her.
+    expect(aliceScript.calls).toBe(1);
+    expect(others.map((o) => o.calls)).toEqual([0, 0, 0, 0, 0]);
+    aliceScript.resolve(source('alice'));
+    expect(await fill.source).toEqual(source('alice'));
+  });
+
   it("resolves source with the first requester's answer; no stake ever settles and nobody else is asked", async () => {
     const a = requester('a');
     const b = requester('b');

@@ -18,6 +18,12 @@ export interface FillRequester {
   readonly key: string;
   /** True when `error` from this requester's fetch is about this requester only. */
   ownsFailure(error: unknown): boolean;
+  /**
+   * True when this requester is already known to be served (e.g. upstream accepted its credential
+   * for the repository moments ago): after a refusal it is tried before the requesters that are not,
+   * so many refused requesters cannot stand between it and the download.
+   */
+  likely?(): boolean;
 }
 
 /** A bare fetch: one requester everybody shares (its failures are everyone's). */
@@ -90,6 +96,12 @@ export class FillStart {
     };
   }
 
+  /** Moves the first requester known to be served to the front (otherwise the order of arrival stays). */
+  #preferLikely(): void {
+    const at = this.#queue.findIndex((c) => c.requester.likely?.() === true);
+    if (at > 0) this.#queue.unshift(...this.#queue.splice(at, 1));
+  }
+
   async #run(unwanted: AbortSignal): Promise<FillSource> {
     try {
       for (;;) {
@@ -102,6 +114,7 @@ export class FillStart {
           if (!owned || this.#queue.length === 0) throw error;
           this.#failed.set(candidate.requester.key, error);
           candidate.own.reject(error);
+          this.#preferLikely();
         }
       }
     } finally {

@@ -46,6 +46,7 @@ export async function handleTokenRequest(mirrors: MirrorSet, { req, res, recorde
   // From here the response owns the answer: its bytes go back to the budget when it is done.
   releaseWithResponse(res, answer.body);
   res.writeHead(answer.status, { ...answer.headers, 'content-length': String(answer.body.length) });
+  recorder.setBytes(answer.body.length);
   res.end(answer.body.bytes);
 }
 

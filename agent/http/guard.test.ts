@@ -196,6 +196,61 @@ describe('guardServer: timeouts', () => {
   }, 30_000);
 });
 
+describe('guardServer: a request whose body never arrives whole', () => {
+  /** A handler that answers only once it has the whole body (like the token endpoint's POST). */
+  async function bodyReader(): Promise<{ port: number; counts: Counted; answered: () => number }> {
+    const { counts, events } = counting();
+    let answered = 0;
+    const server = createServer({ connectionsCheckingInterval: 50 }, (req, res) => {
+      void (async () => {
+        try {
+          for await (const chunk of req) void chunk;
+          answered += 1;
+          res.end('read it all');
+        } catch {
+          // The client went away mid-body.
+        }
+      })();
+    });
+    guardServer(server, {
+      maxConnections: 4,
+      requestTimeoutMs: 400,
+      sendTimeoutMs: 300,
+      keepAliveTimeoutMs: 5_000,
+      maxRequestsPerSocket: 100,
+      maxPipelined: 16,
+      refusal: REFUSAL,
+      clientErrorAnswer: () => BAD,
+      events,
+    });
+    servers.push(server);
+    return { port: await listenLoopback(server), counts, answered: () => answered };
+  }
+
+  it('is answered and closed at the request timeout while the client stays connected', async () => {
+    const { port, counts, answered } = await bodyReader();
+    const [socket] = await openIdle(port, 1);
+    socket!.write('POST /t HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nx');
+    const result = await closedWithin(socket!, 2_000);
+    expect(result.closed).toBe(true);
+    expect(result.data).toBe(BAD);
+    expect(counts.requestTimeouts).toBe(1);
+    expect(answered()).toBe(0);
+  });
+
+  it('is closed at once when the client half-closes mid-body: no connection is left waiting for bytes that cannot come', async () => {
+    const { port, counts } = await bodyReader();
+    const opened = await openIdle(port, 4);
+    for (const socket of opened) socket.end('POST /t HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nx');
+    const results = await Promise.all(opened.map((socket) => closedWithin(socket, 1_500)));
+    expect(results.every((r) => r.closed)).toBe(true);
+    await pollUntil(() => counts.closed === 4, { timeoutMs: 2_000, what: 'all four connections given back' });
+    // The cap is free again: a new client is served.
+    const next = await rawExchange(port, 'POST /t HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok', { timeoutMs: 2_000 });
+    expect(next.responses[0]?.status).toBe(200);
+  });
+});
+
 describe('guardServer: sockets taken over or answered raw', () => {
   it('a client that resets right after a CONNECT answer raises nothing', async () => {
     const { port, server } = await guarded(ok);

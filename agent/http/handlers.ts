@@ -96,7 +96,7 @@ async function sendBlob(blob: BlobReadable, { request, req, res, recorder }: Req
   const first = await chunks.next();
   if (partial) res.writeHead(206, { ...blobHeaders(digest, partial.end - partial.start), 'content-range': `bytes ${partial.start}-${partial.end - 1}/${size}` });
   else res.writeHead(200, blobHeaders(digest, size));
-  recorder.setBytes(await writeAll(res, startingWith(first, chunks), blob.recycle?.bind(blob)));
+  await writeAll(res, startingWith(first, chunks), blob.recycle?.bind(blob), (bytes) => recorder.setBytes(bytes));
   res.end();
 }
 

@@ -7,6 +7,8 @@ type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 interface ConnectionState {
   /** A request of this connection is being answered (from its handler's start to its response's close). */
   active: boolean;
+  /** That request and its response. */
+  current: { readonly req: IncomingMessage; readonly res: ServerResponse } | undefined;
   /** Requests node:http already parsed from this connection (pipelining), waiting for their turn. */
   readonly waiting: Array<() => void>;
   /** Run once nothing is being answered (a parse error's answer after the responses under way). */
@@ -42,7 +44,7 @@ export class RequestQueue {
       const handlers = server.listeners(event) as Handler[];
       if (handlers.length === 0) continue;
       server.removeAllListeners(event);
-      server.on(event, (req: IncomingMessage, res: ServerResponse) => this.#enqueue(req.socket as Socket, res, () => {
+      server.on(event, (req: IncomingMessage, res: ServerResponse) => this.#enqueue(req.socket as Socket, req, res, () => {
         for (const handler of handlers) handler.call(server, req, res);
       }));
     }
@@ -53,21 +55,33 @@ export class RequestQueue {
     return this.#busy;
   }
 
-  /** Runs `answer` once per connection, after the responses under way on it are done. */
+  /**
+   * Runs `answer` once per connection, after the responses under way on it are done. When the
+   * request being answered never arrived whole (its body stopped, or the client half-closed), its
+   * handler waits for bytes that will not come: the connection is answered now, or cut when that
+   * response already started.
+   */
   whenIdle(socket: Duplex, answer: () => void): void {
     const state = this.#state(socket);
     if (state.answered) return;
     state.answered = true;
+    const current = state.active ? state.current : undefined;
+    if (current && !current.req.complete) {
+      if (current.res.headersSent) socket.destroy();
+      else answer();
+      return;
+    }
     if (state.active) state.idle.push(answer);
     else answer();
   }
 
-  #enqueue(socket: Socket, res: ServerResponse, run: () => void): void {
+  #enqueue(socket: Socket, req: IncomingMessage, res: ServerResponse, run: () => void): void {
     const state = this.#state(socket);
     if (state.cut) return;
     const start = (): void => {
       if (socket.destroyed) return;
       state.active = true;
+      state.current = { req, res };
       this.#busy.add(socket);
       res.once('close', () => this.#done(socket, state));
       run();
@@ -88,6 +102,7 @@ export class RequestQueue {
 
   #done(socket: Socket, state: ConnectionState): void {
     state.active = false;
+    state.current = undefined;
     this.#busy.delete(socket);
     const next = state.waiting.shift();
     if (next && !socket.destroyed) {
@@ -103,7 +118,7 @@ export class RequestQueue {
   #state(socket: Duplex): ConnectionState {
     let state = this.#connections.get(socket);
     if (!state) {
-      state = { active: false, waiting: [], idle: [], answered: false, cut: false };
+      state = { active: false, current: undefined, waiting: [], idle: [], answered: false, cut: false };
       this.#connections.set(socket, state);
     }
     return state;

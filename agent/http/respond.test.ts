@@ -58,4 +58,38 @@ describe('writeAll', () => {
     expect(recycled.size).toBe(CHUNKS);
     expect(WRITE_SLICE_BYTES).toBeLessThan(CHUNK);
   });
+
+  it('reports the bytes handed to the socket as it goes, so an answer cut short still counts what it sent', async () => {
+    const chunks = Array.from({ length: CHUNKS }, () => randomBytes(CHUNK));
+    let reported = 0;
+    const outcome = Promise.withResolvers<unknown>();
+    server = createServer((_req, res) => {
+      res.writeHead(200, { 'content-length': String(CHUNK * CHUNKS) });
+      async function* source(): AsyncGenerator<Buffer> {
+        yield* chunks;
+      }
+      writeAll(res, source(), undefined, (bytes) => (reported = bytes)).then(outcome.resolve, outcome.resolve);
+    });
+    await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    await new Promise<void>((resolve) => {
+      request({ host: '127.0.0.1', port, path: '/' }, (res) => {
+        let received = 0;
+        res.on('data', (part: Buffer) => {
+          received += part.length;
+          // Hang up after a few MiB.
+          if (received > 4 * CHUNK) {
+            res.destroy();
+            resolve();
+          }
+        });
+        res.on('error', () => undefined);
+      })
+        .on('error', () => undefined)
+        .end();
+    });
+    expect(await outcome.promise).toBeInstanceOf(Error);
+    expect(reported).toBeGreaterThanOrEqual(4 * CHUNK);
+    expect(reported).toBeLessThan(CHUNK * CHUNKS);
+  });
 });

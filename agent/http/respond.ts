@@ -34,9 +34,15 @@ export function rawResponse(status: number, headers: Readonly<Record<string, str
 
 /**
  * Writes chunks with backpressure. Resolves when all were written, rejects when the client went
- * away (the iterator is then closed, so its `finally` blocks run).
+ * away (the iterator is then closed, so its `finally` blocks run). `progress` hears the bytes handed
+ * to the socket so far after every chunk, so an answer cut short still counts what it sent.
  */
-export async function writeAll(res: ServerResponse, chunks: AsyncIterable<Buffer>, recycle?: (chunk: Buffer) => void): Promise<number> {
+export async function writeAll(
+  res: ServerResponse,
+  chunks: AsyncIterable<Buffer>,
+  recycle?: (chunk: Buffer) => void,
+  progress?: (bytes: number) => void,
+): Promise<number> {
   let bytes = 0;
   // Once the socket took a chunk, its buffer may be read into again (fewer allocations, less GC).
   const written = recycle ? (chunk: Buffer) => () => recycle(chunk) : undefined;
@@ -55,6 +61,7 @@ export async function writeAll(res: ServerResponse, chunks: AsyncIterable<Buffer
       await drained(res);
       if (performance.now() - waited > SLOW_DRAIN_MS) slice = WRITE_SLICE_BYTES;
     }
+    progress?.(bytes);
   }
   // A source that ended because the client went away (a reader closed under it) is no whole answer.
   if (res.destroyed) throw new ClientGoneError();

@@ -40,6 +40,10 @@ export class UpstreamBlob implements FillRequester {
     return this.#access.ownsFailure(error);
   }
 
+  likely(): boolean {
+    return this.#access.knownToRead(this.#name, this.#requester);
+  }
+
   readonly fetch = async (unwanted: AbortSignal): Promise<FillSource> => {
     const slot = await this.#slots.acquire(unwanted);
     try {
