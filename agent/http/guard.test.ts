@@ -1,4 +1,4 @@
-import { type Server, type ServerResponse, createServer } from 'node:http';
+import { type RequestListener, type Server, type ServerResponse, createServer } from 'node:http';
 import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { closeServer, listenLoopback } from '../../test/fixtures/http-server.ts';
@@ -41,12 +41,10 @@ afterEach(async () => {
   await Promise.all(servers.splice(0).map((s) => closeServer(s)));
 });
 
-async function guarded(handler: (res: ServerResponse, url: string) => void, options: Partial<GuardOptions> = {}): Promise<{ port: number; counts: Counted; server: Server }> {
+/** A guarded test server: short timeouts, a cap of 4; `onRequest` gets the raw request. */
+async function guardedRaw(onRequest: RequestListener, options: Partial<GuardOptions> = {}): Promise<{ port: number; counts: Counted; server: Server }> {
   const { counts, events } = counting();
-  const server = createServer({ connectionsCheckingInterval: 50 }, (req, res) => {
-    req.resume();
-    handler(res, req.url ?? '');
-  });
+  const server = createServer({ connectionsCheckingInterval: 50 }, onRequest);
   guardServer(server, {
     maxConnections: 4,
     requestTimeoutMs: 400,
@@ -61,6 +59,14 @@ async function guarded(handler: (res: ServerResponse, url: string) => void, opti
   });
   servers.push(server);
   return { port: await listenLoopback(server), counts, server };
+}
+
+/** A guarded test server whose handler answers without reading the request body. */
+function guarded(handler: (res: ServerResponse, url: string) => void, options: Partial<GuardOptions> = {}): Promise<{ port: number; counts: Counted; server: Server }> {
+  return guardedRaw((req, res) => {
+    req.resume();
+    handler(res, req.url ?? '');
+  }, options);
 }
 
 async function openIdle(port: number, count: number): Promise<Socket[]> {
@@ -199,9 +205,8 @@ describe('guardServer: timeouts', () => {
 describe('guardServer: a request whose body never arrives whole', () => {
   /** A handler that answers only once it has the whole body (like the token endpoint's POST). */
   async function bodyReader(): Promise<{ port: number; counts: Counted; answered: () => number }> {
-    const { counts, events } = counting();
     let answered = 0;
-    const server = createServer({ connectionsCheckingInterval: 50 }, (req, res) => {
+    const { port, counts } = await guardedRaw((req, res) => {
       void (async () => {
         try {
           for await (const chunk of req) void chunk;
@@ -212,19 +217,7 @@ describe('guardServer: a request whose body never arrives whole', () => {
         }
       })();
     });
-    guardServer(server, {
-      maxConnections: 4,
-      requestTimeoutMs: 400,
-      sendTimeoutMs: 300,
-      keepAliveTimeoutMs: 5_000,
-      maxRequestsPerSocket: 100,
-      maxPipelined: 16,
-      refusal: REFUSAL,
-      clientErrorAnswer: () => BAD,
-      events,
-    });
-    servers.push(server);
-    return { port: await listenLoopback(server), counts, answered: () => answered };
+    return { port, counts, answered: () => answered };
   }
 
   it('is answered and closed at the request timeout while the client stays connected', async () => {
