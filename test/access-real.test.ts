@@ -7,7 +7,7 @@
  *    whether the credential reached the realm online as that form or (fallback) as a Basic header.
  * 3. A cached 200 MiB layer asked for as a manifest: memory stays flat, the answer is an error.
  * 4. An entitled pull of a cold blob while anonymous clients hammer the same digest: always 200
- *    (upstream 50 ms away, test/fixtures/latency-proxy.ts, so their fills overlap).
+ *    (upstream 50 ms away through the counting proxy's latency, so their fills overlap).
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -22,7 +22,6 @@ import { type CountingProxy, startCountingProxy } from './fixtures/counting-prox
 import { type CpStack, startCpStack } from './fixtures/cp-stack.ts';
 import { sha256 } from './fixtures/digest.ts';
 import { type FileBlob, type MemoryBlob, type TestImage, makeImage, makeRandomBlob, makeRandomBlobFile, pushBlob, pushImage } from './fixtures/image.ts';
-import { type LatencyProxy, startLatencyProxy } from './fixtures/latency-proxy.ts';
 import { peakRssMiB, resetPeakRss, rssMiB } from './fixtures/memory.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { runCommand } from './fixtures/process.ts';
@@ -510,7 +509,6 @@ describe('4. join: an entitled pull of a cold blob while anonymous clients loop 
   let dir: string;
   let registry: RegistryHandle | undefined;
   let proxy: CountingProxy | undefined;
-  let latency: LatencyProxy | undefined;
   let agent: InProcessAgent | undefined;
   let blobs: MemoryBlob[];
 
@@ -521,15 +519,13 @@ describe('4. join: an entitled pull of a cold blob while anonymous clients loop 
     for (const blob of blobs) await pushBlob(registry.url, 'priv/app', blob, alice);
     // A paced upstream: every answer (a 401 too) comes 50 ms after the request, as through a tunnel,
     // and each 32 MiB body takes about a second: fills and requests for one digest overlap.
-    proxy = await startCountingProxy(registry.url);
+    proxy = await startCountingProxy(registry.url, { latencyMs: 50 });
     await proxy.setFault({ kind: 'throttle', bytesPerSecond: 32 * 1024 * 1024, pathIncludes: '/blobs/' });
-    latency = await startLatencyProxy(proxy.url, 50);
-    agent = await startAgent({ dir, mirrors: [{ registry: P, upstream: latency.url, auth: 'passthrough' }] });
+    agent = await startAgent({ dir, mirrors: [{ registry: P, upstream: proxy.url, auth: 'passthrough' }] });
   });
 
   afterAll(async () => {
     await cleanup(() => agent?.stop());
-    await cleanup(() => latency?.stop());
     await cleanup(
       () => proxy?.stop(),
       () => registry?.stop(),

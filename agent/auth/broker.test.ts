@@ -21,13 +21,13 @@ import { toOciError } from '../http/errors.ts';
 import { ContentUnknownError, OciError } from '../oci/errors.ts';
 import { MANIFEST_ACCEPT } from '../oci/media-types.ts';
 import { type RepositoryName, parseRepositoryName } from '../oci/reference.ts';
-import { manifestReferences } from '../oci/references.ts';
 import { parseChallenge } from '../upstream/challenge.ts';
 import { UpstreamClient } from '../upstream/client.ts';
 import { UpstreamError } from '../upstream/errors.ts';
 import { ACCESS_RECHECK_MS, AccessBroker, type Requester, type TokenAnswer, realmCredential } from './broker.ts';
 import { AuthRequiredError, TokenRealmUnknownError } from './errors.ts';
 import { listenLoopback } from '../../test/fixtures/http-server.ts';
+import { manifestReferences } from '../oci/references.ts';
 
 const REGISTRY = 'mirror.test';
 const AGENT_BASE = 'http://agent.local:5050';
@@ -555,16 +555,15 @@ describe('AccessBroker', () => {
     });
 
     it("derive: a manifest's references count offline only, within max_stale of the manifest's confirmation", async () => {
-      const references = manifestReferences(manifestBody);
-      expect(references).toEqual([
+      expect(manifestReferences(manifestBody)).toEqual([
         { kind: 'blobs', digest: config },
         { kind: 'blobs', digest: layer },
       ]);
       const broker = newBroker('agent');
       // A manifest never shown in a repository vouches for nothing there.
-      broker.derive(OTHER, M, references);
+      broker.derive(OTHER, M, manifestBody);
       broker.confirm(APP, 'manifests', M, ANON);
-      broker.derive(APP, M, references);
+      broker.derive(APP, M, manifestBody);
 
       // Online, even within 5 minutes: asked.
       upstream.respond = () => ({ status: 200 });
@@ -588,7 +587,7 @@ describe('AccessBroker', () => {
     it('derive: a 404 for a derived reference drops it', async () => {
       const broker = newBroker('agent');
       broker.confirm(APP, 'manifests', M, ANON);
-      broker.derive(APP, M, manifestReferences(manifestBody));
+      broker.derive(APP, M, manifestBody);
       clock = T0 + MINUTE;
       expect(toOciError(await failureOf(broker.check(APP, 'blobs', layer, ANON))).code).toBe('BLOB_UNKNOWN');
       upstream.unavailable = true;
@@ -599,7 +598,7 @@ describe('AccessBroker', () => {
       const broker = newBroker('passthrough');
       await seeChallenge(broker);
       broker.confirm(APP, 'manifests', M, ALICE);
-      broker.derive(APP, M, manifestReferences(manifestBody));
+      broker.derive(APP, M, manifestBody);
       upstream.unavailable = true;
       clock = T0 + 30 * MINUTE;
       // Alice is accepted for the repository, but the layer was never shown to anyone there: 503, as uncached.

@@ -6,7 +6,7 @@ import type { Digest } from '../oci/digest.ts';
 import { ContentUnknownError } from '../oci/errors.ts';
 import { MANIFEST_ACCEPT } from '../oci/media-types.ts';
 import { type RepositoryName, upstreamRepository } from '../oci/reference.ts';
-import type { ManifestReference } from '../oci/references.ts';
+import { manifestReferences } from '../oci/references.ts';
 import { type UpstreamClient, type UpstreamResponse, firstHeader } from '../upstream/client.ts';
 import { UpstreamError, UpstreamRefusedError, fromTransportError } from '../upstream/errors.ts';
 import { contentLength, discard, upstreamFailure } from '../upstream/status.ts';
@@ -131,7 +131,7 @@ export class AccessBroker {
    * key get the same answer from upstream. Never the credential itself.
    */
   requesterKey(name: RepositoryName, requester: Requester): string {
-    return `${this.#principal(requester)}\0${name}`;
+    return principalKey(this.#principal(requester), name);
   }
 
   /** Upstream accepted this requester for `name` within ACCESS_RECHECK_MS (agent auth: always). */
@@ -168,8 +168,7 @@ export class AccessBroker {
    * passthrough). Never moves a newer confirmation back.
    */
   vouch(name: RepositoryName, kind: ContentKind, digest: Digest, at: number): void {
-    const key = linkKey(kind, name, digest);
-    if ((this.#links.get(key) ?? -Infinity) < at) this.#links.set(key, at);
+    setIfNewer(this.#links, linkKey(kind, name, digest), at);
   }
 
   /**
@@ -177,15 +176,12 @@ export class AccessBroker {
    * confirmation (registries only accept a manifest whose blobs are in its repository). Used only
    * while upstream cannot be asked; online, each piece is confirmed by upstream itself.
    */
-  derive(name: RepositoryName, manifest: Digest, references: readonly ManifestReference[]): void {
+  derive(name: RepositoryName, manifest: Digest, body: Buffer): void {
     // passthrough: each requester's own acceptance is in memory only, so this could serve nobody after a restart.
     if (this.passthrough) return;
     const at = this.#linkedAt(name, 'manifests', manifest, true);
     if (at === undefined) return;
-    for (const reference of references) {
-      const key = linkKey(reference.kind, name, reference.digest);
-      if ((this.#derived.get(key) ?? -Infinity) < at) this.#derived.set(key, at);
-    }
+    for (const reference of manifestReferences(body)) setIfNewer(this.#derived, linkKey(reference.kind, name, reference.digest), at);
   }
 
   /**
@@ -196,7 +192,7 @@ export class AccessBroker {
    */
   async check(name: RepositoryName, kind: ContentKind, digest: Digest, requester: Requester): Promise<void> {
     if (this.#entitledWithin(name, kind, digest, requester, Math.min(ACCESS_RECHECK_MS, this.#maxStaleMs), false)) return;
-    const key = `${this.#principal(requester)}\0${linkKey(kind, name, digest)}`;
+    const key = principalKey(this.#principal(requester), linkKey(kind, name, digest));
     let running = this.#checking.get(key);
     if (!running) {
       running = this.#askUpstream(name, kind, digest, requester).finally(() => this.#checking.delete(key));
@@ -366,9 +362,8 @@ export class AccessBroker {
     return this.passthrough ? hashCredential(requester.authorization) : AGENT;
   }
 
-  #acceptedWithin(name: RepositoryName, requester: Requester, maxAgeMs: number): boolean {
+  #acceptedWithin(name: RepositoryName, requester: Requester, maxAgeMs: number, principal = this.#principal(requester)): boolean {
     const now = this.#now();
-    const principal = this.#principal(requester);
     const expires = this.#offlineTokens.get(principal);
     const own = (expires === undefined || now < expires) && this.#accepted.acceptedWithin(principal, name, maxAgeMs, now);
     return own || this.#accepted.acceptedWithin(ANONYMOUS, name, maxAgeMs, now) || this.#issuedToAccepted(name, requester, maxAgeMs, now);
@@ -401,14 +396,15 @@ export class AccessBroker {
   #entitledWithin(name: RepositoryName, kind: ContentKind, digest: Digest, requester: Requester, maxAgeMs: number, derived: boolean): boolean {
     const at = this.#linkedAt(name, kind, digest, derived);
     if (at === undefined || this.#now() - at > maxAgeMs) return false;
-    if (at <= (this.#refused.get(`${this.#principal(requester)}\0${name}`) ?? -Infinity)) return false;
-    return !this.passthrough || this.#acceptedWithin(name, requester, maxAgeMs);
+    const principal = this.#principal(requester);
+    if (at <= (this.#refused.get(principalKey(principal, name)) ?? -Infinity)) return false;
+    return !this.passthrough || this.#acceptedWithin(name, requester, maxAgeMs, principal);
   }
 
   /** Upstream refused this requester for `name`: forget it, and the realm credential its token was issued to. */
   #revoke(name: RepositoryName, requester: Requester): void {
     const principal = this.#principal(requester);
-    this.#refused.set(`${principal}\0${name}`, this.#now());
+    this.#refused.set(principalKey(principal, name), this.#now());
     this.#accepted.forget(principal, name);
     if (!this.passthrough) return;
     const issuedTo = this.#grants.issuedTo(requester.authorization, name, this.#now());
@@ -457,6 +453,16 @@ export function realmCredential(authorization: string | undefined, form: Buffer 
     if (colon >= 0) return `password:${decoded.slice(0, colon)}\0${decoded.slice(colon + 1)}`;
   }
   return authorization ? `header:${authorization}` : 'anonymous';
+}
+
+/** A principal's entry for a repository (or for one content in it): never the credential itself. */
+function principalKey(principal: CredentialHash, rest: string): string {
+  return `${principal}\0${rest}`;
+}
+
+/** Records `at` under `key` unless a later time is already there. */
+function setIfNewer(times: LRUCache<string, number>, key: string, at: number): void {
+  if ((times.get(key) ?? -Infinity) < at) times.set(key, at);
 }
 
 function linkKey(kind: ContentKind, name: RepositoryName, digest: Digest): string {

@@ -7,7 +7,6 @@ import { type Digest, isDigest, sha256Of } from '../oci/digest.ts';
 import { MANIFEST_ACCEPT, MANIFEST_MAX_BYTES, mediaTypeFromBody } from '../oci/media-types.ts';
 import type { Reference, RepositoryName } from '../oci/reference.ts';
 import { ContentUnknownError } from '../oci/errors.ts';
-import { manifestReferences } from '../oci/references.ts';
 import { BodyBudget } from '../memory/body-budget.ts';
 import { type HeldBody, readBody, releaseOnThrow } from '../memory/held-body.ts';
 import { type UpstreamClient, type UpstreamResponse, firstHeader } from '../upstream/client.ts';
@@ -161,17 +160,16 @@ export class Mirror {
     } catch (error) {
       throw this.#access.unavailable(name, ctx, error as Error);
     }
-    this.#access.derive(name, result.digest, manifestReferences(result.body.bytes));
+    this.#access.derive(name, result.digest, result.body.bytes);
     return result;
   }
 
   async blobSize(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<number> {
     try {
-      // Asked before anything of the cache is read: a requester that is not entitled learns nothing from it.
-      if (this.#cache.isCached(digest)) await this.#access.check(name, 'blobs', digest, ctx);
+      const checked = await this.#checkIfCached(name, digest, ctx);
       const cached = await this.#cache.sizeOf(digest);
       if (cached !== undefined) {
-        await this.#access.check(name, 'blobs', digest, ctx);
+        if (!checked) await this.#access.check(name, 'blobs', digest, ctx);
         return cached;
       }
       const response = await this.#access.request('HEAD', name, `blobs/${digest}`, ctx);
@@ -195,10 +193,10 @@ export class Mirror {
    */
   async blob(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<BlobReadable> {
     try {
-      if (this.#cache.isCached(digest)) await this.#access.check(name, 'blobs', digest, ctx);
+      const checked = await this.#checkIfCached(name, digest, ctx);
       const reader = await this.#cache.open(digest, new UpstreamBlob(this.#access, this.#slots, name, digest, ctx, this.#log), ctx.signal);
-      if (reader.origin !== 'miss') {
-        // A running download joined, or cached since the check above: checked before a byte is read.
+      // A running download joined, or a blob cached since: checked before a byte is read.
+      if (reader.origin === 'joined' || (reader.origin === 'hit' && !checked)) {
         try {
           await this.#access.check(name, 'blobs', digest, ctx);
         } catch (error) {
@@ -210,6 +208,16 @@ export class Mirror {
     } catch (error) {
       throw this.#access.unavailable(name, ctx, error as Error);
     }
+  }
+
+  /**
+   * The access decision for a cached blob, made before anything of the cache is opened or read: a
+   * requester that is not entitled learns nothing from it. True when it was made (the blob is cached).
+   */
+  async #checkIfCached(name: RepositoryName, digest: Digest, ctx: PullContext): Promise<boolean> {
+    if (!this.#cache.isCached(digest)) return false;
+    await this.#access.check(name, 'blobs', digest, ctx);
+    return true;
   }
 
   async #manifestByTag(name: RepositoryName, tag: string, ctx: PullContext): Promise<ManifestResult> {

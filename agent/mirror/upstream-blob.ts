@@ -18,7 +18,6 @@ import type { FillSlots } from './fill-slots.ts';
  * knowledge, not the cache's.
  */
 export class UpstreamBlob implements FillRequester {
-  readonly key: string;
   readonly #access: AccessBroker;
   readonly #slots: FillSlots;
   readonly #name: RepositoryName;
@@ -33,7 +32,11 @@ export class UpstreamBlob implements FillRequester {
     this.#digest = digest;
     this.#requester = requester;
     this.#log = log;
-    this.key = access.requesterKey(name, requester);
+  }
+
+  /** Asked only when a download starts or is joined (never for a cache hit). */
+  get key(): string {
+    return this.#access.requesterKey(this.#name, this.#requester);
   }
 
   ownsFailure(error: unknown): boolean {
