@@ -12,7 +12,6 @@
 // Note: constructing an AccessBroker costs ~50 ms here (its LRU caches preallocate 200,000 entries).
 import { createHash } from 'node:crypto';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parseDestinations } from '../config/destinations.ts';
 import { BodyBudget } from '../memory/body-budget.ts';
@@ -26,7 +25,7 @@ import { UpstreamClient } from '../upstream/client.ts';
 import { UpstreamError } from '../upstream/errors.ts';
 import { ACCESS_RECHECK_MS, AccessBroker, type Requester, type TokenAnswer, realmCredential } from './broker.ts';
 import { AuthRequiredError, TokenRealmUnknownError } from './errors.ts';
-import { listenLoopback } from '../../test/fixtures/http-server.ts';
+import { closeServer, listenLoopback } from '../../test/fixtures/http-server.ts';
 import { manifestReferences } from '../oci/references.ts';
 
 const REGISTRY = 'mirror.test';
@@ -81,18 +80,16 @@ class ScriptedUpstream {
   unavailable = false;
   readonly url: URL;
   readonly #server: Server;
-  #stopped = false;
 
-  private constructor(server: Server) {
+  private constructor(server: Server, port: number) {
     this.#server = server;
-    this.url = new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`);
+    this.url = new URL(`http://127.0.0.1:${port}/`);
     server.on('request', (req: IncomingMessage, res: ServerResponse) => this.#answer(req, res));
   }
 
   static async start(): Promise<ScriptedUpstream> {
     const server = createServer();
-    await listenLoopback(server);
-    return new ScriptedUpstream(server);
+    return new ScriptedUpstream(server, await listenLoopback(server));
   }
 
   get realm(): string {
@@ -109,11 +106,8 @@ class ScriptedUpstream {
   }
 
   /** Stops listening, drops open connections: from now on connections are refused. */
-  async stop(): Promise<void> {
-    if (this.#stopped) return;
-    this.#stopped = true;
-    this.#server.closeAllConnections();
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  stop(): Promise<void> {
+    return closeServer(this.#server);
   }
 
   #answer(req: IncomingMessage, res: ServerResponse): void {

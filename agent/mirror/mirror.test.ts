@@ -3,7 +3,6 @@
 // without waiting. Upstream request counts (by method and path) are the proof.
 import { createHash } from 'node:crypto';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,7 +20,7 @@ import { UpstreamClient } from '../upstream/client.ts';
 import { UpstreamError } from '../upstream/errors.ts';
 import { type ManifestResult, Mirror } from './mirror.ts';
 import { TagStore } from './tag-store.ts';
-import { listenLoopback } from '../../test/fixtures/http-server.ts';
+import { closeServer, listenLoopback } from '../../test/fixtures/http-server.ts';
 
 const REGISTRY = 'registry.test:5000';
 const NAME: RepositoryName = parseRepositoryName('team/app');
@@ -76,18 +75,16 @@ class ScriptedUpstream {
   readonly #server: Server;
   readonly #manifests = new Map<string, Buffer>();
   readonly #tags = new Map<string, Digest>();
-  #stopped = false;
 
-  private constructor(server: Server) {
+  private constructor(server: Server, port: number) {
     this.#server = server;
-    this.url = new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`);
+    this.url = new URL(`http://127.0.0.1:${port}/`);
     server.on('request', (req: IncomingMessage, res: ServerResponse) => this.#answer(req, res));
   }
 
   static async start(): Promise<ScriptedUpstream> {
     const server = createServer();
-    await listenLoopback(server);
-    return new ScriptedUpstream(server);
+    return new ScriptedUpstream(server, await listenLoopback(server));
   }
 
   /** Points `tag` at `m` (pushes it). */
@@ -109,11 +106,8 @@ class ScriptedUpstream {
   }
 
   /** Stops listening and drops open connections: from now on upstream refuses connections. */
-  async stop(): Promise<void> {
-    if (this.#stopped) return;
-    this.#stopped = true;
-    this.#server.closeAllConnections();
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  stop(): Promise<void> {
+    return closeServer(this.#server);
   }
 
   #answer(req: IncomingMessage, res: ServerResponse): void {

@@ -154,18 +154,27 @@ export class Mirror {
    * manifest, because containerd's next request is a GET by that digest.
    */
   async manifest(name: RepositoryName, reference: Reference, ctx: PullContext = {}): Promise<ManifestResult> {
-    let result: ManifestResult;
-    try {
-      result = reference.kind === 'digest' ? await this.#manifestByDigest(name, reference.digest, undefined, 'miss', ctx) : await this.#manifestByTag(name, reference.tag, ctx);
-    } catch (error) {
-      throw this.#access.unavailable(name, ctx, error as Error);
-    }
+    const result = await this.#answering(name, ctx, () =>
+      reference.kind === 'digest' ? this.#manifestByDigest(name, reference.digest, undefined, 'miss', ctx) : this.#manifestByTag(name, reference.tag, ctx),
+    );
     this.#access.derive(name, result.digest, result.body.bytes);
     return result;
   }
 
-  async blobSize(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<number> {
+  /**
+   * Runs one content request; an upstream failure it ends with becomes the answer the access broker
+   * gives for it (a requester that is not entitled gets the same answer as for cached content).
+   */
+  async #answering<T>(name: RepositoryName, ctx: PullContext, run: () => Promise<T>): Promise<T> {
     try {
+      return await run();
+    } catch (error) {
+      throw this.#access.unavailable(name, ctx, error as Error);
+    }
+  }
+
+  async blobSize(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<number> {
+    return this.#answering(name, ctx, async () => {
       const checked = await this.#checkIfCached(name, digest, ctx);
       const cached = await this.#cache.sizeOf(digest);
       if (cached !== undefined) {
@@ -179,9 +188,7 @@ export class Mirror {
       const size = contentLength(response);
       if (size === undefined) throw new UpstreamError(this.registry, 'invalid', 'blob HEAD without Content-Length');
       return size;
-    } catch (error) {
-      throw this.#access.unavailable(name, ctx, error as Error);
-    }
+    });
   }
 
   /**
@@ -192,7 +199,7 @@ export class Mirror {
    * the fill goes on with the next joined request's own credential (see FillStart).
    */
   async blob(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<BlobReadable> {
-    try {
+    return this.#answering(name, ctx, async () => {
       const checked = await this.#checkIfCached(name, digest, ctx);
       const reader = await this.#cache.open(digest, new UpstreamBlob(this.#access, this.#slots, name, digest, ctx, this.#log), ctx.signal);
       // A running download joined, or a blob cached since: checked before a byte is read.
@@ -205,9 +212,7 @@ export class Mirror {
         }
       }
       return reader;
-    } catch (error) {
-      throw this.#access.unavailable(name, ctx, error as Error);
-    }
+    });
   }
 
   /**
