@@ -88,7 +88,7 @@ describe('load: 1,000 concurrent connections mixing hits and misses', () => {
     const hits = outcomes.filter((o) => o.hit).map((o) => o.ms);
     const misses = outcomes.filter((o) => !o.hit).map((o) => o.ms);
     const rss = await peakRssMiB(agent.process.pid);
-    const upstreamGets = (blob: MemoryBlob): number => proxy.count({ pathIncludes: blob.digest });
+    const upstreamGets = (blob: MemoryBlob): number => proxy.count({ method: 'GET', pathIncludes: blob.digest });
     const fetchedMoreThanOnce = [...hot, ...cold].filter((blob) => upstreamGets(blob) !== 1);
     await recordFigures('load', '1000 concurrent, hits and misses', {
       requests: outcomes.length,

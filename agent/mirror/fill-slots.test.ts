@@ -179,6 +179,13 @@ class BlobUpstream {
     server.on('request', (req: IncomingMessage, res: ServerResponse) => {
       req.resume();
       const digest = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(req.url ?? '')?.[1] ?? '';
+      // An access check (a HEAD while the slots are busy) is answered from the scripts' presence
+      // and is neither a download nor recorded as one.
+      if (req.method === 'HEAD') {
+        res.writeHead(this.#scripts.has(digest) ? 200 : 404, { 'content-length': '0' });
+        res.end();
+        return;
+      }
       const record = { digest, range: req.headers.range, open: true };
       this.requests.push(record);
       res.on('close', () => {
@@ -372,6 +379,21 @@ describe('Mirror.blob with download slots', () => {
     expect(a.equals(x) && b.equals(x)).toBe(true);
     expect(upstream.gets(sha256(x))).toBe(1);
     expect(upstream.gets(sha256(y))).toBe(0);
+  });
+
+  it('while the slots are busy, a blob upstream refuses gets its refusal at once, as a cached one would: no wait, no 429', async () => {
+    const { mirror, events } = await newMirror(1, 0);
+    const x = randomBytes(200_000);
+    const released = Promise.withResolvers<void>();
+    upstream.script(sha256(x), holdUntil(x, 50_000, released.promise));
+    const first = await mirror.blob(NAME, sha256(x));
+    // The only slot is taken and nobody may queue: a request for a blob upstream does not have.
+    const refused = await mirror.blob(NAME, sha256(randomBytes(10))).then(() => undefined, (error: unknown) => error);
+    expect(refused).not.toBeInstanceOf(FillQueueFullError);
+    expect(toOciError(refused)).toMatchObject({ code: 'BLOB_UNKNOWN', status: 404 });
+    expect(events).toEqual([]);
+    released.resolve();
+    expect((await readAll(first)).equals(x)).toBe(true);
   });
 
   it('drops a queued download whose only client went away; one that others wait for stays', async () => {

@@ -24,8 +24,10 @@ export interface FillSlot {
  */
 export class FillSlots {
   readonly #queue: FifoAdmission;
+  readonly #capacity: number;
 
   constructor(registry: string, limits: FillSlotLimits, onEvent: (event: FillSlotEvent) => void = () => undefined) {
+    this.#capacity = limits.running;
     this.#queue = new FifoAdmission(
       { capacity: limits.running, waiters: limits.queued },
       (_reason, state) => new FillQueueFullError(registry, state.held, state.waiting),
@@ -44,6 +46,12 @@ export class FillSlots {
 
   get waiting(): number {
     return this.#queue.state().waiting;
+  }
+
+  /** Whether a request for a slot now would get one without waiting. */
+  get free(): boolean {
+    const { held, waiting } = this.#queue.state();
+    return waiting === 0 && held < this.#capacity;
   }
 
   /**

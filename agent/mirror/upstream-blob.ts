@@ -48,6 +48,10 @@ export class UpstreamBlob implements FillRequester {
   }
 
   readonly fetch = async (unwanted: AbortSignal): Promise<FillSource> => {
+    // A requester that would wait for a slot (or be refused for a full queue) is first asked about
+    // upstream without one: otherwise the wait, or a 429, would tell it apart from a cached blob's
+    // refusal, whether it may read the blob or not. With a slot free, the GET itself decides.
+    if (!this.#slots.free) await this.#access.check(this.#name, 'blobs', this.#digest, this.#requester);
     const slot = await this.#slots.acquire(unwanted);
     try {
       const response = await this.#access.request('GET', this.#name, `blobs/${this.#digest}`, this.#requester);
