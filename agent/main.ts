@@ -53,7 +53,7 @@ async function serve(config: AgentConfig, log: Logger, configFile: string | unde
   // With [kubernetes] enabled the runtime starts with the persisted RegistryMirror mirrors too, so a
   // restart never drops their hosts.toml; the live RegistryMirrors replace them once listed.
   kube = config.kubernetes?.enabled ? await (await import('./kube/kubernetes.ts')).KubernetesIntegration.prepare(config, log) : undefined;
-  runtime = await AgentRuntime.start(kube?.startConfig ?? config, log);
+  runtime = await AgentRuntime.start(kube?.startConfig ?? config, log, kube?.peerIdentity ? { peerIdentity: kube.peerIdentity } : {});
   await kube?.start(runtime);
   explain(runtime, log);
   if (reloadPending && configFile) void reload(runtime, kube, configFile, log);
@@ -87,6 +87,7 @@ async function reload(runtime: AgentRuntime, kube: KubernetesIntegration | undef
     // The file's mirrors are merged with the RegistryMirrors, never applied alone.
     if (kube) await kube.setTomlMirrors(next.mirrors);
     else await runtime.setMirrors(next.mirrors);
+    await runtime.reloadPeers(next.peers);
   } catch (error) {
     failed(error);
   }

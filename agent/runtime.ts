@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { BlobCache } from './cache/blob-cache.ts';
 import { isLoopback } from './config/address.ts';
 import { type WiringState, wireContainerd } from './containerd/wiring.ts';
-import type { AgentConfig, ConnectivityProxyConfig, ListenAddress, MirrorConfig } from './config/types.ts';
+import type { AgentConfig, ConnectivityProxyConfig, ListenAddress, MirrorConfig, PeersConfig } from './config/types.ts';
 import { createHealthServer } from './health.ts';
 import type { GuardEvents, ListenerLimits } from './http/guard.ts';
 import { type Instrumentation, type ListenerName, instrument } from './metrics/instrument.ts';
@@ -24,6 +24,11 @@ import { DestinationPolicy } from './upstream/destination-policy.ts';
 import { ClientCredentialsTokenSource, type OAuthTokenSource } from './upstream/oauth.ts';
 import { refusalReporter } from './upstream/refusal-log.ts';
 import { ConnectivityProxyRoute, DirectRoute, HttpProxyRoute, type Route } from './upstream/routes.ts';
+import { FileIdentity } from './peers/file-identity.ts';
+import type { PeerIdentitySource } from './peers/identity.ts';
+import type { PeerMember } from './peers/rendezvous.ts';
+import type { PeerNetwork } from './peers/network.ts';
+import { PeerService } from './peers/service.ts';
 
 export interface RuntimeOptions {
   readonly onRequest?: (record: RequestRecord) => void;
@@ -31,6 +36,8 @@ export interface RuntimeOptions {
   readonly probeIntervalMs?: number;
   /** Period of the hosts.toml repair and containerd-config re-check (default 60 s; 0 disables it). */
   readonly rewireIntervalMs?: number;
+  /** The peer key material when it does not come from files (`[peers.tls] secret`: Kubernetes, wired by main). */
+  readonly peerIdentity?: PeerIdentitySource;
 }
 
 /**
@@ -49,6 +56,8 @@ export class AgentRuntime {
   #listening = false;
   #scan: Promise<void> = Promise.resolve();
   #wiring: WiringState | undefined;
+  /** Peer sharing (`[peers] enabled`): undefined when off. */
+  #peers: PeerService | undefined;
 
   /** What every mirror is built from besides its own configuration. */
   readonly #parts: MirrorParts;
@@ -119,6 +128,7 @@ export class AgentRuntime {
     // The mirror port is bound after the mirrors are built: its URL is looked up when a challenge needs it.
     let runtime: AgentRuntime | undefined;
     const parts: MirrorParts = {
+      peers: () => runtime?.peers?.network,
       agentBase: () => (runtime ? agentUrlForContainerd(config.listen, runtime.#mirrorServer) : ''),
       cp: config.connectivityProxy,
       cpTokens,
@@ -133,6 +143,7 @@ export class AgentRuntime {
     };
     const mirrors = new MirrorSet(await Promise.all(config.mirrors.map((m) => buildMirror(m, parts))));
     runtime = new AgentRuntime(config, mirrors, options, parts);
+    await runtime.#startPeers(options.peerIdentity);
     await runtime.#listen();
     runtime.#scan = runtime.#rebuildIndex();
     await runtime.rewire();
@@ -299,9 +310,46 @@ export class AgentRuntime {
     if (this.#tagSweepTimer) clearInterval(this.#tagSweepTimer);
     const timer = setTimeout(() => this.#mirrorServer.closeAllConnections(), graceMs);
     this.#mirrorServer.closeIdleConnections();
-    await Promise.all([closeServer(this.#mirrorServer), closeServer(this.#healthServer)]);
+    await Promise.all([closeServer(this.#mirrorServer), closeServer(this.#healthServer), this.#peers?.stop(graceMs)]);
     clearTimeout(timer);
     await Promise.all(this.mirrors.list().map((m) => m.upstream.close().catch(() => undefined)));
+  }
+
+  /** Peer sharing, when `[peers] enabled`: its listener is up (or waits for key material) before the mirror port. */
+  async #startPeers(external: PeerIdentitySource | undefined): Promise<void> {
+    const config = this.#config.peers;
+    if (!config?.enabled) return;
+    const identity = config.tls.kind === 'files' ? new FileIdentity(config.tls) : external;
+    if (!identity) throw new Error('[peers.tls] secret needs [kubernetes] enabled = true (or set ca_file, cert_file and key_file)');
+    const instrumentation = this.#instrumentation;
+    this.#peers = new PeerService({
+      config,
+      mirrors: this.mirrors,
+      identity,
+      log: this.#log.child({ component: 'peers' }),
+      events: instrumentation.peers,
+      onRequest: (record) => instrumentation.peerServed(record.outcome.bytes),
+      limits: this.#config.limits,
+      guardEvents: listenerEvents('peer', 'peers.max_connections', instrumentation, this.#log),
+    });
+    await this.#peers.start();
+  }
+
+  /** Peer sharing's view of this node and the others; undefined when off. */
+  get peers(): PeerService | undefined {
+    return this.#peers;
+  }
+
+  /** A new member list (EndpointSlices in Kubernetes); ignored when peer sharing is off. */
+  setPeerMembers(members: readonly PeerMember[]): void {
+    this.#peers?.setMembers(members);
+  }
+
+  /** SIGHUP: the file's static members and key material files apply live (turning peers on or off needs a restart). */
+  async reloadPeers(next: PeersConfig | undefined): Promise<void> {
+    if (!this.#peers) return;
+    if (next?.members) this.#peers.setMembers(next.members);
+    await this.#peers.reloadIdentity();
   }
 
   async #listen(): Promise<void> {
@@ -339,6 +387,8 @@ export class AgentRuntime {
 
 /** What every mirror is built from besides its own configuration: the agent's shared parts. */
 interface MirrorParts {
+  /** The other agents, once peer sharing started (undefined when off). */
+  readonly peers: () => PeerNetwork | undefined;
   /** The agent's URL as pullers reach it: token realms in challenges are rewritten to it. */
   readonly agentBase: () => string;
   readonly cp: ConnectivityProxyConfig | undefined;
@@ -355,7 +405,7 @@ interface MirrorParts {
 }
 
 async function buildMirror(config: MirrorConfig, parts: MirrorParts): Promise<Mirror> {
-  const { agentBase, cp, cpTokens, cache, tags, log, instrumentation, upstreamStates, timeouts, limits, bodies } = parts;
+  const { agentBase, cp, cpTokens, cache, tags, log, instrumentation, upstreamStates, timeouts, limits, bodies, peers } = parts;
   const credentials = config.auth === 'agent' ? await readCredentials(config) : undefined;
   const upstreamLog = log.child({ component: 'upstream', registry: config.registry });
   const onRefused = refusalReporter(upstreamLog, (reason) => instrumentation.destinationRefused(config.registry, reason));
@@ -381,6 +431,8 @@ async function buildMirror(config: MirrorConfig, parts: MirrorParts): Promise<Mi
     tags,
     bodies,
     agentBase,
+    peers,
+    upstreamBlobBytes: (bytes) => instrumentation.upstreamBlobBytes(config.registry, bytes),
     log: log.child({ component: 'mirror', registry: config.registry }),
     slots: { running: limits.maxFillsPerMirror, queued: limits.maxQueuedFillsPerMirror, onEvent: (event) => instrumentation.fillSlot(config.registry, event) },
   });

@@ -5,10 +5,14 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { parseAllDocuments } from 'yaml';
 import type { KubernetesOptions } from '../agent/kube/kubernetes.ts';
 import { type InProcessAgent, type TestMirror, startAgent } from './fixtures/agent.ts';
-import { makeImage, pushImage } from './fixtures/image.ts';
+import { makeImage, makeRandomBlob, pushBlob, pushImage } from './fixtures/image.ts';
+import { startCountingProxy } from './fixtures/counting-proxy.ts';
+import { sha256 } from './fixtures/digest.ts';
+import { freePort } from './fixtures/net.ts';
 import {
   type Authorization,
   CORE_EVENTS,
+  ENDPOINT_SLICES,
   type JsonObject,
   type KubeApi,
   type KubeApiRequest,
@@ -163,7 +167,7 @@ describe('RegistryMirrors from the Kubernetes API', () => {
   });
 
   /** One node: its own dir (cache, hosts dir, state file), a containerd config that uses the hosts dir. */
-  async function startNode(nodeName: string, opts: { mirrors?: TestMirror[]; dir?: string; extraToml?: string } = {}): Promise<InProcessAgent> {
+  async function startNode(nodeName: string, opts: { mirrors?: TestMirror[]; dir?: string; extraToml?: string; peersListen?: string } = {}): Promise<InProcessAgent> {
     let dir = opts.dir;
     if (dir === undefined) {
       dir = await makeTempDir(`rpa-kube-${nodeName}`);
@@ -179,6 +183,8 @@ describe('RegistryMirrors from the Kubernetes API', () => {
       kubernetes: { kubeconfig, nodeName, namespace: NS },
       kubernetesOptions: FAST,
       ...(opts.extraToml ? { extraToml: opts.extraToml } : {}),
+      // Peer sharing as the manifests configure it: key material from the CA Secret, members from EndpointSlices.
+      tablesToml: `[peers]\nenabled = true\nlisten = "${opts.peersListen ?? '127.0.0.1:0'}"\n`,
     });
     agents.push(agent);
     dirOf.set(agent, dir);
@@ -367,6 +373,40 @@ describe('RegistryMirrors from the Kubernetes API', () => {
     await until('later served', async () => (await pull(agent, LATER, 'team/app', 'v1')) === 200);
     expect(mirrorRequests()).toEqual([]);
     expect(await pull(agent, REG, 'team/app', 'v1')).toBe(200);
+  });
+
+  it('peer sharing as the manifests set it up: one CA Secret made by the first agent, members from EndpointSlices, a blob fetched once for both nodes', async () => {
+    const tunnel = await startCountingProxy(registry.url);
+    try {
+      const port = await freePort();
+      const mirrors = [{ registry: REG, upstream: tunnel.url }];
+      const a = await startNode('node-a', { mirrors, peersListen: `127.0.0.71:${port}` });
+      const b = await startNode('node-b', { mirrors, peersListen: `127.0.0.72:${port}` });
+      const cas = api.store.list(SECRETS, NS).filter((secret) => (secret['metadata'] as JsonObject)['name'] === 'registry-proxy-agent-peer-ca');
+      expect(cas).toHaveLength(1);
+      // What the EndpointSlice controller writes for the headless Service once both agents are ready.
+      api.store.put(ENDPOINT_SLICES, {
+        metadata: { name: 'registry-proxy-agent-peers-x1', namespace: NS, labels: { 'kubernetes.io/service-name': 'registry-proxy-agent-peers' } },
+        addressType: 'IPv4',
+        endpoints: [
+          { addresses: ['127.0.0.71'], nodeName: 'node-a', conditions: { ready: true } },
+          { addresses: ['127.0.0.72'], nodeName: 'node-b', conditions: { ready: true } },
+        ],
+        ports: [{ name: 'peer', port, protocol: 'TCP' }],
+      });
+      await until('both agents see both members', () => a.runtime.peers!.network.size === 2 && b.runtime.peers!.network.size === 2);
+      await Promise.all([a, b].map((agent) => agent.runtime.peers!.listening()));
+      const blob = makeRandomBlob(3 * 1024 * 1024);
+      await pushBlob(registry.url, 'team/app', blob);
+      const answers = await Promise.all([a, b].map((agent) => request(`${agent.url}/v2/team/app/blobs/${blob.digest}?ns=${REG}`)));
+      for (const answer of answers) {
+        expect(answer.statusCode).toBe(200);
+        expect(sha256(Buffer.from(await answer.body.arrayBuffer()))).toBe(blob.digest);
+      }
+      expect(tunnel.count({ method: 'GET', pathIncludes: blob.digest })).toBe(1);
+    } finally {
+      await tunnel.stop();
+    }
   });
 
   it("folds two nodes' reports into the status; the leader alone announces each Ready change once; quiet at steady state; RBAC all used", async () => {

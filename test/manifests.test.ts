@@ -35,6 +35,11 @@ const NAMESPACE = 'registry-proxy-agent';
 const SERVICE_ACCOUNT = 'registry-proxy-agent';
 const CONFIG_FILE = '/etc/registry-proxy-agent/config.toml';
 const METRICS_PORT = 9402;
+const PEER_PORT = 5443;
+const PEER_SERVICE = 'registry-proxy-agent-peers';
+const PEER_CA_SECRET = 'registry-proxy-agent-peer-ca';
+/** What the downward API gives the agent on a test node (the DaemonSet's env). */
+const NODE_ENV = { NODE_NAME: 'node-1', POD_NAMESPACE: 'registry-proxy-agent', NODE_IP: '10.0.0.5' };
 
 type JsonObject = Record<string, unknown>;
 
@@ -84,9 +89,9 @@ function mountedConfig(docs: readonly Manifest[], ds: V1DaemonSet, purpose: 'age
   const configMap = one<V1ConfigMap>(docs, 'ConfigMap', name);
   const text = configMap.data?.['config.toml'];
   if (text === undefined) throw new Error(`ConfigMap ${name} has no config.toml`);
-  // The DaemonSet sets NODE_NAME and POD_NAMESPACE; `cleanup` takes no mirror.
+  // The DaemonSet sets NODE_NAME, POD_NAMESPACE and NODE_IP; `cleanup` takes no mirror.
   return parseConfig(text, `ConfigMap ${name} config.toml`, {
-    env: { NODE_NAME: 'node-1', POD_NAMESPACE: 'registry-proxy-agent' },
+    env: NODE_ENV,
     requireMirrors: purpose === 'agent',
   });
 }
@@ -113,7 +118,7 @@ describe('manifests: files and rendering', () => {
     for (const doc of docs) expect(doc.metadata.name, `${doc.kind} has a name`).toBeTruthy();
   });
 
-  it('the default install is the base: namespace, CRD, RBAC, ConfigMap, DaemonSet, metrics Service', () => {
+  it('the default install is the base: namespace, CRD, RBAC, ConfigMap, DaemonSet, metrics and peers Services', () => {
     const kinds = base().map((d) => `${d.kind}/${d.metadata.name.replace(/-[a-z0-9]{10}$/, '-<hash>')}`).sort();
     expect(kinds).toEqual(
       [
@@ -127,6 +132,7 @@ describe('manifests: files and rendering', () => {
         'Role/registry-proxy-agent',
         'RoleBinding/registry-proxy-agent',
         'Service/registry-proxy-agent-metrics',
+        'Service/registry-proxy-agent-peers',
         'ServiceAccount/registry-proxy-agent',
       ].sort(),
     );
@@ -188,10 +194,13 @@ describe('manifests: the agent DaemonSet', () => {
     expect(mount?.readOnly).toBe(true);
   });
 
-  it('knows its node and namespace (downward API)', () => {
+  it('knows its node, its namespace and the node IP (downward API)', () => {
     const env = agent().env ?? [];
     expect(env.find((e) => e.name === 'NODE_NAME')?.valueFrom?.fieldRef?.fieldPath).toBe('spec.nodeName');
     expect(env.find((e) => e.name === 'POD_NAMESPACE')?.valueFrom?.fieldRef?.fieldPath).toBe('metadata.namespace');
+    expect(env.find((e) => e.name === 'NODE_IP')?.valueFrom?.fieldRef?.fieldPath).toBe('status.hostIP');
+    // mountedConfig() stands in for exactly these.
+    expect(Object.keys(NODE_ENV).every((name) => env.some((e) => e.name === name))).toBe(true);
   });
 
   it('mounts from the node exactly the hosts dir and the cache (writable) and containerd config (read-only)', () => {
@@ -292,7 +301,38 @@ describe('manifests: the agent DaemonSet', () => {
     const config = mountedConfig(base(), ds());
     expect(isLoopback(config.listen.host)).toBe(true);
     expect(config.listen.port).toBe(5050);
-    expect(agent().ports?.map((p) => p.containerPort)).toEqual([METRICS_PORT]);
+    // Node ports (hostNetwork): metrics and the peer listener, never the mirror.
+    expect(agent().ports?.map((p) => [p.name, p.containerPort])).toEqual([
+      ['metrics', METRICS_PORT],
+      ['peer', PEER_PORT],
+    ]);
+  });
+
+  it('shares blobs with the other agents: the peer listener on the node IP, the port of the DaemonSet and the peers Service', () => {
+    const peers = mountedConfig(base(), ds()).peers;
+    expect(peers).toMatchObject({
+      enabled: true,
+      nodeName: NODE_ENV.NODE_NAME,
+      listen: { host: NODE_ENV.NODE_IP, port: PEER_PORT },
+      service: PEER_SERVICE,
+      tls: { kind: 'kubernetes', secret: PEER_CA_SECRET },
+    });
+    // Members come from the Service's EndpointSlices, not from a list in the file.
+    expect(peers?.members).toBeUndefined();
+    expect(agent().ports?.find((p) => p.name === 'peer')).toEqual({ name: 'peer', containerPort: peers?.listen.port, protocol: 'TCP' });
+    // An unprivileged port outside the NodePort and ephemeral ranges: with hostNetwork it is a port of the node.
+    expect(PEER_PORT).toBeGreaterThan(1023);
+    expect(PEER_PORT).toBeLessThan(30000);
+  });
+
+  it('has a headless peers Service listing exactly the ready agent pods, by node, on the peer port', () => {
+    const service = one<V1Service>(base(), 'Service', PEER_SERVICE);
+    expect(service.spec?.clusterIP).toBe('None');
+    // EndpointSlices carry only ready agents: membership follows readiness.
+    expect(service.spec?.publishNotReadyAddresses).toBe(false);
+    expect(service.spec?.ports).toEqual([{ name: 'peer', port: PEER_PORT, targetPort: 'peer', protocol: 'TCP' }]);
+    expect(ds().spec?.selector.matchLabels).toEqual(service.spec?.selector);
+    expect(service.spec?.type ?? 'ClusterIP').toBe('ClusterIP');
   });
 
   it('has a headless metrics Service selecting exactly the agent pods', () => {
@@ -326,13 +366,20 @@ describe('manifests: RBAC is least privilege', () => {
     ]);
   });
 
-  it('the namespaced Role lists and watches the Secrets of its own namespace and keeps Leases (no patch); nothing else', () => {
+  it('the namespaced Role lists and watches the Secrets of its own namespace, reads and creates the peer CA, watches the peers Service\'s EndpointSlices and keeps Leases (no patch); nothing else', () => {
     const role = one<V1Role>(base(), 'Role', 'registry-proxy-agent');
     expect(role.metadata?.namespace).toBe(NAMESPACE);
     expect(normalize(role.rules)).toEqual([
       { apiGroups: [''], resources: ['secrets'], verbs: ['list', 'watch'] },
+      // get by name only; create cannot be limited by name (RBAC authorizes it before the object has one).
+      { apiGroups: [''], resources: ['secrets'], verbs: ['get'], resourceNames: [PEER_CA_SECRET] },
+      { apiGroups: [''], resources: ['secrets'], verbs: ['create'] },
+      { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['list', 'watch'] },
       { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['create', 'get', 'list', 'update', 'watch'] },
     ]);
+    // The Secret the configuration names is the one the Role lets it read.
+    const tls = mountedConfig(base(), one<V1DaemonSet>(base(), 'DaemonSet', 'registry-proxy-agent')).peers?.tls;
+    expect(tls).toEqual({ kind: 'kubernetes', secret: PEER_CA_SECRET });
   });
 
   it('the roles are bound to the agent ServiceAccount only', () => {
@@ -380,6 +427,8 @@ describe('manifests: configuration', () => {
     expect(config.connectivityProxy).toBeUndefined();
     expect(config.mirrors).toEqual([]);
     expect(config.kubernetes).toMatchObject({ enabled: true, nodeName: 'node-1', namespace: 'registry-proxy-agent' });
+    expect(config.peers).toMatchObject({ enabled: true, connectTimeoutMs: 1_000, progressTimeoutMs: 10_000, maxConnections: 256 });
+    expect(isLoopback(config.peers?.listen.host ?? '127.0.0.1')).toBe(false);
   });
 
   it('the Kyma overlay adds the Connectivity Proxy; mirrors come from RegistryMirrors', () => {

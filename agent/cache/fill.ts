@@ -21,9 +21,12 @@ export interface FillSource {
   readonly resumable?: (error: unknown) => boolean;
   /**
    * Called once when the fill stops reading upstream: verified, failed or cut for good (resumes
-   * happen before). Whatever the download held (a download slot) is given back here.
+   * happen before), with the bytes read from this source's bodies (resumes included). Whatever the
+   * download held (a download slot) is given back here.
    */
-  readonly ended?: () => void;
+  readonly ended?: (received: number) => void;
+  /** Called (before `ended`) when the bytes did not match the digest or the announced size: the source served wrong content. */
+  readonly rejected?: (error: Error) => void;
   /**
    * Whether other downloads wait for what this one holds (a download slot). A relay paced by readers
    * too slow to take its memory window gives its slot up then (RELAY_CRAWL_MS).
@@ -156,7 +159,7 @@ export class Fill {
     );
     // Observed through started(); keep unhandled-rejection noise away.
     this.#started.catch(() => undefined);
-    this.#verified = source.then((s) => this.#copy(s).finally(() => s.ended?.())).then(
+    this.#verified = source.then((s) => this.#copy(s).catch((error: unknown) => this.#rejected(s, error)).finally(() => s.ended?.(this.#written))).then(
       () => true,
       (error: unknown) => {
         this.#fail(toError(error));
@@ -240,6 +243,12 @@ export class Fill {
       offset += chunk.length;
     }
     return Buffer.alloc(0);
+  }
+
+  /** Tells the source its bytes were wrong (a peer that served them is penalised); rethrows. */
+  #rejected(source: FillSource, error: unknown): never {
+    if (error instanceof DigestMismatchError || error instanceof SizeMismatchError) source.rejected?.(error);
+    throw error;
   }
 
   async #copy(source: FillSource): Promise<void> {

@@ -9,6 +9,7 @@ import { ConfigError } from './errors.ts';
 import { isTable, Section } from './section.ts';
 import type { Table } from './section.ts';
 import { parseDestinations } from './destinations.ts';
+import { readPeers } from './peers.ts';
 import { parseRealmMap } from './realm-map.ts';
 import { parseSize } from './size.ts';
 import type { AgentConfig, AuthMode, ConnectivityProxyConfig, KubernetesConfig, ListenAddress, MirrorConfig } from './types.ts';
@@ -75,6 +76,7 @@ const TOP_LEVEL_KEYS = [
   'allow_own_registry_mirror',
   'connectivity_proxy',
   'kubernetes',
+  'peers',
   'mirror',
 ] as const;
 
@@ -189,6 +191,7 @@ export function parseConfig(text: string, source: string, opts: ParseOptions = {
     allowOwnRegistryMirror,
     ...present('connectivityProxy', connectivityProxy),
     ...present('kubernetes', kubernetes),
+    ...present('peers', readPeers(root, { path, env, kubernetesNodeName: nonEmpty(kubernetes?.nodeName), kubernetesEnabled: kubernetes?.enabled === true })),
     mirrors: refuseOwnRegistry(
       root,
       readMirrors(root, path, connectivityProxy !== undefined, kubernetes?.enabled === true || opts.requireMirrors === false),

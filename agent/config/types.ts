@@ -122,6 +122,47 @@ export interface KubernetesConfig {
   readonly stateFile: string;
 }
 
+/** One agent of the cluster as the configuration lists it (`[[peers.member]]`). */
+export interface PeerMemberConfig {
+  /** The node name: unique, and what blob ownership is computed from. */
+  readonly name: string;
+  /** Its peer listener, `https://<node IP>:<port>`. */
+  readonly url: string;
+}
+
+/**
+ * Where the peer listener's key material comes from: PEM files (outside Kubernetes, tests), or a CA
+ * kept in a Secret of the agent's namespace, created by the leader on first start; every agent
+ * issues its own certificate from it (agent/kube/peer-ca.ts).
+ */
+export type PeerTlsConfig =
+  | { readonly kind: 'files'; readonly caFile: string; readonly certFile: string; readonly keyFile: string }
+  | { readonly kind: 'kubernetes'; readonly secret: string };
+
+/** `[peers]`: agents fetch blobs from each other so the tunnel carries each blob once (agent/peers/). */
+export interface PeersConfig {
+  /** Default false: with it off, nothing of this table is used. */
+  readonly enabled: boolean;
+  /** This agent's member name (default NODE_NAME, or `[kubernetes].node_name`). */
+  readonly nodeName: string;
+  /** The peer listener: the node's IP (hostNetwork), never loopback-only when other nodes must reach it. */
+  readonly listen: ListenAddress;
+  /**
+   * Static members (`[[peers.member]]`, reloaded on SIGHUP); absent with `[kubernetes]` enabled: the
+   * ready endpoints of the headless Service `service` (EndpointSlices).
+   */
+  readonly members?: readonly PeerMemberConfig[];
+  /** The headless Service selecting the agents (Kubernetes membership). */
+  readonly service: string;
+  readonly tls: PeerTlsConfig;
+  /** A peer that does not accept the connection within this is skipped (default 1 s). */
+  readonly connectTimeoutMs: number;
+  /** A peer that sends no byte for this long (headers or body) is left for the next (default 10 s). */
+  readonly progressTimeoutMs: number;
+  /** Connections open at once on the peer listener (default 256). */
+  readonly maxConnections: number;
+}
+
 export interface AgentConfig {
   /** Where this configuration came from: the file path, or `<embedded default>`. */
   readonly source: string;
@@ -147,6 +188,8 @@ export interface AgentConfig {
   readonly connectivityProxy?: ConnectivityProxyConfig;
   /** Present when the file has a `[kubernetes]` table. */
   readonly kubernetes?: KubernetesConfig;
+  /** Present when the file has a `[peers]` table. */
+  readonly peers?: PeersConfig;
   /** The file's `[[mirror]]` tables; with Kubernetes enabled there may be none. */
   readonly mirrors: readonly MirrorConfig[];
 }

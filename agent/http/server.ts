@@ -1,4 +1,6 @@
-import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
+import { type IncomingMessage, type Server, type ServerOptions, type ServerResponse, createServer } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
+import type { SecureContextOptions } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { logRequest } from '../observe/logs.ts';
@@ -23,6 +25,12 @@ export interface MirrorServerOptions {
   readonly limits: ListenerLimits;
   /** Connections, refusals and timeouts (metrics, logs). */
   readonly events?: GuardEvents;
+  /**
+   * The peer listener instead of the mirror port: other agents only (mutual TLS with this key
+   * material: a client without a certificate from the agents' CA is refused in the handshake),
+   * blob GETs only, served without an access decision of its own (the asking agent made it).
+   */
+  readonly peer?: SecureContextOptions;
 }
 
 /** containerd keeps connections to a mirror open between the requests of a pull. */
@@ -35,11 +43,11 @@ const MAX_PIPELINED = 16;
 export function createMirrorServer(options: MirrorServerOptions): Server {
   const serve = (req: IncomingMessage, res: ServerResponse): void => void handle(options, req, res);
   const { limits } = options;
-  const server = createServer(
-    // Host and Expect are checked in handle() (protocolRefusal), so that those refusals are OCI errors too.
-    { maxHeaderSize: 16 * 1024, requireHostHeader: false, connectionsCheckingInterval: checkingInterval(limits.requestTimeoutMs) },
-    serve,
-  );
+  // Host and Expect are checked in handle() (protocolRefusal), so that those refusals are OCI errors too.
+  const http: ServerOptions = { maxHeaderSize: 16 * 1024, requireHostHeader: false, connectionsCheckingInterval: checkingInterval(limits.requestTimeoutMs) };
+  const server: Server = options.peer
+    ? (createTlsServer({ ...http, ...options.peer, requestCert: true, rejectUnauthorized: true, handshakeTimeout: limits.requestTimeoutMs }, serve) as unknown as Server)
+    : createServer(http, serve);
   server.on('checkExpectation', serve);
   // A forward-proxy tunnel request is never served: this is a mirror, not a proxy.
   server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
@@ -68,6 +76,15 @@ async function handle(options: MirrorServerOptions, req: IncomingMessage, res: S
     if (refusal) {
       req.resume();
       throw refusal;
+    }
+    if (options.peer) {
+      req.resume();
+      const request = parsePeer(req);
+      recorder.setKind(request.kind);
+      const mirror = options.mirrors.select(request.ns);
+      recorder.setRegistry(mirror.registry);
+      await handleBlobGet({ mirror, request, req, res, recorder, pull: { authorization: req.headers.authorization, fromPeer: true } });
+      return;
     }
     if (isTokenRequest(req.url ?? '')) {
       recorder.setKind('token');
@@ -101,6 +118,14 @@ function parse(req: IncomingMessage): DistributionRequest {
     throw refusals.method(req.method ?? '');
   }
   return parseDistributionRequest(req.url ?? '');
+}
+
+/** The peer listener answers blob GETs and nothing else. */
+function parsePeer(req: IncomingMessage): Extract<DistributionRequest, { kind: 'blob' }> {
+  if (req.method !== 'GET') throw refusals.method(req.method ?? '');
+  const request = parseDistributionRequest(req.url ?? '');
+  if (request.kind !== 'blob') throw refusals.peerOnlyBlobs();
+  return request;
 }
 
 async function dispatch(ctx: RequestContext): Promise<void> {

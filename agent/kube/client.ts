@@ -3,6 +3,7 @@ import {
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
+  DiscoveryV1Api,
   KubeConfig,
   PatchStrategy,
   setHeaderOptions,
@@ -15,6 +16,11 @@ export interface KubeClients {
   readonly custom: CustomObjectsApi;
   readonly core: CoreV1Api;
   readonly coordination: CoordinationV1Api;
+  /**
+   * EndpointSlices (peer membership). Always set by `kubeClients`; optional only so that callers
+   * building the other clients by hand (tests) need not.
+   */
+  readonly discovery?: DiscoveryV1Api;
 }
 
 /** From `kubeconfig` when set (tests, out-of-cluster), else the pod's service account. */
@@ -27,6 +33,7 @@ export function kubeClients(config: KubernetesConfig): KubeClients {
     custom: kc.makeApiClient(CustomObjectsApi),
     core: kc.makeApiClient(CoreV1Api),
     coordination: kc.makeApiClient(CoordinationV1Api),
+    discovery: kc.makeApiClient(DiscoveryV1Api),
   };
 }
 

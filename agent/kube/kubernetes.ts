@@ -41,6 +41,9 @@ import type { Backoff } from './informer.ts';
 import { LeaderElector } from './leader.ts';
 import { MirrorSource } from './mirror-source.ts';
 import { NodeReporter } from './node-report.ts';
+import { KubePeerIdentity } from './peer-ca.ts';
+import { EndpointSliceMembers } from './peer-members.ts';
+import type { PeerIdentitySource } from '../peers/identity.ts';
 
 /** Timings; the defaults are the production ones, tests shorten them. */
 export interface KubernetesOptions {
@@ -80,6 +83,9 @@ export class KubernetesIntegration {
   #reporter: NodeReporter | undefined;
   #leader: LeaderElector | undefined;
   #aggregator: StatusAggregator | undefined;
+  #members: EndpointSliceMembers | undefined;
+  /** Peer key material from the CA Secret (`[peers.tls] secret`); undefined when peers are off or use files. */
+  readonly peerIdentity: PeerIdentitySource | undefined;
 
   private constructor(config: AgentConfig, kube: KubernetesConfig, clients: KubeClients, source: MirrorSource, log: Logger, options: KubernetesOptions) {
     this.#config = config;
@@ -88,6 +94,18 @@ export class KubernetesIntegration {
     this.source = source;
     this.#log = log;
     this.#options = options;
+    const peers = config.peers;
+    this.peerIdentity =
+      peers?.enabled === true && peers.tls.kind === 'kubernetes'
+        ? new KubePeerIdentity({
+            clients,
+            namespace: kube.namespace,
+            secret: peers.tls.secret,
+            nodeName: peers.nodeName,
+            ...(peers.listen.host === '127.0.0.1' || peers.listen.host === 'localhost' ? {} : { nodeIp: peers.listen.host }),
+            log: log.child({ component: 'peer-ca' }),
+          })
+        : undefined;
   }
 
   static async prepare(config: AgentConfig, log: Logger, options: KubernetesOptions = {}): Promise<KubernetesIntegration> {
@@ -148,6 +166,23 @@ export class KubernetesIntegration {
       onStoppedLeading: () => void aggregator.stop(),
     });
     this.#leader.start();
+    await this.#startPeerMembers(runtime);
+  }
+
+  /** Peer members from the agents' headless Service, unless the file lists them. */
+  async #startPeerMembers(runtime: AgentRuntime): Promise<void> {
+    const peers = this.#config.peers;
+    if (peers?.enabled !== true || peers.members !== undefined) return;
+    this.#members = new EndpointSliceMembers({
+      clients: this.#clients,
+      namespace: this.#kube.namespace,
+      service: peers.service,
+      log: this.#log,
+      onChange: (members) => runtime.setPeerMembers(members),
+      ...pick(this.#options, 'backoff'),
+    });
+    // Not awaited: until the first list (or with the API down) the agent has no members, and its pulls go upstream.
+    void this.#members.start();
   }
 
   /** The configuration file's mirrors after a reload; merged with the RegistryMirrors and applied. */
@@ -161,6 +196,7 @@ export class KubernetesIntegration {
 
   /** Stops watching and reporting; hands the leader lease back. The runtime keeps its mirrors. */
   async stop(): Promise<void> {
+    await this.#members?.stop();
     await this.#leader?.stop();
     await this.#aggregator?.stop();
     await this.#reporter?.stop();

@@ -4,6 +4,7 @@ import type { WiringState } from '../containerd/wiring.ts';
 import type { BodyBudgetState } from '../memory/body-budget.ts';
 import type { RequestRecord } from '../observe/request-record.ts';
 import type { UpstreamObservation } from '../upstream/client.ts';
+import type { PeerEvents } from '../peers/network.ts';
 import { AgentMetrics, statusClass } from './metrics.ts';
 
 const HOSTS_STATES = ['written', 'unchanged', 'restored', 'removed', 'admin_file_invalid', 'error'] as const;
@@ -41,11 +42,17 @@ export interface Instrumentation {
   bodyBudget(state: BodyBudgetState): void;
   /** A request refused for lack of room in the body budget. */
   bodyBudgetRefused(reason: 'queue_full' | 'wait_timeout'): void;
+  /** Blob bytes downloaded from `registry`'s upstream. */
+  upstreamBlobBytes(registry: string, bytes: number): void;
+  /** Peer sharing: owner lookups, fallbacks, bytes received from peers. */
+  readonly peers: PeerEvents;
+  /** Blob bytes served to other agents on the peer listener. */
+  peerServed(bytes: number): void;
   scrape(cache: BlobCache): Promise<{ contentType: string; body: string }>;
 }
 
 /** The agent's two listeners, as metrics label them. */
-export type ListenerName = 'mirror' | 'metrics';
+export type ListenerName = 'mirror' | 'metrics' | 'peer';
 
 export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instrumentation {
   metrics.cacheMaxBytes.set(cacheMaxBytes);
@@ -53,6 +60,17 @@ export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instru
   let lastJoined = 0;
   return {
     metrics,
+    upstreamBlobBytes(registry, bytes) {
+      if (bytes > 0) metrics.upstreamBlobBytes.inc({ registry }, bytes);
+    },
+    peers: {
+      lookup: (owner) => metrics.peerLookups.inc({ owner }),
+      fallback: (step, reason) => metrics.peerFallbacks.inc({ step, reason }),
+      received: (bytes) => metrics.peerBytes.inc({ direction: 'received' }, bytes),
+    },
+    peerServed(bytes) {
+      if (bytes > 0) metrics.peerBytes.inc({ direction: 'served' }, bytes);
+    },
     request(record) {
       const registry = record.outcome.registry ?? 'none';
       const cache = record.outcome.cache ?? 'none';

@@ -151,6 +151,34 @@ export class AgentMetrics {
     registers: [this.registry],
   });
 
+  readonly upstreamBlobBytes = new Counter({
+    name: 'registry_proxy_upstream_blob_bytes_total',
+    help: 'Blob bytes downloaded from upstream (through the tunnel on the Connectivity Proxy route), by registry.',
+    labelNames: ['registry'] as const,
+    registers: [this.registry],
+  });
+
+  readonly peerBytes = new Counter({
+    name: 'registry_proxy_peer_bytes_total',
+    help: 'Blob bytes exchanged with other agents: received (fetched from a peer) or served (to a peer).',
+    labelNames: ['direction'] as const,
+    registers: [this.registry],
+  });
+
+  readonly peerLookups = new Counter({
+    name: 'registry_proxy_peer_owner_lookups_total',
+    help: 'Owner lookups for blobs not cached here: self (this agent owns it, fetches upstream), peer (fetched from its owner), unusable (alone, or no key material yet).',
+    labelNames: ['owner'] as const,
+    registers: [this.registry],
+  });
+
+  readonly peerFallbacks = new Counter({
+    name: 'registry_proxy_peer_fallbacks_total',
+    help: 'Peers left for the next step (peer: the next candidate; upstream: directly), by reason: connect, tls, status, stalled, broken, corrupt, penalised, no_identity.',
+    labelNames: ['step', 'reason'] as const,
+    registers: [this.registry],
+  });
+
   readonly cacheBytes = new Gauge({ name: 'registry_proxy_cache_bytes', help: 'Bytes of verified content in the cache.', registers: [this.registry] });
   readonly cacheMaxBytes = new Gauge({ name: 'registry_proxy_cache_max_bytes', help: 'Configured cache_max_bytes.', registers: [this.registry] });
   readonly cacheEntries = new Gauge({ name: 'registry_proxy_cache_entries', help: 'Blobs and manifests in the cache.', registers: [this.registry] });

@@ -14,6 +14,9 @@ import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
 import { type FillSlotEvent, type FillSlotLimits, FillSlots } from './fill-slots.ts';
 import type { TagRecord, TagStore } from './tag-store.ts';
 import { UpstreamBlob } from './upstream-blob.ts';
+import type { PeerNetwork } from '../peers/network.ts';
+import { PeerBlob } from '../peers/peer-blob.ts';
+import type { FillRequester } from '../cache/fill-start.ts';
 import { contentLength, discard } from '../upstream/status.ts';
 
 /** How a manifest answer was obtained, for logs and metrics. */
@@ -41,6 +44,12 @@ export interface PullContext {
    * leaves that queue.
    */
   readonly signal?: AbortSignal | undefined;
+  /**
+   * The request came from another agent on the peer listener (mutual TLS): that agent made the
+   * access decision for its requester already, so none is made here, and the blob comes from this
+   * agent's cache, a running fill, or upstream, never from another peer (no loops).
+   */
+  readonly fromPeer?: boolean;
 }
 
 /** Download slots of a mirror (`max_fills_per_mirror`, `max_queued_fills_per_mirror`) and who hears about their use. */
@@ -63,6 +72,10 @@ export interface MirrorDeps {
   readonly bodies?: BodyBudget;
   /** The agent's URL as pullers reach it (Bearer realms are rewritten to its token endpoint). */
   readonly agentBase?: () => string;
+  /** The other agents (peer sharing on): a blob this agent does not own comes from its owner. */
+  readonly peers?: () => PeerNetwork | undefined;
+  /** Blob bytes downloaded from upstream (the tunnel), for metrics. */
+  readonly upstreamBlobBytes?: (bytes: number) => void;
 }
 
 /** The reachability probe's answer; when upstream is not reachable, `cause` (an upstream error cause) and `detail` say why. */
@@ -89,6 +102,8 @@ export class Mirror {
   readonly #access: AccessBroker;
   /** Manifests and token answers are held whole in memory under this budget (shared by every mirror). */
   readonly bodies: BodyBudget;
+  readonly #peers: () => PeerNetwork | undefined;
+  readonly #upstreamBlobBytes: ((bytes: number) => void) | undefined;
 
   constructor(deps: MirrorDeps) {
     this.config = deps.config;
@@ -99,6 +114,8 @@ export class Mirror {
     this.#now = deps.now ?? Date.now;
     this.#slots = new FillSlots(deps.config.registry, deps.slots ?? DEFAULT_SLOTS, deps.slots?.onEvent);
     this.bodies = deps.bodies ?? new BodyBudget();
+    this.#peers = deps.peers ?? (() => undefined);
+    this.#upstreamBlobBytes = deps.upstreamBlobBytes;
     this.#access = new AccessBroker({
       registry: deps.config.registry,
       upstream: deps.upstream,
@@ -199,9 +216,10 @@ export class Mirror {
    * the fill goes on with the next joined request's own credential (see FillStart).
    */
   async blob(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<BlobReadable> {
+    if (ctx.fromPeer === true) return this.#cache.open(digest, this.#upstreamBlob(name, digest, ctx), ctx.signal);
     return this.#answering(name, ctx, async () => {
       const checked = await this.#checkIfCached(name, digest, ctx);
-      const reader = await this.#cache.open(digest, new UpstreamBlob(this.#access, this.#slots, name, digest, ctx, this.#log), ctx.signal);
+      const reader = await this.#cache.open(digest, this.#source(name, digest, ctx), ctx.signal);
       // A running download joined, or a blob cached since: checked before a byte is read.
       if (reader.origin === 'joined' || (reader.origin === 'hit' && !checked)) {
         try {
@@ -213,6 +231,20 @@ export class Mirror {
       }
       return reader;
     });
+  }
+
+  #upstreamBlob(name: RepositoryName, digest: Digest, ctx: PullContext): UpstreamBlob {
+    return new UpstreamBlob(this.#access, this.#slots, name, digest, ctx, this.#log, this.#upstreamBlobBytes);
+  }
+
+  /** Where a blob not cached here comes from: upstream, or (peers on) the agent that owns it. */
+  #source(name: RepositoryName, digest: Digest, ctx: PullContext): FillRequester {
+    const upstream = this.#upstreamBlob(name, digest, ctx);
+    const peers = this.#peers();
+    if (!peers) return upstream;
+    const authorization = this.#access.passthrough ? ctx.authorization : undefined;
+    const check = (): Promise<void> => this.#access.check(name, 'blobs', digest, ctx);
+    return new PeerBlob(peers, upstream, check, { registry: this.registry, name, digest, authorization }, this.#log);
   }
 
   /**

@@ -15,7 +15,7 @@ import type { FillSlots } from './fill-slots.ts';
  * download slot first (held until the body ended, resumes included), then GET with the requester's
  * credential (passthrough) or the agent's; a 200 vouches for the blob in that repository. A body
  * that breaks off is resumed with a Range request; which failures count as broken is upstream's
- * knowledge, not the cache's.
+ * knowledge, not the cache's. The bytes it brought are told to `received` (tunnel bytes).
  */
 export class UpstreamBlob implements FillRequester {
   readonly #access: AccessBroker;
@@ -24,14 +24,16 @@ export class UpstreamBlob implements FillRequester {
   readonly #digest: Digest;
   readonly #requester: Requester;
   readonly #log: Logger;
+  readonly #received: ((bytes: number) => void) | undefined;
 
-  constructor(access: AccessBroker, slots: FillSlots, name: RepositoryName, digest: Digest, requester: Requester, log: Logger) {
+  constructor(access: AccessBroker, slots: FillSlots, name: RepositoryName, digest: Digest, requester: Requester, log: Logger, received?: (bytes: number) => void) {
     this.#access = access;
     this.#slots = slots;
     this.#name = name;
     this.#digest = digest;
     this.#requester = requester;
     this.#log = log;
+    this.#received = received;
   }
 
   /** Asked only when a download starts or is joined (never for a cache hit). */
@@ -47,33 +49,49 @@ export class UpstreamBlob implements FillRequester {
     return this.#access.knownToRead(this.#name, this.#requester);
   }
 
-  readonly fetch = async (unwanted: AbortSignal): Promise<FillSource> => {
+  readonly fetch = (unwanted: AbortSignal): Promise<FillSource> => this.fetchFrom(0, unwanted);
+
+  /**
+   * The download from byte `offset` on (0: all of it; more: a Range request, for a download another
+   * source began and broke off). Takes a download slot, held until the body ended.
+   */
+  async fetchFrom(offset: number, unwanted: AbortSignal): Promise<FillSource> {
     // A requester that would wait for a slot (or be refused for a full queue) is first asked about
     // upstream without one: otherwise the wait, or a 429, would tell it apart from a cached blob's
     // refusal, whether it may read the blob or not. With a slot free, the GET itself decides.
     if (!this.#slots.free) await this.#access.check(this.#name, 'blobs', this.#digest, this.#requester);
     const slot = await this.#slots.acquire(unwanted);
     try {
-      const response = await this.#access.request('GET', this.#name, `blobs/${this.#digest}`, this.#requester);
-      if (response.status !== 200) throw await this.#access.failure(this.#name, response, this.#requester, () => new ContentUnknownError('blob', this.#digest));
-      this.#access.confirm(this.#name, 'blobs', this.#digest, this.#requester);
-      const size = contentLength(response);
+      const { body, size } = offset === 0 ? await this.#whole() : await this.#rest(offset, undefined);
       return {
         size,
-        body: response.body,
-        resume: (offset: number) => this.#resume(offset, size),
+        body,
+        resume: (at: number) => this.#rest(at, size),
         resumable: (error: unknown) => bodyFailure(error) !== undefined,
-        ended: slot.release,
+        ended: (received: number) => {
+          slot.release();
+          this.#received?.(received);
+        },
         contended: () => this.#slots.waiting > 0,
       };
     } catch (error) {
       slot.release();
       throw error;
     }
-  };
+  }
 
-  /** The rest of the blob from `offset` (Range request); only a 206 for exactly that offset is accepted. */
-  async #resume(offset: number, size: number | undefined): Promise<{ body: UpstreamResponse['body'] }> {
+  async #whole(): Promise<{ body: UpstreamResponse['body']; size: number | undefined }> {
+    const response = await this.#access.request('GET', this.#name, `blobs/${this.#digest}`, this.#requester);
+    if (response.status !== 200) throw await this.#access.failure(this.#name, response, this.#requester, () => new ContentUnknownError('blob', this.#digest));
+    this.#access.confirm(this.#name, 'blobs', this.#digest, this.#requester);
+    return { body: response.body, size: contentLength(response) };
+  }
+
+  /**
+   * The rest of the blob from `offset` (Range request); only a 206 for exactly that offset is
+   * accepted. `size` is the whole blob's, when known; the answer's Content-Range tells it otherwise.
+   */
+  async #rest(offset: number, size: number | undefined): Promise<{ body: UpstreamResponse['body']; size: number | undefined }> {
     const response = await this.#access.request('GET', this.#name, `blobs/${this.#digest}`, this.#requester, { range: `bytes=${offset}-` });
     const range = firstHeader(response.headers['content-range']);
     const match = range ? /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(range) : null;
@@ -83,6 +101,6 @@ export class UpstreamBlob implements FillRequester {
       throw new UpstreamError(this.#access.registry, 'invalid', `upstream cannot resume ${this.#digest} at byte ${offset} (status ${response.status})`);
     }
     this.#log.info({ digest: this.#digest, offset }, 'resuming a blob download that broke off');
-    return { body: response.body };
+    return { body: response.body, size: size ?? total };
   }
 }

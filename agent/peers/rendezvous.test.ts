@@ -184,22 +184,32 @@ describe('Membership', () => {
     }
   });
 
-  it('candidates are the top three owners without self: never self, at most three', () => {
+  it('candidates are the top three owners ranked above self: never self, at most three, only ever up the ranking', () => {
     const members = cluster(10);
-    let withSelfAmongOwners = 0;
+    const lengths = [0, 0, 0, 0];
     for (const self of members) {
       const view = new Membership(self.name, members);
       for (const digest of digests(300)) {
         const candidates = view.candidates(digest);
-        const top = rankOwners(digest, members, 3);
+        const top = names(rankOwners(digest, members, 3));
+        const rank = top.indexOf(self.name);
         expect(names(candidates)).not.toContain(self.name);
-        expect(candidates.length).toBeLessThanOrEqual(3);
-        expect(names(candidates)).toEqual(names(top).filter((n) => n !== self.name));
-        if (candidates.length === 2) withSelfAmongOwners += 1;
+        expect(names(candidates)).toEqual(rank === -1 ? top : top.slice(0, rank));
+        lengths[candidates.length]! += 1;
       }
     }
-    // Each digest has this agent among its top three for 3 of the 10 views.
-    expect(withSelfAmongOwners).toBe(300 * 3);
+    // Per digest: the owner asks nobody, the second asks the owner, the third both, the other 7 all three.
+    expect(lengths).toEqual([300, 300, 300, 300 * 7]);
+  });
+
+  it('no two agents can wait for each other: whoever asks a peer is ranked below it', () => {
+    const members = cluster(6);
+    for (const digest of digests(200)) {
+      const rank = new Map(rankOwners(digest, members, members.length).map((m, i) => [m.name, i]));
+      for (const self of members) {
+        for (const asked of new Membership(self.name, members).candidates(digest)) expect(rank.get(asked.name)!).toBeLessThan(rank.get(self.name)!);
+      }
+    }
   });
 
   it('handles a list without self (not yet joined) and an empty list', () => {

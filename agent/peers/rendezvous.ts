@@ -84,11 +84,16 @@ export class Membership {
   }
 
   /**
-   * The peers to ask for the digest, best first: the owner and its two fallbacks, leaving out this agent.
-   * Members ranked below the third are not expected to hold the blob, so they are never asked.
+   * The peers to ask for the digest, best first: the owner and its two fallbacks ranked above this
+   * agent. An agent among the three is the next candidate itself once those above it failed: it
+   * fetches upstream rather than asking one ranked below it, so requests between agents only ever go
+   * up the ranking and two agents can never wait for each other. Members ranked below the third are
+   * not expected to hold the blob, so they are never asked.
    */
   candidates(digest: string): PeerMember[] {
-    return this.owners(digest, 3).filter((m) => m.name !== this.#self);
+    const top = this.owners(digest, 3);
+    const at = top.findIndex((m) => m.name === this.#self);
+    return at === -1 ? top : top.slice(0, at);
   }
 
   get size(): number {

@@ -1,0 +1,87 @@
+import { Agent, type Dispatcher } from 'undici';
+import type { Digest } from '../oci/digest.ts';
+import type { RepositoryName } from '../oci/reference.ts';
+import type { PeerIdentity } from './identity.ts';
+import type { PeerMember } from './rendezvous.ts';
+import { checkPeerServerIdentity } from './x509.ts';
+
+/** One blob request to a peer: what the owner needs to serve it, or to fetch it for us. */
+export interface PeerBlobRequest {
+  /** The mirror's registry as configured on every agent (`?ns=`). */
+  readonly registry: string;
+  readonly name: RepositoryName;
+  readonly digest: Digest;
+  /** The requester's upstream credential (passthrough mirrors), so the owner fetches with it. */
+  readonly authorization?: string | undefined;
+  /** Bytes already received from another source: only the rest is asked for. */
+  readonly offset: number;
+}
+
+export interface PeerTimeouts {
+  readonly connectMs: number;
+  /** No response headers, or no body byte, for this long: the peer is left. */
+  readonly progressMs: number;
+}
+
+const HIGH_WATER_MARK = 256 * 1024;
+
+/**
+ * The agent's client for other agents' peer listeners: mutual TLS with this agent's certificate,
+ * trusting only the agents' CA. Every agent is an equal member, so the server's identity is
+ * "issued by the agents' CA" (checked by the chain), not a host name: peers are addressed by IP.
+ */
+export class PeerClient {
+  readonly #timeouts: PeerTimeouts;
+  #agent: Agent | undefined;
+
+  constructor(timeouts: PeerTimeouts) {
+    this.#timeouts = timeouts;
+  }
+
+  /** New key material: new connections use it; the old pool closes once its requests finished. */
+  setIdentity(identity: PeerIdentity): void {
+    const previous = this.#agent;
+    this.#agent = new Agent({
+      connectTimeout: this.#timeouts.connectMs,
+      keepAliveTimeout: 30_000,
+      connections: 8,
+      connect: {
+        ca: identity.ca,
+        cert: identity.cert,
+        key: identity.key,
+        rejectUnauthorized: true,
+        checkServerIdentity: checkPeerServerIdentity,
+      },
+    });
+    void previous?.close().catch(() => undefined);
+  }
+
+  get ready(): boolean {
+    return this.#agent !== undefined;
+  }
+
+  /** GET of the blob (from `offset` on) on the member's peer listener; the caller checks the answer. */
+  get(member: PeerMember, request: PeerBlobRequest, signal?: AbortSignal): Promise<Dispatcher.ResponseData> {
+    const agent = this.#agent;
+    if (!agent) return Promise.reject(new Error('peer key material is not available yet'));
+    const headers: Record<string, string> = { 'user-agent': 'registry-proxy-agent-peer' };
+    if (request.authorization !== undefined) headers['authorization'] = request.authorization;
+    if (request.offset > 0) headers['range'] = `bytes=${request.offset}-`;
+    const path = `/v2/${request.name}/blobs/${request.digest}?ns=${encodeURIComponent(request.registry)}`;
+    return agent.request({
+      origin: member.url,
+      path,
+      method: 'GET',
+      headers,
+      headersTimeout: this.#timeouts.progressMs,
+      bodyTimeout: this.#timeouts.progressMs,
+      highWaterMark: HIGH_WATER_MARK,
+      ...(signal ? { signal } : {}),
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.#agent?.close().catch(() => undefined);
+    this.#agent = undefined;
+  }
+}

@@ -1,0 +1,270 @@
+import { createHash } from 'node:crypto';
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:https';
+import { connect } from 'node:tls';
+import { Agent } from 'undici';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { rankOwners } from '../agent/peers/rendezvous.ts';
+import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
+import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
+import { fetchAnswer, get } from './fixtures/http-client.ts';
+import { type MemoryBlob, makeRandomBlob, pushBlob } from './fixtures/image.ts';
+import { parseMetrics } from './fixtures/metrics-text.ts';
+import { freePort } from './fixtures/net.ts';
+import { TestPeerCa, peersToml } from './fixtures/peer-certs.ts';
+import { pollUntil } from './fixtures/poll.ts';
+import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
+import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
+
+/**
+ * Peer sharing between agents in one process: each agent's peer listener on its own loopback
+ * address (127.0.0.1x), a real distribution registry behind a counting proxy standing for the
+ * tunnel. The network-namespace e2e (peers-lab.test.ts) runs the same with separate processes.
+ */
+
+const REGISTRY = 'registry.corp.example:5000';
+const REPO = 'team/app';
+const auth = { username: 'puller', password: 'pull-secret' };
+const basic = (user: string, password: string): string => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+const GOOD = { authorization: basic(auth.username, auth.password) };
+
+interface Node {
+  name: string;
+  address: string;
+  port: number;
+  url: string;
+}
+
+let dir: string;
+let registry: RegistryHandle;
+let tunnel: CountingProxy;
+const ca = new TestPeerCa();
+const running: InProcessAgent[] = [];
+const servers: TlsServer[] = [];
+
+beforeAll(async () => {
+  dir = await makeTempDir('peers-test-');
+  registry = await startRegistry({ auth });
+  tunnel = await startCountingProxy(registry.url);
+});
+
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((a) => a.stop()));
+  await Promise.all(servers.splice(0).map((s) => new Promise((resolve) => s.close(resolve))));
+  tunnel.reset();
+  await tunnel.setFault(undefined);
+});
+
+afterAll(async () => {
+  await tunnel?.stop();
+  await registry?.stop();
+  await removeTempDir(dir);
+});
+
+async function nodes(count: number, first = 11): Promise<Node[]> {
+  const list: Node[] = [];
+  for (let i = 0; i < count; i++) {
+    const address = `127.0.0.${first + i}`;
+    const port = await freePort();
+    list.push({ name: `node-${first + i}`, address, port, url: `https://${address}:${port}` });
+  }
+  return list;
+}
+
+async function startNode(node: Node, members: readonly Node[], extra: string[] = []): Promise<InProcessAgent> {
+  const nodeDir = await makeTempDir(`peers-${node.name}-`);
+  const files = await ca.writeFiles(nodeDir, node.name, [node.address]);
+  const agent = await startAgent({
+    dir: nodeDir,
+    mirrors: [{ registry: REGISTRY, upstream: tunnel.url }],
+    tablesToml: peersToml({ nodeName: node.name, listen: `${node.address}:${node.port}`, members: members.map(({ name, url }) => ({ name, url })), files, extra }),
+  });
+  running.push(agent);
+  await agent.runtime.peers!.listening();
+  return agent;
+}
+
+function blobUrl(agent: InProcessAgent, digest: string): string {
+  return `${agent.url}/v2/${REPO}/blobs/${digest}?ns=${REGISTRY}`;
+}
+
+function tunnelGets(digest: string): number {
+  return tunnel.count({ method: 'GET', pathIncludes: digest });
+}
+
+function tunnelBytes(digest: string): number {
+  return tunnel.requests.filter((r) => r.method === 'GET' && r.path.includes(digest)).reduce((sum, r) => sum + r.bytes, 0);
+}
+
+async function metric(agent: InProcessAgent, name: string): Promise<number> {
+  const text = await (await fetch(`${agent.runtime.healthUrl}/metrics`)).text();
+  return parseMetrics(text).get(name) ?? 0;
+}
+
+function sha(bytes: Buffer): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+}
+
+/** A blob whose owner among `members` is `owner`. */
+function blobOwnedBy(owner: string, members: readonly Node[], bytes: number): MemoryBlob {
+  for (;;) {
+    const blob = makeRandomBlob(bytes);
+    if (rankOwners(blob.digest, members)[0]!.name === owner) return blob;
+  }
+}
+
+describe('peer sharing (agents in one process)', () => {
+  it('four agents asking for one cold blob at once: the tunnel carries it once, every agent gets the right bytes and keeps a copy', async () => {
+    const members = await nodes(4);
+    const agents = await Promise.all(members.map((m) => startNode(m, members)));
+    const blob = makeRandomBlob(24 * 1024 * 1024);
+    await pushBlob(registry.url, REPO, blob, auth);
+    tunnel.reset();
+
+    const answers = await Promise.all(agents.map((a) => get(blobUrl(a, blob.digest), GOOD)));
+    for (const answer of answers) {
+      expect(answer.status).toBe(200);
+      expect(sha(answer.body)).toBe(blob.digest);
+    }
+    expect(tunnelGets(blob.digest)).toBe(1);
+    expect(tunnelBytes(blob.digest)).toBe(blob.bytes.length);
+    // Each non-owner received the blob from its owner, and cached it: a second round moves nothing.
+    const owner = rankOwners(blob.digest, members)[0]!.name;
+    const received = await Promise.all(agents.map((a) => metric(a, 'registry_proxy_peer_bytes_total{direction="received"}')));
+    expect(received.filter((bytes) => bytes === blob.bytes.length)).toHaveLength(3);
+    const ownerAgent = agents[members.findIndex((m) => m.name === owner)]!;
+    expect(await metric(ownerAgent, 'registry_proxy_peer_bytes_total{direction="served"}')).toBe(3 * blob.bytes.length);
+    expect(await metric(ownerAgent, `registry_proxy_upstream_blob_bytes_total{registry="${REGISTRY}"}`)).toBe(blob.bytes.length);
+    const again = await Promise.all(agents.map((a) => get(blobUrl(a, blob.digest), GOOD)));
+    for (const answer of again) expect(sha(answer.body)).toBe(blob.digest);
+    expect(tunnelGets(blob.digest)).toBe(1);
+  });
+
+  it('the owner down: the next candidate serves, the tunnel carries the blob once more at most, the fallback is counted and logged', async () => {
+    const members = await nodes(4, 21);
+    const blob = blobOwnedBy(members[0]!.name, members, 8 * 1024 * 1024);
+    await pushBlob(registry.url, REPO, blob, auth);
+    // The owner is a member but never starts: connections to it are refused.
+    const agents = await Promise.all(members.slice(1).map((m) => startNode(m, members)));
+    tunnel.reset();
+    const answers = await Promise.all(agents.map((a) => get(blobUrl(a, blob.digest), GOOD)));
+    for (const answer of answers) expect(sha(answer.body)).toBe(blob.digest);
+    expect(tunnelGets(blob.digest)).toBe(1);
+    const fallbacks = await Promise.all(agents.map((a) => metric(a, 'registry_proxy_peer_fallbacks_total{step="peer",reason="connect"}')));
+    expect(fallbacks.reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(1);
+    expect(agents.some((a) => a.logs.some((l) => l['msg'] === 'peer failed: trying the next peer' && l['peer'] === members[0]!.name))).toBe(true);
+  });
+
+  it('a peer that serves wrong bytes: the blob is not cached nor completed, the peer is passed over and the next request gets the right bytes', async () => {
+    const members = await nodes(3, 31);
+    const liar = members[0]!;
+    const blob = blobOwnedBy(liar.name, members, 4 * 1024 * 1024);
+    await pushBlob(registry.url, REPO, blob, auth);
+    // The liar holds a valid agent certificate: only the digest check can catch it.
+    const leaf = ca.issue(liar.name, [liar.address]);
+    const wrong = Buffer.from(blob.bytes.map((b) => b ^ 0xff));
+    const server = createTlsServer({ ca: ca.ca.certPem, cert: leaf.certPem, key: leaf.keyPem, requestCert: true, rejectUnauthorized: true }, (req, res) => {
+      res.writeHead(200, { 'content-length': String(wrong.length), 'docker-content-digest': blob.digest });
+      res.end(wrong);
+    });
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(liar.port, liar.address, resolve));
+    const agent = await startNode(members[1]!, members);
+
+    const first = await fetchAnswer(blobUrl(agent, blob.digest), { headers: GOOD }).catch((error: unknown) => error as Error);
+    // Cut before its last byte, or refused: never the wrong bytes as a whole answer.
+    if (!(first instanceof Error)) {
+      expect(first.status === 200 && sha(first.body) === blob.digest).toBe(false);
+      if (first.status === 200) expect(first.body.length).toBeLessThan(blob.bytes.length);
+    }
+    expect(agent.runtime.cache.isCached(blob.digest as never)).toBe(false);
+    expect(await metric(agent, 'registry_proxy_peer_fallbacks_total{step="upstream",reason="corrupt"}')).toBe(1);
+
+    const second = await get(blobUrl(agent, blob.digest), GOOD);
+    expect(second.status).toBe(200);
+    expect(sha(second.body)).toBe(blob.digest);
+  });
+
+  it('a requester upstream refuses gets 401 and no peer is asked, although the owner holds the blob', async () => {
+    const members = await nodes(2, 41);
+    const blob = blobOwnedBy(members[0]!.name, members, 1024 * 1024);
+    await pushBlob(registry.url, REPO, blob, auth);
+    const [owner, other] = await Promise.all(members.map((m) => startNode(m, members)));
+    expect(sha((await get(blobUrl(owner!, blob.digest), GOOD)).body)).toBe(blob.digest);
+    const servedBefore = await metric(owner!, 'registry_proxy_peer_bytes_total{direction="served"}');
+    const peerRequestsBefore = owner!.logs.filter((l) => l['component'] === 'peer-listener').length;
+
+    for (const headers of [{}, { authorization: basic('puller', 'wrong') }] as Array<Record<string, string>>) {
+      const answer = await get(blobUrl(other!, blob.digest), headers);
+      expect(answer.status).toBe(401);
+      expect(answer.body.includes(blob.bytes.subarray(0, 64))).toBe(false);
+    }
+    expect(await metric(owner!, 'registry_proxy_peer_bytes_total{direction="served"}')).toBe(servedBefore);
+    expect(owner!.logs.filter((l) => l['component'] === 'peer-listener').length).toBe(peerRequestsBefore);
+    // The entitled requester still gets it through the owner.
+    expect(sha((await get(blobUrl(other!, blob.digest), GOOD)).body)).toBe(blob.digest);
+  });
+
+  it('the peer listener refuses clients without an agent certificate, and serves blob GETs only', async () => {
+    const members = await nodes(2, 51);
+    const [node] = await Promise.all(members.map((m) => startNode(m, members)));
+    const target = members[0]!;
+    const blob = makeRandomBlob(1024);
+    await pushBlob(registry.url, REPO, blob, auth);
+    const path = `/v2/${REPO}/blobs/${blob.digest}?ns=${REGISTRY}`;
+
+    const handshake = (options: { cert?: string; key?: string; ca?: string }): Promise<string> =>
+      new Promise((resolve) => {
+        const socket = connect({ host: target.address, port: target.port, rejectUnauthorized: false, ...options }, () => {
+          socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+        });
+        let text = '';
+        socket.on('data', (d: Buffer) => (text += d.toString('latin1')));
+        socket.on('error', (error) => resolve(`error: ${error.message}`));
+        socket.on('close', () => resolve(text));
+      });
+    // No certificate, or one from another CA: no HTTP answer at all, no byte of the blob.
+    for (const answer of [await handshake({}), await handshake({ ...pem(new TestPeerCa('other CA').issue('intruder')) })]) {
+      expect(answer.startsWith('HTTP/')).toBe(false);
+    }
+    // Plain HTTP to the TLS port: nothing served either.
+    const plain = await fetch(`http://${target.address}:${target.port}${path}`).then((r) => r.status, () => 0);
+    expect(plain === 0 || plain === 400).toBe(true);
+
+    // With an agent certificate: blobs only.
+    const leaf = ca.issue('tester');
+    const dispatcher = new Agent({ connect: { ca: ca.ca.certPem, cert: leaf.certPem, key: leaf.keyPem, rejectUnauthorized: true, checkServerIdentity: () => undefined } });
+    try {
+      const blobAnswer = await fetchAnswer(`${target.url}${path}`, { dispatcher, headers: GOOD });
+      expect(blobAnswer.status).toBe(200);
+      expect(sha(blobAnswer.body)).toBe(blob.digest);
+      const manifest = await fetchAnswer(`${target.url}/v2/${REPO}/manifests/latest?ns=${REGISTRY}`, { dispatcher });
+      expect(manifest.status).toBe(404);
+      const token = await fetchAnswer(`${target.url}/token/${REGISTRY}?scope=x`, { dispatcher });
+      expect(token.status).toBe(404);
+      const head = await fetchAnswer(`${target.url}${path}`, { dispatcher, method: 'HEAD' });
+      expect(head.status).toBe(405);
+    } finally {
+      await dispatcher.close();
+    }
+    expect(node).toBeDefined();
+  });
+
+  it('a member list reloaded live moves ownership: the new member serves what it owns', async () => {
+    const members = await nodes(3, 61);
+    const [a, b] = await Promise.all(members.slice(0, 2).map((m) => startNode(m, members.slice(0, 2))));
+    const blob = blobOwnedBy(members[2]!.name, members, 2 * 1024 * 1024);
+    await pushBlob(registry.url, REPO, blob, auth);
+    const c = await startNode(members[2]!, members);
+    a!.runtime.setPeerMembers(members);
+    b!.runtime.setPeerMembers(members);
+    tunnel.reset();
+    const answers = await Promise.all([a!, b!].map((x) => get(blobUrl(x, blob.digest), GOOD)));
+    for (const answer of answers) expect(sha(answer.body)).toBe(blob.digest);
+    expect(tunnelGets(blob.digest)).toBe(1);
+    await pollUntil(async () => (await metric(c, 'registry_proxy_peer_bytes_total{direction="served"}')) === 2 * blob.bytes.length, { timeoutMs: 5_000, what: 'the new member served both' });
+  });
+});
+
+function pem(issued: { certPem: string; keyPem: string }): { cert: string; key: string } {
+  return { cert: issued.certPem, key: issued.keyPem };
+}
