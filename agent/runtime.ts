@@ -326,7 +326,7 @@ export class AgentRuntime {
       config,
       mirrors: this.mirrors,
       identity,
-      log: this.#log.child({ component: 'peers' }),
+      log: this.#log,
       events: instrumentation.peers,
       onRequest: (record) => instrumentation.peerServed(record.outcome.bytes),
       limits: this.#config.limits,

@@ -18,6 +18,7 @@ import { makeTempDir, removeTempDir } from '../test/fixtures/tmp.ts';
 import { type BenchOptions, type Section, USAGE, UsageError, parseArgs, runsFor } from './bench-lib/args.ts';
 import { type HttpClient, GiB, MiB, type ParallelResult, curlClient, getExact, getParallel, mibPerSecond, undiciClient } from './bench-lib/client.ts';
 import { LoadMonitor } from './bench-lib/load.ts';
+import { PEERS_GOAL_PREFIX, PEERS_TITLE, extractPeers, goalRow, peersSection, spliceReport } from './bench-lib/peers.ts';
 import { type ProfileEntry, summariseProfile } from './bench-lib/profile.ts';
 import { type Machine, Report, type Table, describeMachine, renderReport } from './bench-lib/report.ts';
 import { type AgentChild, type AgentChildOptions, BENCH_REGISTRY, type Service, startAgentChild, startNginx, startProxyRegistry, ticksPerSecond } from './bench-lib/services.ts';
@@ -648,32 +649,42 @@ async function main(argv: readonly string[]): Promise<number> {
   const machine: Machine = await describeMachine();
   log(`${machine.cpu}, ${machine.cores} cores, ${num(machine.ramGiB)} GiB RAM, Node ${machine.node}, ${machine.kernel}`);
   log(`sizes ${opts.sizesMiB.map(sizeLabel).join(', ')}; runs ${opts.runs}${opts.bigRuns !== opts.runs ? ` (${opts.bigRuns} for ≥ 1 GiB)` : ''}; sections ${[...opts.sections].join(', ')}`);
-  await checkDisk(opts);
+  // The peers section brings its own registry and agents (a cluster lab): `--only peers` skips the shared set-up.
+  const shared = [...opts.sections].some((s) => s !== 'peers');
+  if (shared) await checkDisk(opts);
 
   const work = await makeTempDir('rpa-bench');
   if (!opts.keep) cleanups.push(() => removeTempDir(work));
   else log(`keeping ${work}`);
-  const blobsDir = join(work, 'blobs');
-  await mkdir(blobsDir);
-  const registry = await startRegistry();
-  cleanups.push(() => registry.stop());
-  const nginx = await startNginx(blobsDir, join(work, 'nginx'));
-  cleanups.push(() => nginx.stop());
   const report = new Report();
+  let ctx: Context | undefined;
+  if (shared) {
+    const blobsDir = join(work, 'blobs');
+    await mkdir(blobsDir);
+    const registry = await startRegistry();
+    cleanups.push(() => registry.stop());
+    const nginx = await startNginx(blobsDir, join(work, 'nginx'));
+    cleanups.push(() => nginx.stop());
 
-  const blobs = new Map<number, Blob>();
-  for (const sizeMiB of opts.sizesMiB) {
-    log(`making and pushing a ${sizeLabel(sizeMiB)} random blob`);
-    blobs.set(sizeMiB, await makeBlob(blobsDir, `blob-${sizeMiB}m`, sizeMiB, registry));
+    const blobs = new Map<number, Blob>();
+    for (const sizeMiB of opts.sizesMiB) {
+      log(`making and pushing a ${sizeLabel(sizeMiB)} random blob`);
+      blobs.set(sizeMiB, await makeBlob(blobsDir, `blob-${sizeMiB}m`, sizeMiB, registry));
+    }
+    const warmupBlob = await makeBlob(blobsDir, 'warmup', 8, registry);
+    const calibrationBlob = blobs.get([...opts.sizesMiB].reverse().find((s) => s <= 1024) ?? opts.sizesMiB[0] ?? 16);
+    if (!calibrationBlob) throw new Error('no blob for calibration');
+    const client = await chooseClient(nginx, calibrationBlob, report);
+    ctx = { opts, work, blobsDir, registry, nginx, client, blobs, warmupBlob, report };
   }
-  const warmupBlob = await makeBlob(blobsDir, 'warmup', 8, registry);
-  const calibrationBlob = blobs.get([...opts.sizesMiB].reverse().find((s) => s <= 1024) ?? opts.sizesMiB[0] ?? 16);
-  if (!calibrationBlob) throw new Error('no blob for calibration');
-  const client = await chooseClient(nginx, calibrationBlob, report);
-  const ctx: Context = { opts, work, blobsDir, registry, nginx, client, blobs, warmupBlob, report };
+  const withCtx = (fn: (c: Context) => Promise<void>) => (): Promise<void> => {
+    if (!ctx) throw new Error('shared set-up missing');
+    return fn(ctx);
+  };
 
   const timings: string[] = [];
   const foreign: string[] = [];
+  let peersRun: { seconds: number; cores: number; notes: string[] } | undefined;
   const monitor = new LoadMonitor(await ticksPerSecond());
   await monitor.start();
   cleanups.push(async () => monitor.stop());
@@ -693,31 +704,32 @@ async function main(argv: readonly string[]): Promise<number> {
     }
     await monitor.take();
   }
-  const sections: Array<[Section, (c: Context) => Promise<void>]> = [
-    ['warm', warmSection],
-    ['cold', coldSection],
-    ['concurrent', concurrentSection],
-    ['containerd', containerdSection],
-    ['startup', startupSection],
-    ['profile', profileSection],
+  const sections: Array<[Section, () => Promise<void>]> = [
+    ['warm', withCtx(warmSection)],
+    ['cold', withCtx(coldSection)],
+    ['concurrent', withCtx(concurrentSection)],
+    ['containerd', withCtx(containerdSection)],
+    ['startup', withCtx(startupSection)],
+    ['peers', async () => void process.stdout.write(`${await peersSection({ opts, report, work, log, cleanups })}\n\n`)],
+    ['profile', withCtx(profileSection)],
   ];
   for (const [name, run] of sections) {
     if (!opts.sections.has(name)) continue;
     const t0 = performance.now();
     log(`section ${name}`);
-    await run(ctx);
+    await run();
     const took = (performance.now() - t0) / 1000;
     timings.push(`${name} ${seconds(took)}`);
     const other = await monitor.take();
     const cores = other.cpuSeconds / other.wallSeconds;
     foreign.push(`${name} ${cores.toFixed(2)}`);
     log(`section ${name} took ${seconds(took)}; other processes used ${cores.toFixed(2)} cores on average`);
-    if (cores > 0.1) {
-      report.notes.push(
-        `**Disturbed:** during the ${name} section other processes used ${other.cpuSeconds.toFixed(1)} core-seconds ` +
-          `(${cores.toFixed(2)} of ${machine.cores} cores on average; ${other.top.join(', ')}); its figures are less reliable.`,
-      );
-    }
+    const disturbed =
+      `**Disturbed:** during the ${name} section other processes used ${other.cpuSeconds.toFixed(1)} core-seconds ` +
+      `(${cores.toFixed(2)} of ${machine.cores} cores on average; ${other.top.join(', ')}); its figures are less reliable.`;
+    // The peers section carries its own note (it may be kept by later reports; see below).
+    if (cores > 0.1 && name !== 'peers') report.notes.push(disturbed);
+    if (name === 'peers') peersRun = { seconds: took, cores, notes: cores > 0.1 ? [disturbed] : [] };
   }
   if (!opts.sections.has('warm')) report.goal('Warm GET ratios', 'section not run', 'not measured');
 
@@ -732,9 +744,37 @@ async function main(argv: readonly string[]): Promise<number> {
     `CPU used by other processes on the machine (cores, average per section; sampled from /proc each second): ${foreign.join(', ')}`,
   ];
   const out = resolve(process.cwd(), opts.out);
+  const existing = await readFile(out, 'utf8').catch(() => undefined);
+  if (peersRun) {
+    // The peers section says when and how it was measured: a report can carry it over from an
+    // earlier run (it is not in the default run, and `--only peers` keeps the rest of the report).
+    const at = report.sections.findIndex((text) => text.startsWith(`## ${PEERS_TITLE}`));
+    const provenance =
+      `_Measured by \`bash scripts/bench${argv.length > 0 ? ` ${argv.join(' ')}` : ''}\` on ${machine.date}, agent code git ${head?.stdout.trim() || 'unknown'}` +
+      `${dirty?.stdout.trim() ? ' with uncommitted changes under agent/' : ''}, in ${seconds(peersRun.seconds)}${opts.quick ? ' (smoke run: numbers are indicative only)' : ''}; ` +
+      `other processes used ${peersRun.cores.toFixed(2)} cores meanwhile._`;
+    if (at >= 0) report.sections[at] = [report.sections[at], '', provenance, ...(peersRun.notes.length > 0 ? ['', ...peersRun.notes.map((n) => `- ${n}`)] : [])].join('\n');
+  }
+  if (peersRun && opts.sections.size === 1) {
+    // `--only peers` replaces the peers section (and its goals) of an existing report and keeps the rest.
+    const section = report.sections[0] ?? '';
+    const peerGoals = report.goals.filter((g) => g.goal.startsWith(PEERS_GOAL_PREFIX));
+    const spliced = existing === undefined ? undefined : spliceReport(existing, section, peerGoals.map(goalRow));
+    if (spliced !== undefined) {
+      await writeFile(out, spliced);
+      log(`replaced the peers section and goals of ${out} (other sections kept) in ${seconds(total)} total`);
+      process.stdout.write(`\nGoals:\n${peerGoals.map((g) => `  ${g.verdict.padEnd(12)} ${g.goal}: ${g.measured}`).join('\n')}\n`);
+      return 0;
+    }
+    log(`${out} is not a report of this script: writing a new one`);
+  }
+  // A run without the peers section keeps the peers section and goals of the report it replaces.
+  const carried = !peersRun && existing !== undefined ? extractPeers(existing) : undefined;
   // What was tried and what it changed is kept by hand in scripts/bench-notes.md and appended.
   const notes = await readFile(new URL('./bench-notes.md', import.meta.url), 'utf8').catch(() => '');
-  await writeFile(out, `${renderReport(machine, settings, report).trimEnd()}\n\n${notes}`.trimEnd() + '\n');
+  const written = `${renderReport(machine, settings, report).trimEnd()}\n\n${notes}`.trimEnd() + '\n';
+  await writeFile(out, (carried && spliceReport(written, carried.section, carried.goalRows)) || written);
+  if (carried) log(`kept the peers section of the previous ${out} (not measured in this run)`);
   log(`wrote ${out} in ${seconds(total)} total`);
   process.stdout.write(`\nGoals:\n${report.goals.map((g) => `  ${g.verdict.padEnd(12)} ${g.goal}: ${g.measured}`).join('\n')}\n`);
   return 0;

@@ -3,9 +3,12 @@
 // Connectivity Proxy double over a 200 Mbit/s tc-shaped link, tunnel bytes counted on its far side.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { rankOwners } from '../agent/peers/rendezvous.ts';
-import { makeRandomBlobFile, pushBlob } from './fixtures/image.ts';
+import { startContainerd } from './fixtures/containerd.ts';
+import { writeHostsToml } from './fixtures/hosts.ts';
+import { makeImage, makeRandomBlobFile, pushBlob, pushImage } from './fixtures/image.ts';
+import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
 import { parseMetrics } from './fixtures/metrics-text.ts';
-import { type Fetched, PEER_PORT, type PeerLab, startPeerLab } from './fixtures/peer-lab.ts';
+import { type Fetched, LAB_REGISTRY, PEER_PORT, type PeerLab, startPeerLab } from './fixtures/peer-lab.ts';
 import { pollUntil } from './fixtures/poll.ts';
 
 const MiB = 1024 * 1024;
@@ -14,6 +17,8 @@ const NODES = 5;
 
 let lab: PeerLab;
 const rolloutFigures: string[] = [];
+/** The node SIGKILLed last: the others pass it over for a while. */
+let lastKilled = -1;
 
 beforeAll(async () => {
   lab = await startPeerLab({ nodes: NODES });
@@ -71,6 +76,29 @@ describe(`peer sharing on ${NODES} nodes in network namespaces`, () => {
     expect(await tunnelBytes(blob.digest)).toBe(0);
   }, 180_000);
 
+  it('real containerd on two nodes pulls a 5-layer image at once through its agent: the tunnel carries ≤ 1.05 × the image', async () => {
+    const image = await makeImage({ layers: 5, layerBytes: 12 * MiB });
+    await pushImage(lab.registry.url, REPO, 'v1', image);
+    const imageBytes = image.manifest.length + image.config.bytes.length + image.layers.reduce((sum, l) => sum + l.bytes.length, 0);
+    const dir = await makeTempDir('peer-lab-ctr-');
+    const containerds = await Promise.all([0, 1].map(() => startContainerd()));
+    try {
+      await writeHostsToml(dir, { registry: LAB_REGISTRY, hosts: ['http://127.0.0.1:5050'] });
+      await lab.resetTunnel();
+      const pulls = await Promise.all(
+        containerds.map((containerd, node) => containerd.pull(`${LAB_REGISTRY}/${REPO}:v1`, { hostsDir: dir, netns: lab.lab.nodes[node]!.ns, timeoutMs: 120_000 })),
+      );
+      for (const pull of pulls) expect(pull.code, pull.stderr + pull.stdout).toBe(0);
+      const moved = (await lab.tunnel()).filter((r) => r.method === 'GET').reduce((sum, r) => sum + r.bytes, 0);
+      expect(moved).toBeGreaterThanOrEqual(imageBytes - image.manifest.length);
+      expect(moved).toBeLessThanOrEqual(1.05 * imageBytes);
+      rolloutFigures.push(`containerd on 2 nodes, 5-layer image of ${(imageBytes / MiB).toFixed(1)} MiB: tunnel ${(moved / imageBytes).toFixed(3)} × image`);
+    } finally {
+      await Promise.all(containerds.map((c) => c.stop()));
+      await removeTempDir(dir);
+    }
+  }, 180_000);
+
   it('the owner is SIGKILLed halfway: every other node completes with the right bytes, the tunnel carries ≤ 2 × the blob', async () => {
     const blob = await pushed(128 * MiB);
     const owner = ownerIndex(blob.digest);
@@ -79,6 +107,7 @@ describe(`peer sharing on ${NODES} nodes in network namespaces`, () => {
     const rollout = Promise.all(others.map((a) => lab.getBlob(a.index, REPO, blob.digest)));
     await pollUntil(async () => (await tunnelBytes(blob.digest)) >= blob.size / 2, { timeoutMs: 60_000, intervalMs: 100, what: 'half the blob through the tunnel' });
     lab.kill(owner);
+    lastKilled = owner;
     const answers = await rollout;
     expectRight(answers, blob);
     const bytes = await tunnelBytes(blob.digest);
@@ -91,7 +120,9 @@ describe(`peer sharing on ${NODES} nodes in network namespaces`, () => {
   }, 180_000);
 
   it("a node whose peer port is firewalled (dropped) is passed over after the connect timeout; nodes still get the right bytes", async () => {
-    const blob = await pushed(32 * MiB);
+    // Owned by a node no agent passes over already (the one SIGKILLed before is, for a while).
+    let blob = await pushed(32 * MiB);
+    while (ownerIndex(blob.digest) === lastKilled) blob = await pushed(32 * MiB);
     const owner = ownerIndex(blob.digest);
     await lab.lab.block(owner, PEER_PORT, 'drop');
     try {
@@ -125,4 +156,35 @@ describe(`peer sharing on ${NODES} nodes in network namespaces`, () => {
     expectRight(answers, blob);
     expect(await tunnelBytes(blob.digest)).toBeLessThanOrEqual(2 * blob.size);
   }, 120_000);
+});
+
+describe(`the same rollout with peer sharing off, ${NODES} nodes`, () => {
+  it('every node fetches through the tunnel on its own: N × the blob (the figure the shared rollout is compared with)', async () => {
+    const blob = await pushed(64 * MiB);
+    await lab.resetTunnel();
+    const sharedStart = performance.now();
+    expectRight(await Promise.all(lab.agents.map((a) => lab.getBlob(a.index, REPO, blob.digest))), blob);
+    const sharedMs = performance.now() - sharedStart;
+    const shared = await tunnelBytes(blob.digest);
+
+    const off = await startPeerLab({ nodes: NODES, peers: false });
+    try {
+      await Promise.all(off.agents.map((a) => off.startAgent(a.index)));
+      const other = await makeRandomBlobFile(`${off.registry.dir}/upload-off`, 64 * MiB);
+      await pushBlob(off.registry.url, REPO, other);
+      await off.resetTunnel();
+      const started = performance.now();
+      const answers = await Promise.all(off.agents.map((a) => off.getBlob(a.index, REPO, other.digest)));
+      const offMs = performance.now() - started;
+      expectRight(answers, { digest: other.digest, size: 64 * MiB });
+      const moved = (await off.tunnel()).filter((r) => r.method === 'GET' && r.path.includes(other.digest)).reduce((sum, r) => sum + r.bytes, 0);
+      expect(moved).toBe(NODES * 64 * MiB);
+      rolloutFigures.push(
+        `64 MiB to ${NODES} nodes: peers on ${(shared / blob.size).toFixed(2)} × blob through the tunnel, last node after ${(sharedMs / 1000).toFixed(1)} s; ` +
+          `peers off ${(moved / blob.size).toFixed(2)} ×, ${(offMs / 1000).toFixed(1)} s`,
+      );
+    } finally {
+      await off.stop();
+    }
+  }, 180_000);
 });

@@ -16,6 +16,7 @@ export interface PeerServiceDeps {
   readonly config: PeersConfig;
   readonly mirrors: MirrorSet;
   readonly identity: PeerIdentitySource;
+  /** The agent's logger: the service logs as `peers`, its listener as `peer-listener`. */
   readonly log: Logger;
   readonly events?: PeerEvents;
   /** Each finished request on the peer listener (bytes served to peers, the access log). */
@@ -41,7 +42,8 @@ export class PeerService {
   #listening: Promise<void> | undefined;
 
   constructor(deps: PeerServiceDeps) {
-    const { config, log } = deps;
+    const { config } = deps;
+    const log = deps.log.child({ component: 'peers' });
     this.#config = config;
     this.#identity = deps.identity;
     this.#log = log;
@@ -49,7 +51,7 @@ export class PeerService {
     this.network = new PeerNetwork({ self: config.nodeName, members: config.members ?? [], client: this.#client, log, ...(deps.events ? { events: deps.events } : {}) });
     this.#server = createMirrorServer({
       mirrors: deps.mirrors,
-      log: log.child({ component: 'peer-listener' }),
+      log: deps.log.child({ component: 'peer-listener' }),
       ...(deps.onRequest ? { onRequest: deps.onRequest } : {}),
       limits: { maxConnections: config.maxConnections, ...deps.limits },
       ...(deps.guardEvents ? { events: deps.guardEvents } : {}),
