@@ -4,10 +4,10 @@ import { connect } from 'node:tls';
 import { Agent } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { rankOwners } from '../agent/peers/rendezvous.ts';
-import { type InProcessAgent, startAgent } from './fixtures/agent.ts';
+import { type InProcessAgent, type TestMirror, startAgent } from './fixtures/agent.ts';
 import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
 import { fetchAnswer, get } from './fixtures/http-client.ts';
-import { type MemoryBlob, makeRandomBlob, pushBlob } from './fixtures/image.ts';
+import { type MemoryBlob, makeImage, makeRandomBlob, pushBlob, pushImage } from './fixtures/image.ts';
 import { parseMetrics } from './fixtures/metrics-text.ts';
 import { freePort } from './fixtures/net.ts';
 import { TestPeerCa, peersToml } from './fixtures/peer-certs.ts';
@@ -70,12 +70,12 @@ async function nodes(count: number, first = 11): Promise<Node[]> {
   return list;
 }
 
-async function startNode(node: Node, members: readonly Node[], extra: string[] = []): Promise<InProcessAgent> {
+async function startNode(node: Node, members: readonly Node[], extra: string[] = [], mirror: Partial<TestMirror> = {}): Promise<InProcessAgent> {
   const nodeDir = await makeTempDir(`peers-${node.name}-`);
   const files = await ca.writeFiles(nodeDir, node.name, [node.address]);
   const agent = await startAgent({
     dir: nodeDir,
-    mirrors: [{ registry: REGISTRY, upstream: tunnel.url }],
+    mirrors: [{ registry: REGISTRY, upstream: tunnel.url, ...mirror }],
     tablesToml: peersToml({ nodeName: node.name, listen: `${node.address}:${node.port}`, members: members.map(({ name, url }) => ({ name, url })), files, extra }),
   });
   running.push(agent);
@@ -202,6 +202,25 @@ describe('peer sharing (agents in one process)', () => {
     expect(owner!.logs.filter((l) => l['component'] === 'peer-listener').length).toBe(peerRequestsBefore);
     // The entitled requester still gets it through the owner.
     expect(sha((await get(blobUrl(other!, blob.digest), GOOD)).body)).toBe(blob.digest);
+  });
+
+  it('the tunnel down: a blob another agent holds is served from that agent to a requester entitled offline (agent auth, manifest seen online)', async () => {
+    const members = await nodes(2, 71);
+    let image = await makeImage({ layers: 1, layerBytes: 256 * 1024 });
+    while (rankOwners(image.layers[0]!.digest, members)[0]!.name !== members[0]!.name) image = await makeImage({ layers: 1, layerBytes: 256 * 1024 });
+    await pushImage(registry.url, 'team/offline', 'v1', image, auth);
+    const agentAuth = { username: auth.username, password: auth.password, auth: 'agent' as const };
+    const [owner, other] = await Promise.all(members.map((m) => startNode(m, members, [], agentAuth)));
+    const layer = image.layers[0]!;
+    const layerUrl = (agent: InProcessAgent): string => `${agent.url}/v2/team/offline/blobs/${layer.digest}?ns=${REGISTRY}`;
+    expect(sha((await get(layerUrl(owner!))).body)).toBe(layer.digest);
+    // The other node resolves the tag while upstream answers: it learns the manifest and what it references.
+    expect((await get(`${other!.url}/v2/team/offline/manifests/v1?ns=${REGISTRY}`, { accept: 'application/vnd.oci.image.manifest.v1+json' })).status).toBe(200);
+    await tunnel.setFault({ kind: 'down' });
+    const answer = await get(layerUrl(other!));
+    expect(answer.status).toBe(200);
+    expect(sha(answer.body)).toBe(layer.digest);
+    expect(await metric(other!, 'registry_proxy_peer_bytes_total{direction="received"}')).toBe(layer.bytes.length);
   });
 
   it('the peer listener refuses clients without an agent certificate, and serves blob GETs only', async () => {
