@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { PeerClient } from './peer-client.ts';
+import type { PeerTransport } from './peer-client.ts';
 import { Membership, type PeerMember } from './rendezvous.ts';
 
 /** Why a peer was passed over for the next candidate (or upstream). */
@@ -35,7 +35,7 @@ const PENALTY_MS: Record<FallbackReason, number> = {
 export interface PeerNetworkDeps {
   readonly self: string;
   readonly members: readonly PeerMember[];
-  readonly client: PeerClient;
+  readonly client: PeerTransport;
   readonly log: Logger;
   readonly events?: PeerEvents;
   readonly now?: () => number;
@@ -47,7 +47,7 @@ export interface PeerNetworkDeps {
  */
 export class PeerNetwork {
   readonly self: string;
-  readonly client: PeerClient;
+  readonly client: PeerTransport;
   readonly #membership: Membership;
   readonly #log: Logger;
   readonly #events: PeerEvents | undefined;

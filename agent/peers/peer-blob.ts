@@ -3,6 +3,9 @@ import type { Logger } from 'pino';
 import type { FillBody, FillSource } from '../cache/fill.ts';
 import type { FillRequester } from '../cache/fill-start.ts';
 import type { UpstreamBlob } from '../mirror/upstream-blob.ts';
+
+/** What a peer download needs of the upstream download: the fallback after the candidates. */
+export type UpstreamFallback = Pick<UpstreamBlob, 'fetch' | 'fetchFrom' | 'key' | 'ownsFailure' | 'likely'>;
 import type { FallbackReason, PeerNetwork } from './network.ts';
 import type { PeerBlobRequest } from './peer-client.ts';
 import type { PeerMember } from './rendezvous.ts';
@@ -15,13 +18,13 @@ import type { PeerMember } from './rendezvous.ts';
  */
 export class PeerBlob implements FillRequester {
   readonly #network: PeerNetwork;
-  readonly #upstream: UpstreamBlob;
+  readonly #upstream: UpstreamFallback;
   /** The local access decision (the broker's check for this requester); throws when not entitled. */
   readonly #check: () => Promise<void>;
   readonly #request: Omit<PeerBlobRequest, 'offset'>;
   readonly #log: Logger;
 
-  constructor(network: PeerNetwork, upstream: UpstreamBlob, check: () => Promise<void>, request: Omit<PeerBlobRequest, 'offset'>, log: Logger) {
+  constructor(network: PeerNetwork, upstream: UpstreamFallback, check: () => Promise<void>, request: Omit<PeerBlobRequest, 'offset'>, log: Logger) {
     this.#network = network;
     this.#upstream = upstream;
     this.#check = check;
@@ -60,7 +63,7 @@ const UNDER_WAY = new AbortController().signal;
  */
 class PeerDownload {
   readonly #network: PeerNetwork;
-  readonly #upstreamBlob: UpstreamBlob;
+  readonly #upstreamBlob: UpstreamFallback;
   readonly #request: Omit<PeerBlobRequest, 'offset'>;
   readonly #candidates: PeerMember[];
   readonly #log: Logger;
@@ -73,7 +76,7 @@ class PeerDownload {
   readonly #contributors = new Set<PeerMember>();
   #destroyed = false;
 
-  constructor(network: PeerNetwork, upstream: UpstreamBlob, request: Omit<PeerBlobRequest, 'offset'>, candidates: readonly PeerMember[], log: Logger) {
+  constructor(network: PeerNetwork, upstream: UpstreamFallback, request: Omit<PeerBlobRequest, 'offset'>, candidates: readonly PeerMember[], log: Logger) {
     this.#network = network;
     this.#upstreamBlob = upstream;
     this.#request = request;

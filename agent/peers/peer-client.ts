@@ -25,12 +25,20 @@ export interface PeerTimeouts {
 
 const HIGH_WATER_MARK = 256 * 1024;
 
+/** How blobs are asked of peers: the TLS client, or a scripted one in tests. */
+export interface PeerTransport {
+  /** False until key material is known: peers are not used then. */
+  readonly ready: boolean;
+  /** GET of the blob (from `request.offset` on) on the member's peer listener; the caller checks the answer. */
+  get(member: PeerMember, request: PeerBlobRequest, signal?: AbortSignal): Promise<Dispatcher.ResponseData>;
+}
+
 /**
  * The agent's client for other agents' peer listeners: mutual TLS with this agent's certificate,
  * trusting only the agents' CA. Every agent is an equal member, so the server's identity is
  * "issued by the agents' CA" (checked by the chain), not a host name: peers are addressed by IP.
  */
-export class PeerClient {
+export class PeerClient implements PeerTransport {
   readonly #timeouts: PeerTimeouts;
   #agent: Agent | undefined;
 
