@@ -347,9 +347,9 @@ export class AgentRuntime {
 
   /** SIGHUP: the file's static members and key material files apply live (turning peers on or off needs a restart). */
   async reloadPeers(next: PeersConfig | undefined): Promise<void> {
-    if (!this.#peers) return;
-    if (next?.members) this.#peers.setMembers(next.members);
-    await this.#peers.reloadIdentity();
+    if (!this.#peers || !next) return;
+    if (next.members) this.#peers.setMembers(next.members);
+    await this.#peers.reloadIdentity(next.tls);
   }
 
   async #listen(): Promise<void> {

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:https';
+import { connect as netConnect } from 'node:net';
 import { connect } from 'node:tls';
 import { Agent } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -70,12 +71,13 @@ async function nodes(count: number, first = 11): Promise<Node[]> {
   return list;
 }
 
-async function startNode(node: Node, members: readonly Node[], extra: string[] = [], mirror: Partial<TestMirror> = {}): Promise<InProcessAgent> {
+async function startNode(node: Node, members: readonly Node[], extra: string[] = [], mirror: Partial<TestMirror> = {}, extraToml?: string): Promise<InProcessAgent> {
   const nodeDir = await makeTempDir(`peers-${node.name}-`);
   const files = await ca.writeFiles(nodeDir, node.name, [node.address]);
   const agent = await startAgent({
     dir: nodeDir,
     mirrors: [{ registry: REGISTRY, upstream: tunnel.url, ...mirror }],
+    ...(extraToml ? { extraToml } : {}),
     tablesToml: peersToml({ nodeName: node.name, listen: `${node.address}:${node.port}`, members: members.map(({ name, url }) => ({ name, url })), files, extra }),
   });
   running.push(agent);
@@ -266,6 +268,72 @@ describe('peer sharing (agents in one process)', () => {
       await dispatcher.close();
     }
     expect(node).toBeDefined();
+  });
+
+  it('a peer connection that pipelines too deep, or stops reading, is cut (a TLS socket cannot be reset: it is destroyed); the agent goes on serving', async () => {
+    const members = await nodes(2, 81);
+    const [node] = await Promise.all(members.map((m) => startNode(m, members, [], {}, 'send_timeout = "1s"')));
+    const blob = makeRandomBlob(24 * 1024 * 1024);
+    await pushBlob(registry.url, REPO, blob, auth);
+    expect(sha((await get(blobUrl(node!, blob.digest), GOOD)).body)).toBe(blob.digest);
+    const target = members[0]!;
+    const leaf = ca.issue('tester');
+    const open = (): Promise<import('node:tls').TLSSocket> =>
+      new Promise((resolve, reject) => {
+        const socket = connect({ host: target.address, port: target.port, ca: ca.ca.certPem, cert: leaf.certPem, key: leaf.keyPem, checkServerIdentity: () => undefined }, () => resolve(socket));
+        socket.once('error', reject);
+      });
+    // The clients do not read, so they would not see the close: the agent's count of cuts says it.
+    const cut = (reason: string, count: number): Promise<void> =>
+      pollUntil(async () => (await metric(node!, `registry_proxy_connections_cut_total{listener="peer",reason="${reason}"}`)) >= count, {
+        timeoutMs: 10_000,
+        what: `a ${reason} cut on the peer listener`,
+      });
+    const request = `GET /v2/${REPO}/blobs/${blob.digest}?ns=${REGISTRY} HTTP/1.1\r\nHost: peer\r\nAuthorization: ${GOOD.authorization}\r\n\r\n`;
+
+    const pipelining = await open();
+    pipelining.on('error', () => undefined);
+    pipelining.pause();
+    // Small answers, so that the agent keeps parsing while the client reads nothing: 20 requests queue up.
+    const small = makeRandomBlob(1024);
+    await pushBlob(registry.url, REPO, small, auth);
+    pipelining.write(request.replaceAll(blob.digest, small.digest).repeat(40));
+    await cut('pipelining', 1);
+    pipelining.destroy();
+
+    const stalled = await open();
+    stalled.on('error', () => undefined);
+    stalled.pause();
+    stalled.write(request);
+    await cut('send_timeout', 1);
+    stalled.destroy();
+
+    // Still serving, on both ports.
+    const fresh = await open();
+    fresh.on('error', () => undefined);
+    fresh.end();
+    expect(sha((await get(blobUrl(node!, blob.digest), GOOD)).body)).toBe(blob.digest);
+  });
+
+  it('[peers] max_connections caps the peer listener (not the mirror port\'s cap), closing the rest before any handshake', async () => {
+    const members = await nodes(2, 91);
+    await Promise.all(members.map((m) => startNode(m, members, ['max_connections = 4'])));
+    const target = members[0]!;
+    const sockets = await Promise.all(
+      Array.from({ length: 10 }, () =>
+        new Promise<import('node:net').Socket>((resolve, reject) => {
+          const socket = netConnect(target.port, target.address, () => resolve(socket));
+          socket.once('error', reject);
+        }),
+      ),
+    );
+    const ended = await Promise.all(sockets.map((socket) => new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), 1_000);
+      socket.once('close', () => { clearTimeout(timer); resolve(true); });
+      socket.resume();
+    })));
+    expect(ended.filter((e) => e)).toHaveLength(6);
+    for (const socket of sockets) socket.destroy();
   });
 
   it('a member list reloaded live moves ownership: the new member serves what it owns', async () => {

@@ -125,3 +125,16 @@ export function answerAndClose(socket: Duplex, raw: string): void {
   socket.end(raw);
   socket.resume();
 }
+
+/**
+ * Cuts a connection with a reset (RST), so a client that stopped reading gets no orderly end. A
+ * TLS socket's handle cannot be reset (Node throws), so it is destroyed instead: the peer listener's
+ * connections are TLS.
+ */
+export function resetSocket(socket: Socket): void {
+  try {
+    socket.resetAndDestroy();
+  } catch {
+    socket.destroy();
+  }
+}

@@ -147,6 +147,7 @@ export const refusals = {
     }),
   rangeNotSatisfiable: (size: number) => new OciError('RANGE_INVALID', 'requested range not satisfiable', { headers: { 'content-range': `bytes */${size}` }, detail: { size } }),
   /** The token endpoint (passthrough). */
+  peerMethod: (method: string) => new OciError('UNSUPPORTED', `${method} is not supported: the peer listener takes blob GETs`, { headers: { allow: 'GET' } }),
   peerOnlyBlobs: () => new OciError('UNSUPPORTED', 'the peer listener serves blobs only', { status: 404 }),
   tokenPath: () => new OciError('NAME_INVALID', 'malformed token endpoint path', { status: 404 }),
   tokenMethod: () => new OciError('UNSUPPORTED', 'token endpoint takes GET or POST', { headers: { allow: 'GET, POST' } }),

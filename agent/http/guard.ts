@@ -1,6 +1,6 @@
 import type { Server } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { answerAndClose as answerAndCloseRaw, gateConnections } from './connection-gate.ts';
+import { answerAndClose as answerAndCloseRaw, gateConnections, resetSocket } from './connection-gate.ts';
 import { RequestQueue } from './request-queue.ts';
 import { SendWatchdog } from './send-watchdog.ts';
 
@@ -80,7 +80,7 @@ export function guardServer(server: Server, options: GuardOptions): void {
     options.sendTimeoutMs,
     (socket) => {
       events?.cut?.('send_timeout');
-      socket.resetAndDestroy();
+      resetSocket(socket);
     },
     options.minProgressBytes,
   );

@@ -1,6 +1,7 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { resetSocket } from './connection-gate.ts';
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -94,7 +95,7 @@ export class RequestQueue {
       this.#onOverflow();
       state.cut = true;
       state.waiting.length = 0;
-      socket.resetAndDestroy();
+      resetSocket(socket);
       return;
     }
     state.waiting.push(start);

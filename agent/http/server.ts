@@ -38,6 +38,13 @@ const KEEP_ALIVE_MS = 30_000;
 const MAX_REQUESTS_PER_CONNECTION = 1_000;
 /** Requests parsed from one connection that may wait behind the one being answered. */
 const MAX_PIPELINED = 16;
+/**
+ * The peer listener counts connections before their TLS handshake (it cannot know who is who
+ * earlier): one address may hold this many (an agent opens at most 8 to a peer), and a handshake
+ * must be done within PEER_HANDSHAKE_MS, so a pod cannot fill the cap that agents need.
+ */
+const PEER_MAX_PER_ADDRESS = 16;
+const PEER_HANDSHAKE_MS = 5_000;
 
 /** The mirror's HTTP surface: the only code that knows status codes and headers. */
 export function createMirrorServer(options: MirrorServerOptions): Server {
@@ -46,7 +53,10 @@ export function createMirrorServer(options: MirrorServerOptions): Server {
   // Host and Expect are checked in handle() (protocolRefusal), so that those refusals are OCI errors too.
   const http: ServerOptions = { maxHeaderSize: 16 * 1024, requireHostHeader: false, connectionsCheckingInterval: checkingInterval(limits.requestTimeoutMs) };
   const server: Server = options.peer
-    ? (createTlsServer({ ...http, ...options.peer, requestCert: true, rejectUnauthorized: true, handshakeTimeout: limits.requestTimeoutMs }, serve) as unknown as Server)
+    ? (createTlsServer(
+        { ...http, ...options.peer, requestCert: true, rejectUnauthorized: true, handshakeTimeout: Math.min(limits.requestTimeoutMs, PEER_HANDSHAKE_MS) },
+        serve,
+      ) as unknown as Server)
     : createServer(http, serve);
   server.on('checkExpectation', serve);
   // A forward-proxy tunnel request is never served: this is a mirror, not a proxy.
@@ -58,7 +68,9 @@ export function createMirrorServer(options: MirrorServerOptions): Server {
     keepAliveTimeoutMs: KEEP_ALIVE_MS,
     maxRequestsPerSocket: MAX_REQUESTS_PER_CONNECTION,
     maxPipelined: MAX_PIPELINED,
-    refusal: rawOciResponse(refusals.connectionCap(limits.maxConnections)),
+    // Over the cap a peer connection is closed before its handshake: a plain-text answer means nothing to a TLS client.
+    refusal: options.peer ? '' : rawOciResponse(refusals.connectionCap(limits.maxConnections)),
+    ...(options.peer ? { maxPerAddress: PEER_MAX_PER_ADDRESS } : {}),
     clientErrorAnswer: (code) => rawOciResponse(clientErrorFor(code)),
     ...(options.events ? { events: options.events } : {}),
   });
@@ -122,7 +134,7 @@ function parse(req: IncomingMessage): DistributionRequest {
 
 /** The peer listener answers blob GETs and nothing else. */
 function parsePeer(req: IncomingMessage): Extract<DistributionRequest, { kind: 'blob' }> {
-  if (req.method !== 'GET') throw refusals.method(req.method ?? '');
+  if (req.method !== 'GET') throw refusals.peerMethod(req.method ?? '');
   const request = parseDistributionRequest(req.url ?? '');
   if (request.kind !== 'blob') throw refusals.peerOnlyBlobs();
   return request;

@@ -49,6 +49,21 @@ describe('FileIdentity: peer key material from PEM files', () => {
     expect(seen.map((s) => s.cert)).toEqual([leaf.certPem, renewed.certPem]);
   });
 
+  it('takes other paths on reload (a changed configuration), and keeps the old ones when the new files do not fit', async () => {
+    const first = await files('first', ca.certPem, leaf.certPem, leaf.keyPem);
+    const identity = new FileIdentity(first);
+    await identity.start();
+    const other = issueCertificate(ca, { commonName: 'node-a', validityMs: DAY });
+    const second = await files('second', ca.certPem, other.certPem, other.keyPem);
+    expect(await identity.reload(second)).toBe(true);
+    expect(identity.current()?.cert).toBe(other.certPem);
+    const broken = await files('broken', ca.certPem, leaf.certPem, other.keyPem);
+    await expect(identity.reload(broken)).rejects.toBeInstanceOf(PeerIdentityError);
+    expect(identity.current()?.cert).toBe(other.certPem);
+    // The paths in use are still the good ones.
+    expect(await identity.reload()).toBe(false);
+  });
+
   it.each([
     ['a key that is not the certificate’s', () => files('wrong-key', ca.certPem, leaf.certPem, issueCertificate(ca, { commonName: 'x', validityMs: DAY }).keyPem), 'is not the key of'],
     ['a certificate from another CA', () => files('other-ca', other.certPem, leaf.certPem, leaf.keyPem), 'is not issued by the CA in'],

@@ -19,7 +19,7 @@ export class PeerIdentityError extends Error {
  * (SIGHUP), which hands a changed identity to the subscribers.
  */
 export class FileIdentity implements PeerIdentitySource {
-  readonly #files: IdentityFiles;
+  #files: IdentityFiles;
   readonly #listeners = new Set<(identity: PeerIdentity) => void>();
   #current: PeerIdentity | undefined;
 
@@ -40,9 +40,13 @@ export class FileIdentity implements PeerIdentitySource {
     await this.reload();
   }
 
-  /** Reads the files again; true when the identity changed. Throws (and keeps the old one) when they do not fit. */
-  async reload(): Promise<boolean> {
-    const next = await readIdentity(this.#files);
+  /**
+   * Reads the files again (`files`: other paths, from a reloaded configuration); true when the
+   * identity changed. Throws, and keeps the old identity and paths, when they do not fit.
+   */
+  async reload(files: IdentityFiles = this.#files): Promise<boolean> {
+    const next = await readIdentity(files);
+    this.#files = { caFile: files.caFile, certFile: files.certFile, keyFile: files.keyFile };
     const previous = this.#current;
     if (previous && previous.ca === next.ca && previous.cert === next.cert && previous.key === next.key) return false;
     this.#current = next;

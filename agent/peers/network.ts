@@ -39,6 +39,8 @@ export interface PeerNetworkDeps {
   readonly log: Logger;
   readonly events?: PeerEvents;
   readonly now?: () => number;
+  /** `progress_timeout`: a peer must send at least 1 MiB per this much time (default 10 s). */
+  readonly progressMs?: number;
 }
 
 /**
@@ -48,6 +50,7 @@ export interface PeerNetworkDeps {
 export class PeerNetwork {
   readonly self: string;
   readonly client: PeerTransport;
+  readonly progressMs: number;
   readonly #membership: Membership;
   readonly #log: Logger;
   readonly #events: PeerEvents | undefined;
@@ -58,6 +61,7 @@ export class PeerNetwork {
   constructor(deps: PeerNetworkDeps) {
     this.self = deps.self;
     this.client = deps.client;
+    this.progressMs = deps.progressMs ?? 10_000;
     this.#membership = new Membership(deps.self, deps.members);
     this.#log = deps.log;
     this.#events = deps.events;

@@ -30,7 +30,9 @@ type Behaviour =
   /** Answers a Range request with a Content-Range for another offset. */
   | { kind: 'wrong-range' }
   /** Serves the right length of wrong bytes. */
-  | { kind: 'corrupt' };
+  | { kind: 'corrupt' }
+  /** Sends one byte every 20 ms: never idle for long, never done. */
+  | { kind: 'drip' };
 
 interface Asked {
   member: string;
@@ -108,6 +110,17 @@ class ScriptedPeers implements PeerTransport {
         return response(206, { ...headers, 'content-range': `bytes 0-${bytes.length - 1}/${bytes.length}` }, chunks(bytes));
       case 'corrupt':
         return response(status, headers, chunks(Buffer.from(rest.map((b) => b ^ 0x5a))));
+      case 'drip': {
+        let at = 0;
+        const body = new Readable({
+          read() {
+            setTimeout(() => {
+              if (!body.destroyed) body.push(rest.subarray(at, (at += 1)));
+            }, 20);
+          },
+        });
+        return response(status, headers, body);
+      }
     }
   }
 }
@@ -141,7 +154,7 @@ interface Run {
   source: FillSource;
 }
 
-function network(self: string, list: readonly PeerMember[], peers: PeerTransport, now = () => 0): { net: PeerNetwork; fallbacks: Run['fallbacks']; peerBytes: () => number } {
+function network(self: string, list: readonly PeerMember[], peers: PeerTransport, now = () => 0, progressMs = 10_000): { net: PeerNetwork; fallbacks: Run['fallbacks']; peerBytes: () => number } {
   const fallbacks: Run['fallbacks'] = [];
   let peerBytes = 0;
   const net = new PeerNetwork({
@@ -150,6 +163,7 @@ function network(self: string, list: readonly PeerMember[], peers: PeerTransport
     client: peers,
     log,
     now,
+    progressMs,
     events: { lookup: () => undefined, fallback: (step, reason) => fallbacks.push({ step, reason }), received: (bytes) => (peerBytes += bytes) },
   });
   return { net, fallbacks, peerBytes: () => peerBytes };
@@ -164,10 +178,10 @@ async function drain(source: FillSource): Promise<Buffer> {
   return bytes;
 }
 
-async function download(self: PeerMember, list: readonly PeerMember[], blob: { bytes: Buffer; digest: Digest }, behaviours: Record<string, Behaviour>) {
+async function download(self: PeerMember, list: readonly PeerMember[], blob: { bytes: Buffer; digest: Digest }, behaviours: Record<string, Behaviour>, progressMs?: number) {
   const peers = new ScriptedPeers(blob.bytes, behaviours);
   const upstream = new ScriptedUpstream(blob.bytes);
-  const { net, fallbacks, peerBytes } = network(self.name, list, peers);
+  const { net, fallbacks, peerBytes } = network(self.name, list, peers, () => 0, progressMs);
   let checked = 0;
   const requester = new PeerBlob(net, upstream, async () => void (checked += 1), { registry: 'r.example', name: NAME, digest: blob.digest }, log);
   const source = await requester.fetch(new AbortController().signal);
@@ -239,6 +253,15 @@ describe('PeerBlob: where a blob not cached here comes from', () => {
     expect(run.bytes.equals(blob.bytes)).toBe(true);
     expect(run.fallbacks.map((f) => f.reason)).toEqual(['broken', 'status', 'status']);
     expect(run.upstream.from).toEqual([16 * 1024]);
+  });
+
+  it('a peer that trickles (a byte now and then, never idle for a whole timeout) is left once a window passes with less than 1 MiB', async () => {
+    const blob = blobFor(list);
+    const run = await download(blob.ranked[4]!, list, blob, { [blob.ranked[0]!.name]: { kind: 'drip' } }, 150);
+    expect(run.bytes.equals(blob.bytes)).toBe(true);
+    expect(run.fallbacks).toEqual([{ step: 'peer', reason: 'stalled' }]);
+    expect(run.peers.asked[1]!.member).toBe(blob.ranked[1]!.name);
+    expect(run.peers.asked[1]!.offset).toBeGreaterThan(0);
   });
 
   it('a member ranked second asks only the owner, then fetches upstream itself (never a member ranked below it)', async () => {

@@ -113,8 +113,10 @@ class PeerDownload {
         return;
       }
       const { member, body } = this.#peer!;
+      const pace = new Pace(this.#network.progressMs);
       try {
         for await (const chunk of body as AsyncIterable<Uint8Array>) {
+          pace.check(chunk.length);
           this.#offset += chunk.length;
           this.#contributors.add(member);
           yield chunk;
@@ -195,10 +197,40 @@ class PeerDownload {
   }
 }
 
+/**
+ * A peer must send at least MIN_PROGRESS_BYTES per progress window: the idle timeout alone lets a
+ * peer that trickles a byte every few seconds hold a download for ever.
+ */
+const MIN_PROGRESS_BYTES = 1024 * 1024;
+
+class Pace {
+  readonly #windowMs: number;
+  #start = performance.now();
+  #bytes = 0;
+
+  constructor(windowMs: number) {
+    this.#windowMs = windowMs;
+  }
+
+  /** Throws (reason stalled) when a whole window passed with fewer than MIN_PROGRESS_BYTES. */
+  check(bytes: number): void {
+    this.#bytes += bytes;
+    const now = performance.now();
+    if (now - this.#start < this.#windowMs) return;
+    if (this.#bytes < MIN_PROGRESS_BYTES) {
+      throw Object.assign(new Error(`sent ${this.#bytes} bytes in ${Math.round(now - this.#start)} ms (at least ${MIN_PROGRESS_BYTES} per ${this.#windowMs} ms)`), {
+        code: 'PEER_TOO_SLOW',
+      });
+    }
+    this.#start = now;
+    this.#bytes = 0;
+  }
+}
+
 function classify(error: unknown): FallbackReason {
   const code = (error as { code?: unknown } | undefined)?.code;
   const text = typeof code === 'string' ? code : '';
-  if (text === 'UND_ERR_HEADERS_TIMEOUT' || text === 'UND_ERR_BODY_TIMEOUT') return 'stalled';
+  if (text === 'UND_ERR_HEADERS_TIMEOUT' || text === 'UND_ERR_BODY_TIMEOUT' || text === 'PEER_TOO_SLOW') return 'stalled';
   if (text.startsWith('ERR_TLS') || text.includes('CERT') || /certificate|handshake|alert/i.test(messageOf(error))) return 'tls';
   if (['UND_ERR_CONNECT_TIMEOUT', 'ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT'].includes(text)) return 'connect';
   return 'broken';

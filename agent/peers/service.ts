@@ -1,7 +1,7 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import type { PeersConfig } from '../config/types.ts';
+import type { PeersConfig, PeerTlsConfig } from '../config/types.ts';
 import type { GuardEvents } from '../http/guard.ts';
 import type { MirrorSet } from '../http/mirror-set.ts';
 import { createMirrorServer } from '../http/server.ts';
@@ -48,12 +48,19 @@ export class PeerService {
     this.#identity = deps.identity;
     this.#log = log;
     this.#client = new PeerClient({ connectMs: config.connectTimeoutMs, progressMs: config.progressTimeoutMs });
-    this.network = new PeerNetwork({ self: config.nodeName, members: config.members ?? [], client: this.#client, log, ...(deps.events ? { events: deps.events } : {}) });
+    this.network = new PeerNetwork({
+      self: config.nodeName,
+      members: config.members ?? [],
+      client: this.#client,
+      log,
+      progressMs: config.progressTimeoutMs,
+      ...(deps.events ? { events: deps.events } : {}),
+    });
     this.#server = createMirrorServer({
       mirrors: deps.mirrors,
       log: deps.log.child({ component: 'peer-listener' }),
       ...(deps.onRequest ? { onRequest: deps.onRequest } : {}),
-      limits: { maxConnections: config.maxConnections, ...deps.limits },
+      limits: { requestTimeoutMs: deps.limits.requestTimeoutMs, sendTimeoutMs: deps.limits.sendTimeoutMs, maxConnections: config.maxConnections },
       ...(deps.guardEvents ? { events: deps.guardEvents } : {}),
       peer: {},
     });
@@ -74,9 +81,18 @@ export class PeerService {
     this.network.setMembers(members);
   }
 
-  /** Reads file key material again (SIGHUP); other sources follow their own changes. */
-  async reloadIdentity(): Promise<void> {
-    if (this.#identity instanceof FileIdentity) await this.#identity.reload();
+  /**
+   * SIGHUP: reads file key material again, from the paths of the reloaded configuration; other
+   * sources follow their own changes. A switch between files and the CA Secret needs a restart.
+   */
+  async reloadIdentity(tls: PeerTlsConfig): Promise<void> {
+    if (this.#identity instanceof FileIdentity && tls.kind === 'files') {
+      if (await this.#identity.reload(tls)) this.#log.info({ ca: tls.caFile, cert: tls.certFile }, 'peer key material reloaded');
+      return;
+    }
+    if ((this.#identity instanceof FileIdentity) !== (tls.kind === 'files')) {
+      this.#log.warn({ tls: tls.kind }, 'peers.tls switched between files and the CA Secret: restart the agent to apply');
+    }
   }
 
   /** `https://host:port` of the bound listener; '' before it is bound. */
