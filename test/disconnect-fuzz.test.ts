@@ -2,8 +2,9 @@
  * Issue 12: the seeded disconnect fuzzer. Thousands of generated raw requests (every method including
  * CONNECT and PRI, garbage; origin, absolute and authority targets; HTTP/1.0, 1.1 and bogus versions;
  * Upgrade, Expect, chunked and duplicate Content-Length, pipelining), each cut at a random byte with a
- * FIN or a reset, before the request is complete or after reading part of the answer, against both
- * listeners of a child agent. After every batch: the process is alive, /healthz answers 200, its open
+ * FIN or a reset, before the request is complete or after reading part of the answer, against the
+ * three listeners of a child agent (the peer listener inside mutual-TLS sessions with an agent
+ * certificate). After every batch: the process is alive, /healthz answers 200, its open
  * descriptors are back to the baseline, and a cached blob is still served whole.
  *
  * The seed is printed. `RPA_FUZZ_SEED=<seed> npx vitest run test/disconnect-fuzz.test.ts` replays the
@@ -11,6 +12,7 @@
  */
 import { get } from 'node:http';
 import { type Socket, connect } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type PortedAgentProcess, startPortedAgentProcess } from './fixtures/agent.ts';
 import { sha256 } from './fixtures/digest.ts';
@@ -18,6 +20,8 @@ import { countFds } from './fixtures/fds.ts';
 import { recordFigures } from './fixtures/figures.ts';
 import { type FuzzCase, type FuzzTargets, generateCases } from './fixtures/fuzz-requests.ts';
 import { type TestImage, makeImage, pushImage } from './fixtures/image.ts';
+import { freePort } from './fixtures/net.ts';
+import { TestPeerCa, peersToml } from './fixtures/peer-certs.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { type RegistryHandle, startRegistry } from './fixtures/registry.ts';
 import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
@@ -25,7 +29,11 @@ import { makeTempDir, removeTempDir } from './fixtures/tmp.ts';
 const REGISTRY = 'registry.corp.example:5000';
 const REPO = 'team/app';
 const SEED = Number(process.env['RPA_FUZZ_SEED'] ?? Math.floor(Math.random() * 2 ** 31));
-const CASES = { mirror: Number(process.env['RPA_FUZZ_CASES'] ?? 4_000), metrics: Math.ceil(Number(process.env['RPA_FUZZ_CASES'] ?? 4_000) / 2) };
+const CASES = {
+  mirror: Number(process.env['RPA_FUZZ_CASES'] ?? 4_000),
+  metrics: Math.ceil(Number(process.env['RPA_FUZZ_CASES'] ?? 4_000) / 2),
+  peer: Math.ceil(Number(process.env['RPA_FUZZ_CASES'] ?? 4_000) / 2),
+};
 const BATCH = 100;
 const PARALLEL = 40;
 /** A client that cuts with a FIN and stops reading is dropped by the test after this long. */
@@ -37,6 +45,10 @@ let image: TestImage;
 let agent: PortedAgentProcess;
 let port: number;
 let metricsPort: number;
+/** The peer listener (mutual TLS), and the agent certificate the cut clients present. */
+let peerPort: number;
+const ca = new TestPeerCa('fuzz agents CA');
+const client = ca.issue('fuzz-client');
 const statuses = new Map<string, number>();
 
 beforeAll(async () => {
@@ -45,10 +57,22 @@ beforeAll(async () => {
   // A small layer for the after-batch check, a larger one so that answers can be cut mid-body.
   [registry, image] = await Promise.all([startRegistry(), makeImage({ layers: 2, layerBytes: 4 * 1024 * 1024, seed: 'fuzz' })]);
   await pushImage(registry.url, REPO, 'v1', image);
+  peerPort = await freePort();
+  const files = await ca.writeFiles(dir, 'node-fuzz', ['127.0.0.1']);
   agent = await startPortedAgentProcess({
     dir,
     mirrors: [{ registry: REGISTRY, upstream: registry.url }],
     extraToml: ['client_request_timeout = "2s"', 'send_timeout = "1s"'].join('\n'),
+    // Peer sharing on, with a second member nobody runs: the peer listener is up and fuzzed too.
+    tablesToml: peersToml({
+      nodeName: 'node-fuzz',
+      listen: `127.0.0.1:${peerPort}`,
+      members: [
+        { name: 'node-fuzz', url: `https://127.0.0.1:${peerPort}` },
+        { name: 'node-gone', url: `https://127.0.0.2:${peerPort}` },
+      ],
+      files,
+    }),
   });
   ({ port, metricsPort } = agent);
   // Warm: the manifest and both layers are cached before the first batch.
@@ -86,14 +110,31 @@ function mirrorTargets(): FuzzTargets {
   };
 }
 
+function peerTargets(): FuzzTargets {
+  const layer = image.layers[1]!.digest;
+  return {
+    authority: `127.0.0.1:${peerPort}`,
+    registry: REGISTRY,
+    paths: [`/v2/${REPO}/blobs/${layer}`, `/v2/${REPO}/blobs/${layer}`, `/v2/${REPO}/blobs/${image.layers[0]!.digest}`, `/v2/${REPO}/blobs/sha256:${'0'.repeat(64)}`, `/v2/${REPO}/manifests/v1`, '/v2/'],
+  };
+}
+
 function metricsTargets(): FuzzTargets {
   return { authority: `127.0.0.1:${metricsPort}`, registry: REGISTRY, paths: ['/healthz', '/readyz', '/metrics', '/metrics', '/', '/v2/'] };
 }
 
-/** Sends one case and cuts the connection as planned; resolves when the client side is gone. */
-function runCase(target: number, fuzz: FuzzCase): Promise<void> {
+/**
+ * Sends one case and cuts the connection as planned; resolves when the client side is gone. With
+ * `tls` (the peer listener) the case travels inside a mutual-TLS session with an agent certificate;
+ * a reset cuts the TCP connection under it.
+ */
+function runCase(target: number, fuzz: FuzzCase, tls = false): Promise<void> {
   return new Promise((resolve) => {
-    const socket: Socket = connect({ host: '127.0.0.1', port: target });
+    const raw: Socket = connect({ host: '127.0.0.1', port: target });
+    const socket: Socket = tls
+      ? tlsConnect({ socket: raw, ca: ca.ca.certPem, cert: client.certPem, key: client.keyPem, checkServerIdentity: () => undefined })
+      : raw;
+    if (tls) raw.on('error', () => undefined);
     let received = 0;
     let head = '';
     let done = false;
@@ -110,7 +151,7 @@ function runCase(target: number, fuzz: FuzzCase): Promise<void> {
       if (cutting) return;
       cutting = true;
       if (fuzz.cut.how === 'rst') {
-        socket.resetAndDestroy();
+        raw.resetAndDestroy();
         finish();
         return;
       }
@@ -125,7 +166,7 @@ function runCase(target: number, fuzz: FuzzCase): Promise<void> {
       received += data.length;
       if (fuzz.cut.readBytes !== undefined && received >= fuzz.cut.readBytes) cut();
     });
-    socket.on('connect', () => {
+    socket.on(tls ? 'secureConnect' : 'connect', () => {
       const payload = fuzz.bytes.subarray(0, fuzz.cut.sendBytes);
       const send = (then: () => void): void => {
         if (!fuzz.cut.split || payload.length < 2) {
@@ -145,13 +186,13 @@ function runCase(target: number, fuzz: FuzzCase): Promise<void> {
   });
 }
 
-async function runBatch(target: number, cases: readonly FuzzCase[]): Promise<void> {
+async function runBatch(target: number, cases: readonly FuzzCase[], tls: boolean): Promise<void> {
   let next = 0;
   await Promise.all(
     Array.from({ length: PARALLEL }, async () => {
       while (next < cases.length) {
         const fuzz = cases[next++]!;
-        await runCase(target, fuzz);
+        await runCase(target, fuzz, tls);
       }
     }),
   );
@@ -199,14 +240,15 @@ describe(`disconnect fuzzer (seed ${SEED})`, () => {
   it.each([
     ['mirror', () => port, mirrorTargets, CASES.mirror],
     ['metrics', () => metricsPort, metricsTargets, CASES.metrics],
+    ['peer', () => peerPort, peerTargets, CASES.peer],
   ] as const)(
     'the %s port: every generated request cut at a random byte; after each batch the agent is alive, healthy, back to its descriptors and serving',
     async (listener, target, targets, count) => {
       const baseline = (await countFds(agent.process.pid, [registry.port])).rest;
       const started = Date.now();
       for (let first = 0; first < count; first += BATCH) {
-        const cases = generateCases(SEED + (listener === 'metrics' ? 1 : 0), Math.min(BATCH, count - first), targets(), first);
-        await runBatch(target(), cases);
+        const cases = generateCases(SEED + { mirror: 0, metrics: 1, peer: 2 }[listener], Math.min(BATCH, count - first), targets(), first);
+        await runBatch(target(), cases, listener === 'peer');
         await invariants(baseline, `after ${listener} cases ${first}-${first + cases.length - 1} (seed ${SEED}; first: ${cases[0]?.label ?? ''})`);
       }
       await recordFigures('disconnect-fuzz', listener, { seed: SEED, cases: count, batches: Math.ceil(count / BATCH), seconds: Math.round((Date.now() - started) / 1000), baselineFds: baseline });
@@ -216,6 +258,6 @@ describe(`disconnect fuzzer (seed ${SEED})`, () => {
 
   it('no cut client ever saw an internal error (500)', () => {
     expect(statuses.get('500') ?? 0).toBe(0);
-    expect([...statuses.values()].reduce((a, b) => a + b, 0)).toBe(CASES.mirror + CASES.metrics);
+    expect([...statuses.values()].reduce((a, b) => a + b, 0)).toBe(CASES.mirror + CASES.metrics + CASES.peer);
   });
 });

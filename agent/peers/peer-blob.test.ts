@@ -264,6 +264,22 @@ describe('PeerBlob: where a blob not cached here comes from', () => {
     expect(run.peers.asked[1]!.offset).toBeGreaterThan(0);
   });
 
+  it('a slow reader is not the peer\'s fault: time the fill spends on a chunk does not count against the peer', async () => {
+    const blob = blobFor(list);
+    const peers = new ScriptedPeers(blob.bytes, {});
+    const { net, fallbacks } = network(blob.ranked[4]!.name, list, peers, () => 0, 50);
+    const requester = new PeerBlob(net, new ScriptedUpstream(blob.bytes), async () => undefined, { registry: 'r.example', name: NAME, digest: blob.digest }, log);
+    const source = await requester.fetch(new AbortController().signal);
+    const parts: Buffer[] = [];
+    for await (const chunk of source.body) {
+      parts.push(Buffer.from(chunk));
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    expect(Buffer.concat(parts).equals(blob.bytes)).toBe(true);
+    expect(fallbacks).toEqual([]);
+    expect(peers.asked).toHaveLength(1);
+  });
+
   it('a member ranked second asks only the owner, then fetches upstream itself (never a member ranked below it)', async () => {
     const blob = blobFor(list);
     const run = await download(blob.ranked[1]!, list, blob, { [blob.ranked[0]!.name]: { kind: 'refuse' } });

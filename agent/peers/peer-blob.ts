@@ -116,10 +116,12 @@ class PeerDownload {
       const pace = new Pace(this.#network.progressMs);
       try {
         for await (const chunk of body as AsyncIterable<Uint8Array>) {
-          pace.check(chunk.length);
+          pace.received(chunk.length);
           this.#offset += chunk.length;
           this.#contributors.add(member);
           yield chunk;
+          // Time the fill spent on the chunk (a slow reader, a full queue) is not the peer's.
+          pace.waiting();
         }
         if (this.#size !== undefined && this.#offset < this.#size) throw new Error(`answer ended at byte ${this.#offset} of ${this.#size}`);
         return;
@@ -203,26 +205,33 @@ class PeerDownload {
  */
 const MIN_PROGRESS_BYTES = 1024 * 1024;
 
+/** The time spent waiting for a peer's bytes, and the bytes it sent meanwhile, window by window. */
 class Pace {
   readonly #windowMs: number;
-  #start = performance.now();
+  #since = performance.now();
+  #waited = 0;
   #bytes = 0;
 
   constructor(windowMs: number) {
     this.#windowMs = windowMs;
   }
 
-  /** Throws (reason stalled) when a whole window passed with fewer than MIN_PROGRESS_BYTES. */
-  check(bytes: number): void {
+  /** The reader asks for the next bytes: waiting for the peer starts. */
+  waiting(): void {
+    this.#since = performance.now();
+  }
+
+  /** Bytes arrived; throws (reason stalled) when a whole window of waiting brought fewer than MIN_PROGRESS_BYTES. */
+  received(bytes: number): void {
+    this.#waited += performance.now() - this.#since;
     this.#bytes += bytes;
-    const now = performance.now();
-    if (now - this.#start < this.#windowMs) return;
+    if (this.#waited < this.#windowMs) return;
     if (this.#bytes < MIN_PROGRESS_BYTES) {
-      throw Object.assign(new Error(`sent ${this.#bytes} bytes in ${Math.round(now - this.#start)} ms (at least ${MIN_PROGRESS_BYTES} per ${this.#windowMs} ms)`), {
+      throw Object.assign(new Error(`sent ${this.#bytes} bytes in ${Math.round(this.#waited)} ms of waiting (at least ${MIN_PROGRESS_BYTES} per ${this.#windowMs} ms)`), {
         code: 'PEER_TOO_SLOW',
       });
     }
-    this.#start = now;
+    this.#waited = 0;
     this.#bytes = 0;
   }
 }
