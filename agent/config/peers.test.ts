@@ -52,6 +52,11 @@ describe('[peers]', () => {
     [`[peers]\nenabled = true\nnode_name = "node-a"\nlisten = "10.0.0.1:5443"\n${MEMBERS}${MIRROR}`, {}, 'peers.tls: without [kubernetes] enabled, set [peers.tls] ca_file, cert_file and key_file'],
     [`[peers]\nenabled = true\nnode_name = "node-a"\nlisten = "10.0.0.1:5443"\n[peers.tls]\nca_file = "ca.crt"\n${MEMBERS}${MIRROR}`, {}, 'ca_file, cert_file and key_file go together'],
     [`[peers]\nlisten = "10.0.0.1:5443"\nport = 5443\n${MIRROR}`, {}, 'give either listen or port'],
+    [
+      `[peers]\nenabled = true\nnode_name = "node-b"\nlisten = "10.0.0.1:5443"\n${FILES}${MEMBERS}${MIRROR}`,
+      {},
+      'peers.member[0].url: https://10.0.0.1:5443 is this node\'s own peer listener',
+    ],
     [`[peers]\n[[peers.member]]\nname = "a"\nurl = "http://10.0.0.1:5443"\n${MIRROR}`, {}, 'expected https://<node IP>:<port>'],
     [`[peers]\n[[peers.member]]\nname = "a"\nurl = "https://node-a.cluster.local:5443"\n${MIRROR}`, {}, 'expected https://<node IP>:<port>'],
     [`[peers]\n[[peers.member]]\nname = "a"\nurl = "https://10.0.0.1"\n${MIRROR}`, {}, 'expected https://<node IP>:<port>'],

@@ -40,6 +40,11 @@ export function readPeers(root: Section, ctx: PeersContext): PeersConfig | undef
   if (enabled && members !== undefined && !members.some((m) => m.name === nodeName)) {
     section.fail('member', `this node ("${nodeName}") is not among the members: list it too, so that every agent ranks the same members`);
   }
+  const own = listenUrl(listen);
+  const impostor = members?.findIndex((m) => m.name !== nodeName && m.url === own) ?? -1;
+  if (enabled && impostor !== -1) {
+    section.fail(`member[${impostor}].url`, `${own} is this node's own peer listener (listen): another member there would make this agent ask itself`);
+  }
   return {
     enabled,
     nodeName,
@@ -115,6 +120,10 @@ function parseMemberUrl(value: unknown): string {
     throw new Error(`expected https://<node IP>:<port>, got ${JSON.stringify(text)}`);
   }
   return `https://${url.host}`;
+}
+
+function listenUrl(listen: ListenAddress): string {
+  return `https://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`;
 }
 
 function expectPort(value: unknown): number {

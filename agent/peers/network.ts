@@ -57,20 +57,29 @@ export class PeerNetwork {
   readonly #now: () => number;
   /** Member name → until when it is passed over. */
   readonly #penalties = new Map<string, number>();
+  /** Member name → its URL, as last listed. */
+  #urls: Map<string, string>;
 
   constructor(deps: PeerNetworkDeps) {
     this.self = deps.self;
     this.client = deps.client;
     this.progressMs = deps.progressMs ?? 10_000;
     this.#membership = new Membership(deps.self, deps.members);
+    this.#urls = new Map(deps.members.map((m) => [m.name, m.url]));
     this.#log = deps.log;
     this.#events = deps.events;
     this.#now = deps.now ?? Date.now;
   }
 
-  /** New member list (config reload, EndpointSlices); logs who came and went. */
+  /**
+   * New member list (config reload, EndpointSlices); logs who came and went. A member at a new
+   * address is not passed over for what its old address did.
+   */
   setMembers(members: readonly PeerMember[]): void {
+    const before = new Map(this.#urls);
     const { joined, left } = this.#membership.update(members);
+    this.#urls = new Map(members.map((m) => [m.name, m.url]));
+    for (const [name, url] of this.#urls) if (before.get(name) !== url) this.#penalties.delete(name);
     if (joined.length + left.length > 0) this.#log.info({ joined, left, members: this.#membership.size }, 'peer membership changed');
   }
 

@@ -87,8 +87,9 @@ class ScriptedPeers implements PeerTransport {
     this.#behaviours = behaviours;
   }
 
-  async get(member: PeerMember, request: PeerBlobRequest): Promise<Dispatcher.ResponseData> {
+  async get(member: PeerMember, request: PeerBlobRequest, signal?: AbortSignal): Promise<Dispatcher.ResponseData> {
     this.asked.push({ member: member.name, offset: request.offset });
+    signal?.throwIfAborted();
     const behaviour = this.#behaviours[member.name] ?? { kind: 'serve' };
     const bytes = this.#bytes;
     const rest = bytes.subarray(request.offset);
@@ -278,6 +279,33 @@ describe('PeerBlob: where a blob not cached here comes from', () => {
     expect(Buffer.concat(parts).equals(blob.bytes)).toBe(true);
     expect(fallbacks).toEqual([]);
     expect(peers.asked).toHaveLength(1);
+  });
+
+  it('every reader left while the access decision was made: the peer is still asked (the download is under way, a client joining now is served)', async () => {
+    const blob = blobFor(list);
+    const peers = new ScriptedPeers(blob.bytes, {});
+    const { net } = network(blob.ranked[4]!.name, list, peers);
+    const unwanted = new AbortController();
+    const check = async (): Promise<void> => unwanted.abort();
+    const requester = new PeerBlob(net, new ScriptedUpstream(blob.bytes), check, { registry: 'r.example', name: NAME, digest: blob.digest }, log);
+    const source = await requester.fetch(unwanted.signal);
+    expect((await drain(source)).equals(blob.bytes)).toBe(true);
+  });
+
+  it('a member listed at a new address is no longer passed over for what the old address did', async () => {
+    const blob = blobFor(list);
+    const owner = blob.ranked[0]!;
+    const peers = new ScriptedPeers(blob.bytes, { [owner.name]: { kind: 'refuse' } });
+    const { net } = network(blob.ranked[4]!.name, list, peers);
+    await drain(await new PeerBlob(net, new ScriptedUpstream(blob.bytes), async () => undefined, { registry: 'r.example', name: NAME, digest: blob.digest }, log).fetch(new AbortController().signal));
+    const passedOver = net.route(blob.digest);
+    expect(passedOver.kind === 'peers' && passedOver.candidates.map((c) => c.name)).not.toContain(owner.name);
+    net.setMembers(list);
+    const same = net.route(blob.digest);
+    expect(same.kind === 'peers' && same.candidates.map((c) => c.name)).not.toContain(owner.name);
+    net.setMembers(list.map((m) => (m.name === owner.name ? { ...m, url: 'https://10.0.9.9:5443' } : m)));
+    const moved = net.route(blob.digest);
+    expect(moved.kind === 'peers' && moved.candidates[0]!.name).toBe(owner.name);
   });
 
   it('a member ranked second asks only the owner, then fetches upstream itself (never a member ranked below it)', async () => {

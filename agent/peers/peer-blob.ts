@@ -139,9 +139,11 @@ class PeerDownload {
     for (let member = this.#candidates.shift(); member; member = this.#candidates.shift()) {
       let response: Dispatcher.ResponseData;
       try {
-        response = await this.#network.client.get(member, { ...this.#request, offset: this.#offset }, unwanted);
+        // Not `unwanted`: past the access decision the download is under way, like an upstream GET
+        // already sent. A client that joins after the first one left is served, not told the
+        // download was dropped.
+        response = await this.#network.client.get(member, { ...this.#request, offset: this.#offset });
       } catch (error) {
-        if (unwanted.aborted) throw error;
         this.#leave(member, classify(error), { offset: this.#offset, err: messageOf(error) });
         continue;
       }
