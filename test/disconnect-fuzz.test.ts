@@ -47,6 +47,7 @@ let port: number;
 let metricsPort: number;
 /** The peer listener (mutual TLS), and the agent certificate the cut clients present. */
 let peerPort: number;
+const PEER_HOST = '127.0.0.3';
 const ca = new TestPeerCa('fuzz agents CA');
 const client = ca.issue('fuzz-client');
 const statuses = new Map<string, number>();
@@ -58,7 +59,8 @@ beforeAll(async () => {
   [registry, image] = await Promise.all([startRegistry(), makeImage({ layers: 2, layerBytes: 4 * 1024 * 1024, seed: 'fuzz' })]);
   await pushImage(registry.url, REPO, 'v1', image);
   peerPort = await freePort();
-  const files = await ca.writeFiles(dir, 'node-fuzz', ['127.0.0.1']);
+  // On 127.0.0.3: a port freePort found free on 127.0.0.1 cannot collide there with other tests' listeners.
+  const files = await ca.writeFiles(dir, 'node-fuzz', [PEER_HOST]);
   agent = await startPortedAgentProcess({
     dir,
     mirrors: [{ registry: REGISTRY, upstream: registry.url }],
@@ -66,9 +68,9 @@ beforeAll(async () => {
     // Peer sharing on, with a second member nobody runs: the peer listener is up and fuzzed too.
     tablesToml: peersToml({
       nodeName: 'node-fuzz',
-      listen: `127.0.0.1:${peerPort}`,
+      listen: `${PEER_HOST}:${peerPort}`,
       members: [
-        { name: 'node-fuzz', url: `https://127.0.0.1:${peerPort}` },
+        { name: 'node-fuzz', url: `https://${PEER_HOST}:${peerPort}` },
         { name: 'node-gone', url: `https://127.0.0.2:${peerPort}` },
       ],
       files,
@@ -113,7 +115,7 @@ function mirrorTargets(): FuzzTargets {
 function peerTargets(): FuzzTargets {
   const layer = image.layers[1]!.digest;
   return {
-    authority: `127.0.0.1:${peerPort}`,
+    authority: `${PEER_HOST}:${peerPort}`,
     registry: REGISTRY,
     paths: [`/v2/${REPO}/blobs/${layer}`, `/v2/${REPO}/blobs/${layer}`, `/v2/${REPO}/blobs/${image.layers[0]!.digest}`, `/v2/${REPO}/blobs/sha256:${'0'.repeat(64)}`, `/v2/${REPO}/manifests/v1`, '/v2/'],
   };
@@ -130,7 +132,7 @@ function metricsTargets(): FuzzTargets {
  */
 function runCase(target: number, fuzz: FuzzCase, tls = false): Promise<void> {
   return new Promise((resolve) => {
-    const raw: Socket = connect({ host: '127.0.0.1', port: target });
+    const raw: Socket = connect({ host: tls ? PEER_HOST : '127.0.0.1', port: target });
     const socket: Socket = tls
       ? tlsConnect({ socket: raw, ca: ca.ca.certPem, cert: client.certPem, key: client.keyPem, checkServerIdentity: () => undefined })
       : raw;

@@ -155,7 +155,7 @@ export interface PeersConfig {
   /** The headless Service selecting the agents (Kubernetes membership). */
   readonly service: string;
   readonly tls: PeerTlsConfig;
-  /** A peer that does not accept the connection within this is skipped (default 1 s). */
+  /** A peer that does not accept the TCP connection within this is skipped (default 1 s; the TLS handshake gets progressTimeoutMs). */
   readonly connectTimeoutMs: number;
   /** A peer that sends no byte for this long (headers or body) is left for the next (default 10 s). */
   readonly progressTimeoutMs: number;

@@ -242,7 +242,7 @@ function classify(error: unknown): FallbackReason {
   const code = (error as { code?: unknown } | undefined)?.code;
   const text = typeof code === 'string' ? code : '';
   if (text === 'UND_ERR_HEADERS_TIMEOUT' || text === 'UND_ERR_BODY_TIMEOUT' || text === 'PEER_TOO_SLOW') return 'stalled';
-  if (text.startsWith('ERR_TLS') || text.includes('CERT') || /certificate|handshake|alert/i.test(messageOf(error))) return 'tls';
+  if (text === 'PEER_HANDSHAKE_TIMEOUT' || text.startsWith('ERR_TLS') || text.includes('CERT') || /certificate|handshake|alert/i.test(messageOf(error))) return 'tls';
   if (['UND_ERR_CONNECT_TIMEOUT', 'ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT'].includes(text)) return 'connect';
   return 'broken';
 }

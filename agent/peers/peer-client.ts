@@ -1,4 +1,6 @@
-import { Agent, type Dispatcher } from 'undici';
+import { connect as netConnect } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import { Agent, type Dispatcher, type buildConnector } from 'undici';
 import type { Digest } from '../oci/digest.ts';
 import type { RepositoryName } from '../oci/reference.ts';
 import type { PeerIdentity } from './identity.ts';
@@ -50,16 +52,9 @@ export class PeerClient implements PeerTransport {
   setIdentity(identity: PeerIdentity): void {
     const previous = this.#agent;
     this.#agent = new Agent({
-      connectTimeout: this.#timeouts.connectMs,
       keepAliveTimeout: 30_000,
       connections: 8,
-      connect: {
-        ca: identity.ca,
-        cert: identity.cert,
-        key: identity.key,
-        rejectUnauthorized: true,
-        checkServerIdentity: checkPeerServerIdentity,
-      },
+      connect: peerConnector(identity, this.#timeouts),
     });
     void previous?.close().catch(() => undefined);
   }
@@ -92,4 +87,58 @@ export class PeerClient implements PeerTransport {
     await this.#agent?.close().catch(() => undefined);
     this.#agent = undefined;
   }
+}
+
+/**
+ * Connections to peers: `connectMs` bounds the TCP connect alone (a peer that does not accept within
+ * it is down, or its port is dropped); the TLS handshake after it gets `progressMs`, like any other
+ * wait for a peer. A busy node (the agent's CPU is throttled under load) can take more than a second
+ * to handshake: counted against the connect timeout, that would send pulls through the tunnel.
+ */
+function peerConnector(identity: PeerIdentity, timeouts: PeerTimeouts): buildConnector.connector {
+  return (options, callback) => {
+    let settled = false;
+    const settle = (...args: [null, import('node:tls').TLSSocket] | [Error, null]): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      callback(...(args as Parameters<buildConnector.Callback>));
+    };
+    const raw = netConnect({ host: options.hostname, port: Number(options.port), noDelay: true });
+    const fail = (error: Error): void => {
+      raw.destroy();
+      settle(error, null);
+    };
+    let timer = setTimeout(() => fail(timeoutError('UND_ERR_CONNECT_TIMEOUT', `Connect Timeout Error (${options.hostname}:${options.port}, ${timeouts.connectMs} ms)`)), timeouts.connectMs);
+    // Kept for the socket's life: errors after the handshake reach undici through the TLS socket.
+    raw.on('error', (error) => {
+      if (!settled) fail(error);
+    });
+    raw.once('connect', () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => fail(timeoutError('PEER_HANDSHAKE_TIMEOUT', `TLS handshake with ${options.hostname}:${options.port} not done within ${timeouts.progressMs} ms`)), timeouts.progressMs);
+      const socket = tlsConnect({
+        socket: raw,
+        ca: identity.ca,
+        cert: identity.cert,
+        key: identity.key,
+        rejectUnauthorized: true,
+        checkServerIdentity: checkPeerServerIdentity,
+        ALPNProtocols: ['http/1.1'],
+      });
+      const onError = (error: Error): void => {
+        socket.destroy();
+        fail(error);
+      };
+      socket.once('error', onError);
+      socket.once('secureConnect', () => {
+        socket.off('error', onError);
+        settle(null, socket);
+      });
+    });
+  };
+}
+
+function timeoutError(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
 }
