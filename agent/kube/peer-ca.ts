@@ -60,7 +60,8 @@ function caFromSecret(secret: V1Secret): IssuedPem | { problem: string } {
  * winner's); every agent then issues its own leaf in memory (never on disk) and renews it after two
  * thirds of its validity. The Secret is read again every `pollMs`, so a rotated CA (Secret replaced,
  * data changed, or deleted: the next agent to look creates a new one) yields a new leaf. A Secret the
- * agent cannot use is logged and left alone; peers stay off (current() undefined) until it is fixed.
+ * agent cannot use is logged and left alone: no new certificate is issued until it is fixed (current()
+ * is undefined); a listener already running keeps the certificate it has until that expires.
  *
  * Polling rather than a watch: one GET per agent every few minutes is cheap, needs only `get` on
  * this one Secret, and has no watch to keep alive.
@@ -240,7 +241,7 @@ export class KubePeerIdentity implements PeerIdentitySource {
     this.#logged = key;
     this.#d.log.warn(
       { secret: this.#d.secret, namespace: this.#d.namespace, reason, withdrawn: wasUsable },
-      'peer CA Secret unusable: peer sharing is off until it is fixed (the agent does not overwrite it)',
+      'peer CA Secret unusable: no peer certificate is issued until it is fixed (one in use is kept until it expires; the agent does not overwrite the Secret)',
     );
   }
 }

@@ -68,10 +68,11 @@ export class PeerService {
 
   /** Starts the identity source; binds the listener as soon as there is an identity. */
   async start(): Promise<void> {
+    // Started before subscribing: the first identity is used once, here, and a listen error is thrown.
+    await this.#identity.start();
     this.#unsubscribe = this.#identity.subscribe((identity) => {
       this.#use(identity).catch((error: unknown) => this.#log.error({ err: (error as Error).message, listen: this.#config.listen }, 'peer listener could not start'));
     });
-    await this.#identity.start();
     const identity = this.#identity.current();
     if (identity) await this.#use(identity);
     else this.#log.warn('no peer key material yet: blobs are fetched from upstream until it is there');
