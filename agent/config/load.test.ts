@@ -130,6 +130,9 @@ const errorOf = (run: () => unknown): ConfigError => thrown(ConfigError, run);
 
 const asyncErrorOf = (run: () => Promise<unknown>): Promise<ConfigError> => rejection(ConfigError, run());
 
+/** What every parsed mirror has besides its own keys: online, no preload, no tunnel budget. */
+const MIRROR_DEFAULTS = { mode: 'online', preload: [], preloadIntervalMs: 15 * 60_000, budget: {} };
+
 describe('parseConfig', () => {
   it('parses the example file', () => {
     expect(plain(parse(EXAMPLE))).toEqual({
@@ -138,6 +141,7 @@ describe('parseConfig', () => {
       metricsListen: { host: '127.0.0.1', port: 9402 },
       cacheDir: '/var/lib/registry-proxy-agent',
       cacheMaxBytes: 20 * GiB,
+      pinMaxBytes: 10 * GiB,
       hostsDir: '/etc/containerd/certs.d',
       manageHosts: true,
       containerdConfig: '/etc/containerd/config.toml',
@@ -148,6 +152,7 @@ describe('parseConfig', () => {
       allowOwnRegistryMirror: false,
       mirrors: [
         {
+          ...MIRROR_DEFAULTS,
           registry: 'registry.corp.example:5000',
           upstream: 'http://127.0.0.1:5001/',
           tagTtlMs: 0,
@@ -170,8 +175,9 @@ describe('parseConfig', () => {
       tokenUrl: 'https://auth.example/oauth/token',
       clientId: 'sb-123',
       clientSecretFile: '/etc/rpa/secrets/cp/clientsecret',
+      budget: {},
     });
-    const common = { tagTtlMs: 0, maxStaleMs: 24 * 3600_000, repositoryPrefix: '' };
+    const common = { ...MIRROR_DEFAULTS, tagTtlMs: 0, maxStaleMs: 24 * 3600_000, repositoryPrefix: '' };
     expect(config.mirrors).toEqual([
       {
         ...common,
@@ -211,9 +217,9 @@ describe('parseConfig', () => {
 
   it('leaves unset optional fields out rather than undefined', () => {
     const config = parse(`${CP}${MIRROR}`);
-    expect(Object.keys(config.connectivityProxy ?? {})).toEqual(['url']);
+    expect(Object.keys(config.connectivityProxy ?? {})).toEqual(['url', 'budget']);
     expect(Object.keys(config.mirrors[0] ?? {}).sort()).toEqual(
-      ['auth', 'maxStaleMs', 'registry', 'repositoryPrefix', 'route', 'tagTtlMs', 'upstream'],
+      ['auth', 'budget', 'maxStaleMs', 'mode', 'preload', 'preloadIntervalMs', 'registry', 'repositoryPrefix', 'route', 'tagTtlMs', 'upstream'],
     );
     expect(Object.keys(parse(MIRROR))).not.toContain('connectivityProxy');
   });
@@ -225,6 +231,7 @@ describe('parseConfig', () => {
       metricsListen: { host: '127.0.0.1', port: 9402 },
       cacheDir: '/var/lib/registry-proxy-agent',
       cacheMaxBytes: 20 * GiB,
+      pinMaxBytes: 10 * GiB,
       hostsDir: '/etc/containerd/certs.d',
       manageHosts: true,
       containerdConfig: '/etc/containerd/config.toml',
@@ -235,6 +242,7 @@ describe('parseConfig', () => {
       allowOwnRegistryMirror: false,
       mirrors: [
         {
+          ...MIRROR_DEFAULTS,
           registry: 'docker.io',
           upstream: 'https://registry-1.docker.io/',
           tagTtlMs: 0,
@@ -348,7 +356,7 @@ describe('parseConfig', () => {
       },
     ],
   ])('connectivity_proxy %j', (lines, expected) => {
-    expect(plain(parse(`[connectivity_proxy]\n${lines}\n${MIRROR}`)).connectivityProxy).toEqual(expected);
+    expect(plain(parse(`[connectivity_proxy]\n${lines}\n${MIRROR}`)).connectivityProxy).toEqual({ ...expected, budget: {} });
   });
 
   it.each([
@@ -682,7 +690,7 @@ describe('[kubernetes]', () => {
 });
 
 describe('parseMirrorTable', () => {
-  const cp: ConnectivityProxyConfig = { url: new URL('http://cp.example:20003') };
+  const cp: ConnectivityProxyConfig = { url: new URL('http://cp.example:20003'), budget: {} };
 
   it('validates a table like [[mirror]]; in-memory credentials make auth default to agent', () => {
     const table = { registry: 'Registry.Corp.Example:5000', upstream: 'http://registry.virtual:5000/', route: 'connectivity-proxy', location_id: 'onprem-2' };
@@ -806,6 +814,7 @@ describe('defaultConfig', () => {
       metricsListen: { host: '127.0.0.1', port: 9402 },
       cacheDir: '/home/me/rpa/.agent-data/cache',
       cacheMaxBytes: 10 * GiB,
+      pinMaxBytes: 5 * GiB,
       hostsDir: '/home/me/rpa/.agent-data/certs.d',
       manageHosts: true,
       containerdConfig: '/etc/containerd/config.toml',
@@ -816,6 +825,7 @@ describe('defaultConfig', () => {
       allowOwnRegistryMirror: false,
       mirrors: [
         {
+          ...MIRROR_DEFAULTS,
           registry: 'docker.io',
           upstream: 'https://registry-1.docker.io/',
           tagTtlMs: 0,

@@ -10,9 +10,10 @@ import { isTable, Section } from './section.ts';
 import type { Table } from './section.ts';
 import { parseDestinations } from './destinations.ts';
 import { readPeers } from './peers.ts';
+import { parsePreload, parsePreloadInterval, readBudget } from './preload.ts';
 import { parseRealmMap } from './realm-map.ts';
 import { parseSize } from './size.ts';
-import type { AgentConfig, AuthMode, ConnectivityProxyConfig, KubernetesConfig, ListenAddress, MirrorConfig } from './types.ts';
+import type { AgentConfig, AuthMode, ConnectivityProxyConfig, KubernetesConfig, ListenAddress, MirrorConfig, MirrorMode } from './types.ts';
 import {
   expectBoolean,
   expectString,
@@ -57,6 +58,7 @@ const TOP_LEVEL_KEYS = [
   'metrics_listen',
   'cache_dir',
   'cache_max_bytes',
+  'pin_max_bytes',
   'hosts_dir',
   'manage_hosts',
   'containerd_config',
@@ -85,7 +87,7 @@ const DEFAULT_NAMESPACE = 'registry-proxy-agent';
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const DNS_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
-const CONNECTIVITY_PROXY_KEYS = ['url', 'location_id', 'token_url', 'client_id', 'client_secret_file'] as const;
+const CONNECTIVITY_PROXY_KEYS = ['url', 'location_id', 'token_url', 'client_id', 'client_secret_file', 'max_bytes_per_second', 'max_fetches'] as const;
 
 const MIRROR_KEYS = [
   'registry',
@@ -103,6 +105,11 @@ const MIRROR_KEYS = [
   'ca_file',
   'realm_map',
   'allowed_destinations',
+  'mode',
+  'preload',
+  'preload_interval',
+  'max_bytes_per_second',
+  'max_fetches',
 ] as const;
 
 /**
@@ -166,6 +173,9 @@ export function parseConfig(text: string, source: string, opts: ParseOptions = {
   const listen = readListen(root);
   const metricsListen = root.read('metrics_listen', parseListenAddress, '127.0.0.1:9402');
   const cacheDir = root.read('cache_dir', path, '/var/lib/registry-proxy-agent');
+  const cacheMaxBytes = root.read('cache_max_bytes', (v) => requirePositive(parseSize(v)), '20GiB');
+  const pinMaxBytes = root.read('pin_max_bytes', parseSize, Math.floor(cacheMaxBytes / 2));
+  if (pinMaxBytes > cacheMaxBytes) root.fail('pin_max_bytes', `must not exceed cache_max_bytes (${cacheMaxBytes} bytes): pinned blobs live in the cache`);
   const env = opts.env ?? process.env;
   const kubernetes = readKubernetes(root, path, cacheDir, env);
   const ownImage = root.optional('own_image', expectString) ?? (env['AGENT_IMAGE'] || undefined);
@@ -175,7 +185,8 @@ export function parseConfig(text: string, source: string, opts: ParseOptions = {
     listen,
     metricsListen,
     cacheDir,
-    cacheMaxBytes: root.read('cache_max_bytes', (v) => requirePositive(parseSize(v)), '20GiB'),
+    cacheMaxBytes,
+    pinMaxBytes,
     hostsDir: root.read('hosts_dir', path, '/etc/containerd/certs.d'),
     manageHosts: root.read('manage_hosts', expectBoolean, true),
     containerdConfig: root.read('containerd_config', path, '/etc/containerd/config.toml'),
@@ -274,7 +285,8 @@ function readConnectivityProxy(root: Section, path: PathParser): ConnectivityPro
   const tokenUrl = section.optional('token_url', parseTokenUrl);
   const clientId = section.optional('client_id', parseClientId);
   const clientSecretFile = section.optional('client_secret_file', path);
-  const proxy = { url, ...present('locationId', locationId) };
+  const budget = readBudget((name, parse) => section.optional(name, parse));
+  const proxy = { url, ...present('locationId', locationId), budget };
   if (tokenUrl === undefined) {
     if (clientId !== undefined) section.fail('client_id', 'client_id is only used with token_url (non-trusted mode)');
     if (clientSecretFile !== undefined) {
@@ -354,7 +366,9 @@ function readMirror(
   inlineCredentials?: MirrorTableOptions['inlineCredentials'],
 ): MirrorConfig {
   const registry = section.required('registry', parseRegistry);
-  const upstream = section.required('upstream', parseUpstream);
+  const mode = section.read('mode', parseMode, 'online');
+  // Offline: upstream is never contacted and may be left out (a placeholder keeps the type whole).
+  const upstream = mode === 'offline' ? (section.optional('upstream', parseUpstream) ?? new URL(`https://${registry}`)) : section.required('upstream', parseUpstream);
   const tagTtlMs = section.read('tag_ttl', parseDuration, '0s');
   const maxStaleMs = section.read('max_stale', parseDuration, '24h');
   const repositoryPrefix = section.read('repository_prefix', parseRepositoryPrefix, '');
@@ -362,7 +376,13 @@ function readMirror(
   const credentials = readCredentials(section, path, inlineCredentials);
   const auth = readAuth(section, credentials !== undefined);
   const tls = readTls(section, path, route.route);
-  return { registry, upstream, tagTtlMs, maxStaleMs, repositoryPrefix, ...route, auth, ...credentials, ...tls };
+  const preload = section.read('preload', (v) => parsePreload(v, registry), []);
+  const preloadIntervalMs = section.read('preload_interval', parsePreloadInterval, '15m');
+  const budget = readBudget((name, parse) => section.optional(name, parse));
+  if (mode === 'offline' && preload.length > 0) {
+    section.fail('preload', 'an offline mirror never contacts upstream, so it cannot preload: import the images instead (registry-proxy-agent import)');
+  }
+  return { registry, upstream, tagTtlMs, maxStaleMs, repositoryPrefix, ...route, auth, ...credentials, ...tls, mode, preload, preloadIntervalMs, budget };
 }
 
 /**
@@ -441,6 +461,12 @@ function readAuth(section: Section, hasCredentials: boolean): AuthMode {
     section.fail('auth', 'credentials are only used with auth = "agent"; remove them or set auth = "agent"');
   }
   return auth;
+}
+
+function parseMode(value: unknown): MirrorMode {
+  const text = expectString(value);
+  if (text !== 'online' && text !== 'offline') throw new Error('must be "online" (pull-through, the default) or "offline" (cache and imports only, upstream never contacted)');
+  return text;
 }
 
 /** `{ [key]: value }`, or `{}` for undefined, so that unset optional fields are absent rather than undefined. */

@@ -147,7 +147,7 @@ describe('realm_map', () => {
   });
 
   it('is validated the same in a RegistryMirror table', () => {
-    const cp = { url: new URL('http://cp.example:20003') };
+    const cp = { url: new URL('http://cp.example:20003'), budget: {} };
     const table = { registry: 'r.example', upstream: 'http://r.virtual', route: 'connectivity-proxy', realm_map: { 'https://a.example': 'https://a.virtual' } };
     expect(errorOf(() => parseMirrorTable(table, 'RegistryMirror r', { path: 'spec', connectivityProxy: cp })).key).toBe('spec.realm_map');
   });

@@ -28,6 +28,8 @@ export interface ConnectivityProxyConfig {
   readonly tokenUrl?: URL;
   readonly clientId?: string;
   readonly clientSecretFile?: string;
+  /** `max_bytes_per_second` and `max_fetches` for every mirror on this route together. */
+  readonly budget: TunnelBudget;
 }
 
 /** A mirror's own trust anchors (`ca_file`): trusted on top of Node's default roots, for this mirror only. */
@@ -37,6 +39,40 @@ export interface MirrorCa {
   /** The bundle as read and checked at load: one or more PEM certificates (compared on reload, so a changed file applies on SIGHUP). */
   readonly pem: string;
 }
+
+/** An OS/architecture pair (`linux/amd64`, `linux/arm/v7`): which manifest of an index a node uses. */
+export interface Platform {
+  readonly os: string;
+  readonly architecture: string;
+  readonly variant?: string;
+}
+
+/** One `preload` entry: an image every agent fetches into its cache in the background and keeps pinned. */
+export interface PreloadImage {
+  /** The entry as written (for status and logs), e.g. `team/app:1.2`. */
+  readonly image: string;
+  /** Repository within the mirror's registry (`team/app`). */
+  readonly repository: string;
+  /** Re-resolved every `preload_interval`; a moved tag is preloaded again. */
+  readonly tag?: string;
+  /** `sha256:<hex>`: when given, the tag (if any) is not resolved. */
+  readonly digest?: string;
+  /** For an index: these platforms; absent, the node's own. */
+  readonly platforms?: readonly Platform[];
+}
+
+/**
+ * What one mirror, or the Connectivity Proxy as a whole, may take of the tunnel on this node: bytes
+ * per second and upstream blob fetches at once. Absent fields are unlimited (fetches: the mirror's
+ * `max_fills_per_mirror`). Preload runs below pulls someone waits for and never takes the last fetch.
+ */
+export interface TunnelBudget {
+  readonly bytesPerSecond?: number;
+  readonly maxFetches?: number;
+}
+
+/** `online` (default): pull-through. `offline`: serves only what is cached or imported, never contacts upstream. */
+export type MirrorMode = 'online' | 'offline';
 
 export interface MirrorConfig {
   /** host[:port] exactly as written in image references, lower-cased host (`docker.io`, `registry.corp.example:5000`). */
@@ -82,6 +118,14 @@ export interface MirrorConfig {
    * origins, so that a changed map compares unequal on reload.
    */
   readonly realmMap?: Readonly<Record<string, string>>;
+  /** Default `online`. `offline`: cache only, tags from their last known answer without max_stale expiry. */
+  readonly mode: MirrorMode;
+  /** Images kept in every node's cache, pinned (default none). */
+  readonly preload: readonly PreloadImage[];
+  /** How often tags in `preload` are resolved again (default 15 min). */
+  readonly preloadIntervalMs: number;
+  /** `max_bytes_per_second` and `max_fetches` of this mirror. */
+  readonly budget: TunnelBudget;
 }
 
 /**
@@ -170,6 +214,8 @@ export interface AgentConfig {
   readonly metricsListen: ListenAddress;
   readonly cacheDir: string;
   readonly cacheMaxBytes: number;
+  /** `pin_max_bytes`: what preloaded (pinned) blobs may hold of the cache (default half of cacheMaxBytes). */
+  readonly pinMaxBytes: number;
   readonly hostsDir: string;
   /** Manage `<hostsDir>/<registry>/hosts.toml` for every mirror (default true). */
   readonly manageHosts: boolean;

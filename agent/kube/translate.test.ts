@@ -11,7 +11,7 @@ function rm(spec: Record<string, unknown>): RegistryMirror {
 }
 
 function run(spec: Record<string, unknown>, secrets: Record<string, V1Secret> = {}) {
-  return translate(rm(spec), { namespace: NS, secret: (name) => secrets[name], connectivityProxy: { url: new URL('http://cp:20003') } });
+  return translate(rm(spec), { namespace: NS, secret: (name) => secrets[name], connectivityProxy: { url: new URL('http://cp:20003'), budget: {} } });
 }
 
 describe('translate', () => {

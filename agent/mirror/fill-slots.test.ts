@@ -303,7 +303,7 @@ describe('Mirror.blob with download slots', () => {
   });
 
   async function newMirror(running: number, queued: number): Promise<{ mirror: Mirror; events: FillSlotEvent[]; cache: BlobCache }> {
-    const config: MirrorConfig = { registry: REGISTRY, upstream: upstream.url, tagTtlMs: 0, maxStaleMs: 60_000, repositoryPrefix: '', route: 'direct', auth: 'agent' };
+    const config: MirrorConfig = { registry: REGISTRY, upstream: upstream.url, tagTtlMs: 0, maxStaleMs: 60_000, repositoryPrefix: '', route: 'direct', auth: 'agent', mode: 'online', preload: [], preloadIntervalMs: 900_000, budget: {} };
     const cache = new BlobCache(join(dir, 'cache'), 64 * 1024 * 1024);
     await cache.init();
     await cache.scan();

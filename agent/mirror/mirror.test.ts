@@ -170,6 +170,10 @@ describe('Mirror: tags', () => {
       repositoryPrefix: '',
       route: 'direct',
       auth: 'agent',
+      mode: 'online',
+      preload: [],
+      preloadIntervalMs: 900_000,
+      budget: {},
     };
     const cache = new BlobCache(join(dir, 'cache'), 64 * 1024 * 1024);
     await cache.init();

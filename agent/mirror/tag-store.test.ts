@@ -12,7 +12,7 @@ const HOUR = 60 * MINUTE;
 const DAY = 24 * HOUR;
 
 function mirror(registry: string, times: { tagTtlMs?: number; maxStaleMs: number }): MirrorConfig {
-  return { registry, upstream: new URL('http://upstream.test/'), tagTtlMs: times.tagTtlMs ?? 0, maxStaleMs: times.maxStaleMs, repositoryPrefix: '', route: 'direct', auth: 'agent' };
+  return { registry, upstream: new URL('http://upstream.test/'), tagTtlMs: times.tagTtlMs ?? 0, maxStaleMs: times.maxStaleMs, repositoryPrefix: '', route: 'direct', auth: 'agent', mode: 'online', preload: [], preloadIntervalMs: 900_000, budget: {} };
 }
 
 function digestOf(label: string): Digest {
