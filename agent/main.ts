@@ -88,6 +88,8 @@ async function reload(runtime: AgentRuntime, kube: KubernetesIntegration | undef
     if (kube) await kube.setTomlMirrors(next.mirrors);
     else await runtime.setMirrors(next.mirrors);
     await runtime.reloadPeers(next.peers);
+    // Images imported while the agent ran (registry-proxy-agent import) are indexed now.
+    await runtime.reloadContent();
   } catch (error) {
     failed(error);
   }

@@ -29,6 +29,9 @@ import type { PeerIdentitySource } from './peers/identity.ts';
 import type { PeerMember } from './peers/rendezvous.ts';
 import type { PeerNetwork } from './peers/network.ts';
 import { PeerService } from './peers/service.ts';
+import { Preloader } from './preload/preloader.ts';
+import { nodePlatform } from './preload/platform.ts';
+import type { PreloadImageState } from './preload/state.ts';
 
 export interface RuntimeOptions {
   readonly onRequest?: (record: RequestRecord) => void;
@@ -63,6 +66,8 @@ export class AgentRuntime {
   readonly #parts: MirrorParts;
   /** Bodies held whole in memory (manifests, token answers), across every mirror. */
   readonly bodies: BodyBudget;
+  /** Every mirror's `preload` list, and the pins (preloaded and imported images). */
+  readonly preloader: Preloader;
 
   private constructor(config: AgentConfig, mirrors: MirrorSet, options: RuntimeOptions, parts: MirrorParts) {
     const { log, cache, instrumentation } = parts;
@@ -74,6 +79,14 @@ export class AgentRuntime {
     this.mirrors = mirrors;
     this.metrics = instrumentation.metrics;
     this.#instrumentation = instrumentation;
+    this.preloader = new Preloader({
+      mirrors: () => this.mirrors.list(),
+      cache,
+      tags: parts.tags,
+      pinMaxBytes: config.pinMaxBytes,
+      platform: nodePlatform(),
+      log: log.child({ component: 'preload' }),
+    });
     this.#mirrorServer = createMirrorServer({
       mirrors,
       log: log.child({ component: 'mirror' }),
@@ -146,6 +159,9 @@ export class AgentRuntime {
     await runtime.#startPeers(options.peerIdentity);
     await runtime.#listen();
     runtime.#scan = runtime.#rebuildIndex();
+    // Offline catalogs, imported pins and preloads read the cache: they start once it is indexed.
+    const started = runtime;
+    void runtime.#scan.then(() => started.#afterScan());
     await runtime.rewire();
     runtime.#startProbe(options.probeIntervalMs ?? 30_000);
     runtime.#startRewire(options.rewireIntervalMs ?? 60_000);
@@ -202,6 +218,42 @@ export class AgentRuntime {
     probe();
     this.#probeTimer = setInterval(probe, intervalMs);
     this.#probeTimer.unref();
+  }
+
+  async #afterScan(): Promise<void> {
+    try {
+      await this.#refreshOffline(this.mirrors.list());
+      await this.preloader.refreshImports();
+    } catch (error) {
+      this.#log.error({ err: (error as Error).message }, 'reading offline and imported images failed');
+    }
+    this.preloader.apply();
+  }
+
+  async #refreshOffline(mirrors: readonly Mirror[]): Promise<void> {
+    for (const mirror of mirrors) {
+      if (!mirror.offline) continue;
+      const links = await mirror.refreshOffline();
+      this.#log.info({ registry: mirror.registry, content: links }, 'offline mirror: serving its tag records and what they name from the cache');
+    }
+  }
+
+  /**
+   * SIGHUP: files written into the cache by `registry-proxy-agent import` while the agent ran are
+   * indexed, tag records are read again, offline mirrors and pins follow.
+   */
+  async reloadContent(): Promise<void> {
+    await this.#scan;
+    const { blobs } = await this.cache.scan();
+    this.#parts.tags.forgetMemory();
+    await this.#refreshOffline(this.mirrors.list());
+    await this.preloader.refreshImports();
+    this.#log.info({ found: blobs }, 'cache and tag records read again');
+  }
+
+  /** This node's preload entries of `registry` (the node report, metrics). */
+  preloadStates(registry: string): readonly PreloadImageState[] {
+    return this.preloader.states(registry);
   }
 
   /** Runs the upstream probe once for every mirror (tests, and the first scrape). */
@@ -267,6 +319,11 @@ export class AgentRuntime {
     retired.push(...current.values());
     this.mirrors.replace(next);
     this.#config = { ...this.#config, mirrors: [...mirrors] };
+    const built = new Set([...added, ...changed]);
+    void this.#scan
+      .then(() => this.#refreshOffline(next.filter((m) => built.has(m.registry))))
+      .catch((error: unknown) => this.#log.error({ err: (error as Error).message }, 'reading an offline mirror\'s tag records failed'))
+      .finally(() => this.preloader.apply());
     for (const mirror of retired) void mirror.upstream.close().catch(() => undefined);
     this.metrics.configReloads.inc({ result: 'ok' });
     if (added.length + changed.length + removed.length > 0) {
@@ -308,6 +365,7 @@ export class AgentRuntime {
     if (this.#probeTimer) clearInterval(this.#probeTimer);
     if (this.#rewireTimer) clearInterval(this.#rewireTimer);
     if (this.#tagSweepTimer) clearInterval(this.#tagSweepTimer);
+    this.preloader.stop();
     const timer = setTimeout(() => this.#mirrorServer.closeAllConnections(), graceMs);
     this.#mirrorServer.closeIdleConnections();
     await Promise.all([closeServer(this.#mirrorServer), closeServer(this.#healthServer), this.#peers?.stop(graceMs)]);

@@ -155,6 +155,11 @@ export class BlobCache {
     return size;
   }
 
+  /** Pins exactly these digests (preloaded and imported images): eviction passes over them. */
+  setPins(pins: ReadonlySet<Digest>): void {
+    this.#index.setPins(pins);
+  }
+
   /** Whether the blob is in the cache (no file is opened, nothing is read; a running fill does not count). */
   isCached(digest: Digest): boolean {
     return this.#index.has(digest);

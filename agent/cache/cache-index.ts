@@ -76,6 +76,8 @@ export interface CacheIndexStats {
   readonly claimed: number;
   /** The part of `claimed` held ahead of the writes (announced, not written yet). */
   readonly reserved: number;
+  /** Bytes of indexed blobs that are pinned (never evicted). */
+  readonly pinned: number;
 }
 
 /**
@@ -102,6 +104,8 @@ export class CacheIndex {
   /** Bytes of entries that left the index while leased: their files stay until the last reader is done. */
   #leaving = 0;
   #evictions = 0;
+  /** Digests eviction passes over (preloaded and imported images); they may be indexed or not yet. */
+  #pins: ReadonlySet<Digest> = new Set();
 
   /** `remove` deletes the file; `evicted` tells an eviction (LRU, size) from a dropped entry (e.g. corrupt). */
   constructor(maxBytes: number, remove: (digest: Digest, evicted: boolean) => void) {
@@ -220,7 +224,7 @@ export class CacheIndex {
    * fills half-written when together they do not fit.
    */
   couldFit(bytes: number): boolean {
-    const evictable = this.#indexed - this.#leasedIndexed;
+    const evictable = this.#indexed - this.#leasedIndexed - this.#pinnedUnleased();
     return bytes <= this.maxBytes && this.#used() - evictable + this.#expected + bytes <= this.maxBytes;
   }
 
@@ -256,6 +260,19 @@ export class CacheIndex {
     };
   }
 
+  /**
+   * Replaces the set of pinned digests: eviction never picks them (they can still be dropped as
+   * corrupt). Unpinned ones become evictable again, in their LRU place. What they may hold in all is
+   * the caller's budget (pin_max_bytes), not the index's.
+   */
+  setPins(pins: ReadonlySet<Digest>): void {
+    this.#pins = new Set(pins);
+  }
+
+  isPinned(digest: Digest): boolean {
+    return this.#pins.has(digest);
+  }
+
   has(digest: Digest): boolean {
     return this.#entries.has(digest);
   }
@@ -285,7 +302,19 @@ export class CacheIndex {
   }
 
   stats(): CacheIndexStats {
-    return { bytes: this.#indexed, entries: this.#entries.size, evictions: this.#evictions, claimed: this.#claimed, reserved: this.#reserved };
+    let pinned = 0;
+    for (const digest of this.#pins) pinned += this.#entries.get(digest)?.size ?? 0;
+    return { bytes: this.#indexed, entries: this.#entries.size, evictions: this.#evictions, claimed: this.#claimed, reserved: this.#reserved, pinned };
+  }
+
+  /** Pinned bytes no reader holds (those held are already out of the evictable count). */
+  #pinnedUnleased(): number {
+    let bytes = 0;
+    for (const digest of this.#pins) {
+      const entry = this.#entries.get(digest);
+      if (entry && entry.leases === 0) bytes += entry.size;
+    }
+    return bytes;
   }
 
   #used(): number {
@@ -316,7 +345,7 @@ export class CacheIndex {
     const victims: IndexEntry[] = [];
     for (const entry of this.#entries.values()) {
       if (excess <= 0) break;
-      if (entry.leases > 0 || entry.size === 0) continue;
+      if (entry.leases > 0 || entry.size === 0 || this.#pins.has(entry.digest)) continue;
       victims.push(entry);
       excess -= entry.size;
     }

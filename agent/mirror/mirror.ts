@@ -14,6 +14,7 @@ import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
 import { type FillSlotEvent, type FillSlotLimits, FillSlots } from './fill-slots.ts';
 import type { TagRecord, TagStore } from './tag-store.ts';
 import { UpstreamBlob } from './upstream-blob.ts';
+import { OfflineCatalog } from './offline.ts';
 import type { PeerNetwork } from '../peers/network.ts';
 import { PeerBlob } from '../peers/peer-blob.ts';
 import type { FillRequester } from '../cache/fill-start.ts';
@@ -50,6 +51,11 @@ export interface PullContext {
    * agent's cache, a running fill, or upstream, never from another peer (no loops).
    */
   readonly fromPeer?: boolean;
+  /**
+   * `live` (default): someone waits for it (containerd, a kubelet). `background`: preload; it runs
+   * below live requests in the tunnel budget and never takes a mirror's last fetch slot.
+   */
+  readonly priority?: 'live' | 'background';
 }
 
 /** Download slots of a mirror (`max_fills_per_mirror`, `max_queued_fills_per_mirror`) and who hears about their use. */
@@ -104,6 +110,8 @@ export class Mirror {
   readonly bodies: BodyBudget;
   readonly #peers: () => PeerNetwork | undefined;
   readonly #upstreamBlobBytes: ((bytes: number) => void) | undefined;
+  /** `mode = "offline"`: what this mirror may serve from the cache; upstream is never contacted. */
+  readonly #offline: OfflineCatalog | undefined;
 
   constructor(deps: MirrorDeps) {
     this.config = deps.config;
@@ -125,10 +133,23 @@ export class Mirror {
       bodies: this.bodies,
       now: this.#now,
     });
+    this.#offline = deps.config.mode === 'offline' ? new OfflineCatalog(deps.config.registry, deps.tags, (digest) => this.#manifestBytes(digest)) : undefined;
   }
 
   get registry(): string {
     return this.config.registry;
+  }
+
+  get offline(): boolean {
+    return this.#offline !== undefined;
+  }
+
+  /**
+   * Offline mirror: reads its tag records again (start-up, and after an import on SIGHUP); the
+   * number of manifests and blobs it may serve. Online mirrors: 0, nothing to do.
+   */
+  async refreshOffline(): Promise<number> {
+    return (await this.#offline?.refresh()) ?? 0;
   }
 
   /** The agent's token endpoint for this mirror (passthrough): see AccessBroker.token. */
@@ -138,6 +159,8 @@ export class Mirror {
 
   /** Reachability probe: GET /v2/ through the route without credentials; 200 or 401 means upstream answers. */
   async probe(): Promise<ProbeResult> {
+    // Offline: serving depends on the cache alone, so it is never "unreachable".
+    if (this.#offline) return { up: true };
     try {
       const response = await this.upstream.request('GET', '/v2/', '', {}, undefined, { probe: true });
       await discard(response);
@@ -154,7 +177,7 @@ export class Mirror {
 
   /** `GET /v2/`: in passthrough, upstream decides whether the puller must authenticate. */
   async ping(ctx: PullContext): Promise<void> {
-    if (!this.#access.passthrough) return;
+    if (!this.#access.passthrough || this.#offline) return;
     let response: UpstreamResponse;
     try {
       response = await this.upstream.request('GET', '/v2/', '', {}, ctx.authorization);
@@ -171,6 +194,7 @@ export class Mirror {
    * manifest, because containerd's next request is a GET by that digest.
    */
   async manifest(name: RepositoryName, reference: Reference, ctx: PullContext = {}): Promise<ManifestResult> {
+    if (this.#offline) return this.#offlineManifest(this.#offline, name, reference, ctx);
     const result = await this.#answering(name, ctx, () =>
       reference.kind === 'digest' ? this.#manifestByDigest(name, reference.digest, undefined, 'miss', ctx) : this.#manifestByTag(name, reference.tag, ctx),
     );
@@ -191,6 +215,11 @@ export class Mirror {
   }
 
   async blobSize(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<number> {
+    if (this.#offline) {
+      const size = this.#offline.has('blobs', name, digest) || ctx.fromPeer === true ? await this.#cache.sizeOf(digest) : undefined;
+      if (size === undefined) throw new ContentUnknownError('blob', digest);
+      return size;
+    }
     return this.#answering(name, ctx, async () => {
       const checked = await this.#checkIfCached(name, digest, ctx);
       const cached = await this.#cache.sizeOf(digest);
@@ -216,6 +245,11 @@ export class Mirror {
    * the fill goes on with the next joined request's own credential (see FillStart).
    */
   async blob(name: RepositoryName, digest: Digest, ctx: PullContext = {}): Promise<BlobReadable> {
+    if (this.#offline) {
+      // Another agent asking made its own access decision; a local puller gets only this mirror's images.
+      if ((ctx.fromPeer !== true && !this.#offline.has('blobs', name, digest)) || !this.#cache.isCached(digest)) throw new ContentUnknownError('blob', digest);
+      return this.#cache.open(digest, () => Promise.reject(new ContentUnknownError('blob', digest)), ctx.signal);
+    }
     if (ctx.fromPeer === true) return this.#cache.open(digest, this.#upstreamBlob(name, digest, ctx), ctx.signal);
     return this.#answering(name, ctx, async () => {
       const checked = await this.#checkIfCached(name, digest, ctx);
@@ -255,6 +289,37 @@ export class Mirror {
     if (!this.#cache.isCached(digest)) return false;
     await this.#access.check(name, 'blobs', digest, ctx);
     return true;
+  }
+
+  /**
+   * Offline: a tag answers from its record, whatever its age (there is no upstream to ask); a digest
+   * only when this mirror's records name it. Anything else is unknown here: 404.
+   */
+  async #offlineManifest(offline: OfflineCatalog, name: RepositoryName, reference: Reference, ctx: PullContext): Promise<ManifestResult> {
+    let digest: Digest;
+    let mediaType: string | undefined;
+    if (reference.kind === 'tag') {
+      const known = await this.#tags.get(this.registry, name, reference.tag);
+      if (!known) throw new ContentUnknownError('manifest', reference.tag);
+      await offline.vouch(name, known.digest);
+      digest = known.digest;
+      mediaType = known.mediaType;
+    } else {
+      digest = reference.digest;
+      if (!offline.has('manifests', name, digest)) throw new ContentUnknownError('manifest', digest);
+    }
+    const cached = await this.#cachedManifest(digest, mediaType, 'hit', ctx);
+    if (!cached) throw new ContentUnknownError('manifest', reference.kind === 'tag' ? reference.tag : digest);
+    return cached;
+  }
+
+  /** A cached manifest's bytes (at most the manifest limit, verified), for the offline catalog. */
+  async #manifestBytes(digest: Digest): Promise<Buffer | undefined> {
+    const small = await this.#cache.getSmall(digest, this.bodies, undefined, MANIFEST_MAX_BYTES);
+    if (!small) return undefined;
+    const bytes = small.body.bytes;
+    small.body.release();
+    return bytes;
   }
 
   async #manifestByTag(name: RepositoryName, tag: string, ctx: PullContext): Promise<ManifestResult> {

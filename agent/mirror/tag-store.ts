@@ -28,8 +28,21 @@ export interface TagRecord {
   readonly digest: Digest;
   readonly mediaType: string;
   readonly size: number;
-  /** When upstream last confirmed this answer (ms since epoch). */
+  /** When upstream last confirmed this answer (ms since epoch); for an import, when it was imported. */
   readonly checkedAt: number;
+  /**
+   * The answer came from `registry-proxy-agent import`, not from upstream: never swept (an isolated
+   * site has nothing to refresh it from), and what it names is pinned in the cache.
+   */
+  readonly imported?: true;
+}
+
+/** A record with the tag it answers for (see `TagStore.list`). */
+export interface ListedTag {
+  readonly registry: string;
+  readonly name: string;
+  readonly tag: string;
+  readonly record: TagRecord;
 }
 
 /** How long a registry's tag records are kept, by registry. */
@@ -41,8 +54,10 @@ export type TagMaxAge = (registry: string) => number;
  * as the longest max_stale configured (the mirror may come back), or 24 h when there is none.
  */
 export function tagMaxAge(mirrors: readonly MirrorConfig[]): TagMaxAge {
-  const byRegistry = new Map(mirrors.map((m) => [m.registry, Math.max(m.maxStaleMs, m.tagTtlMs)]));
-  const orphans = mirrors.length > 0 ? Math.max(...mirrors.map((m) => m.maxStaleMs)) : ORPHAN_MAX_AGE_MS;
+  // An offline mirror has no upstream to answer again: its records are all it has.
+  const byRegistry = new Map(mirrors.map((m) => [m.registry, m.mode === 'offline' ? Number.POSITIVE_INFINITY : Math.max(m.maxStaleMs, m.tagTtlMs)]));
+  const online = mirrors.filter((m) => m.mode !== 'offline');
+  const orphans = online.length > 0 ? Math.max(...online.map((m) => m.maxStaleMs)) : ORPHAN_MAX_AGE_MS;
   return (registry) => byRegistry.get(registry) ?? orphans;
 }
 
@@ -197,7 +212,7 @@ export class TagStore {
    * newer answer in memory) is kept.
    */
   async sweep(maxAge: TagMaxAge, now = Date.now()): Promise<{ removed: number; kept: number }> {
-    const expired = (key: string, record: TagRecord): boolean => now - record.checkedAt > maxAge(registryOf(key));
+    const expired = (key: string, record: TagRecord): boolean => record.imported !== true && now - record.checkedAt > maxAge(registryOf(key));
     for (const [key, record] of this.#memory) if (expired(key, record)) this.#memory.delete(key);
     let names: string[];
     try {
@@ -239,6 +254,39 @@ export class TagStore {
     }
   }
 
+  /**
+   * Every record on disk (and in memory only), for `registry` or all: what imports and the offline
+   * mode vouch for. Reads each file; meant for start-up and reloads, not for requests.
+   */
+  async list(registry?: string): Promise<ListedTag[]> {
+    const found = new Map<string, TagRecord>();
+    let names: string[] = [];
+    try {
+      names = (await readdir(this.#dir)).filter((name) => RECORD_FILE.test(name));
+    } catch {
+      // No directory yet: memory only.
+    }
+    for (let i = 0; i < names.length; i += SWEEP_BATCH) {
+      const batch = await Promise.all(names.slice(i, i + SWEEP_BATCH).map((name) => readFile(join(this.#dir, name), 'utf8').then(parseStored, () => undefined)));
+      for (const stored of batch) if (stored) found.set(stored.key, stored.record);
+    }
+    for (const [key, record] of this.#memory) {
+      const onDisk = found.get(key);
+      if (!onDisk || onDisk.checkedAt <= record.checkedAt) found.set(key, record);
+    }
+    const listed: ListedTag[] = [];
+    for (const [key, record] of found) {
+      const parts = splitKey(key);
+      if (parts && (registry === undefined || parts.registry === registry)) listed.push({ ...parts, record });
+    }
+    return listed;
+  }
+
+  /** Forgets what is in memory: the next `get` reads the file (an import wrote new records under a running agent). */
+  forgetMemory(): void {
+    this.#memory.clear();
+  }
+
   #remember(key: string, record: TagRecord): void {
     if (this.#memory.size >= this.#maxMemory) {
       const oldest = this.#memory.keys().next();
@@ -263,6 +311,19 @@ function registryOf(key: string): string {
   return key.slice(0, key.indexOf('/'));
 }
 
+/** `registry/name:tag` back into its parts (the tag is after the last ':'; names hold none). */
+function splitKey(key: string): { registry: string; name: string; tag: string } | undefined {
+  const slash = key.indexOf('/');
+  const colon = key.lastIndexOf(':');
+  if (slash <= 0 || colon <= slash + 1 || colon === key.length - 1) return undefined;
+  return { registry: key.slice(0, slash), name: key.slice(slash + 1, colon), tag: key.slice(colon + 1) };
+}
+
+/** The key a record of `registry/name:tag` is stored under (the record file is the key's SHA-256). */
+export function tagRecordFile(registry: string, name: string, tag: string): string {
+  return fileName(tagKey(registry, name, tag));
+}
+
 /** A record file with the key it was written under; undefined when it is not one (corrupt). */
 function parseStored(text: string): { key: string; record: TagRecord } | undefined {
   try {
@@ -281,8 +342,8 @@ function parseRecord(text: string): TagRecord | undefined {
 
 function recordOf(value: unknown): TagRecord | undefined {
   if (typeof value !== 'object' || value === null) return undefined;
-  const { digest, mediaType, size, checkedAt } = value as Record<string, unknown>;
+  const { digest, mediaType, size, checkedAt, imported } = value as Record<string, unknown>;
   if (typeof digest !== 'string' || !isDigest(digest)) return undefined;
   if (typeof mediaType !== 'string' || typeof size !== 'number' || typeof checkedAt !== 'number') return undefined;
-  return { digest, mediaType, size, checkedAt };
+  return { digest, mediaType, size, checkedAt, ...(imported === true ? { imported: true as const } : {}) };
 }
