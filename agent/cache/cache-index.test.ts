@@ -25,16 +25,16 @@ function makeIndex(maxBytes: number): { index: CacheIndex; removed: string[] } {
 describe('CacheIndex', () => {
   it('accounts bytes and entries', () => {
     const { index, removed } = makeIndex(100);
-    expect(index.stats()).toEqual({ bytes: 0, entries: 0, evictions: 0, claimed: 0, reserved: 0 });
+    expect(index.stats()).toEqual({ bytes: 0, entries: 0, evictions: 0, claimed: 0, reserved: 0, pinned: 0 });
     index.add(A, 10, true);
     index.add(B, 25, true);
     index.add(C, 40, false);
-    expect(index.stats()).toEqual({ bytes: 75, entries: 3, evictions: 0, claimed: 0, reserved: 0 });
+    expect(index.stats()).toEqual({ bytes: 75, entries: 3, evictions: 0, claimed: 0, reserved: 0, pinned: 0 });
     // Adding a digest that is already indexed changes nothing.
     index.add(B, 25, true);
-    expect(index.stats()).toEqual({ bytes: 75, entries: 3, evictions: 0, claimed: 0, reserved: 0 });
+    expect(index.stats()).toEqual({ bytes: 75, entries: 3, evictions: 0, claimed: 0, reserved: 0, pinned: 0 });
     index.delete(B);
-    expect(index.stats()).toEqual({ bytes: 50, entries: 2, evictions: 0, claimed: 0, reserved: 0 });
+    expect(index.stats()).toEqual({ bytes: 50, entries: 2, evictions: 0, claimed: 0, reserved: 0, pinned: 0 });
     expect(removed).toEqual(['B']);
   });
 
@@ -46,7 +46,7 @@ describe('CacheIndex', () => {
     index.add(D, 10, true);
     expect(removed).toEqual(['A']);
     expect([A, B, C, D].map((d) => index.has(d))).toEqual([false, true, true, true]);
-    expect(index.stats()).toEqual({ bytes: 30, entries: 3, evictions: 1, claimed: 0, reserved: 0 });
+    expect(index.stats()).toEqual({ bytes: 30, entries: 3, evictions: 1, claimed: 0, reserved: 0, pinned: 0 });
   });
 
   it('counts a read (acquire) as a use', () => {
@@ -77,7 +77,7 @@ describe('CacheIndex', () => {
     index.add(C, 10, true);
     index.add(D, 25, true);
     expect(removed).toEqual(['A', 'B', 'C']);
-    expect(index.stats()).toEqual({ bytes: 25, entries: 1, evictions: 3, claimed: 0, reserved: 0 });
+    expect(index.stats()).toEqual({ bytes: 25, entries: 1, evictions: 3, claimed: 0, reserved: 0, pinned: 0 });
   });
 
   it('fits() allows sizes up to maxBytes', () => {
@@ -95,7 +95,7 @@ describe('CacheIndex', () => {
     expect(removed).toEqual(['B']);
     expect(index.has(B)).toBe(false);
     expect(index.has(A)).toBe(true);
-    expect(index.stats()).toEqual({ bytes: 50, entries: 1, evictions: 0, claimed: 0, reserved: 0 });
+    expect(index.stats()).toEqual({ bytes: 50, entries: 1, evictions: 0, claimed: 0, reserved: 0, pinned: 0 });
   });
 
   it('keeps an entry of exactly maxBytes', () => {
@@ -137,7 +137,7 @@ describe('CacheIndex', () => {
     expect(removed).toEqual(['B']);
     lease?.release();
     expect(removed).toEqual(['B']);
-    expect(index.stats()).toEqual({ bytes: 30, entries: 3, evictions: 1, claimed: 0, reserved: 0 });
+    expect(index.stats()).toEqual({ bytes: 30, entries: 3, evictions: 1, claimed: 0, reserved: 0, pinned: 0 });
   });
 
   it('removes a new file instead of indexing it when only leased entries could make room', () => {
@@ -230,7 +230,7 @@ describe('CacheIndex', () => {
       const claim = index.claim(30);
       expect(claim?.bytes).toBe(30);
       expect(removed).toEqual(['A']);
-      expect(index.stats()).toEqual({ bytes: 40, entries: 1, evictions: 1, claimed: 30, reserved: 0 });
+      expect(index.stats()).toEqual({ bytes: 40, entries: 1, evictions: 1, claimed: 30, reserved: 0, pinned: 0 });
       expect(index.room()).toBe(30);
     });
 
@@ -241,7 +241,7 @@ describe('CacheIndex', () => {
       index.add(B, 20, true);
       // B needs A's room: the claim is not touched.
       expect(removed).toEqual(['A']);
-      expect(index.stats()).toEqual({ bytes: 20, entries: 1, evictions: 1, claimed: 70, reserved: 0 });
+      expect(index.stats()).toEqual({ bytes: 20, entries: 1, evictions: 1, claimed: 70, reserved: 0, pinned: 0 });
       expect(claim?.bytes).toBe(70);
     });
 
@@ -276,7 +276,7 @@ describe('CacheIndex', () => {
       expect(claim.grow(80)).toBe(true);
       expect(removed).toEqual(['A', 'B']);
       claim.shrink(20);
-      expect(index.stats()).toEqual({ bytes: 0, entries: 0, evictions: 2, claimed: 20, reserved: 0 });
+      expect(index.stats()).toEqual({ bytes: 0, entries: 0, evictions: 2, claimed: 20, reserved: 0, pinned: 0 });
     });
 
     it('turn into the committed entry without evicting anything', () => {
@@ -285,7 +285,7 @@ describe('CacheIndex', () => {
       const claim = index.claim(50)!;
       claim.commit(B, 50, 'stamp');
       expect(removed).toEqual([]);
-      expect(index.stats()).toEqual({ bytes: 100, entries: 2, evictions: 0, claimed: 0, reserved: 0 });
+      expect(index.stats()).toEqual({ bytes: 100, entries: 2, evictions: 0, claimed: 0, reserved: 0, pinned: 0 });
       expect(index.acquire(B)).toMatchObject({ size: 50, verified: true, stamp: 'stamp' });
       // Committed or released once: a second release changes nothing.
       claim.release();
@@ -310,7 +310,7 @@ describe('CacheIndex', () => {
       claim.reserve(95);
       expect(removed).toEqual([]);
       expect(claim).toMatchObject({ bytes: 40, reserved: 40 });
-      expect(index.stats()).toEqual({ bytes: 60, entries: 2, evictions: 0, claimed: 40, reserved: 40 });
+      expect(index.stats()).toEqual({ bytes: 60, entries: 2, evictions: 0, claimed: 40, reserved: 40, pinned: 0 });
       // Writes use the reservation first: nothing is evicted until they go past it.
       expect(claim.grow(40)).toBe(true);
       expect(removed).toEqual([]);
@@ -343,7 +343,7 @@ describe('CacheIndex', () => {
       index.add(B, 50, true);
       expect(removed).toEqual(['A']);
       expect(first).toMatchObject({ bytes: 40, reserved: 40 });
-      expect(index.stats()).toEqual({ bytes: 50, entries: 1, evictions: 1, claimed: 50, reserved: 40 });
+      expect(index.stats()).toEqual({ bytes: 50, entries: 1, evictions: 1, claimed: 50, reserved: 40, pinned: 0 });
       first.release();
       second.release();
     });
@@ -441,5 +441,41 @@ describe('CacheIndex', () => {
       expect(committed).toBeGreaterThan(20);
       expect(index.stats().evictions).toBeGreaterThan(20);
     });
+  });
+});
+
+describe('CacheIndex pins', () => {
+  it('eviction passes over pinned entries, oldest unpinned first; unpinning makes them evictable again', () => {
+    const { index, removed } = makeIndex(100);
+    index.add(A, 40, true);
+    index.add(B, 30, true);
+    index.add(C, 30, true);
+    index.setPins(new Set([A, C]));
+    expect(index.stats().pinned).toBe(70);
+    // 30 more: A is the oldest, but pinned; B goes.
+    index.add(D, 30, true);
+    expect(removed).toEqual(['B']);
+    expect(index.has(A)).toBe(true);
+    // Nothing unpinned but D is left to make room: more than that cannot be claimed.
+    expect(index.claim(40)).toBeUndefined();
+    expect(index.couldFit(30)).toBe(true);
+    expect(index.couldFit(31)).toBe(false);
+    expect(removed).toEqual(['B']);
+    index.setPins(new Set([C]));
+    expect(index.claim(40)).toBeDefined();
+    expect(removed).toEqual(['B', 'A']);
+    expect(index.isPinned(C)).toBe(true);
+  });
+
+  it('a pinned digest not cached yet is protected from the moment it is indexed; a corrupt one is still dropped', () => {
+    const { index, removed } = makeIndex(50);
+    index.setPins(new Set([B]));
+    index.add(A, 20, true);
+    index.add(B, 20, true);
+    index.add(C, 20, true);
+    expect(removed).toEqual(['A']);
+    index.delete(B);
+    expect(removed).toEqual(['A', 'B']);
+    expect(index.stats().pinned).toBe(0);
   });
 });
