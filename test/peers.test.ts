@@ -336,6 +336,22 @@ describe('peer sharing (agents in one process)', () => {
     for (const socket of sockets) socket.destroy();
   });
 
+  it('the same preload list on every node: the tunnel carries each blob of the image once', async () => {
+    const members = await nodes(3, 41);
+    const image = await makeImage({ layers: 3, layerBytes: 256 * 1024 });
+    await pushImage(registry.url, REPO, 'preload', image, auth);
+    const agents = await Promise.all(
+      members.map((m) => startNode(m, members, [], { username: auth.username, password: auth.password, auth: 'agent', lines: ['preload = ["team/app:preload"]'] })),
+    );
+    const phases = (): string => agents.map((a) => a.runtime.preloadStates(REGISTRY)[0]?.phase).join(',');
+    await pollUntil(() => phases() === 'ready,ready,ready', { timeoutMs: 30_000, what: 'preload on every node' });
+    expect(phases()).toBe('ready,ready,ready');
+    for (const blob of [image.config, ...image.layers]) {
+      expect(tunnelGets(blob.digest), blob.digest).toBe(1);
+      for (const agent of agents) expect(agent.runtime.cache.isCached(blob.digest as never)).toBe(true);
+    }
+  });
+
   it('a member list reloaded live moves ownership: the new member serves what it owns', async () => {
     const members = await nodes(3, 61);
     const [a, b] = await Promise.all(members.slice(0, 2).map((m) => startNode(m, members.slice(0, 2))));
