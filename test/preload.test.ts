@@ -114,6 +114,24 @@ describe('preload: images kept in the cache, pinned, before anyone pulls them', 
     expect(agent.runtime.cache.isCached(app.layers[0]!.digest as Digest)).toBe(false);
   }, 90_000);
 
+  it('a changed list keeps what it still lists ready and pinned: no unpinned window while it re-resolves', async () => {
+    await pushImage(registry.url, 'team/extra', '1', await makeImage({ layers: 1, layerBytes: 64 * KiB }));
+    agent = await startAgent({ dir: join(dir, 'relist'), mirrors: [{ registry: REGISTRY, upstream: upstream.url, lines: ['preload = ["team/app:1.2"]'] }] });
+    await preloaded(agent, 'first list');
+    const config = agent.runtime.config.mirrors[0]!;
+    const extra = { image: 'team/extra:1', repository: 'team/extra', tag: '1' };
+    await agent.runtime.setMirrors([{ ...config, preload: [...config.preload, extra] }]);
+    let seen: { phase: string | undefined; pinned: number } | undefined;
+    await pollUntil(() => {
+      if (states(agent!).length !== 2) return false;
+      // Checked in the same turn the new list appears, before it could re-resolve anything.
+      seen = { phase: states(agent!)[0]?.phase, pinned: agent!.runtime.cache.stats().pinned };
+      return true;
+    }, { timeoutMs: 5_000, what: 'the new list applied' });
+    expect(seen).toEqual({ phase: 'ready', pinned: sizeOf(app) });
+    await preloaded(agent, 'second list', (s) => s.every((e) => e.phase === 'ready'));
+  }, 60_000);
+
   it('an image beyond pin_max_bytes is cached but not pinned, and says so', async () => {
     const big = await makeImage({ layers: 1, layerBytes: 1 * MiB });
     await pushImage(registry.url, 'team/big', '1', big);

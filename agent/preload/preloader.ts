@@ -73,15 +73,18 @@ export class Preloader {
   apply(): void {
     if (this.#stopped) return;
     const live = new Map(this.#d.mirrors().map((mirror) => [mirror.registry, mirror]));
+    const replaced = new Map<string, MirrorRun>();
     for (const [registry, run] of this.#runs) {
       const mirror = live.get(registry);
       if (mirror === run.mirror && mirror.config.preload.length > 0) continue;
       run.stop();
       this.#runs.delete(registry);
+      replaced.set(registry, run);
     }
     for (const [registry, mirror] of live) {
       if (this.#runs.has(registry) || mirror.config.preload.length === 0 || mirror.offline) continue;
-      const run = new MirrorRun(mirror, this);
+      // Entries the changed mirror still lists keep their state and pins: no unpinned window.
+      const run = new MirrorRun(mirror, this, replaced.get(registry));
       this.#runs.set(registry, run);
       run.start();
     }
@@ -155,11 +158,14 @@ class MirrorRun {
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<void> | undefined;
 
-  constructor(mirror: Mirror, owner: Preloader) {
+  constructor(mirror: Mirror, owner: Preloader, previous?: MirrorRun) {
     this.mirror = mirror;
     this.#owner = owner;
     const since = owner.now();
-    this.#entries = mirror.config.preload.map((image) => ({ image, state: { image: image.image, phase: 'pending', bytes: 0, pinned: false, since }, good: undefined, fetching: undefined }));
+    this.#entries = mirror.config.preload.map((image) => {
+      const kept = previous === undefined ? undefined : previous.#entries.find((entry) => sameImage(entry.image, image));
+      return kept ? { image, state: kept.state, good: kept.good, fetching: undefined } : { image, state: { image: image.image, phase: 'pending', bytes: 0, pinned: false, since }, good: undefined, fetching: undefined };
+    });
   }
 
   start(): void {
@@ -319,6 +325,10 @@ class MirrorRun {
     if (change.phase && change.phase !== 'failed') delete (next as { error?: string }).error;
     entry.state = next;
   }
+}
+
+function sameImage(a: PreloadImage, b: PreloadImage): boolean {
+  return a.image === b.image && JSON.stringify(a.platforms ?? null) === JSON.stringify(b.platforms ?? null);
 }
 
 /** The config and layers a manifest names, with the sizes its descriptors give. */
