@@ -27,7 +27,8 @@ import { isLoopback, parseRegistry } from '../agent/config/address.ts';
 import { parseDuration } from '../agent/config/duration.ts';
 import { parseConfig } from '../agent/config/load.ts';
 import type { AgentConfig } from '../agent/config/types.ts';
-import { parseLocationId, parseProxyUrl, parseRepositoryPrefix, parseUpstream } from '../agent/config/values.ts';
+import { parseByteRate, parsePreload, parsePreloadInterval } from '../agent/config/preload.ts';
+import { parseCount, parseLocationId, parseProxyUrl, parseRepositoryPrefix, parseUpstream } from '../agent/config/values.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const MANIFESTS = join(ROOT, 'manifests');
@@ -625,7 +626,7 @@ describe('manifests: the RegistryMirror CRD', () => {
     expect(spec.versions[0]?.subresources).toEqual({ status: {} });
   });
 
-  it('prints registry, upstream, route, ready nodes and age', () => {
+  it('prints registry, upstream, route, ready nodes, preloaded images and age', () => {
     const columns = crd().spec.versions[0]?.additionalPrinterColumns ?? [];
     const shown = columns.filter((c) => (c.priority ?? 0) === 0).map((c) => [c.name, c.jsonPath]);
     expect(shown).toEqual([
@@ -633,8 +634,12 @@ describe('manifests: the RegistryMirror CRD', () => {
       ['Upstream', '.spec.upstream'],
       ['Route', '.spec.route'],
       ['Ready Nodes', '.status.nodes.ready'],
+      ['Preloaded', '.status.preloadSummary'],
       ['Age', '.metadata.creationTimestamp'],
     ]);
+    // Printer columns cannot compute: the leader writes the summary text.
+    expect(columns.find((c) => c.name === 'Preloaded')?.type).toBe('string');
+    expect(columns.find((c) => c.name === 'Mode')).toMatchObject({ jsonPath: '.spec.mode', priority: 1 });
   });
 
   it('admits the examples', () => {
@@ -658,13 +663,40 @@ describe('manifests: the RegistryMirror CRD', () => {
     for (const name of referenced) one(examples(), 'Secret', name);
   });
 
-  it('admits a full status: conditions and per-node counts', () => {
+  it('admits a full status: conditions, per-node counts and preload per image', () => {
     const status = {
       observedGeneration: 3,
       conditions: [{ type: 'Ready', status: 'True', observedGeneration: 3, lastTransitionTime: '2025-11-22T13:00:00Z', reason: 'AllNodesReady', message: '' }],
       nodes: { ready: 12, failing: 10, failingNodes: failingNodes(10) },
+      preloadSummary: '1/3 images on all 22 nodes, 1 failing',
+      preload: [
+        { image: 'team/app:1.2', nodesReady: 22, nodesFailed: 0, nodesTotal: 22, digest: 'sha256:3f2a9c1e0b7d' },
+        { image: 'team/db:7', nodesReady: 3, nodesFailed: 0, nodesTotal: 22, digest: 'mixed' },
+        { image: 'team/web:2', nodesReady: 0, nodesFailed: 22, nodesTotal: 22, lastError: `node-1: ${'manifest unknown '.repeat(14)}`.slice(0, 256) },
+      ],
     };
     expect(validateMirror({ ...VALID, status })).toEqual([]);
+    const hundred = Array.from({ length: 100 }, (_, i) => ({ image: `team/app-${i}:1`, nodesReady: 1, nodesTotal: 1 }));
+    expect(validateMirror({ ...VALID, status: { preload: hundred } })).toEqual([]);
+  });
+
+  it('admits preload, mode, preloadInterval, maxBytesPerSecond and maxFetches as the agent reads them', () => {
+    const spec = {
+      preload: [{ image: 'team/app:1.2' }, { image: `registry.corp.example:5000/team/db@sha256:${'a'.repeat(64)}`, platforms: ['linux/amd64', 'linux/arm/v7'] }, { image: `team/x:1@sha256:${'b'.repeat(64)}` }],
+      preloadInterval: '30m',
+      maxBytesPerSecond: '20MiB',
+      maxFetches: 4,
+      mode: 'online',
+    };
+    const object = withSpec(spec);
+    expect(validateMirror(object)).toEqual([]);
+    expect(() => parseConfig(mirrorToml(object['spec'] as JsonObject), 'preload'), mirrorToml(object['spec'] as JsonObject)).not.toThrow();
+    expect(validateMirror(withSpec({ maxBytesPerSecond: 1_048_576 }))).toEqual([]);
+    // Offline: upstream may be left out (a CEL rule asks for it otherwise).
+    const offline = { ...VALID, spec: { registry: 'airgap.corp.example', mode: 'offline' } };
+    expect(validateMirror(offline)).toEqual([]);
+    expect(() => parseConfig(mirrorToml(offline.spec), 'offline')).not.toThrow();
+    expect(validateMirror(withSpec({ preload: Array.from({ length: 100 }, (_, i) => ({ image: `team/app-${i}:1` })) }))).toEqual([]);
   });
 
   it.each<[string, JsonObject]>([
@@ -688,8 +720,27 @@ describe('manifests: the RegistryMirror CRD', () => {
     ['a realmMap value with a path', withSpec({ route: 'connectivity-proxy', upstream: 'http://registry.virtual:5000', realmMap: { 'https://harbor.corp.example': 'http://harbor.virtual/token' } })],
     ['a realmMap value that is no string', withSpec({ route: 'connectivity-proxy', upstream: 'http://registry.virtual:5000', realmMap: { 'https://harbor.corp.example': 80 } })],
     ['a credentialsSecretRef with a bad name', withSpec({ auth: 'agent', credentialsSecretRef: { name: 'Bad_Name' } })],
+    ['an unknown mode', withSpec({ mode: 'Offline' })],
+    ['101 preload images', withSpec({ preload: Array.from({ length: 101 }, (_, i) => ({ image: `team/app-${i}:1` })) })],
+    ['a preload entry as a string (the CRD takes { image })', withSpec({ preload: ['team/app:1'] })],
+    ['a preload entry without image', withSpec({ preload: [{ platforms: ['linux/amd64'] }] })],
+    ['a preload image without tag or digest', withSpec({ preload: [{ image: 'team/app' }] })],
+    ['a preload image with upper case', withSpec({ preload: [{ image: 'Team/app:1' }] })],
+    ['a preload image with a short digest', withSpec({ preload: [{ image: 'team/app@sha256:abc' }] })],
+    ['a preload image with a space', withSpec({ preload: [{ image: 'team/app:1 ' }] })],
+    ['a preload platform without architecture', withSpec({ preload: [{ image: 'team/app:1', platforms: ['linux'] }] })],
+    ['an empty preload platforms list', withSpec({ preload: [{ image: 'team/app:1', platforms: [] }] })],
+    ['a preloadInterval without unit', withSpec({ preloadInterval: '600' })],
+    ['a maxBytesPerSecond in words', withSpec({ maxBytesPerSecond: '20 megabytes' })],
+    ['a maxBytesPerSecond below 64KiB', withSpec({ maxBytesPerSecond: 1024 })],
+    ['a maxBytesPerSecond that is no number', withSpec({ maxBytesPerSecond: true })],
+    ['maxFetches 0', withSpec({ maxFetches: 0 })],
+    ['maxFetches 1001', withSpec({ maxFetches: 1001 })],
+    ['a status preload entry without nodesTotal', { ...VALID, status: { preload: [{ image: 'team/app:1', nodesReady: 0 }] } }],
+    ['a status preload digest that is no digest', { ...VALID, status: { preload: [{ image: 'team/app:1', nodesReady: 0, nodesTotal: 1, digest: 'latest' }] } }],
+    ['a status preload lastError over 256 characters', { ...VALID, status: { preload: [{ image: 'team/app:1', nodesReady: 0, nodesTotal: 1, lastError: 'x'.repeat(257) }] } }],
+    ['101 status preload entries', { ...VALID, status: { preload: Array.from({ length: 101 }, (_, i) => ({ image: `team/app-${i}:1`, nodesReady: 1, nodesTotal: 1 })) } }],
     ['no registry', withoutSpecField('registry')],
-    ['no upstream', withoutSpecField('upstream')],
     ['no spec', { apiVersion: VALID['apiVersion'], kind: VALID['kind'], metadata: VALID['metadata'] }],
     ['11 failing nodes', { ...VALID, status: { nodes: { failing: 11, failingNodes: failingNodes(11) } } }],
     ['a failing node message over 256 characters', { ...VALID, status: { nodes: { failingNodes: [{ node: 'n', reason: 'Failed', message: 'x'.repeat(257) }] } } }],
@@ -709,7 +760,45 @@ describe('manifests: the RegistryMirror CRD', () => {
     find(/has\(self\.credentialsSecretRef\).*self\.auth == 'agent'/, /credentialsSecretRef is only used with auth agent/);
     find(/'connectivity-proxy'.*self\.upstream\.startsWith\('http:\/\/'\)/, /http:\/\/ upstream.*virtual host.*Cloud Connector/s);
     find(/has\(self\.realmMap\).*'connectivity-proxy'/, /realmMap is only used with route connectivity-proxy/);
-    expect(rules).toHaveLength(6);
+    find(/has\(self\.upstream\) \|\| .*self\.mode == 'offline'/, /upstream is required unless mode is offline/);
+    find(/self\.mode != 'offline' \|\| !has\(self\.preload\) \|\| size\(self\.preload\) == 0/, /offline mirror .* cannot preload/);
+    expect(rules).toHaveLength(8);
+    // Without upstream (offline), the route rule must not read it.
+    expect(rules.find((r) => r.rule.includes('startsWith'))?.rule).toContain('!has(self.upstream) ||');
+    // upstream is not required by the schema itself: the CEL rule asks for it unless mode is offline.
+    expect(objectAt(openApiSchema(), 'properties', 'spec')['required']).toEqual(['registry']);
+  });
+
+  it('spec.preload is a list keyed by image (server-side apply merges it, the API server refuses an image twice)', () => {
+    expect(objectAt(openApiSchema(), 'properties', 'spec', 'properties', 'preload')).toMatchObject({ maxItems: 100, 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['image'] });
+    expect(objectAt(openApiSchema(), 'properties', 'status', 'properties', 'preload')).toMatchObject({ maxItems: 100, 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['image'] });
+    // int-or-string the way a structural schema allows it: allOf[0] is exactly anyOf integer/string.
+    const rate = objectAt(openApiSchema(), 'properties', 'spec', 'properties', 'maxBytesPerSecond');
+    expect(rate['x-kubernetes-int-or-string']).toBe(true);
+    expect(rate['type']).toBeUndefined();
+    expect((rate['allOf'] as JsonObject[])[0]).toEqual({ anyOf: [{ type: 'integer' }, { type: 'string' }] });
+  });
+
+  it('a preload entry the CRD admits is one the agent reads (the registry in front aside, which only the agent checks)', () => {
+    const REGISTRY = 'registry.corp.example:5000';
+    const valid = ['team/app:1.2', 'app:latest', `team/app@sha256:${'c'.repeat(64)}`, `team/app:1@sha256:${'c'.repeat(64)}`, `${REGISTRY}/team/app:1`, 'a_b__c--d/e.f:V1.0-rc_1'];
+    const invalid = ['team/app', 'Team/app:1', 'team//app:1', 'team/app:', 'team/app:-1', `team/app@sha256:${'C'.repeat(64)}`, 'team/app@sha256:abc', '/team/app:1', 'team/app:1/x'];
+    for (const image of valid) {
+      expect(fieldAccepts('preload', [{ image }]), image).toBe(true);
+      expect(loaderAccepts((v) => parsePreload(v, REGISTRY), [{ image }]), image).toBe(true);
+    }
+    for (const image of invalid) {
+      expect(fieldAccepts('preload', [{ image }]), image).toBe(false);
+      expect(loaderAccepts((v) => parsePreload(v, REGISTRY), [{ image }]), image).toBe(false);
+    }
+    // Cross-field, the agent's alone: another registry in front.
+    expect(fieldAccepts('preload', [{ image: 'other.example/team/app:1' }])).toBe(true);
+    expect(loaderAccepts((v) => parsePreload(v, REGISTRY), [{ image: 'other.example/team/app:1' }])).toBe(false);
+    for (const platform of ['linux/amd64', 'linux/arm/v7', 'windows/amd64']) expect(fieldAccepts('preload', [{ image: 'a:1', platforms: [platform] }]), platform).toBe(true);
+    for (const platform of ['linux', 'Linux/amd64', 'linux/arm/v7/x', 'linux/']) {
+      expect(fieldAccepts('preload', [{ image: 'a:1', platforms: [platform] }]), platform).toBe(false);
+      expect(loaderAccepts((v) => parsePreload(v, REGISTRY), [{ image: 'a:1', platforms: [platform] }]), platform).toBe(false);
+    }
   });
 
   it('conditions and failing nodes are maps keyed by type and node (server-side apply merges them)', () => {
@@ -724,7 +813,7 @@ describe('manifests: the RegistryMirror CRD', () => {
 
   // The CRD must never admit what the agent refuses; it may be stricter (lower case only, no
   // leading zeros in ports, no slashes around a prefix).
-  describe.each<[string, (value: unknown) => unknown, string[], string[], string[]]>([
+  describe.each<[string, (value: unknown) => unknown, unknown[], unknown[], unknown[]]>([
     [
       'registry',
       parseRegistry,
@@ -738,6 +827,10 @@ describe('manifests: the RegistryMirror CRD', () => {
     ['maxStale', parseDuration, ['24h', '7d'], ['24 h', 'forever'], []],
     ['repositoryPrefix', parseRepositoryPrefix, ['', 'library', 'team/images', 'a.b_c__d--e/f'], ['Team', 'team//images', 'team/-x', 'with space', 'a/../b'], ['/team/']],
     ['locationId', parseLocationId, ['onprem-1', 'loc.A_b'], ['on prem', '', 'tab\tx', 'ümlaut'], []],
+    ['mode', (v) => parseConfig(`[[mirror]]\nregistry = "r.example"\nupstream = "http://r.example"\nmode = ${JSON.stringify(v)}\n`, 't'), ['online', 'offline'], ['Online', 'air-gapped', ''], []],
+    ['preloadInterval', parsePreloadInterval, ['10s', '15m', '1h30m', '7d', '10000ms'], ['600', '15 m', '', 'soon', '-1m'], []],
+    ['maxBytesPerSecond', parseByteRate, [65_536, '64KiB', '20MiB', '1.5GiB', '10 MB', '100000000', '1gb'], ['20 megabytes', 'MiB', '', -1, 1.5, true, '1e9'], ['20 MiB ']],
+    ['maxFetches', (v) => parseCount(v, 1_000), [1, 8, 1_000], [0, 1_001, -1, 1.5, '8'], []],
   ])('the CRD field %s agrees with the config loader', (field, parse, validBoth, invalidBoth, crdStricter) => {
     it.each(validBoth)('both accept %j', (value) => {
       expect(loaderAccepts(parse, value)).toBe(true);
@@ -770,12 +863,14 @@ function mirrorToml(spec: JsonObject): string {
     }
     const key = keys[field];
     if (key === undefined) throw new Error(`spec.${field} has no [[mirror]] key`);
-    // Maps (realmMap) as TOML inline tables; JSON strings are valid TOML basic strings.
-    const rendered =
-      value !== null && typeof value === 'object' && !Array.isArray(value)
-        ? `{ ${Object.entries(value).map(([k, v]) => `${JSON.stringify(k)} = ${JSON.stringify(v)}`).join(', ')} }`
-        : JSON.stringify(value);
-    lines.push(`${key} = ${rendered}`);
+    lines.push(`${key} = ${tomlValue(value)}`);
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** Maps (realmMap, preload entries) as TOML inline tables, arrays element by element; JSON strings and numbers are valid TOML. */
+function tomlValue(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(tomlValue).join(', ')}]`;
+  if (value !== null && typeof value === 'object') return `{ ${Object.entries(value).map(([k, v]) => `${JSON.stringify(k)} = ${tomlValue(v)}`).join(', ')} }`;
+  return JSON.stringify(value);
 }

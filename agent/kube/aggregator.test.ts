@@ -3,8 +3,9 @@ import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CORE_EVENTS, type KubeApi, LEASES, REGISTRY_MIRRORS, startKubeApi } from '../../test/fixtures/kube-api.ts';
 import { pollUntil } from '../../test/fixtures/poll.ts';
-import { StatusAggregator, aggregate, sameStatus } from './aggregator.ts';
-import { type MirrorReport, REPORT_ANNOTATION, REPORT_LABEL, encodeReport, reportLeaseName } from './report.ts';
+import type { PreloadImageState } from '../preload/state.ts';
+import { StatusAggregator, aggregate, aggregatePreload, sameStatus, specPreloadImages } from './aggregator.ts';
+import { type MirrorReport, REPORT_ANNOTATION, REPORT_LABEL, encodeReport, preloadKey, preloadReport, reportLeaseName } from './report.ts';
 import type { RegistryMirror, RegistryMirrorStatus } from './resources.ts';
 import { transitionEvent } from './status-event.ts';
 
@@ -37,6 +38,96 @@ describe('aggregate', () => {
   });
 });
 
+const IMAGES = ['team/app:1', 'team/db:2', 'team/web:3'];
+const DIGEST = (n: number): string => `sha256:${String(n).repeat(64).slice(0, 64)}`;
+/** A node's report with preload entries for IMAGES: phases in order, `f:<error>` for failed. */
+function withPreload(phases: readonly string[], opts: { generation?: number; digest?: number; images?: readonly string[] } = {}): MirrorReport {
+  const images = opts.images ?? IMAGES;
+  const states = phases.map((p, i): PreloadImageState => {
+    const phase = p === 'r' ? 'ready' : p === 'p' ? 'pending' : 'failed';
+    return {
+      image: images[i] ?? '',
+      phase,
+      ...(phase === 'pending' ? {} : { digest: DIGEST(opts.digest ?? i + 1) }),
+      bytes: 1,
+      pinned: true,
+      since: 0,
+      ...(phase === 'failed' ? { error: p.slice(2) } : {}),
+    };
+  });
+  return { ...ok(opts.generation ?? 1), preload: preloadReport(states) };
+}
+
+describe('aggregatePreload', () => {
+  it('counts per spec image the nodes that have it, agree on its digest, and names the most common failure', () => {
+    const reports = [
+      { node: 'a', report: withPreload(['r', 'r', 'f:manifest unknown']) },
+      { node: 'b', report: withPreload(['r', 'p', 'f:upstream unreachable']) },
+      { node: 'c', report: withPreload(['r', 'r', 'f:manifest unknown'], { digest: 7 }) },
+      // A node with a problem (e.g. InvalidSpec) reports no preload part: counted, never ready.
+      { node: 'd', report: bad('HostsFileError') },
+    ];
+    const { preload, preloadSummary } = aggregatePreload(IMAGES, 1, reports);
+    expect(preload).toEqual([
+      { image: 'team/app:1', nodesReady: 3, nodesFailed: 0, nodesTotal: 4, digest: 'mixed' },
+      { image: 'team/db:2', nodesReady: 2, nodesFailed: 0, nodesTotal: 4, digest: 'mixed' },
+      { image: 'team/web:3', nodesReady: 0, nodesFailed: 3, nodesTotal: 4, digest: 'mixed', lastError: 'a: manifest unknown' },
+    ]);
+    expect(preloadSummary).toBe('0/3 images on all 4 nodes, 1 failing');
+
+    const agreeing = aggregatePreload(IMAGES, 1, [{ node: 'a', report: withPreload(['r', 'r', 'r']) }, { node: 'b', report: withPreload(['r', 'r', 'p']) }]);
+    expect(agreeing.preload?.map((p) => [p.nodesReady, p.digest])).toEqual([
+      [2, `sha256:${'1'.repeat(12)}`],
+      [2, `sha256:${'2'.repeat(12)}`],
+      [1, `sha256:${'3'.repeat(12)}`],
+    ]);
+    expect(agreeing.preloadSummary).toBe('2/3 images on all 2 nodes');
+    expect(aggregatePreload(['team/app:1'], 1, [{ node: 'a', report: withPreload(['r']) }]).preloadSummary).toBe('1/1 image on all 1 node');
+    expect(aggregatePreload(IMAGES, 1, []).preloadSummary).toBe('0/3 images: no node has reported');
+    expect(aggregatePreload([], 1, [{ node: 'a', report: ok() }])).toEqual({});
+  });
+
+  it('matches entries by image, whatever the order; a shrunk report counts its unlisted images ready only for the current generation', () => {
+    // Node a lists the spec in another order (an older generation with the same images).
+    const reordered = withPreload(['r', 'f:x', 'r'], { images: ['team/web:3', 'team/app:1', 'team/db:2'], generation: 1 });
+    expect(aggregatePreload(IMAGES, 2, [{ node: 'a', report: reordered }]).preload?.map((p) => [p.image, p.nodesReady, p.nodesFailed])).toEqual([
+      ['team/app:1', 0, 1],
+      ['team/db:2', 1, 0],
+      ['team/web:3', 1, 0],
+    ]);
+    // As the leader reads them after the report had to shrink: only what is not ready is listed.
+    const shrunk = (generation: number): MirrorReport => {
+      const full = withPreload(['r', 'f:x', 'r'], { generation });
+      return { ...full, preload: { ...full.preload!, listing: 'unready', entries: full.preload!.entries.filter((e) => e.phase !== 'ready') } };
+    };
+    expect(aggregatePreload(IMAGES, 2, [{ node: 'a', report: shrunk(2) }]).preload?.map((p) => p.nodesReady)).toEqual([1, 0, 1]);
+    expect(aggregatePreload(IMAGES, 2, [{ node: 'a', report: shrunk(1) }]).preload?.map((p) => p.nodesReady)).toEqual([0, 0, 0]);
+    // Counts only: all ready means every image; anything else says nothing per image.
+    const counts = (ready: number): MirrorReport => ({ ...ok(2), preload: { total: 3, ready, failed: 3 - ready, listing: 'none', entries: [] } });
+    expect(aggregatePreload(IMAGES, 2, [{ node: 'a', report: counts(3) }]).preload?.map((p) => p.nodesReady)).toEqual([1, 1, 1]);
+    expect(aggregatePreload(IMAGES, 2, [{ node: 'a', report: counts(2) }]).preload?.map((p) => [p.nodesReady, p.nodesFailed])).toEqual([
+      [0, 0],
+      [0, 0],
+      [0, 0],
+    ]);
+  });
+
+  it('names a failing node even when its report had no room for the message; errors are cut to 256 characters', () => {
+    const silent: MirrorReport = { ...ok(), preload: { total: 1, ready: 0, failed: 1, listing: 'all', entries: [{ key: preloadKey('team/app:1'), phase: 'failed' }] } };
+    expect(aggregatePreload(['team/app:1'], 1, [{ node: 'n2', report: silent }, { node: 'n1', report: silent }]).preload?.[0]?.lastError).toBe('n1: failed (its report had no room for the message)');
+    const long = aggregatePreload(['team/app:1'], 1, [{ node: 'n', report: withPreload([`f:${'e'.repeat(400)}`]) }]).preload?.[0]?.lastError ?? '';
+    expect(long.length).toBe(256);
+    expect(long.startsWith('n: eee')).toBe(true);
+  });
+
+  it('reads the images from spec.preload: trimmed, each once, at most 100', () => {
+    const rm = (preload: unknown): RegistryMirror => ({ metadata: { name: 'corp' }, spec: { registry: 'r', preload } });
+    expect(specPreloadImages(rm([{ image: 'team/app:1' }, { image: ' team/db:2 ', platforms: ['linux/amd64'] }, { image: 'team/app:1' }, { platforms: [] }, 'team/x:1']))).toEqual(['team/app:1', 'team/db:2', 'team/x:1']);
+    expect(specPreloadImages(rm(undefined))).toEqual([]);
+    expect(specPreloadImages(rm(Array.from({ length: 150 }, (_, i) => ({ image: `a/b-${i}:1` }))))).toHaveLength(100);
+  });
+});
+
 describe('sameStatus', () => {
   const desired = aggregate(2, [{ node: 'b', report: bad('ConfigPathUnset', 2) }]);
   const live = {
@@ -48,6 +139,16 @@ describe('sameStatus', () => {
 
   it('ignores lastTransitionTime and key order', () => {
     expect(sameStatus(live, desired)).toBe(true);
+  });
+
+  it('compares the preload entries field by field, whatever the key order', () => {
+    const preloaded = { ...desired, ...aggregatePreload(IMAGES, 2, [{ node: 'b', report: withPreload(['r', 'p', 'f:gone'], { generation: 2 }) }]) };
+    const entries = preloaded.preload?.map((p) => Object.fromEntries(Object.entries(p).reverse())) as unknown as typeof preloaded.preload;
+    const applied = { ...live, preloadSummary: preloaded.preloadSummary, preload: entries };
+    expect(sameStatus(applied, preloaded)).toBe(true);
+    expect(sameStatus(live, preloaded)).toBe(false);
+    expect(sameStatus(applied, desired)).toBe(false);
+    expect(sameStatus({ ...applied, preload: entries?.map((p, i) => (i === 1 ? { ...p, nodesReady: 1 } : p)) }, preloaded)).toBe(false);
   });
 
   it('sees any other difference', () => {

@@ -2,7 +2,7 @@ import type { V1Lease } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { type KubeClients, SERVER_SIDE_APPLY, messageOf, statusOf, withTimeout } from './client.ts';
 import { type Backoff, ResilientInformer } from './informer.ts';
-import { type MirrorReport, type NodeReport, REPORT_ANNOTATION, REPORT_LABEL, parseReport } from './report.ts';
+import { type MirrorReport, type NodeReport, type PreloadEntryReport, REPORT_ANNOTATION, REPORT_LABEL, parseReport, preloadKey } from './report.ts';
 import {
   API_VERSION,
   type Condition,
@@ -11,6 +11,7 @@ import {
   GROUP,
   KIND,
   PLURAL,
+  type PreloadStatus,
   type RegistryMirror,
   type RegistryMirrorStatus,
   VERSION,
@@ -47,6 +48,8 @@ interface ParsedLease {
 }
 
 const MAX_FAILING_NODES = 10;
+/** The CRD's spec.preload maxItems: status.preload has one entry per spec image, no more. */
+const MAX_PRELOAD_IMAGES = 100;
 const EVENT_TIMEOUT_MS = 10_000;
 const REASON = /^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$/;
 
@@ -55,6 +58,9 @@ export interface DesiredStatus {
   readonly observedGeneration: number;
   readonly ready: { readonly status: 'True' | 'False'; readonly reason: string; readonly message: string };
   readonly nodes: { readonly ready: number; readonly failing: number; readonly failingNodes: readonly FailingNode[] };
+  /** Present when the spec has preload images. */
+  readonly preload?: readonly PreloadStatus[];
+  readonly preloadSummary?: string;
 }
 
 /**
@@ -159,7 +165,9 @@ export class StatusAggregator {
 
   async #reconcile(rm: RegistryMirror, reports: ReadonlyMap<string, Array<{ node: string; report: MirrorReport }>>): Promise<void> {
     const name = nameOf(rm);
-    const desired = aggregate(rm.metadata?.generation ?? 0, reports.get(name) ?? []);
+    const generation = rm.metadata?.generation ?? 0;
+    const mine = reports.get(name) ?? [];
+    const desired = { ...aggregate(generation, mine), ...aggregatePreload(specPreloadImages(rm), generation, mine) };
     const rv = rm.metadata?.resourceVersion;
     const last = this.#applied.get(name);
     // Until the informer shows our last write, that write is what the object says.
@@ -233,8 +241,17 @@ export function sameStatus(status: RegistryMirrorStatus | undefined, desired: De
     nodes !== undefined &&
     nodes.ready === desired.nodes.ready &&
     nodes.failing === desired.nodes.failing &&
-    sameFailingNodes(nodes.failingNodes ?? [], desired.nodes.failingNodes)
+    sameFailingNodes(nodes.failingNodes ?? [], desired.nodes.failingNodes) &&
+    status.preloadSummary === desired.preloadSummary &&
+    samePreload(status.preload, desired.preload)
   );
+}
+
+/** Field by field, absent and empty alike. */
+function samePreload(a: readonly PreloadStatus[] | undefined, b: readonly PreloadStatus[] | undefined): boolean {
+  const text = (list: readonly PreloadStatus[] | undefined): string[] =>
+    (list ?? []).map((p) => JSON.stringify([p.image, p.nodesReady, p.nodesFailed ?? 0, p.nodesTotal, p.digest ?? '', p.lastError ?? '']));
+  return JSON.stringify(text(a)) === JSON.stringify(text(b));
 }
 
 /** Field by field: the API server returns object keys in its own order. */
@@ -255,7 +272,13 @@ function render(desired: DesiredStatus, live: RegistryMirrorStatus | undefined):
     observedGeneration: desired.observedGeneration,
     lastTransitionTime: previous?.status === desired.ready.status ? previous.lastTransitionTime : nowTime(),
   };
-  return { observedGeneration: desired.observedGeneration, conditions: [condition], nodes: { ...desired.nodes } };
+  return {
+    observedGeneration: desired.observedGeneration,
+    conditions: [condition],
+    nodes: { ...desired.nodes },
+    ...(desired.preload === undefined ? {} : { preload: desired.preload }),
+    ...(desired.preloadSummary === undefined ? {} : { preloadSummary: desired.preloadSummary }),
+  };
 }
 
 /** A report's reason as the CRD admits it (condition and failingNodes reason pattern, 64 characters). */
@@ -268,4 +291,90 @@ function mostCommon(values: readonly string[]): string {
   const counts = new Map<string, number>();
   for (const v of values) counts.set(v, (counts.get(v) ?? 0) + 1);
   return [...counts].sort(([a, x], [b, y]) => y - x || a.localeCompare(b))[0]?.[0] ?? 'Unknown';
+}
+
+/** The images of `spec.preload` as written (trimmed), at most 100, each once; [] without preload. */
+export function specPreloadImages(rm: RegistryMirror): string[] {
+  const list = rm.spec?.['preload'];
+  if (!Array.isArray(list)) return [];
+  const images = list.flatMap((item: unknown): string[] => {
+    const image = typeof item === 'string' ? item : typeof item === 'object' && item !== null ? (item as { image?: unknown }).image : undefined;
+    return typeof image === 'string' && image.trim() !== '' ? [image.trim()] : [];
+  });
+  return [...new Set(images)].slice(0, MAX_PRELOAD_IMAGES);
+}
+
+/**
+ * Folds the nodes' preload entries into one status entry per spec image. Entries match by
+ * preloadKey, so a node still on an older generation counts for the images both lists share. A node
+ * whose report lists only its entries that are not ready (or only counts: it had to shrink) counts
+ * as ready for the others only when it reports on this generation with as many entries as the spec
+ * has; otherwise, and when its report has no preload part (it does not serve this spec), it counts
+ * in nodesTotal only.
+ */
+export function aggregatePreload(
+  images: readonly string[],
+  generation: number,
+  reports: ReadonlyArray<{ node: string; report: MirrorReport }>,
+): Pick<DesiredStatus, 'preload' | 'preloadSummary'> {
+  if (images.length === 0) return {};
+  const keys = images.map(preloadKey);
+  const acc = images.map(() => ({ ready: 0, failed: 0, digests: new Set<string>(), failures: [] as Array<{ node: string; error: string }> }));
+  for (const { node, report } of reports) {
+    const p = report.preload;
+    if (p === undefined) continue;
+    const byKey = new Map<string, PreloadEntryReport>(p.entries.map((e) => [e.key, e]));
+    const current = report.generation === generation && p.total === images.length;
+    const othersReady = current && (p.listing === 'unready' || (p.listing === 'none' && p.ready === p.total));
+    keys.forEach((key, i) => {
+      const a = acc[i];
+      if (a === undefined) return;
+      const entry = byKey.get(key);
+      if (entry?.digest !== undefined) a.digests.add(entry.digest.replace(/^sha256:/, '').slice(0, 12));
+      const phase = entry?.phase ?? (othersReady ? 'ready' : undefined);
+      if (phase === 'ready') a.ready++;
+      if (phase === 'failed') {
+        a.failed++;
+        a.failures.push({ node, error: entry?.error ?? '' });
+      }
+    });
+  }
+  const total = reports.length;
+  const preload = images.map((image, i): PreloadStatus => {
+    const a = acc[i] ?? { ready: 0, failed: 0, digests: new Set<string>(), failures: [] };
+    const [digest] = a.digests;
+    const lastError = preloadError(a.failures);
+    return {
+      image,
+      nodesReady: a.ready,
+      nodesFailed: a.failed,
+      nodesTotal: total,
+      ...(digest === undefined ? {} : { digest: a.digests.size === 1 ? `sha256:${digest}` : 'mixed' }),
+      ...(lastError === undefined ? {} : { lastError }),
+    };
+  });
+  return { preload, preloadSummary: preloadSummary(preload, total) };
+}
+
+/** `<node>: <error>` for the most common error (ties: the first in text order), named by its first node. */
+function preloadError(failures: ReadonlyArray<{ node: string; error: string }>): string | undefined {
+  if (failures.length === 0) return undefined;
+  const described = failures.filter((f) => f.error !== '');
+  if (described.length === 0) {
+    const node = failures.map((f) => f.node).sort()[0] ?? '';
+    return truncate(`${node}: failed (its report had no room for the message)`);
+  }
+  const error = mostCommon(described.map((f) => f.error));
+  const node = described.filter((f) => f.error === error).map((f) => f.node).sort()[0] ?? '';
+  return truncate(`${node}: ${error}`);
+}
+
+/** `3/5 images on all 4 nodes, 1 failing`: for the Preloaded printer column. */
+function preloadSummary(preload: readonly PreloadStatus[], nodes: number): string {
+  const images = preload.length;
+  const unit = images === 1 ? 'image' : 'images';
+  if (nodes === 0) return `0/${images} ${unit}: no node has reported`;
+  const everywhere = preload.filter((p) => p.nodesReady === nodes).length;
+  const failing = preload.filter((p) => p.nodesFailed > 0).length;
+  return `${everywhere}/${images} ${unit} on all ${nodes} node${nodes === 1 ? '' : 's'}${failing === 0 ? '' : `, ${failing} failing`}`;
 }

@@ -26,9 +26,14 @@
  *   difference, at most once per 10 s per RegistryMirror, whatever the number of nodes. A new leader
  *   recomputes from the Leases, so nothing is lost on failover.
  * - **Objects stay bounded.** Status holds counts plus at most 10 failing nodes (sorted by name, each
- *   message ≤ 256 characters); a report holds one small entry per RegistryMirror, within 16 KiB for up
- *   to a couple of hundred RegistryMirrors (failure messages are shortened, then left out). Only the leader creates Events: one when a RegistryMirror's Ready
+ *   message ≤ 256 characters), and per `spec.preload` image (at most 100) its node counts, digest and
+ *   one error; a report holds one small entry per RegistryMirror with its preload entries (8-hex
+ *   image keys), within 16 KiB for up to a couple of hundred RegistryMirrors (see report.ts for what
+ *   gives way first). Only the leader creates Events: one when a RegistryMirror's Ready
  *   condition changes status or reason, for all nodes together, never per node and never on a timer.
+ * - **Preload progress is a report change like any other.** The runtime is the reporter's NodeView:
+ *   its preloadStates(registry) feed each report; a changed phase or digest waits for the settle time,
+ *   so a node reports its preload progress once it has held for 20 s (plus jitter).
  * - **The data path never waits for the API.** The agent keeps serving its last good configuration
  *   while the API server is down, and after a restart it serves the persisted last good set.
  */

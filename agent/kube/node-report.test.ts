@@ -6,7 +6,8 @@ import type { KubeClients } from './client.ts';
 import type { Clock } from './damper.ts';
 import type { MirrorState } from './mirror-source.ts';
 import { NodeReporter } from './node-report.ts';
-import { REPORT_ANNOTATION, parseReport } from './report.ts';
+import type { PreloadImageState } from '../preload/state.ts';
+import { REPORT_ANNOTATION, parseReport, preloadKey } from './report.ts';
 
 const NS = 'registry-proxy-agent';
 const REG = 'registry.corp.example:5000';
@@ -46,6 +47,8 @@ describe('NodeReporter: damped report writes', () => {
   let clock: ManualClock;
   let reporter: NodeReporter;
   const states: MirrorState[] = [{ name: 'corp', generation: 1, registry: REG }];
+  /** This node's preload entries of REG, as the runtime's preloadStates gives them. */
+  let preloaded: PreloadImageState[] = [];
 
   /** Why the last probe failed, as the runtime tells it; undefined: upstream reachable. */
   let problem: { cause: string; detail: string } | undefined;
@@ -63,6 +66,7 @@ describe('NodeReporter: damped report writes', () => {
         wiring: { hosts: [], containerd: { state: 'ok', ok: true, message: 'ok', configFiles: [], warnings: [] } },
         config: { manageHosts: false },
         upstreamProblem: () => problem,
+        preloadStates: (registry) => (registry === REG ? preloaded : []),
       },
       log: pino({ level: 'silent' }),
       // No periodic evaluation: the test calls evaluate() as the timer would. The jitter is 5 s of the 10 s.
@@ -74,6 +78,8 @@ describe('NodeReporter: damped report writes', () => {
     api = await startKubeApi({ bookmarkIntervalMs: 60_000 });
     clock = new ManualClock();
     problem = undefined;
+    preloaded = [];
+    states.splice(0, states.length, { name: 'corp', generation: 1, registry: REG });
     reporter = makeReporter();
   });
 
@@ -175,5 +181,40 @@ describe('NodeReporter: damped report writes', () => {
     await reporter.evaluate();
     expect(leaseWrites()).toBe(3);
     expect(written()).toBe('UpstreamUnreachable');
+  });
+
+  it('carries the preload entries of a mirror it serves as specified; a changed phase is a change, damped like any other', async () => {
+    const entry = (image: string, phase: PreloadImageState['phase'], extra: Partial<PreloadImageState> = {}): PreloadImageState => ({ image, phase, bytes: 0, pinned: true, since: 0, ...extra });
+    const report = () => parseReport(String((api.store.get(LEASES, NS, 'rpa-node-node-a')?.metadata as { annotations?: Record<string, string> }).annotations?.[REPORT_ANNOTATION])).corp;
+    preloaded = [entry('team/app:1', 'pending'), entry('team/db:2', 'failed', { error: 'manifest unknown' })];
+    await reporter.start();
+    expect(report()?.preload).toEqual({
+      total: 2,
+      ready: 0,
+      failed: 1,
+      listing: 'all',
+      entries: [
+        { key: preloadKey('team/app:1'), phase: 'pending' },
+        { key: preloadKey('team/db:2'), phase: 'failed', error: 'manifest unknown' },
+      ],
+    });
+
+    preloaded = [entry('team/app:1', 'ready', { digest: `sha256:${'a'.repeat(64)}` }), preloaded[1]!];
+    await reporter.evaluate();
+    expect(leaseWrites()).toBe(1);
+    clock.advance(25_000);
+    await reporter.evaluate();
+    expect(leaseWrites()).toBe(2);
+    expect(report()?.preload?.entries[0]).toEqual({ key: preloadKey('team/app:1'), phase: 'ready', digest: 'aaaaaaaaaaaa' });
+
+    // Not served as specified (here: a spec the agent refuses): the registry's entries are another
+    // version's, so the report has none.
+    states.splice(0, 1, { name: 'corp', generation: 2, registry: REG, problem: { reason: 'InvalidSpec', message: 'spec.preload[0]: …' } });
+    clock.advance(1_000);
+    await reporter.evaluate();
+    clock.advance(25_000);
+    await reporter.evaluate();
+    expect(report()).toMatchObject({ ok: false, reason: 'InvalidSpec', generation: 2 });
+    expect(report()?.preload).toBeUndefined();
   });
 });

@@ -2,10 +2,11 @@ import { V1MicroTime, type V1Lease } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { AgentConfig } from '../config/types.ts';
 import type { WiringState } from '../containerd/wiring.ts';
+import type { PreloadImageState } from '../preload/state.ts';
 import { type KubeClients, messageOf, statusOf, withTimeout } from './client.ts';
 import { type Clock, type DamperOptions, ReportDamper, SYSTEM_CLOCK } from './damper.ts';
 import type { MirrorState } from './mirror-source.ts';
-import { type MirrorReport, REPORT_ANNOTATION, REPORT_LABEL, encodeReport, parseReport, reportLeaseName, reportState } from './report.ts';
+import { type MirrorReport, REPORT_ANNOTATION, REPORT_LABEL, encodeReport, parseReport, preloadReport, reportLeaseName, reportState } from './report.ts';
 import { FIELD_MANAGER, type Problem, pascalCase, truncate } from './resources.ts';
 
 export interface ReportSource {
@@ -22,6 +23,11 @@ export interface NodeView {
    * words with the fix); undefined while it is reachable or not probed yet.
    */
   upstreamProblem(registry: string): { cause: string; detail: string } | undefined;
+  /**
+   * This node's `preload` entries of the mirror for `registry`, in configuration order (the
+   * runtime's preloadStates). Optional: without it reports carry no preload part.
+   */
+  preloadStates?(registry: string): readonly PreloadImageState[];
 }
 
 /**
@@ -160,11 +166,15 @@ export class NodeReporter {
     const out = new Map<string, MirrorReport>();
     for (const state of this.#d.source.states()) {
       const verdict = state.problem ?? nodeProblem(state.registry ?? '', runtime);
+      // Only for a RegistryMirror this node serves as specified: with a problem, the registry's
+      // entries are those of a previous version or of the file's mirror.
+      const preload = state.problem === undefined && state.registry !== undefined ? (runtime.preloadStates?.(state.registry) ?? []) : [];
       out.set(state.name, {
         ok: verdict === undefined,
         reason: verdict?.reason ?? 'Ready',
         message: verdict === undefined ? '' : truncate(verdict.message),
         generation: state.generation,
+        ...(preload.length === 0 ? {} : { preload: preloadReport(preload) }),
       });
     }
     return out;

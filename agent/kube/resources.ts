@@ -32,10 +32,28 @@ export interface Condition {
   readonly message: string;
 }
 
+/** One `spec.preload` image across the nodes reporting on its RegistryMirror. */
+export interface PreloadStatus {
+  readonly image: string;
+  /** Nodes whose cache holds the image, verified and pinned. */
+  readonly nodesReady: number;
+  readonly nodesFailed: number;
+  /** Nodes reporting on this RegistryMirror. */
+  readonly nodesTotal: number;
+  /** `sha256:` and 12 hex digits when every node that resolved the image agrees; `mixed` when they do not. */
+  readonly digest?: string;
+  /** `<node>: <error>` of the most common failure, at most 256 characters. */
+  readonly lastError?: string;
+}
+
 export interface RegistryMirrorStatus {
   readonly observedGeneration?: number;
   readonly conditions?: readonly Condition[];
   readonly nodes?: { readonly ready: number; readonly failing: number; readonly failingNodes?: readonly FailingNode[] };
+  /** One entry per `spec.preload` image, in spec order. */
+  readonly preload?: readonly PreloadStatus[];
+  /** For the printer column: `3/5 images on all 4 nodes, 1 failing`. */
+  readonly preloadSummary?: string;
 }
 
 export interface RegistryMirror extends KubernetesObject {

@@ -64,6 +64,57 @@ describe('translate', () => {
     expect(isTranslated(cp) ? '' : cp.message).toContain('allowed_destinations is not used with route = "connectivity-proxy"');
   });
 
+  it('maps mode, preload ({ image, platforms } tables), preloadInterval, maxBytesPerSecond and maxFetches onto the [[mirror]] keys', () => {
+    const preload = [{ image: 'team/app:1.2' }, { image: 'r.corp.example/team/db@sha256:' + 'a'.repeat(64), platforms: ['linux/amd64', 'linux/arm/v7'] }];
+    const result = run({ registry: 'r.corp.example', upstream: 'http://r.corp.example', mode: 'online', preload, preloadInterval: '30m', maxBytesPerSecond: '20MiB', maxFetches: 4 });
+    if (!isTranslated(result)) throw new Error(result.message);
+    expect(result.table).toMatchObject({ mode: 'online', preload, preload_interval: '30m', max_bytes_per_second: '20MiB', max_fetches: 4 });
+    expect(result.mirror).toMatchObject({
+      mode: 'online',
+      preloadIntervalMs: 1_800_000,
+      budget: { bytesPerSecond: 20 * 1024 * 1024, maxFetches: 4 },
+      preload: [
+        { image: 'team/app:1.2', repository: 'team/app', tag: '1.2' },
+        { repository: 'team/db', digest: `sha256:${'a'.repeat(64)}`, platforms: [{ os: 'linux', architecture: 'amd64' }, { os: 'linux', architecture: 'arm', variant: 'v7' }] },
+      ],
+    });
+    // An integer size is read like the TOML key.
+    const bytes = run({ registry: 'r.corp.example', upstream: 'http://r.corp.example', maxBytesPerSecond: 1_048_576 });
+    expect(isTranslated(bytes) ? bytes.mirror.budget : bytes.message).toEqual({ bytesPerSecond: 1_048_576 });
+    // The spec is not changed by translating it (the informer's objects are shared).
+    expect(preload[1]).toEqual({ image: 'r.corp.example/team/db@sha256:' + 'a'.repeat(64), platforms: ['linux/amd64', 'linux/arm/v7'] });
+  });
+
+  it('an offline RegistryMirror needs no upstream and cannot preload', () => {
+    const offline = run({ registry: 'airgap.corp.example', mode: 'offline' });
+    if (!isTranslated(offline)) throw new Error(offline.message);
+    expect(offline.mirror).toMatchObject({ registry: 'airgap.corp.example', mode: 'offline', preload: [] });
+    expect(run({ registry: 'airgap.corp.example', mode: 'offline', preload: [{ image: 'team/app:1' }] })).toMatchObject({
+      reason: 'InvalidSpec',
+      message: expect.stringContaining('spec.preload: an offline mirror never contacts upstream, so it cannot preload'),
+    });
+    expect(run({ registry: 'airgap.corp.example' })).toMatchObject({ reason: 'InvalidSpec', message: 'spec.upstream: required key is missing' });
+  });
+
+  it.each([
+    [{ preload: [{ image: 'team/app:1' }, { image: 'team/App' }] }, 'spec.preload[1]: team/App: the repository must be lower-case path components'],
+    [{ preload: [{ image: 'team/app' }] }, 'spec.preload[0]: team/app: name a tag or a digest'],
+    [{ preload: [{ image: 'other.example/team/app:1' }] }, "spec.preload[0]: other.example/team/app:1 names registry other.example, not this mirror's r.example"],
+    [{ preload: [{ image: 'team/app:1', platforms: ['linux'] }] }, 'spec.preload[0].platforms[0]: invalid platform "linux"'],
+    [{ preload: [{ image: 'team/app:1', platforms: [] }] }, 'spec.preload[0].platforms: expected a non-empty array'],
+    [{ preload: [{ image: 'team/app:1', tag: 'x' }] }, 'spec.preload[0]: unknown key tag'],
+    [{ preload: [{ image: 'team/app:1' }, { image: 'r.example/team/app:1' }] }, 'spec.preload[1]: r.example/team/app:1 is listed twice'],
+    [{ preload: Array.from({ length: 101 }, (_, i) => ({ image: `team/app-${i}:1` })) }, 'spec.preload: at most 100 images per mirror'],
+    [{ preloadInterval: '5s' }, 'spec.preloadInterval: must be at least 10s'],
+    [{ maxBytesPerSecond: '1KiB' }, 'spec.maxBytesPerSecond: must be at least 64KiB'],
+    [{ maxFetches: 0 }, 'spec.maxFetches: must be from 1 to 1000'],
+    [{ mode: 'air-gapped' }, 'spec.mode: must be "online"'],
+  ])('a bad preload or budget key is InvalidSpec naming the key (%#)', (fields, message) => {
+    const result = run({ registry: 'r.example', upstream: 'http://r.example', ...fields });
+    expect(result).toMatchObject({ reason: 'InvalidSpec' });
+    expect(isTranslated(result) ? '' : result.message).toContain(message);
+  });
+
   it('reads a basic-auth Secret; auth defaults to agent', () => {
     const secret: V1Secret = { type: 'kubernetes.io/basic-auth', data: { username: b64('alice'), password: b64('s3cret') } };
     const result = run({ registry: 'r.example', upstream: 'http://r.example', credentialsSecretRef: { name: 'creds' } }, { creds: secret });

@@ -19,6 +19,11 @@ export const SPEC_TO_TOML: Readonly<Record<string, string>> = {
   repositoryPrefix: 'repository_prefix',
   realmMap: 'realm_map',
   allowedDestinations: 'allowed_destinations',
+  mode: 'mode',
+  preload: 'preload',
+  preloadInterval: 'preload_interval',
+  maxBytesPerSecond: 'max_bytes_per_second',
+  maxFetches: 'max_fetches',
 };
 
 const TOML_TO_SPEC: Readonly<Record<string, string>> = Object.fromEntries(Object.entries(SPEC_TO_TOML).map(([spec, key]) => [key, spec]));
@@ -50,7 +55,7 @@ export function translate(rm: RegistryMirror, opts: TranslateOptions): Translate
     if (field === 'credentialsSecretRef') continue;
     const key = SPEC_TO_TOML[field];
     if (key === undefined) return invalidSpec(`spec.${field}: unknown field`);
-    table[key] = value;
+    table[key] = field === 'preload' ? preloadTables(value) : value;
   }
   const ref = secretName(spec.credentialsSecretRef);
   if (typeof ref === 'object') return ref;
@@ -61,7 +66,7 @@ export function translate(rm: RegistryMirror, opts: TranslateOptions): Translate
   try {
     mirror = parse(table, rm, opts.connectivityProxy, standIn);
   } catch (error) {
-    if (error instanceof ConfigError) return invalidSpec(`${specKey(error.key)}: ${error.problem}`);
+    if (error instanceof ConfigError) return invalidSpec(specMessage(error));
     throw error;
   }
   if (ref === undefined) return { mirror, table };
@@ -94,10 +99,26 @@ function secretName(ref: unknown): string | undefined | Problem {
   return name;
 }
 
-/** `spec.tag_ttl` → `spec.tagTTL`, so the message names the field the user wrote. */
-function specKey(key: string): string {
-  const [prefix, field = ''] = key.split('.', 2);
-  return prefix === 'spec' ? `spec.${TOML_TO_SPEC[field] ?? field}` : key;
+/**
+ * `spec.preload` items are `{ image, platforms }` objects: the `[[mirror]]` key's table form. Each is
+ * copied as it is (keys the loader does not know included, so it names them); anything else is left
+ * for the loader to refuse.
+ */
+function preloadTables(value: unknown): unknown {
+  if (!Array.isArray(value)) return value;
+  return value.map((item: unknown) => (item !== null && typeof item === 'object' && !Array.isArray(item) ? { ...(item as Record<string, unknown>) } : item));
+}
+
+/**
+ * `spec.tag_ttl` → `spec.tagTTL`, so the message names the field the user wrote; a preload entry's
+ * index moves into the key (`spec.preload[3].platforms[0]: …`, `spec.preload[3]: team/App:1: …`).
+ */
+function specMessage(error: ConfigError): string {
+  const [prefix, field = ''] = error.key.split('.', 2);
+  if (prefix !== 'spec') return `${error.key}: ${error.problem}`;
+  const key = `spec.${TOML_TO_SPEC[field] ?? field}`;
+  const entry = field === 'preload' ? /^(\[\d+\](?:\.[a-z]+(?:\[\d+\])?)?): ([\s\S]*)$/.exec(error.problem) : null;
+  return entry === null ? `${key}: ${error.problem}` : `${key}${entry[1]}: ${entry[2]}`;
 }
 
 function invalidSpec(message: string): Problem {
