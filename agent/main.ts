@@ -4,6 +4,7 @@ import { USAGE, UsageError, parseCommandLine } from './cli.ts';
 import { ConfigError } from './config/errors.ts';
 import { defaultConfig, loadConfig } from './config/load.ts';
 import type { AgentConfig } from './config/types.ts';
+import { IMPORT_USAGE, importCommand, isImportCommand } from './import/command.ts';
 import type { KubernetesIntegration } from './kube/kubernetes.ts';
 import { createLogger } from './log.ts';
 import { AgentRuntime } from './runtime.ts';
@@ -20,9 +21,11 @@ function exit(code: number): void {
 }
 
 async function main(argv: readonly string[]): Promise<number> {
+  // `import` has arguments of its own (SOURCE, --name, --platform) and prints what it does, no log.
+  if (isImportCommand(argv)) return importCommand(argv);
   const commandLine = parseCommandLine(argv);
   if (commandLine.command === 'help') {
-    process.stdout.write(USAGE);
+    process.stdout.write(`${USAGE}\n${IMPORT_USAGE}`);
     return 0;
   }
   const config = commandLine.configFile
