@@ -17,6 +17,7 @@ import { UpstreamStateLog } from './observe/logs.ts';
 import { type RequestRecord, causeChain } from './observe/request-record.ts';
 import { Mirror, type ProbeResult } from './mirror/mirror.ts';
 import { TagStore, tagMaxAge } from './mirror/tag-store.ts';
+import { type BudgetEvents, type TunnelGate, connectivityProxyGate } from './mirror/tunnel-gate.ts';
 import { UpstreamClient, type UpstreamTimeouts } from './upstream/client.ts';
 import { readCredentials, readSecretFile } from './upstream/credentials.ts';
 import type { DestinationRefusal } from './upstream/destination.ts';
@@ -98,14 +99,14 @@ export class AgentRuntime {
       events: listenerEvents('mirror', 'max_connections', instrumentation, log),
     });
     this.#healthServer = createHealthServer(
-      { ready: () => this.#readiness(), metrics: () => instrumentation.scrape(this.cache) },
+      { ready: () => this.#readiness(), metrics: () => instrumentation.scrape(this.cache, this.preloader.report()) },
       listenerLimits(config.limits, config.limits.metricsMaxConnections),
       listenerEvents('metrics', 'metrics_max_connections', instrumentation, log),
     );
   }
 
   static async start(config: AgentConfig, log: Logger, options: RuntimeOptions = {}): Promise<AgentRuntime> {
-    const instrumentation = instrument(new AgentMetrics(), config.cacheMaxBytes);
+    const instrumentation = instrument(new AgentMetrics(), config.cacheMaxBytes, config.pinMaxBytes);
     const cache = new BlobCache(config.cacheDir, config.cacheMaxBytes, {
       corrupt: (digest, error) => {
         instrumentation.corrupt(error);
@@ -138,6 +139,9 @@ export class AgentRuntime {
     const cpTokens = await connectivityProxyTokens(config.connectivityProxy);
     const upstreamStates = new UpstreamStateLog(log);
     const bodies = new BodyBudget(DEFAULT_BODY_BUDGET, { changed: (state) => instrumentation.bodyBudget(state), refused: (reason) => instrumentation.bodyBudgetRefused(reason) });
+    const budgetEvents: BudgetEvents = { waited: (budget, priority, kind, seconds, bytes) => instrumentation.budgetWait(budget, priority, kind, seconds, bytes) };
+    // Built once: the tunnel's budget holds across every mirror on the route, and across reloads.
+    const tunnel = config.connectivityProxy && connectivityProxyGate(config.connectivityProxy.budget, budgetEvents);
     // The mirror port is bound after the mirrors are built: its URL is looked up when a challenge needs it.
     let runtime: AgentRuntime | undefined;
     const parts: MirrorParts = {
@@ -153,6 +157,8 @@ export class AgentRuntime {
       timeouts: config.upstreamTimeouts,
       limits: config.limits,
       bodies,
+      tunnel,
+      budgetEvents,
     };
     const mirrors = new MirrorSet(await Promise.all(config.mirrors.map((m) => buildMirror(m, parts))));
     runtime = new AgentRuntime(config, mirrors, options, parts);
@@ -460,10 +466,13 @@ interface MirrorParts {
   readonly timeouts: UpstreamTimeouts;
   readonly limits: AgentConfig['limits'];
   readonly bodies: BodyBudget;
+  /** The Connectivity Proxy's budget (`[connectivity_proxy]` max_fetches, max_bytes_per_second), shared by the mirrors on that route. */
+  readonly tunnel: TunnelGate | undefined;
+  readonly budgetEvents: BudgetEvents;
 }
 
 async function buildMirror(config: MirrorConfig, parts: MirrorParts): Promise<Mirror> {
-  const { agentBase, cp, cpTokens, cache, tags, log, instrumentation, upstreamStates, timeouts, limits, bodies, peers } = parts;
+  const { agentBase, cp, cpTokens, cache, tags, log, instrumentation, upstreamStates, timeouts, limits, bodies, peers, tunnel, budgetEvents } = parts;
   const credentials = config.auth === 'agent' ? await readCredentials(config) : undefined;
   const upstreamLog = log.child({ component: 'upstream', registry: config.registry });
   const onRefused = refusalReporter(upstreamLog, (reason) => instrumentation.destinationRefused(config.registry, reason));
@@ -491,6 +500,8 @@ async function buildMirror(config: MirrorConfig, parts: MirrorParts): Promise<Mi
     agentBase,
     peers,
     upstreamBlobBytes: (bytes) => instrumentation.upstreamBlobBytes(config.registry, bytes),
+    tunnel: config.route === 'connectivity-proxy' ? tunnel : undefined,
+    budgetEvents,
     log: log.child({ component: 'mirror', registry: config.registry }),
     slots: { running: limits.maxFillsPerMirror, queued: limits.maxQueuedFillsPerMirror, onEvent: (event) => instrumentation.fillSlot(config.registry, event) },
   });

@@ -7,6 +7,7 @@ import { copyFile, mkdir, readdir, readFile, rm, statfs, writeFile } from 'node:
 import { tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
+import { BURST_SECONDS } from '../agent/admission/byte-rate.ts';
 import { startConnectivityProxy } from '../test/fixtures/connectivity-proxy.ts';
 import { type ContainerdHandle, startContainerd } from '../test/fixtures/containerd.ts';
 import { startCountingProxy } from '../test/fixtures/counting-proxy.ts';
@@ -290,6 +291,64 @@ async function coldSection(ctx: Context): Promise<void> {
       `Proxy double (virtual host ${CP_VIRTUAL}, trusted mode); its reference is the same GET through the double without the agent.`,
     [table],
   );
+  process.stdout.write(`${text}\n\n`);
+}
+
+// ---- tunnel budget -------------------------------------------------------------------------
+
+/** The mirror's budget in the budget section: what a Kyma admin might give one registry. */
+const BUDGET_MIB_PER_SECOND = 20;
+const BUDGET_BLOB_MIB = 256;
+
+/**
+ * A 256 MiB cold fetch through a mirror with `max_bytes_per_second = "20MiB"`, against the same
+ * fetch through a mirror without a budget, each in a fresh agent, alternating within each run.
+ */
+async function budgetSection(ctx: Context): Promise<void> {
+  const { opts, client, registry, report } = ctx;
+  const blob = ctx.blobs.get(BUDGET_BLOB_MIB) ?? (await makeBlob(ctx.blobsDir, `blob-${BUDGET_BLOB_MIB}m`, BUDGET_BLOB_MIB, registry));
+  ctx.blobs.set(BUDGET_BLOB_MIB, blob);
+  await getExact(client, blobUrl(registry.url, blob.digest), blob.size); // page cache, unmeasured
+  const warmup = { client, blob: ctx.warmupBlob };
+  const coldFetch = (lines: string[]): Promise<number> =>
+    withAgent({ mirror: { upstream: registry.url, lines } }, async (agent) => (await getExact(client, blobUrl(agent.url, blob.digest), blob.size)).seconds, warmup);
+  const times = { free: [] as number[], budget: [] as number[] };
+  for (let run = 0; run < opts.runs; run++) {
+    times.free.push(await retryOnce(report, `budget unthrottled run ${run + 1}`, () => coldFetch([])));
+    times.budget.push(await retryOnce(report, `budget ${BUDGET_MIB_PER_SECOND} MiB/s run ${run + 1}`, () => coldFetch([`max_bytes_per_second = "${BUDGET_MIB_PER_SECOND}MiB"`])));
+  }
+  // The bucket starts full (BURST_SECONDS of the rate): the least the throttled fetch can take.
+  const burstMiB = BUDGET_MIB_PER_SECOND * BURST_SECONDS;
+  const least = (BUDGET_BLOB_MIB - burstMiB) / BUDGET_MIB_PER_SECOND;
+  const throttled = median(times.budget);
+  const rate = blob.size / MiB / throttled;
+  report.goal(
+    `${sizeLabel(BUDGET_BLOB_MIB)} cold at max_bytes_per_second = ${BUDGET_MIB_PER_SECOND}MiB takes 12–14 s`,
+    `${seconds(throttled)} (${num(rate)} MiB/s; unthrottled ${seconds(median(times.free))})`,
+    throttled >= 12 && throttled <= 14 ? 'met' : 'NOT met',
+  );
+  const table: Table = {
+    header: ['Blob', 'agent cold, no budget', `agent cold, ${BUDGET_MIB_PER_SECOND} MiB/s budget`, 'budget / no budget (time)', 'throughput with budget', 'least possible with budget'],
+    rows: [
+      [
+        `${sizeLabel(BUDGET_BLOB_MIB)}${opts.runs > 1 ? ` (${opts.runs} runs)` : ''}`,
+        withSpread(times.free, seconds),
+        withSpread(times.budget, seconds),
+        ratio(throttled / median(times.free)),
+        `${num(rate)} MiB/s`,
+        seconds(least),
+      ],
+    ],
+  };
+  const text = report.section(
+    'Tunnel budget: a cold fetch at max_bytes_per_second',
+    `One client (${client.name}), the direct route. Each run starts a fresh agent (empty cache, JIT-warm as in the cold section) ` +
+      `without a budget and one with \`max_bytes_per_second = "${BUDGET_MIB_PER_SECOND}MiB"\` on the mirror, and fetches the same ` +
+      `${sizeLabel(BUDGET_BLOB_MIB)} blob once through each. The budget is a token bucket holding ${BURST_SECONDS} s of the rate: the ` +
+      `least the budgeted fetch can take is (${BUDGET_BLOB_MIB} − ${burstMiB}) MiB / ${BUDGET_MIB_PER_SECOND} MiB/s = ${seconds(least)}.`,
+    [table],
+  );
+  log(`budget ${sizeLabel(BUDGET_BLOB_MIB)}: no budget ${seconds(median(times.free))}, ${BUDGET_MIB_PER_SECOND} MiB/s budget ${seconds(throttled)}`);
   process.stdout.write(`${text}\n\n`);
 }
 
@@ -707,6 +766,7 @@ async function main(argv: readonly string[]): Promise<number> {
   const sections: Array<[Section, () => Promise<void>]> = [
     ['warm', withCtx(warmSection)],
     ['cold', withCtx(coldSection)],
+    ['budget', withCtx(budgetSection)],
     ['concurrent', withCtx(concurrentSection)],
     ['containerd', withCtx(containerdSection)],
     ['startup', withCtx(startupSection)],

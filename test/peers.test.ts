@@ -4,6 +4,8 @@ import { connect as netConnect } from 'node:net';
 import { connect } from 'node:tls';
 import { Agent } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Digest } from '../agent/oci/digest.ts';
+import { parseRepositoryName } from '../agent/oci/reference.ts';
 import { rankOwners } from '../agent/peers/rendezvous.ts';
 import { type InProcessAgent, type TestMirror, startAgent } from './fixtures/agent.ts';
 import { type CountingProxy, startCountingProxy } from './fixtures/counting-proxy.ts';
@@ -350,6 +352,35 @@ describe('peer sharing (agents in one process)', () => {
       expect(tunnelGets(blob.digest), blob.digest).toBe(1);
       for (const agent of agents) expect(agent.runtime.cache.isCached(blob.digest as never)).toBe(true);
     }
+  });
+
+  it('preload through a peer stays background on the owner: its tunnel budget ranks the download below pulls', async () => {
+    const members = await nodes(2, 51);
+    const [ownerNode, otherNode] = members as [Node, Node];
+    const agentAuth = { username: auth.username, password: auth.password, auth: 'agent' as const };
+    const owner = await startNode(ownerNode, members, [], { ...agentAuth, lines: ['max_bytes_per_second = "1MiB"'] });
+    const other = await startNode(otherNode, members, [], agentAuth);
+    const preloaded = blobOwnedBy(ownerNode.name, members, 1024 * 1024);
+    const pulled = blobOwnedBy(ownerNode.name, members, 1024 * 1024);
+    for (const blob of [preloaded, pulled]) await pushBlob(registry.url, REPO, blob, auth);
+    const throttled = (priority: string): Promise<number> => metric(owner, `registry_proxy_budget_throttled_bytes_total{budget="${REGISTRY}",priority="${priority}"}`);
+
+    // As the preloader asks its mirror: background priority, on the node that does not own the blob.
+    const mirror = other.runtime.mirrors.list().find((m) => m.registry === REGISTRY)!;
+    const reader = await mirror.blob(parseRepositoryName(REPO), preloaded.digest as Digest, { priority: 'background' });
+    const hash = createHash('sha256');
+    for await (const chunk of reader.read(0)) hash.update(chunk);
+    reader.close();
+    expect(`sha256:${hash.digest('hex')}`).toBe(preloaded.digest);
+    expect(await throttled('background')).toBeGreaterThan(0);
+    expect(await throttled('live')).toBe(0);
+
+    // A pull on that node, through the same owner, is live there.
+    const answer = await get(blobUrl(other, pulled.digest), {});
+    expect(answer.status).toBe(200);
+    expect(sha(answer.body)).toBe(pulled.digest);
+    expect(await throttled('live')).toBeGreaterThan(0);
+    expect(await metric(owner, 'registry_proxy_peer_bytes_total{direction="served"}')).toBe(2 * 1024 * 1024);
   });
 
   it('a member list reloaded live moves ownership: the new member serves what it owns', async () => {

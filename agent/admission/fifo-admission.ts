@@ -1,3 +1,5 @@
+import { LIVE, type Lane, type Priority } from './priority.ts';
+
 /**
  * A bounded amount of something (download slots, bytes of memory) handed out first come, first
  * served. Requests that do not fit wait in order (a small one never overtakes a large one, so a
@@ -5,6 +7,11 @@
  * long; a waiter whose signal aborts leaves the queue. A request larger than the whole capacity is
  * admitted alone. The two users (FillSlots, BodyBudget) differ in their units, their errors and
  * their events, not in how they queue.
+ *
+ * Requests come in two priorities (see Lane): a `live` one is admitted before every `background`
+ * one, whenever it arrived; background requests together hold at most `backgroundCapacity`, so
+ * some room stays for the live ones. A waiting background request whose lane is raised moves to
+ * the end of the live queue.
  */
 export interface AdmissionLimits {
   /** What may be held at once. */
@@ -13,6 +20,8 @@ export interface AdmissionLimits {
   readonly waiters: number;
   /** Longest wait (`wait_timeout`); undefined: as long as it takes. */
   readonly waitMs?: number | undefined;
+  /** What background requests may hold together (default: `capacity`). */
+  readonly backgroundCapacity?: number | undefined;
 }
 
 export type AdmissionRefusal = 'queue_full' | 'wait_timeout';
@@ -54,8 +63,11 @@ export class FifoAdmission {
   readonly #limits: AdmissionLimits;
   readonly #refusal: (reason: AdmissionRefusal, state: AdmissionState) => Error;
   readonly #events: AdmissionEvents;
-  readonly #queue: Waiter[] = [];
+  readonly #live: Waiter[] = [];
+  readonly #background: Waiter[] = [];
   #held = 0;
+  /** Held by requests that were background when admitted (they stay counted so even once raised). */
+  #heldBackground = 0;
 
   /** `refusal` makes the error a refused request is rejected with (each user has its own domain error). */
   constructor(limits: AdmissionLimits, refusal: (reason: AdmissionRefusal, state: AdmissionState) => Error, events: AdmissionEvents = {}) {
@@ -65,25 +77,36 @@ export class FifoAdmission {
   }
 
   state(): AdmissionState {
-    return { held: this.#held, waiting: this.#queue.length };
+    return { held: this.#held, waiting: this.#live.length + this.#background.length };
+  }
+
+  /** Whether a request of `priority` for `amount` would be admitted now, without waiting. */
+  wouldAdmit(amount: number, priority: Priority = 'live'): boolean {
+    return this.#aheadOf(priority) === 0 && this.#fits(amount, priority);
   }
 
   /**
-   * `amount`, at once when it fits and nobody waits, else after everyone who asked earlier. Rejects
+   * `amount`, at once when it fits and nobody of its priority or above waits, else after everyone
+   * of its priority who asked earlier (and, for background, after every live request). Rejects
    * with the refusal error (queue full, waited too long), or with the signal's reason when it
    * aborts first.
    */
-  acquire(amount: number, signal?: AbortSignal): Promise<Admission> {
+  acquire(amount: number, signal?: AbortSignal, lane: Lane = LIVE): Promise<Admission> {
     if (signal?.aborted) return Promise.reject(signal.reason);
-    if (this.#queue.length === 0 && this.#fits(amount)) return Promise.resolve(this.#admit(amount));
-    if (this.#queue.length >= this.#limits.waiters) return Promise.reject(this.#refuse('queue_full'));
+    const priority = lane.priority;
+    if (this.wouldAdmit(amount, priority)) return Promise.resolve(this.#admit(amount, priority));
+    // Each priority has the whole queue bound: preload filling the queue must not get pulls refused.
+    if (this.#aheadOf(priority) >= this.#limits.waiters) return Promise.reject(this.#refuse('queue_full'));
     return new Promise<Admission>((resolve, reject) => {
+      let unsubscribe = (): void => undefined;
       const leave = (): boolean => {
-        const index = this.#queue.indexOf(waiter);
+        const queue = this.#live.includes(waiter) ? this.#live : this.#background;
+        const index = queue.indexOf(waiter);
         if (index < 0) return false;
-        this.#queue.splice(index, 1);
+        queue.splice(index, 1);
         if (timer) clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
+        unsubscribe();
         return true;
       };
       const onAbort = (): void => {
@@ -96,9 +119,11 @@ export class FifoAdmission {
       const waiter: Waiter = {
         amount,
         admit: () => {
+          // Counted by the priority it waited as: a request raised meanwhile was moved to live.
+          const admittedAs = this.#live.includes(waiter) ? 'live' : 'background';
           leave();
           this.#events.admittedAfterWait?.();
-          resolve(this.#admit(amount));
+          resolve(this.#admit(amount, admittedAs));
         },
       };
       const waitMs = this.#limits.waitMs;
@@ -113,23 +138,43 @@ export class FifoAdmission {
             }, waitMs);
       timer?.unref();
       signal?.addEventListener('abort', onAbort, { once: true });
-      this.#queue.push(waiter);
+      (priority === 'live' ? this.#live : this.#background).push(waiter);
+      if (priority === 'background') {
+        unsubscribe = lane.onRaise(() => {
+          const index = this.#background.indexOf(waiter);
+          if (index < 0) return;
+          this.#background.splice(index, 1);
+          this.#live.push(waiter);
+          this.#pump();
+        });
+      }
       this.#events.queued?.();
       this.#changed();
     });
   }
 
-  #fits(amount: number): boolean {
-    return this.#held + amount <= this.#limits.capacity || this.#held === 0;
+  /** Requests that wait ahead of a new one of `priority` (live waits behind live only). */
+  #aheadOf(priority: Priority): number {
+    return priority === 'live' ? this.#live.length : this.#live.length + this.#background.length;
   }
 
-  #admit(amount: number): Admission {
+  #fits(amount: number, priority: Priority): boolean {
+    if (this.#held > 0 && this.#held + amount > this.#limits.capacity) return false;
+    if (priority === 'live') return true;
+    const room = this.#limits.backgroundCapacity ?? this.#limits.capacity;
+    return this.#heldBackground + amount <= room || this.#held === 0;
+  }
+
+  #admit(amount: number, priority: Priority): Admission {
+    const background = priority === 'background';
     this.#held += amount;
+    if (background) this.#heldBackground += amount;
     this.#changed();
     let held = amount;
     const give = (back: number): void => {
       held -= back;
       this.#held -= back;
+      if (background) this.#heldBackground -= back;
       this.#pump();
       this.#changed();
     };
@@ -146,9 +191,22 @@ export class FifoAdmission {
     };
   }
 
-  /** Admits waiters from the head of the queue while they fit. */
+  /**
+   * Admits waiters from the head of the live queue while they fit, then, only once no live request
+   * waits, from the head of the background queue.
+   */
   #pump(): void {
-    for (let head = this.#queue[0]; head && this.#fits(head.amount); head = this.#queue[0]) head.admit();
+    for (;;) {
+      const live = this.#live[0];
+      if (live) {
+        if (!this.#fits(live.amount, 'live')) return;
+        live.admit();
+        continue;
+      }
+      const background = this.#background[0];
+      if (!background || !this.#fits(background.amount, 'background')) return;
+      background.admit();
+    }
   }
 
   #refuse(reason: AdmissionRefusal): Error {

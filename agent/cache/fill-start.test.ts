@@ -361,3 +361,53 @@ describe('asRequester', () => {
     expect(await outcome(joined.own)).toBe('pending');
   });
 });
+
+describe('FillStart: live readers raise background downloads', () => {
+  /** A requester of `priority` that counts the raises it got. */
+  function ranked(key: string, priority: 'live' | 'background', owns?: (error: unknown) => boolean): Scripted & { raised: number } {
+    const scripted = Object.assign(requester(key, owns), { priority, raised: 0 });
+    return Object.assign(scripted, { raise: () => void (scripted.raised += 1) });
+  }
+
+  it('raises the running background fetch when a live reader joins, not for a background one', async () => {
+    const preload = ranked('p', 'background');
+    const { fill } = start(preload);
+    fill.join(ranked('other-preload', 'background'));
+    expect(preload.raised).toBe(0);
+    // A reader without a priority (a plain HTTP pull) is live.
+    fill.join(requester('pull'));
+    expect(preload.raised).toBe(1);
+    expect(preload.calls).toBe(1);
+  });
+
+  it('raises the download under way too: its bytes are live from then on', async () => {
+    const preload = ranked('p', 'background');
+    const { fill } = start(preload);
+    preload.resolve(source('p'));
+    expect(await outcome(fill.source)).toBe('fulfilled');
+    fill.join(ranked('pull', 'live'));
+    expect(preload.raised).toBe(1);
+  });
+
+  it('raises the next background requester when a live reader waits behind one that failed', async () => {
+    const first = ranked('a', 'background');
+    const second = ranked('b', 'background');
+    const { fill } = start(first);
+    fill.join(second);
+    fill.join(ranked('pull', 'live'));
+    expect(first.raised).toBe(1);
+    first.reject(new Error('401 for a'));
+    await flush();
+    expect(second.calls).toBe(1);
+    expect(second.raised).toBe(1);
+  });
+
+  it('raises nothing once the fill failed for all', async () => {
+    const preload = ranked('p', 'background', () => false);
+    const { fill } = start(preload);
+    preload.reject(new Error('upstream down'));
+    expect(await outcome(fill.source)).toBe('rejected');
+    fill.join(ranked('pull', 'live'));
+    expect(preload.raised).toBe(0);
+  });
+});

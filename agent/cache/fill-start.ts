@@ -24,6 +24,13 @@ export interface FillRequester {
    * so many refused requesters cannot stand between it and the download.
    */
   likely?(): boolean;
+  /** `background`: nobody waits for this requester's download yet (preload). Absent: `live`. */
+  readonly priority?: 'live' | 'background';
+  /**
+   * Someone waits for this requester's download now (a live request joined it): it must not wait
+   * behind background work any more, for its start or its bytes.
+   */
+  raise?(): void;
 }
 
 /** A bare fetch: one requester everybody shares (its failures are everyone's). */
@@ -58,6 +65,8 @@ export class FillStart {
   readonly firstStake: StartStake;
   readonly #queue: Candidate[] = [];
   readonly #failed = new Map<string, unknown>();
+  /** The requester whose fetch runs now, or whose download is under way once it answered. */
+  #active: FillRequester | undefined;
   #settled = false;
 
   constructor(first: FillRequester, unwanted: AbortSignal) {
@@ -65,8 +74,13 @@ export class FillStart {
     this.source = this.#run(unwanted);
   }
 
-  /** A reader joining the fill: its requester is queued while upstream has not answered. */
+  /**
+   * A reader joining the fill: its requester is queued while upstream has not answered. A live
+   * reader raises the download it joins (waiting for its slot, or under way): a pull must not wait
+   * behind preload for a blob preload happened to start first.
+   */
   join(requester: FillRequester): StartStake {
+    if (requester.priority !== 'background') this.#active?.raise?.();
     if (this.#settled) return { own: never(), leave: () => undefined };
     const failure = this.#failed.get(requester.key);
     if (failure !== undefined) return { own: rejected(failure), leave: () => undefined };
@@ -106,9 +120,13 @@ export class FillStart {
     try {
       for (;;) {
         const candidate = this.#queue[0]!;
+        this.#active = candidate.requester;
+        // A live reader queued behind background requesters that failed: the next fetch runs for it.
+        if (this.#queue.some((c) => c.requester.priority !== 'background')) candidate.requester.raise?.();
         try {
           return await candidate.requester.fetch(unwanted);
         } catch (error) {
+          this.#active = undefined;
           this.#queue.shift();
           const owned = candidate.requester.ownsFailure(error);
           if (!owned || this.#queue.length === 0) throw error;

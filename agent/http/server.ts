@@ -95,7 +95,9 @@ async function handle(options: MirrorServerOptions, req: IncomingMessage, res: S
       recorder.setKind(request.kind);
       const mirror = options.mirrors.select(request.ns);
       recorder.setRegistry(mirror.registry);
-      await handleBlobGet({ mirror, request, req, res, recorder, pull: { authorization: req.headers.authorization, fromPeer: true } });
+      // An agent's preload stays background here too: the owner's tunnel budget ranks it as such.
+      const background = req.headers[PEER_PRIORITY_HEADER] === 'background';
+      await handleBlobGet({ mirror, request, req, res, recorder, pull: { authorization: req.headers.authorization, fromPeer: true, ...(background ? { priority: 'background' as const } : {}) } });
       return;
     }
     if (isTokenRequest(req.url ?? '')) {
@@ -131,6 +133,12 @@ function parse(req: IncomingMessage): DistributionRequest {
   }
   return parseDistributionRequest(req.url ?? '');
 }
+
+/**
+ * Sent by an agent whose peer download is background work (preload); read only on the peer
+ * listener, where every client is an agent (mutual TLS).
+ */
+export const PEER_PRIORITY_HEADER = 'x-registry-proxy-priority';
 
 /** The peer listener answers blob GETs and nothing else. */
 function parsePeer(req: IncomingMessage): Extract<DistributionRequest, { kind: 'blob' }> {

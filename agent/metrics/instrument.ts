@@ -1,4 +1,5 @@
 import type { BlobCache } from '../cache/blob-cache.ts';
+import type { PreloadReport } from '../preload/state.ts';
 import { DigestMismatchError, SizeMismatchError } from '../cache/errors.ts';
 import type { WiringState } from '../containerd/wiring.ts';
 import type { BodyBudgetState } from '../memory/body-budget.ts';
@@ -38,6 +39,8 @@ export interface Instrumentation {
   destinationRefused(registry: string, reason: string): void;
   /** A blob download of `registry` started waiting for a slot (`waiting`), got one after waiting (`started`), or was refused (`rejected`). */
   fillSlot(registry: string, event: 'waiting' | 'started' | 'rejected' | 'abandoned'): void;
+  /** A download (kind `slot`) or `bytes` of its body (kind `bytes`) waited `seconds` in the tunnel budget `budget`. */
+  budgetWait(budget: string, priority: 'live' | 'background', kind: 'slot' | 'bytes', seconds: number, bytes: number): void;
   /** Bytes held and requests waiting in the body budget, on every change. */
   bodyBudget(state: BodyBudgetState): void;
   /** A request refused for lack of room in the body budget. */
@@ -48,14 +51,16 @@ export interface Instrumentation {
   readonly peers: PeerEvents;
   /** Blob bytes served to other agents on the peer listener. */
   peerServed(bytes: number): void;
-  scrape(cache: BlobCache): Promise<{ contentType: string; body: string }>;
+  /** Cache figures and this node's preload entries are read at scrape time. */
+  scrape(cache: BlobCache, preload?: PreloadReport): Promise<{ contentType: string; body: string }>;
 }
 
 /** The agent's two listeners, as metrics label them. */
 export type ListenerName = 'mirror' | 'metrics' | 'peer';
 
-export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instrumentation {
+export function instrument(metrics: AgentMetrics, cacheMaxBytes: number, pinMaxBytes = 0): Instrumentation {
   metrics.cacheMaxBytes.set(cacheMaxBytes);
+  metrics.pinMaxBytes.set(pinMaxBytes);
   for (const listener of ['mirror', 'metrics'] as const) metrics.connectionsOpen.set({ listener }, 0);
   let lastJoined = 0;
   return {
@@ -131,6 +136,11 @@ export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instru
         metrics.fillsRejected.inc({ registry });
       }
     },
+    budgetWait(budget, priority, kind, seconds, bytes) {
+      metrics.budgetWaits.inc({ budget, priority, kind });
+      metrics.budgetWaitSeconds.inc({ budget, priority, kind }, seconds);
+      if (bytes > 0) metrics.budgetThrottledBytes.inc({ budget, priority }, bytes);
+    },
     bodyBudget(state) {
       metrics.bodyBudgetBytes.set(state.held);
       metrics.bodyBudgetWaiting.set(state.waiting);
@@ -138,10 +148,20 @@ export function instrument(metrics: AgentMetrics, cacheMaxBytes: number): Instru
     bodyBudgetRefused(reason) {
       metrics.bodyBudgetRefused.inc({ reason });
     },
-    async scrape(cache) {
+    async scrape(cache, preload) {
       const stats = cache.stats();
       metrics.cacheBytes.set(stats.bytes);
       metrics.cacheEntries.set(stats.entries);
+      metrics.cachePinnedBytes.set(stats.pinned);
+      metrics.preloadImages.reset();
+      for (const [registry, entries] of preload ?? []) {
+        const counts = { pending: 0, ready: 0, failed: 0, unpinned: 0 };
+        for (const entry of entries) {
+          counts[entry.phase] += 1;
+          if (entry.phase === 'ready' && !entry.pinned) counts.unpinned += 1;
+        }
+        for (const [phase, count] of Object.entries(counts)) metrics.preloadImages.set({ registry, phase }, count);
+      }
       metrics.fillsInflight.set(stats.inflight);
       if (stats.joined > lastJoined) metrics.fillJoins.inc(stats.joined - lastJoined);
       lastJoined = stats.joined;

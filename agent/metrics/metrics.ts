@@ -100,6 +100,30 @@ export class AgentMetrics {
     registers: [this.registry],
   });
 
+  readonly budgetThrottledBytes = new Counter({
+    name: 'registry_proxy_budget_throttled_bytes_total',
+    help:
+      'Blob bytes from upstream that had to wait for a byte rate (max_bytes_per_second), by budget (a mirror\'s registry, or connectivity-proxy for the tunnel as a whole) ' +
+      'and priority (live: a pull someone waits for; background: preload).',
+    labelNames: ['budget', 'priority'] as const,
+    registers: [this.registry],
+  });
+
+  readonly budgetWaitSeconds = new Counter({
+    name: 'registry_proxy_budget_wait_seconds_total',
+    help:
+      'Time blob downloads waited in a tunnel budget, by budget, priority and kind: slot (for one of max_fetches download slots) or bytes (for max_bytes_per_second, summed over the chunks that waited).',
+    labelNames: ['budget', 'priority', 'kind'] as const,
+    registers: [this.registry],
+  });
+
+  readonly budgetWaits = new Counter({
+    name: 'registry_proxy_budget_waits_total',
+    help: 'Waits in a tunnel budget, by budget, priority and kind: downloads that waited for a slot (slot), body chunks that waited for the byte rate (bytes).',
+    labelNames: ['budget', 'priority', 'kind'] as const,
+    registers: [this.registry],
+  });
+
   readonly destinationsRefused = new Counter({
     name: 'registry_proxy_destinations_refused_total',
     help:
@@ -182,6 +206,14 @@ export class AgentMetrics {
   readonly cacheBytes = new Gauge({ name: 'registry_proxy_cache_bytes', help: 'Bytes of verified content in the cache.', registers: [this.registry] });
   readonly cacheMaxBytes = new Gauge({ name: 'registry_proxy_cache_max_bytes', help: 'Configured cache_max_bytes.', registers: [this.registry] });
   readonly cacheEntries = new Gauge({ name: 'registry_proxy_cache_entries', help: 'Blobs and manifests in the cache.', registers: [this.registry] });
+  readonly cachePinnedBytes = new Gauge({ name: 'registry_proxy_cache_pinned_bytes', help: 'Bytes of cached content that is pinned (preloaded and imported images): never evicted.', registers: [this.registry] });
+  readonly pinMaxBytes = new Gauge({ name: 'registry_proxy_pin_max_bytes', help: 'Configured pin_max_bytes.', registers: [this.registry] });
+  readonly preloadImages = new Gauge({
+    name: 'registry_proxy_preload_images',
+    help: 'Preload entries on this node by phase (pending, ready, failed); unpinned: ready but over the pin budget.',
+    labelNames: ['registry', 'phase'] as const,
+    registers: [this.registry],
+  });
   readonly cacheEvictions = new Counter({ name: 'registry_proxy_cache_evictions_total', help: 'Cache entries evicted to stay under cache_max_bytes.', registers: [this.registry] });
   readonly digestMismatches = new Counter({
     name: 'registry_proxy_digest_mismatches_total',

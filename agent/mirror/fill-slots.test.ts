@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Lane } from '../admission/priority.ts';
 import { BlobCache } from '../cache/blob-cache.ts';
 import type { BlobReadable } from '../cache/blob-reader.ts';
 import type { MirrorConfig } from '../config/types.ts';
@@ -156,6 +157,119 @@ describe('FillSlots', () => {
     await expect(s.acquire(gone.signal)).rejects.toThrow('gone');
     expect(s.running).toBe(0);
     expect(events).toEqual([]);
+  });
+});
+
+describe('FillSlots priorities', () => {
+  function slots(running: number, queued: number): { slots: FillSlots; events: FillSlotEvent[] } {
+    const events: FillSlotEvent[] = [];
+    return { slots: new FillSlots(REGISTRY, { running, queued }, (event) => events.push(event)), events };
+  }
+  const background = (): Lane => new Lane('background');
+
+  it('admits every live waiter before any background one, whenever they came', async () => {
+    const { slots: s, events } = slots(1, 10);
+    let held = await s.acquire();
+    const order: string[] = [];
+    const ask = (name: string, lane?: Lane): Promise<void> =>
+      s.acquire(undefined, lane).then((slot) => {
+        order.push(name);
+        held = slot;
+      });
+    const waiters = [ask('b1', background()), ask('l1'), ask('b2', background()), ask('l2')];
+    await settle();
+    expect(s.waiting).toBe(4);
+    for (let i = 0; i < 4; i += 1) {
+      held.release();
+      await settle();
+    }
+    await Promise.all(waiters);
+    expect(order).toEqual(['l1', 'l2', 'b1', 'b2']);
+    expect(events).toEqual(['waiting', 'waiting', 'waiting', 'waiting', 'started', 'started', 'started', 'started']);
+  });
+
+  it('never lets background downloads take the last free slot; a live request takes it at once', async () => {
+    const { slots: s } = slots(3, 10);
+    expect(s.free('background')).toBe(true);
+    const b1 = await s.acquire(undefined, background());
+    const b2 = await s.acquire(undefined, background());
+    // One slot is free, but it is the last: background waits, live does not.
+    expect(s.free('background')).toBe(false);
+    expect(s.free('live')).toBe(true);
+    const b3 = track(s.acquire(undefined, background()));
+    await settle();
+    expect(b3.state()).toBe('pending');
+    const live = await s.acquire();
+    expect(s.running).toBe(3);
+    // A background download ending makes room for the next background one, never more than 2 at once.
+    b1.release();
+    await settle();
+    expect(b3.state()).toBe('resolved');
+    expect(s.running).toBe(3);
+    live.release();
+    await settle();
+    expect(s.free('background')).toBe(false);
+    for (const slot of [b2, b3.value()!]) slot.release();
+    expect(s.running).toBe(0);
+  });
+
+  it('lets background take the only slot of a mirror that has one', async () => {
+    const { slots: s } = slots(1, 10);
+    expect(s.free('background')).toBe(true);
+    const only = await s.acquire(undefined, background());
+    expect(s.running).toBe(1);
+    only.release();
+  });
+
+  it('moves a waiting background request up when its lane is raised: ahead of background, and into the last slot', async () => {
+    const { slots: s } = slots(2, 10);
+    const running = await s.acquire(undefined, background());
+    const lanes = [background(), background()];
+    const first = track(s.acquire(undefined, lanes[0]));
+    const second = track(s.acquire(undefined, lanes[1]));
+    await settle();
+    expect([first.state(), second.state()]).toEqual(['pending', 'pending']);
+    // A live request joined the second: it is live now and the last slot is its.
+    lanes[1]!.raise();
+    await settle();
+    expect([first.state(), second.state()]).toEqual(['pending', 'resolved']);
+    running.release();
+    await settle();
+    expect(first.state()).toBe('resolved');
+    for (const slot of [first.value()!, second.value()!]) slot.release();
+    expect(s.running).toBe(0);
+  });
+
+  it('bounds the queue per priority: background requests filling it do not get live ones refused', async () => {
+    const { slots: s, events } = slots(1, 2);
+    const held = await s.acquire();
+    const queued = [track(s.acquire(undefined, background())), track(s.acquire(undefined, background()))];
+    await expect(s.acquire(undefined, background())).rejects.toBeInstanceOf(FillQueueFullError);
+    const live = [track(s.acquire()), track(s.acquire())];
+    await expect(s.acquire()).rejects.toBeInstanceOf(FillQueueFullError);
+    await settle();
+    expect([...queued, ...live].map((q) => q.state())).toEqual(['pending', 'pending', 'pending', 'pending']);
+    expect(events).toEqual(['waiting', 'waiting', 'rejected', 'waiting', 'waiting', 'rejected']);
+    held.release();
+    await settle();
+    expect(live[0]!.state()).toBe('resolved');
+  });
+
+  it('lets an aborted background waiter leave; a raised one that aborts leaves the live queue', async () => {
+    const { slots: s, events } = slots(1, 5);
+    const held = await s.acquire();
+    const gone = new AbortController();
+    const lane = background();
+    const leaving = track(s.acquire(gone.signal, lane));
+    await settle();
+    lane.raise();
+    gone.abort(new Error('gone'));
+    await settle();
+    expect(leaving.state()).toBe('rejected');
+    expect(s.waiting).toBe(0);
+    held.release();
+    expect(s.running).toBe(0);
+    expect(events).toEqual(['waiting', 'abandoned']);
   });
 });
 
@@ -394,6 +508,34 @@ describe('Mirror.blob with download slots', () => {
     expect(events).toEqual([]);
     released.resolve();
     expect((await readAll(first)).equals(x)).toBe(true);
+  });
+
+  it('starts a live pull before a background download waiting for a slot, and raises a background download a live pull joins', async () => {
+    // Two slots: background downloads hold at most one.
+    const { mirror, events } = await newMirror(2, 8);
+    const [x, y, z] = [randomBytes(200_000), randomBytes(50_000), randomBytes(50_000)];
+    const released = Promise.withResolvers<void>();
+    upstream.script(sha256(x), holdUntil(x, 50_000, released.promise));
+    upstream.script(sha256(y), whole(y));
+    upstream.script(sha256(z), whole(z));
+    const preloadX = await mirror.blob(NAME, sha256(x), { priority: 'background' });
+    const preloadY = track(mirror.blob(NAME, sha256(y), { priority: 'background' }));
+    await until(() => events.length === 1, 'y waiting for a slot');
+    // The last slot is free, and it is the live pull's.
+    expect((await readAll(await mirror.blob(NAME, sha256(z)))).equals(z)).toBe(true);
+    expect(upstream.gets(sha256(y))).toBe(0);
+    expect(preloadY.state()).toBe('pending');
+    // A pull asks for y, which preload is waiting for: the download is raised and starts at once,
+    // while x (background) still holds its slot.
+    const pulled = await mirror.blob(NAME, sha256(y));
+    expect(pulled.origin).toBe('joined');
+    expect((await readAll(pulled)).equals(y)).toBe(true);
+    expect(upstream.requests.find((r) => r.digest === sha256(x))?.open).toBe(true);
+    expect(events).toEqual(['waiting', 'started']);
+    await until(() => preloadY.state() === 'resolved', 'the preload of y answered');
+    expect((await readAll(preloadY.value()!)).equals(y)).toBe(true);
+    released.resolve();
+    expect((await readAll(preloadX)).equals(x)).toBe(true);
   });
 
   it('drops a queued download whose only client went away; one that others wait for stays', async () => {

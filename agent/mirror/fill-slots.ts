@@ -1,4 +1,5 @@
 import { FifoAdmission } from '../admission/fifo-admission.ts';
+import { LIVE, type Lane, type Priority } from '../admission/priority.ts';
 import { FillQueueFullError } from './errors.ts';
 
 /** What happened to a request for a slot, for metrics: it queued, got a slot after queueing, was refused, or left the queue. */
@@ -21,6 +22,10 @@ export interface FillSlot {
  * a node pulling many images does not open hundreds of transfers through one tunnel or proxy.
  * Excess requests wait first come, first served, at most `queued` of them; beyond that they are
  * refused. A waiter whose signal aborts (nobody wants the blob any more) leaves the queue.
+ *
+ * Live requests (a pull someone waits for) are admitted before background ones (preload), and
+ * background downloads never take the last free slot: they hold at most max(1, running − 1), so a
+ * pull arriving while preload runs finds a slot at once.
  */
 export class FillSlots {
   readonly #queue: FifoAdmission;
@@ -29,7 +34,7 @@ export class FillSlots {
   constructor(registry: string, limits: FillSlotLimits, onEvent: (event: FillSlotEvent) => void = () => undefined) {
     this.#capacity = limits.running;
     this.#queue = new FifoAdmission(
-      { capacity: limits.running, waiters: limits.queued },
+      { capacity: limits.running, waiters: limits.queued, backgroundCapacity: Math.max(1, limits.running - 1) },
       (_reason, state) => new FillQueueFullError(registry, state.held, state.waiting),
       {
         queued: () => onEvent('waiting'),
@@ -48,18 +53,23 @@ export class FillSlots {
     return this.#queue.state().waiting;
   }
 
-  /** Whether a request for a slot now would get one without waiting. */
-  get free(): boolean {
-    const { held, waiting } = this.#queue.state();
-    return waiting === 0 && held < this.#capacity;
+  get capacity(): number {
+    return this.#capacity;
+  }
+
+  /** Whether a request of `priority` for a slot now would get one without waiting. */
+  free(priority: Priority = 'live'): boolean {
+    return this.#queue.wouldAdmit(1, priority);
   }
 
   /**
-   * A slot, at once when one is free, else after everyone who asked earlier. Rejects with
-   * FillQueueFullError when the queue is full, and with the signal's reason when it aborts first.
+   * A slot, at once when one is free for the lane's priority, else after everyone of that priority
+   * who asked earlier (background also after every live request; a waiting lane that is raised moves
+   * up). Rejects with FillQueueFullError when the queue is full, and with the signal's reason when
+   * it aborts first.
    */
-  async acquire(signal?: AbortSignal): Promise<FillSlot> {
-    const admission = await this.#queue.acquire(1, signal);
+  async acquire(signal?: AbortSignal, lane: Lane = LIVE): Promise<FillSlot> {
+    const admission = await this.#queue.acquire(1, signal, lane);
     return { release: () => admission.release() };
   }
 }

@@ -11,7 +11,9 @@ import { BodyBudget } from '../memory/body-budget.ts';
 import { type HeldBody, readBody, releaseOnThrow } from '../memory/held-body.ts';
 import { type UpstreamClient, type UpstreamResponse, firstHeader } from '../upstream/client.ts';
 import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
-import { type FillSlotEvent, type FillSlotLimits, FillSlots } from './fill-slots.ts';
+import type { FillSlotEvent, FillSlotLimits } from './fill-slots.ts';
+import { FetchBudget } from './fetch-budget.ts';
+import { type BudgetEvents, type TunnelGate, mirrorGate } from './tunnel-gate.ts';
 import type { TagRecord, TagStore } from './tag-store.ts';
 import { UpstreamBlob } from './upstream-blob.ts';
 import { OfflineCatalog } from './offline.ts';
@@ -82,6 +84,10 @@ export interface MirrorDeps {
   readonly peers?: () => PeerNetwork | undefined;
   /** Blob bytes downloaded from upstream (the tunnel), for metrics. */
   readonly upstreamBlobBytes?: (bytes: number) => void;
+  /** The Connectivity Proxy's budget (slots, byte rate), one for every mirror on that route. */
+  readonly tunnel?: TunnelGate | undefined;
+  /** Waits for this mirror's budget and the tunnel's, for metrics. */
+  readonly budgetEvents?: BudgetEvents;
 }
 
 /** The reachability probe's answer; when upstream is not reachable, `cause` (an upstream error cause) and `detail` say why. */
@@ -102,8 +108,12 @@ export class Mirror {
   readonly #tags: TagStore;
   readonly #log: Logger;
   readonly #now: () => number;
-  /** Blob downloads from this upstream at once; joins of a running download take none. */
-  readonly #slots: FillSlots;
+  /**
+   * Blob downloads from this upstream at once and their bytes per second (`max_fetches`,
+   * `max_bytes_per_second`), then the tunnel's on the Connectivity Proxy route; joins of a running
+   * download take no slot.
+   */
+  readonly #fetches: FetchBudget;
   /** Who may read what through this mirror: every access decision is its. */
   readonly #access: AccessBroker;
   /** Manifests and token answers are held whole in memory under this budget (shared by every mirror). */
@@ -120,7 +130,8 @@ export class Mirror {
     this.#tags = deps.tags;
     this.#log = deps.log;
     this.#now = deps.now ?? Date.now;
-    this.#slots = new FillSlots(deps.config.registry, deps.slots ?? DEFAULT_SLOTS, deps.slots?.onEvent);
+    const own = mirrorGate(deps.config.registry, deps.config.budget, deps.slots ?? DEFAULT_SLOTS, deps.slots?.onEvent, deps.budgetEvents);
+    this.#fetches = new FetchBudget(deps.tunnel ? [own, deps.tunnel] : [own]);
     this.bodies = deps.bodies ?? new BodyBudget();
     this.#peers = deps.peers ?? (() => undefined);
     this.#upstreamBlobBytes = deps.upstreamBlobBytes;
@@ -268,7 +279,7 @@ export class Mirror {
   }
 
   #upstreamBlob(name: RepositoryName, digest: Digest, ctx: PullContext): UpstreamBlob {
-    return new UpstreamBlob(this.#access, this.#slots, name, digest, ctx, this.#log, this.#upstreamBlobBytes);
+    return new UpstreamBlob(this.#access, this.#fetches, name, digest, ctx, this.#log, { received: this.#upstreamBlobBytes, priority: ctx.priority });
   }
 
   /** Where a blob not cached here comes from: upstream, or (peers on) the agent that owns it. */

@@ -8,32 +8,58 @@ import type { UpstreamResponse } from '../upstream/client.ts';
 import { UpstreamError, bodyFailure } from '../upstream/errors.ts';
 import { contentLength, discard } from '../upstream/status.ts';
 import { firstHeader } from '../upstream/client.ts';
-import type { FillSlots } from './fill-slots.ts';
+import { Lane, type Priority } from '../admission/priority.ts';
+import type { FetchBudget } from './fetch-budget.ts';
+
+/** How an upstream download is counted and ranked. */
+export interface UpstreamBlobOptions {
+  /** Told the bytes the download brought (tunnel bytes), once it ended. */
+  readonly received?: ((bytes: number) => void) | undefined;
+  /** `live` (default) or `background` (preload): its rank in the tunnel budget, until raised. */
+  readonly priority?: Priority | undefined;
+}
 
 /**
  * One requester's download of a blob from the mirror's upstream, as the cache's fill reads it: a
- * download slot first (held until the body ended, resumes included), then GET with the requester's
- * credential (passthrough) or the agent's; a 200 vouches for the blob in that repository. A body
- * that breaks off is resumed with a Range request; which failures count as broken is upstream's
- * knowledge, not the cache's. The bytes it brought are told to `received` (tunnel bytes).
+ * download slot first (the mirror's, and the tunnel's on the Connectivity Proxy route; held until
+ * the body ended, resumes included), then GET with the requester's credential (passthrough) or the
+ * agent's; a 200 vouches for the blob in that repository. Every body, a resume's too, is paced by
+ * the budgets' byte rates. A body that breaks off is resumed with a Range request; which failures
+ * count as broken is upstream's knowledge, not the cache's. The bytes it brought are told to
+ * `received` (tunnel bytes).
  */
 export class UpstreamBlob implements FillRequester {
   readonly #access: AccessBroker;
-  readonly #slots: FillSlots;
+  readonly #budget: FetchBudget;
   readonly #name: RepositoryName;
   readonly #digest: Digest;
   readonly #requester: Requester;
   readonly #log: Logger;
   readonly #received: ((bytes: number) => void) | undefined;
+  /** This download's rank in the budgets: background until a live request joins it. */
+  readonly #lane: Lane;
 
-  constructor(access: AccessBroker, slots: FillSlots, name: RepositoryName, digest: Digest, requester: Requester, log: Logger, received?: (bytes: number) => void) {
+  constructor(access: AccessBroker, budget: FetchBudget, name: RepositoryName, digest: Digest, requester: Requester, log: Logger, options: UpstreamBlobOptions = {}) {
     this.#access = access;
-    this.#slots = slots;
+    this.#budget = budget;
     this.#name = name;
     this.#digest = digest;
     this.#requester = requester;
     this.#log = log;
-    this.#received = received;
+    this.#received = options.received;
+    this.#lane = new Lane(options.priority ?? 'live');
+  }
+
+  get priority(): Priority {
+    return this.#lane.priority;
+  }
+
+  /**
+   * Someone waits for this download now: it runs as live from here on, a slot request still
+   * waiting moves ahead of every background one, and its next bytes are live bytes.
+   */
+  raise(): void {
+    this.#lane.raise();
   }
 
   /** Asked only when a download starts or is joined (never for a cache hit). */
@@ -59,23 +85,26 @@ export class UpstreamBlob implements FillRequester {
     // A requester that would wait for a slot (or be refused for a full queue) is first asked about
     // upstream without one: otherwise the wait, or a 429, would tell it apart from a cached blob's
     // refusal, whether it may read the blob or not. With a slot free, the GET itself decides.
-    if (!this.#slots.free) await this.#access.check(this.#name, 'blobs', this.#digest, this.#requester);
-    const slot = await this.#slots.acquire(unwanted);
+    if (!this.#budget.free(this.#lane.priority)) await this.#access.check(this.#name, 'blobs', this.#digest, this.#requester);
+    const hold = await this.#budget.acquire(this.#lane, unwanted);
     try {
       const { body, size } = offset === 0 ? await this.#whole() : await this.#rest(offset, undefined);
       return {
         size,
-        body,
-        resume: (at: number) => this.#rest(at, size),
+        body: this.#budget.throttle(body, this.#lane),
+        resume: async (at: number) => {
+          const rest = await this.#rest(at, size);
+          return { ...rest, body: this.#budget.throttle(rest.body, this.#lane) };
+        },
         resumable: (error: unknown) => bodyFailure(error) !== undefined,
         ended: (received: number) => {
-          slot.release();
+          hold.release();
           this.#received?.(received);
         },
-        contended: () => this.#slots.waiting > 0,
+        contended: () => this.#budget.contended,
       };
     } catch (error) {
-      slot.release();
+      hold.release();
       throw error;
     }
   }

@@ -5,7 +5,7 @@ import type { FillRequester } from '../cache/fill-start.ts';
 import type { UpstreamBlob } from '../mirror/upstream-blob.ts';
 
 /** What a peer download needs of the upstream download: the fallback after the candidates. */
-export type UpstreamFallback = Pick<UpstreamBlob, 'fetch' | 'fetchFrom' | 'key' | 'ownsFailure' | 'likely'>;
+export type UpstreamFallback = Pick<UpstreamBlob, 'fetch' | 'fetchFrom' | 'key' | 'ownsFailure' | 'likely'> & Partial<Pick<UpstreamBlob, 'priority' | 'raise'>>;
 import type { FallbackReason, PeerNetwork } from './network.ts';
 import type { PeerBlobRequest } from './peer-client.ts';
 import type { PeerMember } from './rendezvous.ts';
@@ -42,6 +42,15 @@ export class PeerBlob implements FillRequester {
 
   likely(): boolean {
     return this.#upstream.likely();
+  }
+
+  /** The upstream fallback's rank in the tunnel budget (peers' bytes do not cross the tunnel). */
+  get priority(): 'live' | 'background' | undefined {
+    return this.#upstream.priority;
+  }
+
+  raise(): void {
+    this.#upstream.raise?.();
   }
 
   readonly fetch = async (unwanted: AbortSignal): Promise<FillSource> => {
@@ -142,7 +151,8 @@ class PeerDownload {
         // Not `unwanted`: past the access decision the download is under way, like an upstream GET
         // already sent. A client that joins after the first one left is served, not told the
         // download was dropped.
-        response = await this.#network.client.get(member, { ...this.#request, offset: this.#offset });
+        // The rank when each request is sent: a download raised to live asks the next peer as live.
+        response = await this.#network.client.get(member, { ...this.#request, offset: this.#offset, background: this.#upstreamBlob.priority === 'background' });
       } catch (error) {
         this.#leave(member, classify(error), { offset: this.#offset, err: messageOf(error) });
         continue;

@@ -3,6 +3,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { Agent, type Dispatcher, type buildConnector } from 'undici';
 import type { Digest } from '../oci/digest.ts';
 import type { RepositoryName } from '../oci/reference.ts';
+import { PEER_PRIORITY_HEADER } from '../http/server.ts';
 import type { PeerIdentity } from './identity.ts';
 import type { PeerMember } from './rendezvous.ts';
 import { checkPeerServerIdentity } from './x509.ts';
@@ -17,7 +18,13 @@ export interface PeerBlobRequest {
   readonly authorization?: string | undefined;
   /** Bytes already received from another source: only the rest is asked for. */
   readonly offset: number;
+  /**
+   * Nobody waits for this download yet (preload): the owner fetches it from upstream at background
+   * priority in its tunnel budget, as this agent would have (`PEER_PRIORITY_HEADER`).
+   */
+  readonly background?: boolean;
 }
+
 
 export interface PeerTimeouts {
   readonly connectMs: number;
@@ -70,6 +77,7 @@ export class PeerClient implements PeerTransport {
     const headers: Record<string, string> = { 'user-agent': 'registry-proxy-agent-peer' };
     if (request.authorization !== undefined) headers['authorization'] = request.authorization;
     if (request.offset > 0) headers['range'] = `bytes=${request.offset}-`;
+    if (request.background === true) headers[PEER_PRIORITY_HEADER] = 'background';
     const path = `/v2/${request.name}/blobs/${request.digest}?ns=${encodeURIComponent(request.registry)}`;
     return agent.request({
       origin: member.url,

@@ -1,6 +1,6 @@
 /** Command line of scripts/bench. */
 
-export const SECTIONS = ['warm', 'cold', 'concurrent', 'containerd', 'startup', 'peers', 'profile'] as const;
+export const SECTIONS = ['warm', 'cold', 'budget', 'concurrent', 'containerd', 'startup', 'peers', 'profile'] as const;
 export type Section = (typeof SECTIONS)[number];
 
 export interface BenchOptions {
