@@ -1,61 +1,10 @@
 import { describe, expect, it } from 'vitest';
+import { ManualClock } from '../../test/fixtures/manual-clock.ts';
 import { BURST_SECONDS, ByteRate, type RateClock, SYSTEM_CLOCK } from './byte-rate.ts';
 import { Lane, type Priority } from './priority.ts';
 
 const MiB = 1024 * 1024;
 const KiB = 1024;
-
-/** A clock the test moves: timers run only when `advance` passes their time, in order. */
-class TestClock implements RateClock {
-  #now = 0;
-  readonly #timers = new Set<{ at: number; run: () => void }>();
-
-  now(): number {
-    return this.#now;
-  }
-
-  schedule(run: () => void, ms: number): () => void {
-    const timer = { at: this.#now + ms, run };
-    this.#timers.add(timer);
-    return () => this.#timers.delete(timer);
-  }
-
-  /** Timers armed and not yet run or cancelled. */
-  get pending(): number {
-    return this.#timers.size;
-  }
-
-  /** Runs every timer due within `ms`, letting promise callbacks run after each, then sets the time. */
-  async advance(ms: number): Promise<void> {
-    const until = this.#now + ms;
-    for (;;) {
-      const next = [...this.#timers].filter((t) => t.at <= until).sort((a, b) => a.at - b.at)[0];
-      if (!next) break;
-      this.#timers.delete(next);
-      this.#now = next.at;
-      next.run();
-      await flush();
-    }
-    this.#now = until;
-    await flush();
-  }
-
-  /** Runs timers until `done()` holds; fails instead of looping for ever. */
-  async runUntil(done: () => boolean, limitMs = 600_000): Promise<void> {
-    const start = this.#now;
-    while (!done()) {
-      if (this.#now - start > limitMs) throw new Error('runUntil: not done within the limit');
-      const next = [...this.#timers].sort((a, b) => a.at - b.at)[0];
-      if (!next) throw new Error('runUntil: nothing scheduled, and not done');
-      await this.advance(next.at - this.#now);
-    }
-  }
-}
-
-/** Lets queued promise callbacks run (several hops: a take resolves, its loop asks for the next). */
-async function flush(): Promise<void> {
-  for (let i = 0; i < 5; i += 1) await Promise.resolve();
-}
 
 /** A transfer that takes `total` bytes in `chunk`-sized pieces as fast as the rate lets it. */
 function transfer(rate: ByteRate, total: number, chunk: number, lane: Lane): { passed: () => number; done: Promise<void> } {
@@ -73,7 +22,7 @@ function transfer(rate: ByteRate, total: number, chunk: number, lane: Lane): { p
 describe('ByteRate', () => {
   it('starts with a quarter second of burst, then holds the rate whatever the chunk size', async () => {
     for (const chunk of [16 * KiB, 64 * KiB, 300 * KiB]) {
-      const clock = new TestClock();
+      const clock = new ManualClock();
       const rate = new ByteRate(20 * MiB, { clock });
       expect(rate.burstBytes).toBe(20 * MiB * BURST_SECONDS);
       const run = transfer(rate, 40 * MiB, chunk, new Lane());
@@ -90,7 +39,7 @@ describe('ByteRate', () => {
   });
 
   it('lets a chunk larger than the bucket through when it is full, and makes the next wait for the debt', async () => {
-    const clock = new TestClock();
+    const clock = new ManualClock();
     const rate = new ByteRate(1 * MiB, { clock, burstBytes: 64 * KiB });
     expect(rate.tryTake(1 * MiB)).toBe(true);
     expect(rate.tryTake(1)).toBe(false);
@@ -104,7 +53,7 @@ describe('ByteRate', () => {
   });
 
   it('serves every live waiter before any background one, whenever they came', async () => {
-    const clock = new TestClock();
+    const clock = new ManualClock();
     const rate = new ByteRate(1 * MiB, { clock, burstBytes: 64 * KiB });
     expect(rate.tryTake(64 * KiB)).toBe(true);
     const order: string[] = [];
@@ -118,7 +67,7 @@ describe('ByteRate', () => {
   });
 
   it('gives background only what live transfers leave: nothing while a live transfer waits for the whole rate', async () => {
-    const clock = new TestClock();
+    const clock = new ManualClock();
     const rate = new ByteRate(4 * MiB, { clock });
     const background = transfer(rate, 8 * MiB, 64 * KiB, new Lane('background'));
     await clock.advance(100);
@@ -136,7 +85,7 @@ describe('ByteRate', () => {
   });
 
   it('moves a waiting background request ahead of the other background ones when its lane is raised', async () => {
-    const clock = new TestClock();
+    const clock = new ManualClock();
     const rate = new ByteRate(1 * MiB, { clock, burstBytes: 64 * KiB });
     expect(rate.tryTake(64 * KiB)).toBe(true);
     const order: string[] = [];
@@ -149,7 +98,7 @@ describe('ByteRate', () => {
   });
 
   it('reports waits with the priority the bytes passed as', async () => {
-    const clock = new TestClock();
+    const clock = new ManualClock();
     const waits: Array<[Priority, number, number]> = [];
     const rate = new ByteRate(1 * MiB, { clock, burstBytes: 64 * KiB, events: { waited: (priority, bytes, seconds) => waits.push([priority, bytes, seconds]) } });
     expect(rate.tryTake(64 * KiB)).toBe(true);
@@ -163,7 +112,7 @@ describe('ByteRate', () => {
   });
 
   it('lets an aborted waiter leave without taking anything: the next one gets its bytes, and no timer stays', async () => {
-    const clock = new TestClock();
+    const clock = new ManualClock();
     const rate = new ByteRate(1 * MiB, { clock, burstBytes: 64 * KiB });
     expect(rate.tryTake(64 * KiB)).toBe(true);
     const gone = new AbortController();

@@ -1,4 +1,4 @@
-import { LIVE, type Lane, type Priority } from './priority.ts';
+import { LIVE, type Lane, type Priority, PriorityLines } from './priority.ts';
 
 /** Time and one-shot timers, injectable so that tests drive the rate with a clock of their own. */
 export interface RateClock {
@@ -50,8 +50,7 @@ export class ByteRate {
   readonly burstBytes: number;
   readonly #clock: RateClock;
   readonly #events: ByteRateEvents;
-  readonly #live: Waiter[] = [];
-  readonly #background: Waiter[] = [];
+  readonly #lines = new PriorityLines<Waiter>();
   /** May go below zero (debt, see above). */
   #tokens: number;
   #at: number;
@@ -69,7 +68,7 @@ export class ByteRate {
 
   /** Waiters now, both priorities. */
   get waiting(): number {
-    return this.#live.length + this.#background.length;
+    return this.#lines.size;
   }
 
   /**
@@ -77,8 +76,7 @@ export class ByteRate {
    * otherwise (nothing taken). The hot path: a transfer within its budget allocates nothing.
    */
   tryTake(bytes: number, priority: Priority = 'live'): boolean {
-    const ahead = priority === 'live' ? this.#live.length : this.waiting;
-    if (ahead > 0) return false;
+    if (this.#lines.ahead(priority) > 0) return false;
     this.#refill();
     if (!this.#enough(bytes)) return false;
     this.#tokens -= bytes;
@@ -93,13 +91,9 @@ export class ByteRate {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.tryTake(bytes, lane.priority)) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
-      let unsubscribe = (): void => undefined;
       const leave = (): void => {
-        const queue = this.#live.includes(waiter) ? this.#live : this.#background;
-        const index = queue.indexOf(waiter);
-        if (index >= 0) queue.splice(index, 1);
+        this.#lines.remove(waiter);
         signal?.removeEventListener('abort', onAbort);
-        unsubscribe();
       };
       const onAbort = (): void => {
         leave();
@@ -118,18 +112,7 @@ export class ByteRate {
         },
       };
       signal?.addEventListener('abort', onAbort, { once: true });
-      if (lane.priority === 'live') {
-        this.#live.push(waiter);
-      } else {
-        this.#background.push(waiter);
-        unsubscribe = lane.onRaise(() => {
-          const index = this.#background.indexOf(waiter);
-          if (index < 0) return;
-          this.#background.splice(index, 1);
-          this.#live.push(waiter);
-          this.#pump();
-        });
-      }
+      this.#lines.add(waiter, lane, () => this.#pump());
       this.#pump();
     });
   }
@@ -145,7 +128,7 @@ export class ByteRate {
   }
 
   #head(): Waiter | undefined {
-    return this.#live[0] ?? this.#background[0];
+    return this.#lines.head();
   }
 
   #enough(bytes: number): boolean {

@@ -1,4 +1,4 @@
-import { LIVE, type Lane, type Priority } from './priority.ts';
+import { LIVE, type Lane, type Priority, PriorityLines } from './priority.ts';
 
 /**
  * A bounded amount of something (download slots, bytes of memory) handed out first come, first
@@ -63,8 +63,7 @@ export class FifoAdmission {
   readonly #limits: AdmissionLimits;
   readonly #refusal: (reason: AdmissionRefusal, state: AdmissionState) => Error;
   readonly #events: AdmissionEvents;
-  readonly #live: Waiter[] = [];
-  readonly #background: Waiter[] = [];
+  readonly #lines = new PriorityLines<Waiter>();
   #held = 0;
   /** Held by requests that were background when admitted (they stay counted so even once raised). */
   #heldBackground = 0;
@@ -77,12 +76,12 @@ export class FifoAdmission {
   }
 
   state(): AdmissionState {
-    return { held: this.#held, waiting: this.#live.length + this.#background.length };
+    return { held: this.#held, waiting: this.#lines.size };
   }
 
   /** Whether a request of `priority` for `amount` would be admitted now, without waiting. */
   wouldAdmit(amount: number, priority: Priority = 'live'): boolean {
-    return this.#aheadOf(priority) === 0 && this.#fits(amount, priority);
+    return this.#lines.ahead(priority) === 0 && this.#fits(amount, priority);
   }
 
   /**
@@ -96,17 +95,12 @@ export class FifoAdmission {
     const priority = lane.priority;
     if (this.wouldAdmit(amount, priority)) return Promise.resolve(this.#admit(amount, priority));
     // Each priority has the whole queue bound: preload filling the queue must not get pulls refused.
-    if (this.#aheadOf(priority) >= this.#limits.waiters) return Promise.reject(this.#refuse('queue_full'));
+    if (this.#lines.ahead(priority) >= this.#limits.waiters) return Promise.reject(this.#refuse('queue_full'));
     return new Promise<Admission>((resolve, reject) => {
-      let unsubscribe = (): void => undefined;
       const leave = (): boolean => {
-        const queue = this.#live.includes(waiter) ? this.#live : this.#background;
-        const index = queue.indexOf(waiter);
-        if (index < 0) return false;
-        queue.splice(index, 1);
+        if (!this.#lines.remove(waiter)) return false;
         if (timer) clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
-        unsubscribe();
         return true;
       };
       const onAbort = (): void => {
@@ -120,7 +114,7 @@ export class FifoAdmission {
         amount,
         admit: () => {
           // Counted by the priority it waited as: a request raised meanwhile was moved to live.
-          const admittedAs = this.#live.includes(waiter) ? 'live' : 'background';
+          const admittedAs = this.#lines.priorityOf(waiter) ?? priority;
           leave();
           this.#events.admittedAfterWait?.();
           resolve(this.#admit(amount, admittedAs));
@@ -138,24 +132,10 @@ export class FifoAdmission {
             }, waitMs);
       timer?.unref();
       signal?.addEventListener('abort', onAbort, { once: true });
-      (priority === 'live' ? this.#live : this.#background).push(waiter);
-      if (priority === 'background') {
-        unsubscribe = lane.onRaise(() => {
-          const index = this.#background.indexOf(waiter);
-          if (index < 0) return;
-          this.#background.splice(index, 1);
-          this.#live.push(waiter);
-          this.#pump();
-        });
-      }
+      this.#lines.add(waiter, lane, () => this.#pump());
       this.#events.queued?.();
       this.#changed();
     });
-  }
-
-  /** Requests that wait ahead of a new one of `priority` (live waits behind live only). */
-  #aheadOf(priority: Priority): number {
-    return priority === 'live' ? this.#live.length : this.#live.length + this.#background.length;
   }
 
   #fits(amount: number, priority: Priority): boolean {
@@ -196,16 +176,9 @@ export class FifoAdmission {
    * waits, from the head of the background queue.
    */
   #pump(): void {
-    for (;;) {
-      const live = this.#live[0];
-      if (live) {
-        if (!this.#fits(live.amount, 'live')) return;
-        live.admit();
-        continue;
-      }
-      const background = this.#background[0];
-      if (!background || !this.#fits(background.amount, 'background')) return;
-      background.admit();
+    for (let head = this.#lines.head(); head; head = this.#lines.head()) {
+      if (!this.#fits(head.amount, this.#lines.priorityOf(head) ?? 'live')) return;
+      head.admit();
     }
   }
 

@@ -43,3 +43,68 @@ export class Lane {
 
 /** A lane that is live and stays so (the default of every queue). */
 export const LIVE: Lane = new Lane('live');
+
+/**
+ * The two waiting lines of a queue that serves live before background: each in arrival order; a
+ * background waiter whose lane is raised moves to the end of the live line (and `moved` runs, so
+ * the queue can admit it if it now may pass). Waiters are held only while they wait.
+ */
+export class PriorityLines<T> {
+  readonly #live: T[] = [];
+  readonly #background: T[] = [];
+  readonly #unsubscribe = new Map<T, () => void>();
+
+  /** Waiters in both lines. */
+  get size(): number {
+    return this.#live.length + this.#background.length;
+  }
+
+  /** Waiters that a new one of `priority` queues behind (live waits behind live only). */
+  ahead(priority: Priority): number {
+    return priority === 'live' ? this.#live.length : this.size;
+  }
+
+  /** The next to serve: the first live waiter, else the first background one. */
+  head(): T | undefined {
+    return this.#live[0] ?? this.#background[0];
+  }
+
+  /** The priority `waiter` waits as now (undefined: it does not wait). */
+  priorityOf(waiter: T): Priority | undefined {
+    if (this.#live.includes(waiter)) return 'live';
+    return this.#background.includes(waiter) ? 'background' : undefined;
+  }
+
+  add(waiter: T, lane: Lane, moved: () => void): void {
+    if (lane.priority === 'live') {
+      this.#live.push(waiter);
+      return;
+    }
+    this.#background.push(waiter);
+    this.#unsubscribe.set(
+      waiter,
+      lane.onRaise(() => {
+        this.#unsubscribe.delete(waiter);
+        const index = this.#background.indexOf(waiter);
+        if (index < 0) return;
+        this.#background.splice(index, 1);
+        this.#live.push(waiter);
+        moved();
+      }),
+    );
+  }
+
+  /** Takes `waiter` out of its line; false when it was not waiting. */
+  remove(waiter: T): boolean {
+    this.#unsubscribe.get(waiter)?.();
+    this.#unsubscribe.delete(waiter);
+    for (const line of [this.#live, this.#background]) {
+      const index = line.indexOf(waiter);
+      if (index >= 0) {
+        line.splice(index, 1);
+        return true;
+      }
+    }
+    return false;
+  }
+}

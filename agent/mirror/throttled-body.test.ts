@@ -1,30 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { ByteRate, type RateClock } from '../admission/byte-rate.ts';
+import { ManualClock, flush } from '../../test/fixtures/manual-clock.ts';
+import { ByteRate } from '../admission/byte-rate.ts';
 import { Lane } from '../admission/priority.ts';
 import type { FillBody } from '../cache/fill.ts';
 import { throttled } from './throttled-body.ts';
-
-/** A clock whose time the test sets; timers run when `to` passes them. */
-class StepClock implements RateClock {
-  #now = 0;
-  readonly #timers = new Set<{ at: number; run: () => void }>();
-  now(): number {
-    return this.#now;
-  }
-  schedule(run: () => void, ms: number): () => void {
-    const timer = { at: this.#now + ms, run };
-    this.#timers.add(timer);
-    return () => this.#timers.delete(timer);
-  }
-  to(ms: number): void {
-    this.#now = ms;
-    for (const timer of [...this.#timers].sort((a, b) => a.at - b.at)) {
-      if (timer.at > ms) continue;
-      this.#timers.delete(timer);
-      timer.run();
-    }
-  }
-}
 
 /** A body of `chunks` chunks of `size` bytes that counts how many were pulled and whether it was destroyed. */
 function countingBody(chunks: number, size: number): FillBody & { pulled: number; destroyed: Error | undefined } {
@@ -44,10 +23,6 @@ function countingBody(chunks: number, size: number): FillBody & { pulled: number
   return body;
 }
 
-async function flush(): Promise<void> {
-  for (let i = 0; i < 5; i += 1) await new Promise<void>((resolve) => setImmediate(resolve));
-}
-
 describe('throttled', () => {
   it('is the body itself when no rate applies', () => {
     const body = countingBody(1, 1);
@@ -55,7 +30,7 @@ describe('throttled', () => {
   });
 
   it('passes every chunk in order once each rate let its bytes through, reading nothing ahead', async () => {
-    const clock = new StepClock();
+    const clock = new ManualClock();
     // 1,000 B/s, a bucket of 100 B: the first chunk passes at once, each next one 100 ms later.
     const [mirror, tunnel] = [new ByteRate(1_000, { clock, burstBytes: 100 }), new ByteRate(1_000, { clock, burstBytes: 100 })];
     const body = countingBody(3, 100);
@@ -78,7 +53,7 @@ describe('throttled', () => {
   });
 
   it('ends a wait at once when destroyed, and destroys the upstream body', async () => {
-    const clock = new StepClock();
+    const clock = new ManualClock();
     const rate = new ByteRate(1_000, { clock, burstBytes: 100 });
     const body = countingBody(3, 100);
     const wrapped = throttled(body, [rate], new Lane('background'));
@@ -95,7 +70,7 @@ describe('throttled', () => {
   });
 
   it('reads the lane per chunk: a download raised to live takes live bytes from then on', async () => {
-    const clock = new StepClock();
+    const clock = new ManualClock();
     const rate = new ByteRate(1_000, { clock, burstBytes: 100 });
     const lane = new Lane('background');
     const other = new Lane('background');
