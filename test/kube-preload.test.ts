@@ -9,7 +9,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { parseAllDocuments } from 'yaml';
 import { StatusAggregator } from '../agent/kube/aggregator.ts';
 import type { KubeClients } from '../agent/kube/client.ts';
-import type { KubernetesOptions } from '../agent/kube/kubernetes.ts';
+import { FAST } from './fixtures/kube-timings.ts';
 import type { MirrorState } from '../agent/kube/mirror-source.ts';
 import { NodeReporter } from '../agent/kube/node-report.ts';
 import { REPORT_ANNOTATION, REPORT_BUDGET_BYTES, parseReport, reportLeaseName } from '../agent/kube/report.ts';
@@ -26,16 +26,6 @@ const NS = 'registry-proxy-agent';
 const REG = 'registry.corp.example:5000';
 const MANAGER = 'registry-proxy-agent';
 const STATUS_PATH = (name: string): string => `/apis/registry-proxy.dev/v1alpha1/registrymirrors/${name}/status`;
-const FAST: KubernetesOptions = {
-  debounceMs: 50,
-  initialSyncTimeoutMs: 1_000,
-  backoff: { initialMs: 100, maxMs: 500 },
-  reportIntervalMs: 100,
-  reportSettleMs: 300,
-  reportJitterMs: 200,
-  leaseDurationMs: 1_500,
-  aggregateIntervalMs: 200,
-};
 
 const until = (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> => pollUntil(check, { what, timeoutMs, intervalMs: 25 });
 

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
-import type { KubernetesOptions } from '../agent/kube/kubernetes.ts';
+import { FAST } from './fixtures/kube-timings.ts';
 import { type InProcessAgent, type TestMirror, startAgent } from './fixtures/agent.ts';
 import { makeImage, makeRandomBlob, pushBlob, pushImage } from './fixtures/image.ts';
 import { startCountingProxy } from './fixtures/counting-proxy.ts';
@@ -37,17 +37,6 @@ const ALICE = { username: 'alice', password: 'wonderland' };
 const MANAGER = 'registry-proxy-agent';
 const LEADER_LEASE_PATH = `/apis/coordination.k8s.io/v1/namespaces/${NS}/leases/registry-proxy-agent-leader`;
 
-/** Short timings: aggregation every 200 ms, leader lease 1.5 s, local re-evaluation every 100 ms, reports settle in 300–500 ms. */
-const FAST: KubernetesOptions = {
-  debounceMs: 50,
-  initialSyncTimeoutMs: 1_000,
-  backoff: { initialMs: 100, maxMs: 500 },
-  reportIntervalMs: 100,
-  reportSettleMs: 300,
-  reportJitterMs: 200,
-  leaseDurationMs: 1_500,
-  aggregateIntervalMs: 200,
-};
 
 interface RoleDoc {
   kind: string;
