@@ -1,5 +1,5 @@
 import { type Digest, isDigest, sha256Of } from '../oci/digest.ts';
-import { ImportError } from './errors.ts';
+import { ImportAborted, ImportError } from './errors.ts';
 import { resolveTargets, targetText } from './names.ts';
 import { parseJson } from './oci-layout.ts';
 import { type ImagePlan, MANIFEST_LIMIT, type PlanOptions, type PlannedContent, type PlannedEntry, addOnce, naming, refusedEntry } from './plan.ts';
@@ -50,6 +50,7 @@ export async function planDockerArchive(source: ImageSource, options: PlanOption
   }
   const planned: PlannedEntry[] = [];
   for (const [i, entry] of list.entries()) {
+    if (options.signal?.aborted) throw new ImportAborted();
     const repoTags = stringList((entry as Record<string, unknown> | null)?.['RepoTags']);
     const label = `manifest.json entry ${i + 1}${repoTags.length === 0 ? '' : ` (${repoTags.join(', ')})`}`;
     try {

@@ -53,10 +53,12 @@ export async function runImport(request: ImportRequest): Promise<ImportSummary> 
   const source = await openSource(request.source);
   let planned: PlannedEntry[];
   try {
-    const options = { ...(request.name ? { name: request.name } : {}), platforms: request.platforms, registries };
+    const options = { ...(request.name ? { name: request.name } : {}), platforms: request.platforms, registries, signal: request.signal };
     planned = source.format === 'docker-archive' ? await planDockerArchive(source, options) : await planLayout(source, options);
   } catch (error) {
     await source.close();
+    // Interrupted while reading the manifests: nothing was staged or written yet.
+    if (error instanceof ImportAborted) return { imported: 0, failed: 0, aborted: true };
     throw error;
   }
   let imported = 0;

@@ -1,7 +1,7 @@
 import type { Platform } from '../config/types.ts';
 import { type Digest, digestHex, sha256Of } from '../oci/digest.ts';
 import { platformMatches, platformText } from '../preload/platform.ts';
-import { ImportError } from './errors.ts';
+import { ImportAborted, ImportError } from './errors.ts';
 import { resolveTargets, targetText } from './names.ts';
 import { type ImagePlan, MANIFEST_LIMIT, type PlanOptions, type PlannedContent, type PlannedEntry, addOnce, descriptorOf, errorText, naming, refusedEntry } from './plan.ts';
 import { type ImageSource, readSmall } from './source.ts';
@@ -45,6 +45,7 @@ export async function planLayout(source: ImageSource, options: PlanOptions): Pro
   }
   const planned: PlannedEntry[] = [];
   for (const [i, entry] of entries.entries()) {
+    if (options.signal?.aborted) throw new ImportAborted();
     const annotations = annotationsOf(entry);
     const refName = annotations[REF_NAME];
     const label = `index.json entry ${i + 1}${refName === undefined ? '' : ` (ref.name ${JSON.stringify(refName)})`}`;
@@ -70,7 +71,7 @@ async function planEntry(source: ImageSource, entry: unknown, label: string, ann
   const manifests: PlannedContent[] = [];
   const blobs: PlannedContent[] = [];
   const notes: string[] = [];
-  const rootManifest = await naming(targets.map(targetText).join(', '), () => walk(source, root, 'manifest', 0, { manifests, blobs, notes, platforms: options.platforms }));
+  const rootManifest = await naming(targets.map(targetText).join(', '), () => walk(source, root, 'manifest', 0, { manifests, blobs, notes, platforms: options.platforms, walked: new Map(), signal: options.signal }));
   return { label, targets, root: { digest: root.digest, size: root.size, mediaType: rootManifest.mediaType }, manifests, blobs, notes };
 }
 
@@ -79,6 +80,12 @@ interface Walk {
   readonly blobs: PlannedContent[];
   readonly notes: string[];
   readonly platforms: readonly Platform[];
+  /**
+   * Manifests and indexes read so far, with their media type: each is read, verified and followed
+   * once however often it is named (an index naming one index a thousand times costs one read).
+   */
+  readonly walked: Map<Digest, string>;
+  readonly signal: AbortSignal | undefined;
 }
 
 /** Reads, verifies and follows one manifest or index; its content is added to `into`, children before it. */
@@ -89,6 +96,9 @@ async function walk(
   depth: number,
   into: Walk,
 ): Promise<{ mediaType: string }> {
+  const known = into.walked.get(descriptor.digest);
+  if (known !== undefined) return { mediaType: known };
+  if (into.signal?.aborted) throw new ImportAborted();
   const bytes = await readManifest(source, descriptor, what);
   const body = parseJson(bytes, `${what} ${descriptor.digest}`) as Record<string, unknown>;
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ImportError(`${what} ${descriptor.digest} is not a JSON object`);
@@ -121,6 +131,7 @@ async function walk(
     }
   }
   addOnce(into.manifests, { digest: descriptor.digest, size: descriptor.size, what, bytes, mediaType });
+  into.walked.set(descriptor.digest, mediaType);
   return { mediaType };
 }
 
@@ -142,6 +153,7 @@ async function walkIndex(source: ImageSource, digest: Digest, children: readonly
     throw new ImportError(`index ${digest} has no manifest for ${wanted.map(platformText).join(', ')} (it has ${available.join(', ') || 'none'})`);
   }
   for (const { child, name, optional } of chosen) {
+    if (into.walked.has(child.digest)) continue;
     if (!(await source.file(blobPath(child.digest)))) {
       if (optional) {
         into.notes.push(`${name} ${child.digest} is not in the source: not imported`);

@@ -59,6 +59,8 @@ export interface PlanOptions {
   /** `--platform` (an index: only these platforms' manifests are needed and imported). */
   readonly platforms: readonly Platform[];
   readonly registries: Registries;
+  /** SIGINT/SIGTERM: planning stops too (ImportAborted), between two pieces it reads. */
+  readonly signal?: AbortSignal | undefined;
 }
 
 export const MANIFEST_LIMIT = MANIFEST_MAX_BYTES;

@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
-import { open, stat, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
+import { open, realpath, stat, type FileHandle } from 'node:fs/promises';
+import { join, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { ImportError } from './errors.ts';
 import { TarArchive, TarFormatError, fileAccess, readTarIndex, safeName } from './tar.ts';
@@ -49,15 +49,19 @@ export async function openSource(path: string): Promise<ImageSource> {
 }
 
 async function openDirectory(dir: string): Promise<ImageSource> {
+  const root = await realpath(dir);
   const source: ImageSource = {
     format: 'oci-layout',
     description: `OCI layout ${dir}`,
     async file(relative) {
       const path = join(dir, safeRelative(relative));
       try {
-        const info = await stat(path);
+        // As in a tar: a symlink may lead within the layout, never out of it (no file of the node is read).
+        const real = await realpath(path);
+        if (!real.startsWith(`${root}${sep}`)) throw new ImportError(`${dir}: ${relative} points outside the layout`);
+        const info = await stat(real);
         if (!info.isFile()) return undefined;
-        return { size: info.size, open: () => createReadStream(path, { highWaterMark: 1024 * 1024 }) };
+        return { size: info.size, open: () => createReadStream(real, { highWaterMark: 1024 * 1024 }) };
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code === 'ENOENT' || (error as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
         throw error;

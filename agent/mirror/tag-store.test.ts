@@ -160,6 +160,24 @@ describe('TagStore', () => {
       expect(await store.get('a.test', 'app', 't1')).toEqual(record('t1'));
     });
 
+    it('never trims imported records, written by an importer or found at start-up: pull traffic cannot erase an isolated site\'s imports', async () => {
+      const importer = await newStore();
+      for (const tag of ['i1', 'i2']) await importer.set('a.test', 'app', tag, { ...record(tag), imported: true });
+      const store = await newStoreWith({ maxFiles: 2 });
+      await store.loaded();
+      await store.set('a.test', 'app', 'i3', { ...record('i3'), imported: true });
+      for (const tag of ['t1', 't2', 't3', 't4']) await store.set('a.test', 'app', tag, record(tag));
+      // Two pulled records (the bound) besides every imported one.
+      expect(await readdir(dir)).toHaveLength(5);
+      const fresh = await newStore();
+      expect((await Promise.all(['i1', 'i2', 'i3', 't1', 't2', 't3', 't4'].map((tag) => fresh.get('a.test', 'app', tag)))).map(Boolean)).toEqual([true, true, true, false, false, true, true]);
+      // After a restart, too: the imported files found at start-up are read before any is trimmed.
+      const restarted = await newStoreWith({ maxFiles: 2 });
+      await restarted.loaded();
+      await restarted.set('a.test', 'app', 't5', record('t5'));
+      expect((await Promise.all(['i1', 'i2', 'i3', 't3', 't4', 't5'].map((tag) => newStore().then((s) => s.get('a.test', 'app', tag))))).map(Boolean)).toEqual([true, true, true, false, true, true]);
+    });
+
     it('rebuilds the order from the files at start-up, oldest modification first, in the background', async () => {
       const first = await newStore();
       for (const tag of ['r1', 'r2', 'r3', 'r4']) await first.set('a.test', 'app', tag, record(tag));

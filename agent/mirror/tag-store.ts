@@ -96,6 +96,8 @@ export class TagStore {
   readonly #onPersisting: (persisting: boolean) => void;
   /** Record file names on disk, least recently written first (a Set keeps insertion order). */
   #files = new Set<string>();
+  /** Record files of imported tags: kept for good, outside the order and the bound (see #trim). */
+  readonly #importedFiles = new Set<string>();
   #loaded: Promise<void> = Promise.resolve();
   #persisting = true;
 
@@ -156,6 +158,11 @@ export class TagStore {
     }
     // The newest (moved to the end, should the start-up order have put it back meanwhile).
     this.#files.delete(recordFile);
+    if (record.imported === true) {
+      this.#importedFiles.add(recordFile);
+      return;
+    }
+    this.#importedFiles.delete(recordFile);
     this.#files.add(recordFile);
     await this.#trim();
   }
@@ -166,15 +173,36 @@ export class TagStore {
     this.#onPersisting(persisting);
   }
 
-  /** Removes the least recently written files beyond maxFiles. */
+  /**
+   * Removes the least recently written files beyond maxFiles. Imported records are never removed
+   * (an isolated site cannot fetch them again): a file picked for removal is read first, and an
+   * imported one leaves the order for good instead, so pull traffic cannot trim imports away.
+   */
   async #trim(): Promise<void> {
-    const excess: string[] = [];
-    for (const name of this.#files) {
-      if (this.#files.size - excess.length <= this.#maxFiles) break;
-      excess.push(name);
+    for (;;) {
+      const excess: string[] = [];
+      for (const name of this.#files) {
+        if (this.#files.size - excess.length <= this.#maxFiles) break;
+        excess.push(name);
+      }
+      if (excess.length === 0) return;
+      for (const name of excess) this.#files.delete(name);
+      await Promise.all(
+        excess.map(async (name) => {
+          if (await this.#isImported(name)) this.#importedFiles.add(name);
+          else await unlink(join(this.#dir, name)).catch(() => undefined);
+        }),
+      );
     }
-    for (const name of excess) this.#files.delete(name);
-    await Promise.all(excess.map((name) => unlink(join(this.#dir, name)).catch(() => undefined)));
+  }
+
+  async #isImported(name: string): Promise<boolean> {
+    if (this.#importedFiles.has(name)) return true;
+    try {
+      return parseRecord(await readFile(join(this.#dir, name), 'utf8'))?.imported === true;
+    } catch {
+      return false;
+    }
   }
 
   /**
