@@ -120,15 +120,11 @@ export class ByteRate {
   /** Bytes from the bucket for the next waiters in turn; then the timer for the one after. */
   #pump(): void {
     this.#refill();
-    for (let head = this.#head(); head && this.#enough(head.bytes); head = this.#head()) {
+    for (let head = this.#lines.head(); head && this.#enough(head.bytes); head = this.#lines.head()) {
       this.#tokens -= head.bytes;
       head.admit();
     }
     this.#arm();
-  }
-
-  #head(): Waiter | undefined {
-    return this.#lines.head();
   }
 
   #enough(bytes: number): boolean {
@@ -145,7 +141,7 @@ export class ByteRate {
   #arm(): void {
     this.#cancelTimer?.();
     this.#cancelTimer = undefined;
-    const head = this.#head();
+    const head = this.#lines.head();
     if (!head) return;
     const missing = Math.min(head.bytes, this.burstBytes) - this.#tokens;
     // At least 1 ms: a rounding remainder must not spin the timer at 0.

@@ -45,7 +45,6 @@ export async function planLayout(source: ImageSource, options: PlanOptions): Pro
   }
   const planned: PlannedEntry[] = [];
   for (const [i, entry] of entries.entries()) {
-    if (options.signal?.aborted) throw new ImportAborted();
     const annotations = annotationsOf(entry);
     const refName = annotations[REF_NAME];
     const label = `index.json entry ${i + 1}${refName === undefined ? '' : ` (ref.name ${JSON.stringify(refName)})`}`;
@@ -71,7 +70,7 @@ async function planEntry(source: ImageSource, entry: unknown, label: string, ann
   const manifests: PlannedContent[] = [];
   const blobs: PlannedContent[] = [];
   const notes: string[] = [];
-  const rootManifest = await naming(targets.map(targetText).join(', '), () => walk(source, root, 'manifest', 0, { manifests, blobs, notes, platforms: options.platforms, walked: new Map(), signal: options.signal }));
+  const rootManifest = await naming(targets.map(targetText).join(', '), () => walk(source, root, 'manifest', 0, { manifests, blobs, notes, platforms: options.platforms, walked: new Set(), signal: options.signal }));
   return { label, targets, root: { digest: root.digest, size: root.size, mediaType: rootManifest.mediaType }, manifests, blobs, notes };
 }
 
@@ -81,10 +80,10 @@ interface Walk {
   readonly notes: string[];
   readonly platforms: readonly Platform[];
   /**
-   * Manifests and indexes read so far, with their media type: each is read, verified and followed
-   * once however often it is named (an index naming one index a thousand times costs one read).
+   * Manifests and indexes read so far: each is read, verified and followed once however often
+   * indexes name it (an index naming one index a thousand times costs one read).
    */
-  readonly walked: Map<Digest, string>;
+  readonly walked: Set<Digest>;
   readonly signal: AbortSignal | undefined;
 }
 
@@ -96,8 +95,6 @@ async function walk(
   depth: number,
   into: Walk,
 ): Promise<{ mediaType: string }> {
-  const known = into.walked.get(descriptor.digest);
-  if (known !== undefined) return { mediaType: known };
   if (into.signal?.aborted) throw new ImportAborted();
   const bytes = await readManifest(source, descriptor, what);
   const body = parseJson(bytes, `${what} ${descriptor.digest}`) as Record<string, unknown>;
@@ -131,7 +128,7 @@ async function walk(
     }
   }
   addOnce(into.manifests, { digest: descriptor.digest, size: descriptor.size, what, bytes, mediaType });
-  into.walked.set(descriptor.digest, mediaType);
+  into.walked.add(descriptor.digest);
   return { mediaType };
 }
 

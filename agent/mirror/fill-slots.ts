@@ -29,10 +29,8 @@ export interface FillSlot {
  */
 export class FillSlots {
   readonly #queue: FifoAdmission;
-  readonly #capacity: number;
 
   constructor(registry: string, limits: FillSlotLimits, onEvent: (event: FillSlotEvent) => void = () => undefined) {
-    this.#capacity = limits.running;
     this.#queue = new FifoAdmission(
       { capacity: limits.running, waiters: limits.queued, backgroundCapacity: Math.max(1, limits.running - 1) },
       (_reason, state) => new FillQueueFullError(registry, state.held, state.waiting),
@@ -51,10 +49,6 @@ export class FillSlots {
 
   get waiting(): number {
     return this.#queue.state().waiting;
-  }
-
-  get capacity(): number {
-    return this.#capacity;
   }
 
   /** Whether a request of `priority` for a slot now would get one without waiting. */

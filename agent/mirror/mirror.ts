@@ -11,6 +11,7 @@ import { BodyBudget } from '../memory/body-budget.ts';
 import { type HeldBody, readBody, releaseOnThrow } from '../memory/held-body.ts';
 import { type UpstreamClient, type UpstreamResponse, firstHeader } from '../upstream/client.ts';
 import { UpstreamError, fromTransportError } from '../upstream/errors.ts';
+import type { Priority } from '../admission/priority.ts';
 import type { FillSlotEvent, FillSlotLimits } from './fill-slots.ts';
 import { FetchBudget } from './fetch-budget.ts';
 import { type BudgetEvents, type TunnelGate, mirrorGate } from './tunnel-gate.ts';
@@ -57,7 +58,7 @@ export interface PullContext {
    * `live` (default): someone waits for it (containerd, a kubelet). `background`: preload; it runs
    * below live requests in the tunnel budget and never takes a mirror's last fetch slot.
    */
-  readonly priority?: 'live' | 'background';
+  readonly priority?: Priority;
 }
 
 /** Download slots of a mirror (`max_fills_per_mirror`, `max_queued_fills_per_mirror`) and who hears about their use. */
