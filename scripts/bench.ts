@@ -2,6 +2,7 @@
  * Benchmarks of the agent against references measured in the same run; writes BENCHMARKS.md.
  * Run with `bash scripts/bench [--quick] [--runs N] [--sizes 16,256,1024] ...` (see --help).
  */
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { copyFile, mkdir, readdir, readFile, rm, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -13,6 +14,7 @@ import { type ContainerdHandle, startContainerd } from '../test/fixtures/contain
 import { startCountingProxy } from '../test/fixtures/counting-proxy.ts';
 import { writeHostsToml } from '../test/fixtures/hosts.ts';
 import { type FileBlob, makeImage, makeRandomBlobFile, pushBlob, pushImage } from '../test/fixtures/image.ts';
+import { AGENT_NODE_FLAGS } from '../test/fixtures/agent.ts';
 import { type RegistryHandle, startRegistry } from '../test/fixtures/registry.ts';
 import { runCommand } from '../test/fixtures/process.ts';
 import { makeTempDir, removeTempDir } from '../test/fixtures/tmp.ts';
@@ -22,7 +24,7 @@ import { LoadMonitor } from './bench-lib/load.ts';
 import { PEERS_GOAL_PREFIX, PEERS_TITLE, extractPeers, goalRow, peersSection, spliceReport } from './bench-lib/peers.ts';
 import { type ProfileEntry, summariseProfile } from './bench-lib/profile.ts';
 import { type Machine, Report, type Table, describeMachine, renderReport } from './bench-lib/report.ts';
-import { type AgentChild, type AgentChildOptions, BENCH_REGISTRY, type Service, startAgentChild, startNginx, startProxyRegistry, ticksPerSecond } from './bench-lib/services.ts';
+import { type AgentChild, type AgentChildOptions, BENCH_REGISTRY, type Service, pidOf, processUsage, startAgentChild, startNginx, startProxyRegistry, ticksPerSecond, treeCpuSeconds } from './bench-lib/services.ts';
 import { max, median, min, num, ratio, seconds, sizeLabel, withSpread } from './bench-lib/stats.ts';
 
 const REPO = 'bench/blobs';
@@ -148,6 +150,13 @@ async function warmSection(ctx: Context): Promise<void> {
     header: ['Blob', 'nginx sendfile', 'distribution (own storage)', 'distribution proxy, warm', 'agent, warm', 'agent / nginx', 'agent / dist. proxy', 'agent CPU s per GiB'],
     rows: [],
   };
+  const cpuTable: Table = {
+    header: ['Blob', 'nginx sendfile', 'distribution (own storage)', 'distribution proxy, warm', 'agent, warm', 'agent CPU / nginx CPU'],
+    rows: [],
+  };
+  const cpuVsNginx: string[] = [];
+  let cpuMet = true;
+  const registryPid = await pidOf(registry.dir);
   const vsNginx: string[] = [];
   const vsProxy: string[] = [];
   let nginxFastest = true;
@@ -170,16 +179,30 @@ async function warmSection(ctx: Context): Promise<void> {
       await getExact(client, targets.agent, blob.size);
       const rates: Record<keyof typeof targets, number[]> = { nginx: [], registry: [], proxy: [], agent: [] };
       const runs = runsFor(opts, sizeMiB);
-      const before = await agent.usage();
+      // Each server's CPU (its process tree) is read around its own GETs only.
+      const pids: Record<keyof typeof targets, number> = { nginx: nginx.pid, registry: registryPid, proxy: proxyRegistry.pid, agent: agent.pid };
+      const cpu: Record<keyof typeof targets, number> = { nginx: 0, registry: 0, proxy: 0, agent: 0 };
       for (let run = 0; run < runs; run++) {
         for (const key of Object.keys(targets) as Array<keyof typeof targets>) {
+          const before = await treeCpuSeconds(pids[key]);
           rates[key].push(mibPerSecond(await retryOnce(report, `warm ${sizeLabel(sizeMiB)} ${key} run ${run + 1}`, () => getExact(client, targets[key], blob.size))));
+          cpu[key] += (await treeCpuSeconds(pids[key])) - before;
         }
       }
-      const after = await agent.usage();
-      peakRss = Math.max(peakRss, after.peakRssBytes);
-      // The agent's CPU between the two reads covers only its own runs (the others do not touch it).
-      const cpuPerGiB = (after.cpuSeconds - before.cpuSeconds) / ((runs * blob.size) / GiB);
+      peakRss = Math.max(peakRss, (await agent.usage()).peakRssBytes);
+      const perGiB = (key: keyof typeof targets): number => cpu[key] / ((runs * blob.size) / GiB);
+      const cpuPerGiB = perGiB('agent');
+      const cpuRatio = perGiB('agent') / perGiB('nginx');
+      if (!(cpuRatio <= 2)) cpuMet = false;
+      cpuVsNginx.push(`${sizeLabel(sizeMiB)} ${num(perGiB('agent'), 2)} vs ${num(perGiB('nginx'), 2)} s/GiB (${ratio(cpuRatio)})`);
+      cpuTable.rows.push([
+        `${sizeLabel(sizeMiB)}${runs !== opts.runs ? ` (${runs} runs)` : ''}`,
+        num(perGiB('nginx'), 2),
+        num(perGiB('registry'), 2),
+        num(perGiB('proxy'), 2),
+        num(perGiB('agent'), 2),
+        ratio(cpuRatio),
+      ]);
       const m = (k: keyof typeof targets): number => median(rates[k]);
       const rNginx = m('agent') / m('nginx');
       const rProxy = m('agent') / m('proxy');
@@ -206,19 +229,41 @@ async function warmSection(ctx: Context): Promise<void> {
   }
   report.goal('Warm GET ≥ 1.5× the distribution proxy (warm)', vsProxy.join(', '), proxyMet ? 'met' : 'NOT met');
   report.goal('Warm GET ≥ 0.45× nginx sendfile', vsNginx.join(', '), nginxMet ? 'met' : 'NOT met');
+  report.goal('Warm GET: agent CPU per GiB ≤ 2× nginx sendfile', cpuVsNginx.join('; '), cpuMet ? 'met' : 'NOT met');
   const text = report.section(
     'Warm (cached) blob GET throughput, MiB/s',
     `One client (${client.name}), one GET at a time, a new connection per GET. "distribution (own storage)" is the ` +
       'upstream registry serving the pushed blob; "distribution proxy, warm" is a second `docker-registry` with ' +
       '`proxy.remoteurl` pointing at the first, after one GET filled it; the agent was filled by one GET too. ' +
-      `Agent CPU is utime+stime of the agent process over its measured GETs. Peak RSS of the agent over this section: ${mib(peakRss)}.`,
-    [table],
+      `Agent CPU is utime+stime of the agent process over its measured GETs. Peak RSS of the agent over this section: ${mib(peakRss)}. ` +
+      'The second table is CPU seconds per GiB served by each server (utime+stime of its process tree, nginx master and worker, read around its own GETs only).',
+    [table, cpuTable],
     nginxFastest ? [] : ['**Note:** nginx was not the fastest target for every size: the client may be limiting; treat the ratios to nginx with care.'],
   );
   process.stdout.write(`${text}\n\n`);
 }
 
 // ---- cold GET -----------------------------------------------------------------------------
+
+/**
+ * MB/s of `dd` writing 1 GiB of new data into a file under `dir`: first into memory the VM has not
+ * touched lately (after a pause, freed pages are handed back to the host), then right away again
+ * into the pages the first file just freed.
+ */
+async function pageCacheWrites(dir: string): Promise<{ fresh: number; reused: number }> {
+  const file = join(dir, 'page-cache-probe');
+  const write = async (): Promise<number> => {
+    const started = performance.now();
+    await runCommand('dd', ['if=/dev/zero', `of=${file}`, 'bs=1M', 'count=1024'], { timeoutMs: 120_000 });
+    const mbs = (GiB / 1e6) / ((performance.now() - started) / 1000);
+    await rm(file, { force: true });
+    return mbs;
+  };
+  await new Promise((resolve) => setTimeout(resolve, 5_000));
+  const fresh = await write();
+  const reused = await write();
+  return { fresh, reused };
+}
 
 async function coldSection(ctx: Context): Promise<void> {
   const { opts, client, registry, report } = ctx;
@@ -229,6 +274,9 @@ async function coldSection(ctx: Context): Promise<void> {
   };
   const verdicts: string[] = [];
   let met = true;
+  const pageCache = await pageCacheWrites(ctx.work);
+  const registryPid = await pidOf(registry.dir);
+  const registryCpu: number[] = [];
   try {
     for (const sizeMiB of opts.sizesMiB) {
       const blob = ctx.blobs.get(sizeMiB);
@@ -251,7 +299,9 @@ async function coldSection(ctx: Context): Promise<void> {
         );
       const label = (what: string, run: number): string => `cold ${sizeLabel(sizeMiB)} ${what} run ${run + 1}`;
       for (let run = 0; run < runs; run++) {
+        const registryBefore = await treeCpuSeconds(registryPid);
         rates.direct.push(mibPerSecond(await retryOnce(report, label('registry direct', run), () => getExact(client, blobUrl(registry.url, blob.digest), blob.size))));
+        registryCpu.push(((await treeCpuSeconds(registryPid)) - registryBefore) / (blob.size / GiB));
         const a = await retryOnce(report, label('agent direct route', run), () => agentRun({ mirror: { upstream: registry.url } }));
         rates.agent.push(a.rate);
         cpu.agent.push(a.cpu);
@@ -288,7 +338,11 @@ async function coldSection(ctx: Context): Promise<void> {
       'fetches and serves an unrelated 8 MiB blob (so its code is JIT-warm, as in a long-running agent); the upstream ' +
       "registry serves from page cache. The agent's figure includes hashing, writing the temp file and the rename: " +
       "it withholds the last byte until the blob is verified and committed (the fsync follows after the response). The CP route goes through the Connectivity " +
-      `Proxy double (virtual host ${CP_VIRTUAL}, trusted mode); its reference is the same GET through the double without the agent.`,
+      `Proxy double (virtual host ${CP_VIRTUAL}, trusted mode); its reference is the same GET through the double without the agent. ` +
+      `The registry itself used ${num(median(registryCpu), 2)} CPU s per GiB for a direct GET (median over all sizes). ` +
+      `Writing new data into this machine's page cache (dd of 1 GiB, what the agent's temp file costs the kernel): ${num(pageCache.fresh)} MB/s into memory ` +
+      `the VM had returned to its host (virtio-balloon free page reporting: every page faults on the host first), ${num(pageCache.reused)} MB/s into memory freed a moment ago. ` +
+      'A cold fill writes every byte into the page cache; the reference GET (curl -o /dev/null) writes nothing.',
     [table],
   );
   process.stdout.write(`${text}\n\n`);
@@ -550,6 +604,24 @@ async function containerdSection(ctx: Context): Promise<void> {
 
 // ---- start-up -----------------------------------------------------------------------------
 
+const IDLE_SETTLE_MS = 5_000;
+
+/** VmRSS of Node 24 (the agent's flags) running only an idle node:http server, IDLE_SETTLE_MS after it listens. */
+async function bareServerRss(): Promise<number> {
+  const code = "require('node:http').createServer((q, s) => s.end()).listen(0, '127.0.0.1', () => process.stdout.write('up\\n'))";
+  const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.once('data', () => resolve());
+      child.once('exit', (c: number | null) => reject(new Error(`bare node server exited (${String(c)})`)));
+    });
+    await new Promise((resolve) => setTimeout(resolve, IDLE_SETTLE_MS));
+    return (await processUsage(child.pid!)).rssBytes;
+  } finally {
+    child.kill('SIGTERM');
+  }
+}
+
 async function startupSection(ctx: Context): Promise<void> {
   const { opts, registry, report } = ctx;
   log(`startup: preparing ${STARTUP_BLOBS} small blobs`);
@@ -565,7 +637,9 @@ async function startupSection(ctx: Context): Promise<void> {
       await Promise.all(contents.slice(i, i + 200).map((c) => writeFile(join(dir, c.hex), c.bytes, { mode: 0o600 })));
     }
   };
-  const times = { emptyListen: [] as number[], emptyReady: [] as number[], fullListen: [] as number[], fullReady: [] as number[], rssEmpty: [] as number[], rssFull: [] as number[] };
+  const times = { emptyListen: [] as number[], emptyReady: [] as number[], fullListen: [] as number[], fullReady: [] as number[], rssEmpty: [] as number[], rssFull: [] as number[], rssIdle: [] as number[] };
+  const bareNode: number[] = [];
+  for (let run = 0; run < opts.runs; run++) bareNode.push(await bareServerRss());
   for (let run = 0; run < opts.runs; run++) {
     for (const full of [false, true]) {
       const agent = await startAgentChild({ mirror: { upstream: registry.url }, ...(full ? { prepareCache: fill } : {}) }, true);
@@ -573,6 +647,11 @@ async function startupSection(ctx: Context): Promise<void> {
         const t = agent.timing;
         if (!t) throw new Error('startup: no timing');
         const rss = (await agent.usage()).peakRssBytes;
+        if (!full) {
+          // Idle: nothing asked of it for a while after ready (timers, probes and the GC settled).
+          await new Promise((resolve) => setTimeout(resolve, IDLE_SETTLE_MS));
+          times.rssIdle.push((await agent.usage()).rssBytes);
+        }
         if (full) {
           times.fullListen.push((t.listeningAt - t.spawnedAt) / 1000);
           times.fullReady.push((t.readyAt - t.spawnedAt) / 1000);
@@ -591,7 +670,10 @@ async function startupSection(ctx: Context): Promise<void> {
     'Agent start-up',
     `From spawning \`node --max-semi-space-size=1 dist/agent/main.js --config …\` to the "mirror listening" log line (log polled every 2 ms) and to the ` +
       `first \`/readyz\` 200 (the cache index rebuilt). "${STARTUP_BLOBS.toLocaleString('en-US')} cached blobs": 1–4 KiB files written ` +
-      'straight into `<cache_dir>/blobs/sha256/<hex>` before the start.',
+      'straight into `<cache_dir>/blobs/sha256/<hex>` before the start. ' +
+      `Idle RSS: VmRSS of the agent (empty cache, no RegistryMirrors) ${IDLE_SETTLE_MS / 1000} s after ready: ${withSpread(times.rssIdle, mib)}; ` +
+      `the same Node 24 with the same flags running nothing but a node:http server on loopback: ${withSpread(bareNode, mib)} ` +
+      `(the agent's own share: ${mib(median(times.rssIdle) - median(bareNode))}).`,
     [
       {
         header: ['Cache', 'To "mirror listening"', 'To /readyz 200', 'vs empty (ready)', 'Peak RSS at ready'],

@@ -1,6 +1,6 @@
 /** Things the benchmark starts besides the test fixtures: nginx, a registry in proxy mode, the agent as a child. */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { AGENT_NODE_FLAGS, type AgentSetup, type TestConnectivityProxy, type TestMirror, startAgentProcess, writeAgentConfig } from '../../test/fixtures/agent.ts';
@@ -11,6 +11,8 @@ import { makeTempDir, removeTempDir } from '../../test/fixtures/tmp.ts';
 
 export interface Service {
   url: string;
+  /** The process (for nginx the master; its worker is a child: see treeCpuSeconds). */
+  pid: number;
   stop(): Promise<void>;
 }
 
@@ -67,7 +69,7 @@ http {
   const proc = await startProcess('nginx', ['-p', dir, '-e', join(dir, 'error.log'), '-c', conf, '-g', 'daemon off;'], { logFile });
   const url = `http://127.0.0.1:${port}`;
   await waitFor(proc, `${url}/`, `nginx on ${url}`, logFile, () => true);
-  return { url, stop: async () => void (await proc.stop()) };
+  return { url, pid: proc.pid, stop: async () => void (await proc.stop()) };
 }
 
 /** The distribution registry as a pull-through cache of `remote` (its own storage, in a temp dir). */
@@ -90,6 +92,7 @@ export async function startProxyRegistry(remote: string): Promise<Service> {
   await waitFor(proc, `${url}/v2/`, `proxy registry on ${url}`, logFile, (s) => s === 200 || s === 401);
   return {
     url,
+    pid: proc.pid,
     async stop() {
       await proc.stop();
       await removeTempDir(dir);
@@ -128,6 +131,29 @@ export async function processUsage(pid: number): Promise<ProcessUsage> {
   return { peakRssBytes: kib('VmHWM'), rssBytes: kib('VmRSS'), cpuSeconds: (utime + stime) / hz };
 }
 
+/** CPU seconds (utime + stime) of a process and all its descendants (nginx's worker is the master's child). */
+export async function treeCpuSeconds(pid: number): Promise<number> {
+  let total = 0;
+  try {
+    total = (await processUsage(pid)).cpuSeconds;
+    for (const task of await readdir(`/proc/${pid}/task`)) {
+      const children = (await readFile(`/proc/${pid}/task/${task}/children`, 'utf8')).trim();
+      for (const child of children ? children.split(' ') : []) total += await treeCpuSeconds(Number(child));
+    }
+  } catch {
+    // gone meanwhile
+  }
+  return total;
+}
+
+/** The oldest process whose command line contains `pattern` (e.g. a fixture's config path). */
+export async function pidOf(pattern: string): Promise<number> {
+  const res = await runCommand('pgrep', ['-o', '-f', pattern], { timeoutMs: 5_000 });
+  const pid = Number(res.stdout.trim());
+  if (!Number.isInteger(pid) || pid <= 0) throw new Error(`no process matches ${pattern}`);
+  return pid;
+}
+
 export const BENCH_REGISTRY = 'bench.registry.example:5000';
 
 export interface AgentChildOptions {
@@ -137,6 +163,8 @@ export interface AgentChildOptions {
   prepareCache?: (cacheDir: string) => Promise<void>;
   /** Extra Node flags (e.g. --cpu-prof); the agent is then spawned here instead of by startAgentProcess. */
   nodeArgs?: readonly string[];
+  /** Another build's main.js (A/B experiments); default this checkout's dist/agent/main.js. */
+  main?: string;
 }
 
 export interface AgentChild {
@@ -191,7 +219,7 @@ export async function startAgentChild(opts: AgentChildOptions, timed = false): P
       proc = (await startAgentProcess(configFile, logFile, port)).process;
     } else {
       // The production artifact (scripts/bench builds it first), as the image runs it.
-      const main = new URL('../../dist/agent/main.js', import.meta.url).pathname;
+      const main = opts.main ?? new URL('../../dist/agent/main.js', import.meta.url).pathname;
       const spawnedAt = performance.now();
       proc = await startProcess(process.execPath, [...AGENT_NODE_FLAGS, ...(opts.nodeArgs ?? []), main, '--config', configFile], { logFile });
       let listeningAt = 0;
