@@ -1,7 +1,7 @@
+import { type Hash, createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { Readable, finished } from 'node:stream';
 import type { Digest } from '../oci/digest.ts';
-import { type BlobHasher, hasherFor } from './blob-hasher.ts';
 import { DigestMismatchError, FillAbandonedError, SizeMismatchError } from './errors.ts';
 
 /** An upstream body; `destroy` (undici's and node's streams have it) stops it at once, even while it stalls. */
@@ -56,14 +56,27 @@ export interface FillSpace {
   stop(total: number): void;
 }
 
-/** Most bytes received but not yet written (or not yet hashed) before reading from upstream pauses. */
+/** Most bytes received but not yet written before reading from upstream pauses (a lone fill). */
 const MAX_QUEUED_BYTES = 4 * 1024 * 1024;
+/**
+ * Unwritten bytes all fills together aim to hold: each fill may queue this divided by the fills
+ * reading at once, within [MIN_QUEUED_BYTES, MAX_QUEUED_BYTES]. Without it 48 fills (six mirrors at
+ * their default eight) behind a slow disk would hold 192 MiB.
+ */
+const QUEUE_BUDGET_BYTES = 32 * 1024 * 1024;
+const MIN_QUEUED_BYTES = 256 * 1024;
+/** Fills reading an upstream body right now (they share QUEUE_BUDGET_BYTES). */
+let reading = 0;
+
+function queueLimit(): number {
+  return Math.max(MIN_QUEUED_BYTES, Math.min(MAX_QUEUED_BYTES, Math.floor(QUEUE_BUDGET_BYTES / Math.max(1, reading))));
+}
 /**
  * Most chunks queued for the writer, whatever their bytes: an upstream sending 1-byte chunks would
  * otherwise queue 4 million Buffer objects (hundreds of MiB) within MAX_QUEUED_BYTES.
  */
 const MAX_QUEUED_CHUNKS = 1024;
-/** Chunks smaller than this are copied together into COALESCE_BYTES blocks in the relay window. */
+/** Chunks smaller than this are copied together into COALESCE_BYTES blocks (write queue, relay window). */
 const SMALL_CHUNK_BYTES = 16 * 1024;
 const COALESCE_BYTES = 64 * 1024;
 
@@ -83,8 +96,6 @@ export interface FillOptions {
   readonly relayWindowBytes?: number;
   /** Default RELAY_CRAWL_MS (tests shorten it). */
   readonly relayCrawlMs?: number;
-  /** The blob's hasher, chosen once upstream announced the size (default `hasherFor`). */
-  readonly hasher?: (size: number | undefined) => BlobHasher;
 }
 
 type FillState = 'starting' | 'running' | 'done' | 'failed';
@@ -260,27 +271,22 @@ export class Fill {
       const refused = await this.#options.room.start(source.size);
       if (refused) this.#startRelay(refused);
     }
-    const hasher = (this.#options.hasher ?? hasherFor)(source.size);
-    try {
-      await this.#download(source, hasher);
-      if (this.#size !== undefined && this.#written !== this.#size) throw new SizeMismatchError(this.#size, this.#written);
-      const actual = `sha256:${await hasher.digest()}`;
-      if (actual !== this.digest) throw new DigestMismatchError(this.digest, actual);
-    } catch (error) {
-      hasher.dispose();
-      throw error;
-    }
+    const hash = createHash('sha256');
+    await this.#download(source, hash);
+    if (this.#size !== undefined && this.#written !== this.#size) throw new SizeMismatchError(this.#size, this.#written);
+    const actual = `sha256:${hash.digest('hex')}`;
+    if (actual !== this.digest) throw new DigestMismatchError(this.digest, actual);
     this.#size = this.#written;
   }
 
-  /** Reads the body, and the resumes' bodies after a broken transfer, into the hasher and the store. */
-  async #download(source: FillSource, hasher: BlobHasher): Promise<void> {
+  /** Reads the body, and the resumes' bodies after a broken transfer, into the hash and the store. */
+  async #download(source: FillSource, hash: Hash): Promise<void> {
     let body = source.body;
     for (let resumes = 0; ; resumes += 1) {
       const before = this.#written;
       try {
         this.#body = body;
-        await this.#consume(body, hasher);
+        await this.#consume(body, hash);
         if (this.#abandoned) throw this.#abandoned;
         return;
       } catch (error) {
@@ -299,15 +305,15 @@ export class Fill {
   }
 
   /**
-   * Hands every chunk to the hasher as it arrives; a separate writer stores whatever has queued up
-   * in one `writev`. The socket hands over ~64 KiB at a time and one awaited write per chunk cost
+   * Hashes every chunk as it arrives; a separate writer stores whatever has queued up in one
+   * `writev`. The socket hands over ~64 KiB at a time and one awaited write per chunk cost
    * more than the copy itself; batching by "what queued while the last write ran" keeps latency at
    * one chunk for a slow upstream and batches grow by themselves for a fast one. Chunks are taken as
    * stream events, not through an async iterator (a promise per chunk cost a fifth of the CPU of
-   * the read). The queue is bounded: past MAX_QUEUED_BYTES unwritten, or as many unhashed, the
-   * body is paused until the writer (or the hasher) caught up.
+   * the read). The queue is bounded: past MAX_QUEUED_BYTES unwritten the body is paused until the
+   * writer caught up.
    */
-  async #consume(body: FillBody, hasher: BlobHasher): Promise<void> {
+  async #consume(body: FillBody, hash: Hash): Promise<void> {
     let queue: Buffer[] = [];
     let queuedBytes = 0;
     let writer: Promise<void> | undefined;
@@ -332,7 +338,31 @@ export class Fill {
       return writer;
     };
     let received = this.#written;
+    // Small chunks are copied together (see SMALL_CHUNK_BYTES): an upstream sending 1-byte chunks
+    // must not cost an object per byte in the queue, the writev and every reader's reads.
+    let tail: { readonly block: Buffer; used: number } | undefined;
+    const enqueue = (chunk: Buffer): void => {
+      queuedBytes += chunk.length;
+      const last = queue.length - 1;
+      if (chunk.length >= SMALL_CHUNK_BYTES) {
+        queue.push(chunk);
+        return;
+      }
+      // Only the block at the end of this queue grows (its view there starts at 0); a block the
+      // writer took is never written to again: the next small chunk starts a new one.
+      if (tail && last >= 0 && queue[last]!.buffer === tail.block.buffer && tail.used + chunk.length <= tail.block.length) {
+        chunk.copy(tail.block, tail.used);
+        tail.used += chunk.length;
+        queue[last] = tail.block.subarray(0, tail.used);
+        return;
+      }
+      const block = Buffer.allocUnsafeSlow(COALESCE_BYTES);
+      chunk.copy(block, 0);
+      tail = { block, used: chunk.length };
+      queue.push(block.subarray(0, chunk.length));
+    };
     const stream = readable(body);
+    reading += 1;
     try {
       await new Promise<void>((resolve, reject) => {
         let settled = false;
@@ -351,16 +381,16 @@ export class Fill {
           const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
           received += chunk.length;
           if (this.#size !== undefined && received > this.#size) return stop(new SizeMismatchError(this.#size, received));
-          hasher.update(chunk);
-          queue.push(chunk);
-          queuedBytes += chunk.length;
+          hash.update(chunk);
+          enqueue(chunk);
           const running = startWriter();
-          const hashing = hasher.backlog >= MAX_QUEUED_BYTES;
-          if (queuedBytes < MAX_QUEUED_BYTES && queue.length < MAX_QUEUED_CHUNKS && !hashing) return;
+          if (queuedBytes < queueLimit() && queue.length < MAX_QUEUED_CHUNKS) return;
           stream.pause();
-          void Promise.all([running.catch(() => undefined), hashing ? hasher.drained(MAX_QUEUED_BYTES / 2) : undefined]).then(() => {
-            if (!settled) stream.resume();
-          });
+          void running
+            .catch(() => undefined)
+            .then(() => {
+              if (!settled) stream.resume();
+            });
         };
         stream.on('data', onData);
         finished(stream, (error) => {
@@ -372,6 +402,7 @@ export class Fill {
         });
       });
     } finally {
+      reading -= 1;
       // Bytes that arrived before a failure still count (a resume continues after them).
       while (writer !== undefined || queue.length > 0) await (writer ?? startWriter()).catch(() => undefined);
     }

@@ -50,6 +50,14 @@ try {
   const blob = await makeRandomBlobFile(join(dir, 'blob'), sizeMiB * MiB);
   const warm = await makeRandomBlobFile(join(dir, 'warm'), 8 * MiB);
   await pushBlob(registry.url, 'x/y', blob);
+  /** With --parallel N: N different blobs of the size, fetched at once (the rate is their aggregate). */
+  const parallel = Number(arg('--parallel') ?? 1);
+  const others = [];
+  for (let i = 1; i < parallel; i++) {
+    const other = await makeRandomBlobFile(join(dir, `blob-${i}`), sizeMiB * MiB);
+    await pushBlob(registry.url, 'x/y', other);
+    others.push(other);
+  }
   await pushBlob(registry.url, 'x/y', warm);
   const url = (base: string, digest: string): string => `${base}/v2/x/y/blobs/${digest}`;
   await getExact(curlClient, url(registry.url, blob.digest), blob.size);
@@ -83,6 +91,10 @@ try {
           const t0 = performance.now();
           await runCommand('curl', ['-sSf', '-r', '0-0', '-o', '/dev/null', url(child.url, blob.digest)]);
           f.agent.push(sizeMiB / ((performance.now() - t0) / 1000));
+        } else if (parallel > 1) {
+          const t0 = performance.now();
+          await Promise.all([blob, ...others].map((b) => getExact(curlClient, url(child.url, b.digest), b.size)));
+          f.agent.push((parallel * sizeMiB) / ((performance.now() - t0) / 1000));
         } else {
           f.agent.push(mibPerSecond(await getExact(curlClient, url(child.url, blob.digest), blob.size)));
         }
