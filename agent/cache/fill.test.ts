@@ -204,3 +204,52 @@ describe('a fill fed tiny chunks into its temp file', () => {
     await rm(path, { force: true });
   });
 });
+
+describe('fills behind a disk that does not keep up', () => {
+  it('hold their unwritten bytes within one shared budget, not a full queue each', async () => {
+    const fills = 16;
+    const size = 64 * 1024 * 1024;
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const pulled: number[] = Array.from({ length: fills }, () => 0);
+    const bodies: Readable[] = [];
+    const prepared: Array<{ path: string; handle: Awaited<ReturnType<typeof open>>; body: Readable }> = [];
+    for (let i = 0; i < fills; i++) {
+      const path = join(tmpdir(), `fill-budget-${process.pid}-${i}-${Math.random().toString(16).slice(2)}`);
+      const handle = await open(path, 'w+');
+      const writev = handle.writev.bind(handle);
+      // The disk: every write waits until the test lets it go.
+      handle.writev = (async (chunks: Buffer[], position?: number) => {
+        await gate;
+        return writev(chunks, position);
+      }) as typeof handle.writev;
+      const body = new Readable({
+        read() {
+          pulled[i]! += 64 * 1024;
+          this.push(Buffer.alloc(64 * 1024, i));
+        },
+      });
+      bodies.push(body);
+      prepared.push({ path, handle, body });
+    }
+    // All start reading together (fills that started alone keep the larger queue they took until it drains).
+    const started = prepared.map(({ path, handle, body }) => ({ path, fill: new Fill(DIGEST, path, { handle }, Promise.resolve<FillSource>({ size, body })) }));
+    // Reading stops once every fill paused (nothing moves for 200 ms).
+    let last = -1;
+    for (let total = 0; total !== last; await new Promise((resolve) => setTimeout(resolve, 200))) {
+      last = total;
+      total = pulled.reduce((sum, n) => sum + n, 0);
+    }
+    const total = pulled.reduce((sum, n) => sum + n, 0);
+    // 32 MiB shared (2 MiB each), plus per fill the batch in the stalled write and the stream's
+    // own buffer; a 4 MiB queue each would hold 64 MiB.
+    expect(total).toBeGreaterThan(16 * 1024 * 1024);
+    expect(total).toBeLessThanOrEqual(32 * 1024 * 1024 + fills * 512 * 1024);
+    for (const body of bodies) body.destroy(new Error('test over'));
+    release();
+    for (const { fill, path } of started) {
+      expect(await fill.verified()).toBe(false);
+      await rm(path, { force: true });
+    }
+  });
+});

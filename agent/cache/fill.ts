@@ -59,9 +59,10 @@ export interface FillSpace {
 /** Most bytes received but not yet written before reading from upstream pauses (a lone fill). */
 const MAX_QUEUED_BYTES = 4 * 1024 * 1024;
 /**
- * Unwritten bytes all fills together aim to hold: each fill may queue this divided by the fills
- * reading at once, within [MIN_QUEUED_BYTES, MAX_QUEUED_BYTES]. Without it 48 fills (six mirrors at
- * their default eight) behind a slow disk would hold 192 MiB.
+ * Bytes waiting for a write that all fills together aim to hold: each fill may queue this divided
+ * by the fills reading at once, within [MIN_QUEUED_BYTES, MAX_QUEUED_BYTES] (the batch being
+ * written comes on top; a fill that started alone keeps its larger queue until it drains). Without
+ * it 48 fills (six mirrors at their default eight) behind a slow disk would hold 192 MiB.
  */
 const QUEUE_BUDGET_BYTES = 32 * 1024 * 1024;
 const MIN_QUEUED_BYTES = 256 * 1024;

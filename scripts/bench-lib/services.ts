@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { AGENT_NODE_FLAGS, type AgentSetup, type TestConnectivityProxy, type TestMirror, startAgentProcess, writeAgentConfig } from '../../test/fixtures/agent.ts';
+import { AGENT_NODE_FLAGS, type AgentSetup, type TestConnectivityProxy, type TestKubernetes, type TestMirror, startAgentProcess, writeAgentConfig } from '../../test/fixtures/agent.ts';
 import { freePort } from '../../test/fixtures/net.ts';
 import { pollUntil } from '../../test/fixtures/poll.ts';
 import { type ManagedProcess, runCommand, startProcess, tailFile } from '../../test/fixtures/process.ts';
@@ -116,8 +116,12 @@ export interface ProcessUsage {
   /** Peak resident set (VmHWM), bytes. */
   peakRssBytes: number;
   rssBytes: number;
+  /** The part of rssBytes that is anonymous memory (heap, stacks, buffers): the rest is mapped files, mostly the node binary. */
+  rssAnonBytes: number;
   /** utime + stime, seconds. */
   cpuSeconds: number;
+  /** stime alone (the kernel's work for the process: socket reads, page-cache writes), seconds. */
+  systemSeconds: number;
 }
 
 /** Peak RSS and CPU time of a live process, from /proc. */
@@ -128,7 +132,7 @@ export async function processUsage(pid: number): Promise<ProcessUsage> {
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const utime = Number(fields[11]);
   const stime = Number(fields[12]);
-  return { peakRssBytes: kib('VmHWM'), rssBytes: kib('VmRSS'), cpuSeconds: (utime + stime) / hz };
+  return { peakRssBytes: kib('VmHWM'), rssBytes: kib('VmRSS'), rssAnonBytes: kib('RssAnon'), cpuSeconds: (utime + stime) / hz, systemSeconds: stime / hz };
 }
 
 /** CPU seconds (utime + stime) of a process and all its descendants (nginx's worker is the master's child). */
@@ -165,6 +169,8 @@ export interface AgentChildOptions {
   nodeArgs?: readonly string[];
   /** Another build's main.js (A/B experiments); default this checkout's dist/agent/main.js. */
   main?: string;
+  /** `[kubernetes]` enabled against this API (RegistryMirror informers, node report, leases). */
+  kubernetes?: TestKubernetes;
 }
 
 export interface AgentChild {
@@ -207,6 +213,7 @@ export async function startAgentChild(opts: AgentChildOptions, timed = false): P
   const dir = await makeTempDir('rpa-bench-agent');
   const port = await freePort();
   const setup: AgentSetup = { dir, port, mirrors: [{ registry: BENCH_REGISTRY, ...opts.mirror }], cacheMaxBytes: '50GiB' };
+  if (opts.kubernetes) setup.kubernetes = opts.kubernetes;
   if (opts.connectivityProxy) setup.connectivityProxy = opts.connectivityProxy;
   const configFile = await writeAgentConfig(setup);
   const cacheDir = join(dir, 'cache');
