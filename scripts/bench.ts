@@ -14,7 +14,7 @@ import { type ContainerdHandle, startContainerd } from '../test/fixtures/contain
 import { startCountingProxy } from '../test/fixtures/counting-proxy.ts';
 import { writeHostsToml } from '../test/fixtures/hosts.ts';
 import { type FileBlob, makeImage, makeRandomBlobFile, pushBlob, pushImage } from '../test/fixtures/image.ts';
-import { AGENT_NODE_FLAGS } from '../test/fixtures/agent.ts';
+import { AGENT_NODE_FLAGS, agentEnv } from '../test/fixtures/agent.ts';
 import { startKubeApi } from '../test/fixtures/kube-api.ts';
 import { type RegistryHandle, startRegistry } from '../test/fixtures/registry.ts';
 import { runCommand } from '../test/fixtures/process.ts';
@@ -629,7 +629,7 @@ const IDLE_SETTLE_MS = 5_000;
 /** VmRSS of Node 24 (the agent's flags) running only an idle node:http server, IDLE_SETTLE_MS after it listens. */
 async function bareServerRss(): Promise<ProcessUsage> {
   const code = "require('node:http').createServer((q, s) => s.end()).listen(0, '127.0.0.1', () => process.stdout.write('up\\n'))";
-  const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, '-e', code], { stdio: ['ignore', 'pipe', 'inherit'], env: agentEnv() });
   try {
     await new Promise<void>((resolve, reject) => {
       child.stdout.once('data', () => resolve());

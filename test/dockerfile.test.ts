@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostsManager } from '../agent/containerd/hosts-manager.ts';
-import { AGENT_NODE_FLAGS } from './fixtures/agent.ts';
+import { AGENT_ENV, AGENT_NODE_FLAGS } from './fixtures/agent.ts';
 import { freePort } from './fixtures/net.ts';
 import { pollUntil } from './fixtures/poll.ts';
 import { startProcess, tailFile } from './fixtures/process.ts';
@@ -107,6 +107,15 @@ describe('Dockerfile: instructions', () => {
     expect(argv?.at(-1)).toMatch(/(^|\/)dist\/agent\/main\.js$/);
     const start = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).scripts.start as string;
     expect(start).toContain(`node ${AGENT_NODE_FLAGS.join(' ')} dist/agent/main.js`);
+  });
+
+  it('sets the same environment for the agent as `npm start` and the child agents of tests and benchmarks', () => {
+    const env = instructions(finalStage(), 'ENV').map((e) => e.args).join(' ');
+    const start = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).scripts.start as string;
+    for (const [name, value] of Object.entries(AGENT_ENV)) {
+      expect(env).toMatch(new RegExp(`(^|\\s)${name}=${value}(\\s|$)`));
+      expect(start).toContain(`${name}=${value} node `);
+    }
   });
 
   it('the shipped stage takes sources only from stages where tests were deleted, and deletes nothing itself', () => {

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { AGENT_NODE_FLAGS, type AgentSetup, type TestConnectivityProxy, type TestKubernetes, type TestMirror, startAgentProcess, writeAgentConfig } from '../../test/fixtures/agent.ts';
+import { AGENT_NODE_FLAGS, type AgentSetup, agentEnv, type TestConnectivityProxy, type TestKubernetes, type TestMirror, startAgentProcess, writeAgentConfig } from '../../test/fixtures/agent.ts';
 import { freePort } from '../../test/fixtures/net.ts';
 import { pollUntil } from '../../test/fixtures/poll.ts';
 import { type ManagedProcess, runCommand, startProcess, tailFile } from '../../test/fixtures/process.ts';
@@ -228,7 +228,7 @@ export async function startAgentChild(opts: AgentChildOptions, timed = false): P
       // The production artifact (scripts/bench builds it first), as the image runs it.
       const main = opts.main ?? new URL('../../dist/agent/main.js', import.meta.url).pathname;
       const spawnedAt = performance.now();
-      proc = await startProcess(process.execPath, [...AGENT_NODE_FLAGS, ...(opts.nodeArgs ?? []), main, '--config', configFile], { logFile });
+      proc = await startProcess(process.execPath, [...AGENT_NODE_FLAGS, ...(opts.nodeArgs ?? []), main, '--config', configFile], { logFile, env: agentEnv() });
       let listeningAt = 0;
       let health = '';
       await pollUntil(
