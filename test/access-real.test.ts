@@ -410,8 +410,8 @@ async function ensureCompiledAgent(): Promise<void> {
   const sources = (await readdir(join(root, 'agent'), { recursive: true })).filter((f) => f.endsWith('.ts') && !f.endsWith('.test.ts'));
   const newest = Math.max(...(await Promise.all(sources.map(async (f) => (await stat(join(root, 'agent', f))).mtimeMs))));
   if (main.endsWith('.js') && existsSync(main) && (await stat(main)).mtimeMs >= newest) return;
-  const built = await runCommand(join(root, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.build.json'], { cwd: root, timeoutMs: 60_000 });
-  if (built.code !== 0) throw new Error(`tsc -p tsconfig.build.json failed:\n${built.stdout}\n${built.stderr}`);
+  const built = await runCommand(process.execPath, ['scripts/build.ts'], { cwd: root, timeoutMs: 60_000 });
+  if (built.code !== 0) throw new Error(`node scripts/build.ts failed:\n${built.stdout}\n${built.stderr}`);
 }
 
 describe('3. memory: a cached 200 MiB layer asked for as a manifest (child agent, RSS from /proc)', () => {

@@ -1,7 +1,7 @@
 // The Dockerfile, without a Docker engine: its instructions are checked, and then its file steps
 // (COPY, RUN, WORKDIR, ENV) are performed in a temp dir, one directory per stage, and the image's
-// ENTRYPOINT is run from the result with this Node 24. That proves the production-only install and
-// the shipped sources contain everything the agent needs at run time, and that no test is shipped.
+// ENTRYPOINT is run from the result with this Node 24. That proves the bundle contains everything the
+// agent needs at run time (the image has no node_modules), and that no test is shipped.
 import { execFile } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -84,20 +84,15 @@ describe('Dockerfile: instructions', () => {
     for (const stage of stages) expect(stage.image).toMatch(NODE_24_IMAGE);
   });
 
-  it('installs from the lock file, and ships node_modules only from a production-only install', () => {
+  it('installs from the lock file, and ships no node_modules: the agent is bundled with its dependencies', () => {
     const installs = runs().filter((r) => /\bnpm\s+(ci|install|i)\b/.test(r));
     expect(installs.length).toBeGreaterThan(0);
     for (const install of installs) expect(install).toMatch(/\bnpm ci\b/);
-    const shipped = instructions(finalStage(), 'COPY').find((c) => c.args.includes('node_modules'));
-    const from = /--from=(\S+)/.exec(shipped?.args ?? '')?.[1];
-    const source = stages.find((s) => s.name === from);
-    expect(source, 'node_modules copied from a named stage').toBeDefined();
-    const sourceInstalls = instructions(source!, 'RUN').filter((r) => /\bnpm ci\b/.test(r.args));
-    expect(sourceInstalls.length).toBeGreaterThan(0);
-    for (const install of sourceInstalls) expect(install.args).toContain('--omit=dev');
+    expect(runs().some((r) => /\bnode scripts\/build\.ts\b/.test(r)), 'the build stage runs scripts/build.ts').toBe(true);
+    for (const copy of instructions(finalStage(), 'COPY')) expect(copy.args).not.toContain('node_modules');
   });
 
-  it('runs the compiled dist/agent/main.js with node as its ENTRYPOINT (exec form)', () => {
+  it('runs the bundled dist/agent/main.js with node as its ENTRYPOINT (exec form)', () => {
     const [entrypoint, ...more] = instructions(finalStage(), 'ENTRYPOINT');
     expect(more).toEqual([]);
     const argv = execForm(entrypoint?.args ?? '');
@@ -125,7 +120,7 @@ describe('Dockerfile: instructions', () => {
       .filter((c) => !c.args.includes('--from='))
       .flatMap((c) => c.args.split(/\s+/).filter((a) => !a.startsWith('--')).slice(0, -1));
     expect(fromContext.every((source) => ['package.json', 'package-lock.json'].includes(source)), fromContext.join(' ')).toBe(true);
-    // Only compiled output comes from the build stage.
+    // Only the build's output comes from the build stage.
     const fromBuild = instructions(finalStage(), 'COPY').filter((c) => c.args.includes('--from=build'));
     for (const copy of fromBuild) expect(copy.args).toMatch(/\/app\/dist\b/);
   });
@@ -321,17 +316,23 @@ describe('Dockerfile: performed', () => {
     }
   }
 
-  it('ships the agent and its production dependencies, and no tests, test data or dev dependencies', () => {
+  it('ships the bundled agent and the licenses of what it bundles, and no node_modules, sources, tests or test data', () => {
     const app = hostPath(built.root, built.workdir, '.');
     expect(existsSync(join(app, 'dist/agent/main.js'))).toBe(true);
     expect(existsSync(join(app, 'package.json'))).toBe(true);
     expect(existsSync(join(app, 'agent'))).toBe(false);
+    expect(existsSync(join(app, 'node_modules'))).toBe(false);
     const shipped = filesUnder(join(app, 'dist'));
     expect(shipped.filter((f) => /\.test\.(ts|js)$/.test(f) || f.split('/').includes('testdata') || f.endsWith('.ts'))).toEqual([]);
     expect(existsSync(join(app, 'test'))).toBe(false);
+    // Every production dependency is in the bundle, with its license (the image has no node_modules to carry it).
+    const bundled = readFileSync(join(app, 'dist/licenses/PACKAGES.txt'), 'utf8');
     const dependencies = Object.keys((JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { dependencies: Record<string, string> }).dependencies);
-    for (const dependency of dependencies) expect(existsSync(join(app, 'node_modules', dependency)), dependency).toBe(true);
-    for (const devOnly of ['vitest', 'typescript', 'ajv', 'yaml', 'node']) expect(existsSync(join(app, 'node_modules', devOnly)), devOnly).toBe(false);
+    for (const dependency of dependencies) {
+      expect(bundled, dependency).toMatch(new RegExp(`^${dependency.replace(/[/.]/g, '\\$&')}@\\S+ `, 'm'));
+      expect(readdirSync(join(app, 'dist/licenses', dependency)).some((f) => /^licen[cs]e/i.test(f)), `${dependency}'s license file`).toBe(true);
+    }
+    for (const devOnly of ['vitest', 'typescript', 'ajv', 'yaml', 'esbuild']) expect(bundled, devOnly).not.toMatch(new RegExp(`^${devOnly}@`, 'm'));
   });
 
   it('`--help` exits 0', async () => {

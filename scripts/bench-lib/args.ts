@@ -42,7 +42,7 @@ report written without it keeps the peers section of the report it replaces.
   --quick            smoke run: sizes 16,64 MiB, 1 run, 5 x 8 MiB image layers; peers: 5 nodes, 64 MiB
   --runs N           runs per measurement (default 3; --quick: 1)
   --big-runs N       runs for blobs >= 1 GiB (default: --runs)
-  --sizes A,B,...    blob sizes in MiB (default 16,256,1024)
+  --sizes A,B,...    blob sizes in MiB (default 16,256,512,1024)
   --layer-mib N      MiB of random data per image layer (default 100; --quick: 8)
   --only S,...       sections: ${SECTIONS.join(',')} (default: all but peers and profile);
                      --only peers replaces just the peers section of an existing report
@@ -129,7 +129,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions | 'help' {
         throw new UsageError(`unknown option ${arg}`);
     }
   }
-  const sizesMiB = [...new Set(sizes ?? (quick ? [16, 64] : [16, 256, 1024]))].sort((a, b) => a - b);
+  const sizesMiB = [...new Set(sizes ?? (quick ? [16, 64] : [16, 256, 512, 1024]))].sort((a, b) => a - b);
   const sections = new Set<Section>(only ?? SECTIONS.filter((s) => s !== 'profile' && s !== 'peers'));
   if (profile) sections.add('profile');
   const r = runs ?? (quick ? 1 : 3);
