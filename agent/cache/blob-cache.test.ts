@@ -889,7 +889,7 @@ describe('BlobCache', () => {
 
   describe('relaying fills nobody reads', () => {
     /** An upstream body that can be destroyed, like undici's, and tells when its download ended. */
-    function destroyable(): { feed: Feed; fetch: () => Promise<FillSource>; destroyed: () => Error | undefined; ended: () => number } {
+    function destroyable(size?: number): { feed: Feed; fetch: () => Promise<FillSource>; destroyed: () => Error | undefined; ended: () => number } {
       const feed = new Feed();
       let destroyed: Error | undefined;
       let ended = 0;
@@ -898,7 +898,7 @@ describe('BlobCache', () => {
         destroyed: () => destroyed,
         ended: () => ended,
         fetch: async () => ({
-          size: undefined,
+          size,
           body: Object.assign(feed.body(), {
             destroy: (error?: Error) => {
               destroyed = error ?? new Error('destroyed');
@@ -957,11 +957,11 @@ describe('BlobCache', () => {
       expect(await tmpFiles()).toEqual([]);
     });
 
-    it('lets a file-backed fill whose readers all left complete and be cached', async () => {
+    it('lets a file-backed fill whose readers all left complete and be cached when upstream announced its size', async () => {
       const cache = await newCache(1 << 30);
       const content = randomBytes(100_000);
       const digest = sha256(content);
-      const up = destroyable();
+      const up = destroyable(content.length);
       const reader = await cache.open(digest, up.fetch);
       const drain = new Drain(reader);
       up.feed.push(content.subarray(0, 40_000));
@@ -974,6 +974,23 @@ describe('BlobCache', () => {
       expect(up.destroyed()).toBeUndefined();
       await until(() => cache.stats().inflight === 0, 'the fill to settle');
       expect(await blobFiles()).toEqual([digest.slice(7)]);
+    });
+
+    it('stops a file-backed fill whose readers all left when upstream never announced its size: upstream destroyed, nothing cached', async () => {
+      const cache = await newCache(1 << 30);
+      const content = randomBytes(100_000);
+      const up = destroyable();
+      const reader = await cache.open(sha256(content), up.fetch);
+      const drain = new Drain(reader);
+      up.feed.push(content.subarray(0, 40_000));
+      await drain.atLeast(39_999);
+      await drain.stop();
+      reader.close();
+      await until(() => up.ended() === 1, 'the download to end');
+      expect(up.destroyed()?.message).toContain('never announced its size');
+      await until(() => cache.stats().inflight === 0, 'the fill to settle');
+      expect(await blobFiles()).toEqual([]);
+      expect(await tmpFiles()).toEqual([]);
     });
   });
 

@@ -37,18 +37,21 @@ export class NoRoomError extends Error {
 
 /**
  * Every reader left a fill nobody else can use: before upstream was even asked (it was waiting for
- * a download slot), or while it relayed uncached bytes nobody can join any more. The fill is
- * dropped instead of downloading for nobody.
+ * a download slot), while it relayed uncached bytes nobody can join any more, or while it
+ * downloaded a body whose size upstream never announced. The fill is dropped instead of
+ * downloading for nobody.
  */
 export class FillAbandonedError extends Error {
   override readonly name = 'FillAbandonedError';
-  constructor(digest: string, when: 'waiting' | 'relaying' | 'crawling' = 'waiting') {
+  constructor(digest: string, when: 'waiting' | 'relaying' | 'crawling' | 'unsized' = 'waiting') {
     super(
       when === 'waiting'
         ? `every client waiting for ${digest} went away before its download started`
         : when === 'relaying'
           ? `every client reading ${digest} went away while it was relayed uncached: its download was stopped`
-          : `the clients of ${digest}, relayed uncached, read too slowly while other downloads waited for its slot: its download was stopped`,
+          : when === 'unsized'
+            ? `every client reading ${digest} went away, and upstream never announced its size (no Content-Length): its download was stopped`
+            : `the clients of ${digest}, relayed uncached, read too slowly while other downloads waited for its slot: its download was stopped`,
     );
   }
 }

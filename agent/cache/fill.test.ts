@@ -176,6 +176,63 @@ describe('a fill into a temp file, read as stream events', () => {
   });
 });
 
+describe('a fill into a temp file that every reader left', () => {
+  async function tempFill(source: FillSource): Promise<{ fill: Fill; cleanup: () => Promise<void> }> {
+    const path = join(tmpdir(), `fill-test-${process.pid}-${Math.random().toString(16).slice(2)}`);
+    const handle = await open(path, 'w+');
+    const fill = new Fill(DIGEST, path, { handle }, Promise.resolve(source));
+    return { fill, cleanup: () => rm(path, { force: true }) };
+  }
+
+  async function untilWritten(fill: Fill, bytes: number): Promise<void> {
+    while (fill.written < bytes && !fill.failed) await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+
+  it('is stopped when upstream never announced the size: an endless body does not write on for nobody', async () => {
+    const { body, destroyed } = endless();
+    let ended = 0;
+    const { fill, cleanup } = await tempFill({ size: undefined, body, ended: () => void (ended += 1) });
+    const reader = fill.attach();
+    await untilWritten(fill, 1024 * 1024);
+    reader.detach();
+    expect(await fill.verified()).toBe(false);
+    expect(fill.error).toBeInstanceOf(FillAbandonedError);
+    expect(fill.error?.message).toContain('never announced its size');
+    await destroyed;
+    expect(ended).toBe(1);
+    // Stopped where it was: a few chunks on, not the endless rest.
+    const stoppedAt = fill.written;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(fill.written).toBe(stoppedAt);
+    await cleanup();
+  });
+
+  it('goes on into the cache when upstream announced the size', async () => {
+    const content = randomBytes(8 * 1024 * 1024);
+    let sent = 0;
+    // Paced, so the reader surely leaves before the body ends.
+    const body = new Readable({
+      read() {
+        if (sent >= content.length) return void this.push(null);
+        const chunk = content.subarray(sent, sent + 256 * 1024);
+        sent += chunk.length;
+        setTimeout(() => this.push(chunk), 2);
+      },
+    });
+    const path = join(tmpdir(), `fill-test-${process.pid}-${Math.random().toString(16).slice(2)}`);
+    const handle = await open(path, 'w+');
+    const fill = new Fill(sha256Of(content), path, { handle }, Promise.resolve<FillSource>({ size: content.length, body }));
+    const reader = fill.attach();
+    await untilWritten(fill, 1024 * 1024);
+    reader.detach();
+    expect(fill.written).toBeLessThan(content.length);
+    expect(await fill.verified()).toBe(true);
+    expect(fill.written).toBe(content.length);
+    await fill.complete();
+    await rm(path, { force: true });
+  });
+});
+
 describe('a fill fed tiny chunks into its temp file', () => {
   it('queues them in blocks and writes the bytes unchanged', async () => {
     const count = 512 * 1024;

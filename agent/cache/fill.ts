@@ -515,19 +515,26 @@ export class Fill {
   }
 
   /**
-   * Relaying with no reader: the memory goes (nobody will read it), and once bytes were dropped
-   * nobody can join either, so the download is pointless and is stopped. Its failure ends it like
-   * any other (nothing cached, the temp file removed, the download slot given back); a file-backed
-   * fill is never stopped for this: it goes on into the cache.
+   * The last reader left a running download. A body upstream never announced the size of is
+   * stopped: nothing bounds it but cache_max_bytes, so an endless one would write that much and
+   * evict every mirror's blobs for nobody (a sized one goes on into the cache). Relaying with no
+   * reader: the memory goes (nobody will read it), and once bytes were dropped nobody can join
+   * either, so the download is pointless and is stopped. A stopped download fails like any other
+   * (nothing cached, the temp file removed, the download slot given back).
    */
   #stopIfUnread(): void {
-    if (!this.#relay || this.#positions.size > 0 || this.#state !== 'running' || this.#abandoned) return;
+    if (this.#positions.size > 0 || this.#state !== 'running' || this.#abandoned) return;
+    if (this.#size === undefined) {
+      this.#abandon('unsized');
+      return;
+    }
+    if (!this.#relay) return;
     this.#releaseMemory(true);
     if (this.#dropped) this.#abandon('relaying');
   }
 
   /** Stops the download on purpose: the upstream body is destroyed, and the copy ends with this error. */
-  #abandon(when: 'relaying' | 'crawling'): FillAbandonedError {
+  #abandon(when: 'relaying' | 'crawling' | 'unsized'): FillAbandonedError {
     this.#abandoned = new FillAbandonedError(this.digest, when);
     this.#body?.destroy?.(this.#abandoned);
     return this.#abandoned;
