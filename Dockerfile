@@ -1,9 +1,7 @@
 # registry-proxy-agent: node-local pull-through registry mirror for containerd.
 # Multi-stage: the build stage type-checks the TypeScript sources and bundles the agent with its npm
 # dependencies (scripts/build.ts, esbuild) into dist/; the runtime stage carries Node 24 and dist/
-# only: no node_modules, no sources, no tests, no dev dependencies. Bundled, the agent loads only the
-# parts of its dependencies it uses (@kubernetes/client-node alone would load all of its ~60 API
-# groups): ~8 MiB less idle RSS on every node, ~30 MiB less with [kubernetes] (BENCHMARKS.md).
+# only: no node_modules, no sources, no tests, no dev dependencies (why a bundle: scripts/build.ts).
 # The licenses of the bundled packages are in /app/dist/licenses.
 # test/dockerfile.test.ts performs these steps (COPY, RUN, ENTRYPOINT) in a temp dir.
 FROM node:24-bookworm-slim AS build

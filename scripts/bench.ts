@@ -25,7 +25,7 @@ import { LoadMonitor } from './bench-lib/load.ts';
 import { PEERS_GOAL_PREFIX, PEERS_TITLE, extractPeers, goalRow, peersSection, spliceReport } from './bench-lib/peers.ts';
 import { type ProfileEntry, summariseProfile } from './bench-lib/profile.ts';
 import { type Machine, Report, type Table, describeMachine, renderReport } from './bench-lib/report.ts';
-import { type AgentChild, type AgentChildOptions, BENCH_REGISTRY, type ProcessUsage, type Service, pidOf, processUsage, startAgentChild, startNginx, startProxyRegistry, ticksPerSecond, treeCpuSeconds } from './bench-lib/services.ts';
+import { type AgentChild, type AgentChildOptions, BENCH_REGISTRY, type ProcessUsage, type Service, idleUsage, pidOf, processUsage, startAgentChild, startNginx, startProxyRegistry, ticksPerSecond, treeCpuSeconds } from './bench-lib/services.ts';
 import { max, median, min, num, ratio, seconds, sizeLabel, withSpread } from './bench-lib/stats.ts';
 
 const REPO = 'bench/blobs';
@@ -654,15 +654,7 @@ async function kubeIdleRss(ctx: Context, runs: number): Promise<ProcessUsage[]> 
   await writeFile(kubeconfig, api.kubeconfigYaml());
   const rss: ProcessUsage[] = [];
   try {
-    for (let run = 0; run < runs; run++) {
-      const agent = await startAgentChild({ mirror: { upstream: ctx.registry.url }, kubernetes: { kubeconfig, nodeName: 'bench-node' } }, true);
-      try {
-        await new Promise((resolve) => setTimeout(resolve, IDLE_SETTLE_MS));
-        rss.push(await agent.usage());
-      } finally {
-        await agent.stop();
-      }
-    }
+    for (let run = 0; run < runs; run++) rss.push(await idleUsage({ mirror: { upstream: ctx.registry.url }, kubernetes: { kubeconfig, nodeName: 'bench-node' } }, IDLE_SETTLE_MS));
   } finally {
     await api.stop();
   }

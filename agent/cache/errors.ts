@@ -35,6 +35,16 @@ export class NoRoomError extends Error {
   }
 }
 
+/** Why a fill was dropped on purpose (see FillAbandonedError). */
+export type AbandonReason = 'waiting' | 'relaying' | 'crawling' | 'unsized';
+
+const ABANDONED: Record<AbandonReason, (digest: string) => string> = {
+  waiting: (digest) => `every client waiting for ${digest} went away before its download started`,
+  relaying: (digest) => `every client reading ${digest} went away while it was relayed uncached: its download was stopped`,
+  crawling: (digest) => `the clients of ${digest}, relayed uncached, read too slowly while other downloads waited for its slot: its download was stopped`,
+  unsized: (digest) => `every client reading ${digest} went away, and upstream never announced its size (no Content-Length): its download was stopped`,
+};
+
 /**
  * Every reader left a fill nobody else can use: before upstream was even asked (it was waiting for
  * a download slot), while it relayed uncached bytes nobody can join any more, or while it
@@ -43,15 +53,7 @@ export class NoRoomError extends Error {
  */
 export class FillAbandonedError extends Error {
   override readonly name = 'FillAbandonedError';
-  constructor(digest: string, when: 'waiting' | 'relaying' | 'crawling' | 'unsized' = 'waiting') {
-    super(
-      when === 'waiting'
-        ? `every client waiting for ${digest} went away before its download started`
-        : when === 'relaying'
-          ? `every client reading ${digest} went away while it was relayed uncached: its download was stopped`
-          : when === 'unsized'
-            ? `every client reading ${digest} went away, and upstream never announced its size (no Content-Length): its download was stopped`
-            : `the clients of ${digest}, relayed uncached, read too slowly while other downloads waited for its slot: its download was stopped`,
-    );
+  constructor(digest: string, when: AbandonReason = 'waiting') {
+    super(ABANDONED[when](digest));
   }
 }

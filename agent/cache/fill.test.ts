@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { open, rm } from 'node:fs/promises';
+import { type FileHandle, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -10,6 +10,12 @@ import { Fill, type FillSource } from './fill.ts';
 
 const DIGEST = `sha256:${'1'.repeat(64)}` as Digest;
 const CHUNK = 16 * 1024;
+
+/** A fresh temp file for a fill, opened as the cache opens one; `remove` deletes it. */
+async function tempFile(): Promise<{ path: string; handle: FileHandle; remove: () => Promise<void> }> {
+  const path = join(tmpdir(), `fill-test-${process.pid}-${Math.random().toString(16).slice(2)}`);
+  return { path, handle: await open(path, 'w+'), remove: () => rm(path, { force: true }) };
+}
 
 /** An upstream body of endless chunks, as fast as the fill takes them; `destroyed` once the fill gives up. */
 function endless(): { body: Readable; destroyed: Promise<void> } {
@@ -119,10 +125,9 @@ describe('a relay fed tiny chunks', () => {
 describe('a fill into a temp file, read as stream events', () => {
   /** A fill of `content` in socket-sized chunks into a fresh temp file, announcing `size`. */
   async function fillOf(content: Buffer, digest: Digest, body: Readable = chunked(content)): Promise<{ fill: Fill; cleanup: () => Promise<void> }> {
-    const path = join(tmpdir(), `fill-test-${process.pid}-${Math.random().toString(16).slice(2)}`);
-    const handle = await open(path, 'w+');
-    const fill = new Fill(digest, path, { handle }, Promise.resolve<FillSource>({ size: content.length, body }));
-    return { fill, cleanup: () => rm(path, { force: true }) };
+    const file = await tempFile();
+    const fill = new Fill(digest, file.path, { handle: file.handle }, Promise.resolve<FillSource>({ size: content.length, body }));
+    return { fill, cleanup: file.remove };
   }
 
   function chunked(content: Buffer): Readable {
@@ -177,11 +182,10 @@ describe('a fill into a temp file, read as stream events', () => {
 });
 
 describe('a fill into a temp file that every reader left', () => {
-  async function tempFill(source: FillSource): Promise<{ fill: Fill; cleanup: () => Promise<void> }> {
-    const path = join(tmpdir(), `fill-test-${process.pid}-${Math.random().toString(16).slice(2)}`);
-    const handle = await open(path, 'w+');
-    const fill = new Fill(DIGEST, path, { handle }, Promise.resolve(source));
-    return { fill, cleanup: () => rm(path, { force: true }) };
+  async function tempFill(digest: Digest, source: FillSource): Promise<{ fill: Fill; cleanup: () => Promise<void> }> {
+    const file = await tempFile();
+    const fill = new Fill(digest, file.path, { handle: file.handle }, Promise.resolve(source));
+    return { fill, cleanup: file.remove };
   }
 
   async function untilWritten(fill: Fill, bytes: number): Promise<void> {
@@ -191,7 +195,7 @@ describe('a fill into a temp file that every reader left', () => {
   it('is stopped when upstream never announced the size: an endless body does not write on for nobody', async () => {
     const { body, destroyed } = endless();
     let ended = 0;
-    const { fill, cleanup } = await tempFill({ size: undefined, body, ended: () => void (ended += 1) });
+    const { fill, cleanup } = await tempFill(DIGEST, { size: undefined, body, ended: () => void (ended += 1) });
     const reader = fill.attach();
     await untilWritten(fill, 1024 * 1024);
     reader.detach();
@@ -219,9 +223,7 @@ describe('a fill into a temp file that every reader left', () => {
         setTimeout(() => this.push(chunk), 2);
       },
     });
-    const path = join(tmpdir(), `fill-test-${process.pid}-${Math.random().toString(16).slice(2)}`);
-    const handle = await open(path, 'w+');
-    const fill = new Fill(sha256Of(content), path, { handle }, Promise.resolve<FillSource>({ size: content.length, body }));
+    const { fill, cleanup } = await tempFill(sha256Of(content), { size: content.length, body });
     const reader = fill.attach();
     await untilWritten(fill, 1024 * 1024);
     reader.detach();
@@ -229,7 +231,7 @@ describe('a fill into a temp file that every reader left', () => {
     expect(await fill.verified()).toBe(true);
     expect(fill.written).toBe(content.length);
     await fill.complete();
-    await rm(path, { force: true });
+    await cleanup();
   });
 });
 
@@ -237,8 +239,7 @@ describe('a fill fed tiny chunks into its temp file', () => {
   it('queues them in blocks and writes the bytes unchanged', async () => {
     const count = 512 * 1024;
     const content = randomBytes(count);
-    const path = join(tmpdir(), `fill-tiny-${process.pid}-${Math.random().toString(16).slice(2)}`);
-    const handle = await open(path, 'w+');
+    const { path, handle, remove } = await tempFile();
     let batches = 0;
     const writev = handle.writev.bind(handle);
     // Counts the buffers each write hands the kernel: blocks, not 1-byte chunks.
@@ -258,7 +259,7 @@ describe('a fill fed tiny chunks into its temp file', () => {
     expect((await fill.read(0, count)).equals(content)).toBe(true);
     expect(buffers).toBeLessThanOrEqual(batches + count / (64 * 1024));
     await fill.complete();
-    await rm(path, { force: true });
+    await remove();
   });
 });
 
@@ -270,10 +271,9 @@ describe('fills behind a disk that does not keep up', () => {
     const gate = new Promise<void>((resolve) => (release = resolve));
     const pulled: number[] = Array.from({ length: fills }, () => 0);
     const bodies: Readable[] = [];
-    const prepared: Array<{ path: string; handle: Awaited<ReturnType<typeof open>>; body: Readable }> = [];
+    const prepared: Array<{ path: string; handle: FileHandle; remove: () => Promise<void>; body: Readable }> = [];
     for (let i = 0; i < fills; i++) {
-      const path = join(tmpdir(), `fill-budget-${process.pid}-${i}-${Math.random().toString(16).slice(2)}`);
-      const handle = await open(path, 'w+');
+      const { path, handle, remove } = await tempFile();
       const writev = handle.writev.bind(handle);
       // The disk: every write waits until the test lets it go.
       handle.writev = (async (chunks: Buffer[], position?: number) => {
@@ -287,10 +287,10 @@ describe('fills behind a disk that does not keep up', () => {
         },
       });
       bodies.push(body);
-      prepared.push({ path, handle, body });
+      prepared.push({ path, handle, remove, body });
     }
     // All start reading together (fills that started alone keep the larger queue they took until it drains).
-    const started = prepared.map(({ path, handle, body }) => ({ path, fill: new Fill(DIGEST, path, { handle }, Promise.resolve<FillSource>({ size, body })) }));
+    const started = prepared.map(({ path, handle, remove, body }) => ({ remove, fill: new Fill(DIGEST, path, { handle }, Promise.resolve<FillSource>({ size, body })) }));
     // Reading stops once every fill paused (nothing moves for 200 ms).
     let last = -1;
     for (let total = 0; total !== last; await new Promise((resolve) => setTimeout(resolve, 200))) {
@@ -304,9 +304,9 @@ describe('fills behind a disk that does not keep up', () => {
     expect(total).toBeLessThanOrEqual(4 * 1024 * 1024 + fills * 512 * 1024);
     for (const body of bodies) body.destroy(new Error('test over'));
     release();
-    for (const { fill, path } of started) {
+    for (const { fill, remove } of started) {
       expect(await fill.verified()).toBe(false);
-      await rm(path, { force: true });
+      await remove();
     }
   });
 });

@@ -2,7 +2,7 @@ import { type Hash, createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { Readable, finished } from 'node:stream';
 import type { Digest } from '../oci/digest.ts';
-import { DigestMismatchError, FillAbandonedError, SizeMismatchError } from './errors.ts';
+import { type AbandonReason, DigestMismatchError, FillAbandonedError, SizeMismatchError } from './errors.ts';
 
 /** An upstream body; `destroy` (undici's and node's streams have it) stops it at once, even while it stalls. */
 export type FillBody = AsyncIterable<Uint8Array> & { destroy?(error?: Error): unknown };
@@ -534,7 +534,7 @@ export class Fill {
   }
 
   /** Stops the download on purpose: the upstream body is destroyed, and the copy ends with this error. */
-  #abandon(when: 'relaying' | 'crawling' | 'unsized'): FillAbandonedError {
+  #abandon(when: Exclude<AbandonReason, 'waiting'>): FillAbandonedError {
     this.#abandoned = new FillAbandonedError(this.digest, when);
     this.#body?.destroy?.(this.#abandoned);
     return this.#abandoned;

@@ -16,6 +16,7 @@ import { startRegistry } from '../../test/fixtures/registry.ts';
 import { runCommand } from '../../test/fixtures/process.ts';
 import { makeTempDir, removeTempDir } from '../../test/fixtures/tmp.ts';
 import { MiB } from './client.ts';
+import { option } from './experiment-args.ts';
 import { median } from './stats.ts';
 
 type Sink = (chunk: Buffer) => void;
@@ -71,10 +72,9 @@ async function measure(reader: Reader, url: URL, hash: boolean): Promise<{ mibs:
   return { mibs: bytes / MiB / seconds, cpu: (cpu.user + cpu.system) / 1e6 / gib, chunks };
 }
 
-async function main(argv: string[]): Promise<void> {
-  const arg = (name: string, fallback: number): number => (argv.includes(name) ? Number(argv[argv.indexOf(name) + 1]) : fallback);
-  const sizeMiB = arg('--size-mib', 256);
-  const runs = arg('--runs', 5);
+async function main(): Promise<void> {
+  const sizeMiB = Number(option('--size-mib') ?? 256);
+  const runs = Number(option('--runs') ?? 5);
   const dir = await makeTempDir('body-experiment');
   const registry = await startRegistry();
   try {
@@ -109,4 +109,4 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
-await main(process.argv.slice(2));
+await main();

@@ -14,18 +14,17 @@ import { runCommand } from '../../test/fixtures/process.ts';
 import { startRegistry } from '../../test/fixtures/registry.ts';
 import { makeTempDir, removeTempDir } from '../../test/fixtures/tmp.ts';
 import { GiB, MiB, curlClient, getExact, mibPerSecond } from './client.ts';
+import { builds, flag, option } from './experiment-args.ts';
 import { startAgentChild } from './services.ts';
 import { median, num } from './stats.ts';
 
-const argv = process.argv.slice(2);
-const arg = (name: string): string | undefined => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : undefined);
-const sizeMiB = Number(arg('--size-mib') ?? 256);
-const runs = Number(arg('--runs') ?? 3);
-const nodeArgs = (arg('--node-args') ?? '').split(' ').filter(Boolean);
+const sizeMiB = Number(option('--size-mib') ?? 256);
+const runs = Number(option('--runs') ?? 3);
+/** Node flags for every build (a build's own go after its path, see experiment-args.ts). */
+const nodeArgs = (option('--node-args') ?? '').split(' ').filter(Boolean);
 /** A command attached to the agent for the measured GET only ({pid} is replaced), e.g. "strace -c -f -p {pid}"; stopped with SIGINT. */
-const attach = arg('--attach');
-/** Builds to compare, run alternately: "name=path/to/main.js,…" (default: this checkout's dist). */
-const builds = (arg('--builds') ?? `this=${new URL('../../dist/agent/main.js', import.meta.url).pathname}`).split(',').map((b) => b.split('=') as [string, string]);
+const attach = option('--attach');
+const compared = builds();
 
 /** CPU seconds (user + system) per thread name of a process, summed over threads of the same name. */
 async function threadCpu(pid: number): Promise<Map<string, number>> {
@@ -51,7 +50,7 @@ try {
   const warm = await makeRandomBlobFile(join(dir, 'warm'), 8 * MiB);
   await pushBlob(registry.url, 'x/y', blob);
   /** With --parallel N: N different blobs of the size, fetched at once (the rate is their aggregate). */
-  const parallel = Number(arg('--parallel') ?? 1);
+  const parallel = Number(option('--parallel') ?? 1);
   const others = [];
   for (let i = 1; i < parallel; i++) {
     const other = await makeRandomBlobFile(join(dir, `blob-${i}`), sizeMiB * MiB);
@@ -68,17 +67,18 @@ try {
     readonly perThread: Map<string, number[]>;
   }
   const direct: number[] = [];
-  const figures = new Map<string, Figures>(builds.map(([name]) => [name, { agent: [], cpu: [], rss: [], perThread: new Map() }]));
+  const figures = new Map<string, Figures>(compared.map(({ name }) => [name, { agent: [], cpu: [], rss: [], perThread: new Map() }]));
   for (let run = 0; run < runs; run++) {
     direct.push(mibPerSecond(await getExact(curlClient, url(registry.url, blob.digest), blob.size)));
-    for (const [name, main] of builds) {
+    for (const build of compared) {
+      const { name, main } = build;
       const f = figures.get(name)!;
-      const child = await startAgentChild({ mirror: { upstream: registry.url }, nodeArgs, main });
+      const child = await startAgentChild({ mirror: { upstream: registry.url }, nodeArgs: [...nodeArgs, ...build.nodeArgs], main });
       try {
         for (let i = 0; i < 2; i++) await getExact(curlClient, url(child.url, warm.digest), warm.size);
         const watcher = attach ? spawn('sh', ['-c', attach.replaceAll('{pid}', String(child.pid))], { stdio: 'inherit' }) : undefined;
         if (watcher) await new Promise((resolve) => setTimeout(resolve, 1000));
-        if (argv.includes('--prefault')) {
+        if (flag('--prefault')) {
           // This VM returns freed memory to its host (virtio-balloon free page reporting): new page
           // cache pages fault on the host at ~420 MB/s. Pages freed a moment ago are still the guest's.
           await runCommand('dd', ['if=/dev/zero', `of=${join(child.dir, 'ballast')}`, 'bs=1M', `count=${sizeMiB * 2}`]);
@@ -86,7 +86,7 @@ try {
         }
         const threadsBefore = await threadCpu(child.pid);
         const before = await child.usage();
-        if (argv.includes('--fill-only')) {
+        if (flag('--fill-only')) {
           // A one-byte Range answers once the whole blob is verified: the fill's time, without serving it.
           const t0 = performance.now();
           await runCommand('curl', ['-sSf', '-r', '0-0', '-o', '/dev/null', url(child.url, blob.digest)]);
@@ -111,7 +111,7 @@ try {
         f.cpu.push((after.cpuSeconds - before.cpuSeconds) / (blob.size / GiB));
         f.rss.push(after.peakRssBytes / MiB);
       } finally {
-        if (argv.includes('--keep-log')) await copyFile(child.logFile, `/tmp/cold-experiment-agent-${name}-${run + 1}.log`);
+        if (flag('--keep-log')) await copyFile(child.logFile, `/tmp/cold-experiment-agent-${name}-${run + 1}.log`);
         await child.stop();
       }
     }

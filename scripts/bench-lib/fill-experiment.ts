@@ -13,6 +13,7 @@ import { makeRandomBlobFile, pushBlob } from '../../test/fixtures/image.ts';
 import { startRegistry } from '../../test/fixtures/registry.ts';
 import { makeTempDir, removeTempDir } from '../../test/fixtures/tmp.ts';
 import { MiB } from './client.ts';
+import { option } from './experiment-args.ts';
 import { median } from './stats.ts';
 
 type Mode = 'consume' | 'hash' | 'hash+write per chunk' | 'hash+write 1 MiB batches' | 'hash+write unawaited (queue of 4 MiB)';
@@ -74,9 +75,9 @@ async function fetchInto(pool: Pool, path: string, mode: Mode, file: string): Pr
   return { mibPerSecond: bytes / MiB / seconds, chunks: sizes.length, medianChunkKiB: median(sizes) / 1024 };
 }
 
-async function main(argv: string[]): Promise<void> {
-  const sizeMiB = Number(argv[argv.indexOf('--size-mib') + 1] ?? 256) || 256;
-  const runs = Number(argv[argv.indexOf('--runs') + 1] ?? 5) || 5;
+async function main(): Promise<void> {
+  const sizeMiB = Number(option('--size-mib') ?? 256);
+  const runs = Number(option('--runs') ?? 5);
   const dir = await makeTempDir('rpa-fill-experiment');
   const registry = await startRegistry();
   try {
@@ -101,4 +102,4 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
-await main(process.argv.slice(2));
+await main();

@@ -1,8 +1,7 @@
 /**
  * Idle RSS of builds side by side, without and with `[kubernetes]` (the API double of the tests):
- * each build started `--runs` times, measured IDLE_SETTLE_MS after /readyz.
- *   node_modules/.bin/node scripts/bench-lib/idle-experiment.ts [--runs 3] [--builds this=dist/agent/main.js,…]
- * A build may add Node flags after its path: `name=path+--flag+--flag`.
+ * each build started `--runs` times, measured `--settle-ms` after /readyz.
+ *   node_modules/.bin/node scripts/bench-lib/idle-experiment.ts [--runs 3] [--settle-ms 5000] [--builds this=dist/agent/main.js+--flag,…]
  */
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -10,20 +9,13 @@ import { startKubeApi } from '../../test/fixtures/kube-api.ts';
 import { startRegistry } from '../../test/fixtures/registry.ts';
 import { makeTempDir, removeTempDir } from '../../test/fixtures/tmp.ts';
 import { MiB } from './client.ts';
-import { startAgentChild } from './services.ts';
+import { builds, option } from './experiment-args.ts';
+import { idleUsage } from './services.ts';
 import { median } from './stats.ts';
 
-const IDLE_SETTLE_MS = Number(process.env["IDLE_SETTLE_MS"] ?? 5_000);
-const arg = (name: string): string | undefined => {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : undefined;
-};
-const runs = Number(arg('--runs') ?? 3);
-const builds = (arg('--builds') ?? `this=${new URL('../../dist/agent/main.js', import.meta.url).pathname}`).split(',').map((b) => {
-  const [name = '', spec = ''] = b.split(/=(.*)/s);
-  const [main = '', ...nodeArgs] = spec.split('+');
-  return { name, main, nodeArgs };
-});
+const settleMs = Number(option('--settle-ms') ?? 5_000);
+const runs = Number(option('--runs') ?? 3);
+const compared = builds();
 
 const registry = await startRegistry();
 const api = await startKubeApi();
@@ -33,19 +25,13 @@ await writeFile(kubeconfig, api.kubeconfigYaml());
 const results = new Map<string, { plain: number[]; kube: number[]; anonPlain: number[]; anonKube: number[] }>();
 try {
   for (let run = 0; run < runs; run++) {
-    for (const { name, main, nodeArgs } of builds) {
+    for (const { name, main, nodeArgs } of compared) {
       const r = results.get(name) ?? { plain: [], kube: [], anonPlain: [], anonKube: [] };
       results.set(name, r);
       for (const kube of [false, true]) {
-        const agent = await startAgentChild({ mirror: { upstream: registry.url }, main, nodeArgs, ...(kube ? { kubernetes: { kubeconfig, nodeName: 'idle-node' } } : {}) }, true);
-        try {
-          await new Promise((resolve) => setTimeout(resolve, IDLE_SETTLE_MS));
-          const u = await agent.usage();
-          (kube ? r.kube : r.plain).push(u.rssBytes);
-          (kube ? r.anonKube : r.anonPlain).push(u.rssAnonBytes);
-        } finally {
-          await agent.stop();
-        }
+        const u = await idleUsage({ mirror: { upstream: registry.url }, main, nodeArgs, ...(kube ? { kubernetes: { kubeconfig, nodeName: 'idle-node' } } : {}) }, settleMs);
+        (kube ? r.kube : r.plain).push(u.rssBytes);
+        (kube ? r.anonKube : r.anonPlain).push(u.rssAnonBytes);
       }
     }
   }

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { makeTempDir, removeTempDir } from '../../test/fixtures/tmp.ts';
 import { curlClient, getExact, mibPerSecond, MiB, GiB } from './client.ts';
+import { option } from './experiment-args.ts';
 import { processUsage } from './services.ts';
 import { median } from './stats.ts';
 
@@ -130,8 +131,8 @@ async function main(argv: string[]): Promise<void> {
     await server(argv[1] as Variant, Number(argv[2]), argv[3] ?? '');
     return;
   }
-  const sizeMiB = Number(argv[argv.indexOf('--size-mib') + 1] ?? 256) || 256;
-  const runs = Number(argv[argv.indexOf('--runs') + 1] ?? 5) || 5;
+  const sizeMiB = Number(option('--size-mib') ?? 256);
+  const runs = Number(option('--runs') ?? 5);
   const dir = await makeTempDir('rpa-serve-experiment');
   try {
     const path = join(dir, 'blob');

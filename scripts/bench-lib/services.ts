@@ -204,6 +204,17 @@ function listeningLine(log: string): { listen: string; health: string } | undefi
   return undefined;
 }
 
+/** Usage of a fresh agent child `settleMs` after it is ready, nothing asked of it meanwhile; stopped after. */
+export async function idleUsage(opts: AgentChildOptions, settleMs: number): Promise<ProcessUsage> {
+  const agent = await startAgentChild(opts, true);
+  try {
+    await new Promise((resolve) => setTimeout(resolve, settleMs));
+    return await agent.usage();
+  } finally {
+    await agent.stop();
+  }
+}
+
 /**
  * Starts `agent/main.ts --config FILE` as a child with one mirror for BENCH_REGISTRY in a fresh
  * working dir (so a fresh cache). With `nodeArgs` or `timed`, the child is spawned here with a

@@ -11,15 +11,14 @@ import { makeRandomBlobFile, pushBlob } from '../../test/fixtures/image.ts';
 import { startRegistry } from '../../test/fixtures/registry.ts';
 import { makeTempDir, removeTempDir } from '../../test/fixtures/tmp.ts';
 import { GiB, MiB, curlClient, getExact } from './client.ts';
+import { builds, option } from './experiment-args.ts';
 import { startAgentChild } from './services.ts';
 import { median, num } from './stats.ts';
 
-const argv = process.argv.slice(2);
-const arg = (name: string): string | undefined => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : undefined);
-const sizeMiB = Number(arg('--size-mib') ?? 16);
-const gets = Number(arg('--gets') ?? 64);
-const rounds = Number(arg('--rounds') ?? 3);
-const builds = (arg('--builds') ?? `this=${new URL('../../dist/agent/main.js', import.meta.url).pathname}`).split(',').map((b) => b.split('=') as [string, string]);
+const sizeMiB = Number(option('--size-mib') ?? 16);
+const gets = Number(option('--gets') ?? 64);
+const rounds = Number(option('--rounds') ?? 3);
+const compared = builds();
 
 /** utime+stime (s), minor faults and voluntary context switches of a process, from /proc. */
 async function counters(pid: number): Promise<{ cpu: number; minflt: number }> {
@@ -34,10 +33,10 @@ const registry = await startRegistry();
 try {
   const blob = await makeRandomBlobFile(join(dir, 'blob'), sizeMiB * MiB);
   await pushBlob(registry.url, 'x/y', blob);
-  const results = new Map<string, { cpu: number[]; faults: number[] }>(builds.map(([name]) => [name, { cpu: [], faults: [] }]));
+  const results = new Map<string, { cpu: number[]; faults: number[] }>(compared.map(({ name }) => [name, { cpu: [], faults: [] }]));
   for (let round = 0; round < rounds; round++) {
-    for (const [name, main] of builds) {
-      const child = await startAgentChild({ mirror: { upstream: registry.url }, main });
+    for (const { name, main, nodeArgs } of compared) {
+      const child = await startAgentChild({ mirror: { upstream: registry.url }, main, nodeArgs });
       try {
         const url = `${child.url}/v2/x/y/blobs/${blob.digest}`;
         for (let i = 0; i < 8; i++) await getExact(curlClient, url, blob.size);
