@@ -193,6 +193,23 @@ describe('pull-through mirror core with a real registry and containerd', () => {
     expect(proxy.count({ method: 'GET', pathIncludes: `/blobs/${blob.digest}` })).toBe(1);
   });
 
+  it('honours a Range under If-Range only when it names the blob\'s ETag; otherwise the whole blob, 200', async () => {
+    const blob = makeRandomBlob(64 * 1024);
+    await pushBlob(registry.url, REPO, blob, auth);
+    const whole = await getBlob(agent.url, blob.digest);
+    const etag = whole.headers['etag'];
+    expect(etag).toBe(`"${blob.digest}"`);
+    const matching = await getBlob(agent.url, blob.digest, { range: 'bytes=0-1', 'if-range': String(etag) });
+    expect(matching.status).toBe(206);
+    expect(matching.body.equals(blob.bytes.subarray(0, 2))).toBe(true);
+    for (const validator of ['"x"', `W/${String(etag)}`, 'Sat, 05 Dec 2026 08:00:00 GMT']) {
+      const other = await getBlob(agent.url, blob.digest, { range: 'bytes=0-1', 'if-range': validator });
+      expect(other.status, validator).toBe(200);
+      expect(other.headers['content-range'], validator).toBeUndefined();
+      expect(other.body.equals(blob.bytes), validator).toBe(true);
+    }
+  });
+
   it('serves manifests with the right headers on HEAD and GET', async () => {
     const url = `${agent.url}/v2/${REPO}/manifests/v1?ns=${REGISTRY}`;
     const head = await request(url, { method: 'HEAD' });

@@ -7,7 +7,7 @@ import type { DistributionRequest } from '../oci/request.ts';
 import { whileClientWaits } from './client-gone.ts';
 import { refusals } from './errors.ts';
 import { releaseWithResponse } from './held-response.ts';
-import { decideRange } from './range.ts';
+import { decideRange, etagOf, rangeAllowed } from './range.ts';
 import { API_VERSION_HEADER, writeAll } from './respond.ts';
 
 /** One request and its response, with the record the handlers tell what they learn. */
@@ -49,7 +49,7 @@ export async function handleManifest({ mirror, request, req, res, recorder, pull
     'content-type': result.mediaType,
     'content-length': String(result.size),
     'docker-content-digest': result.digest,
-    etag: `"${result.digest}"`,
+    etag: etagOf(result.digest),
     'cache-control': request.reference.kind === 'digest' ? IMMUTABLE : 'no-cache',
   });
   if (isHead(req)) {
@@ -87,7 +87,7 @@ export async function handleBlobGet(ctx: RequestContext<BlobRequest>): Promise<v
 async function sendBlob(blob: BlobReadable, { request, req, res, recorder }: RequestContext<BlobRequest>): Promise<void> {
   const { digest } = request;
   const size = blob.size();
-  const range = size === undefined ? ({ kind: 'full' } as const) : decideRange(req.headers.range, size);
+  const range = size === undefined || !rangeAllowed(req.headers['if-range'], etagOf(digest)) ? ({ kind: 'full' } as const) : decideRange(req.headers.range, size);
   if (range.kind === 'unsatisfiable') throw refusals.rangeNotSatisfiable(size ?? 0);
   const partial = range.kind === 'partial' && size !== undefined ? range.range : undefined;
   const chunks = partial ? blob.read(partial.start, partial.end) : blob.read(0);
@@ -112,7 +112,7 @@ function blobHeaders(digest: Digest, size: number | undefined): Record<string, s
     ...API_VERSION_HEADER,
     'content-type': 'application/octet-stream',
     'docker-content-digest': digest,
-    etag: `"${digest}"`,
+    etag: etagOf(digest),
     'cache-control': IMMUTABLE,
     'accept-ranges': 'bytes',
   };

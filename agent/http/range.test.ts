@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { type RangeDecision, decideRange } from './range.ts';
+import { type RangeDecision, decideRange, etagOf, rangeAllowed } from './range.ts';
 
 const FULL: RangeDecision = { kind: 'full' };
 const UNSATISFIABLE: RangeDecision = { kind: 'unsatisfiable' };
@@ -94,5 +94,25 @@ describe('decideRange', () => {
         expect(decision.range.end).toBeLessThanOrEqual(size);
       }
     }
+  });
+});
+
+describe('rangeAllowed (If-Range)', () => {
+  const digest = `sha256:${'a'.repeat(64)}`;
+  const etag = etagOf(digest);
+
+  it.each<[string | string[] | undefined, boolean]>([
+    [undefined, true],
+    [etag, true],
+    [` ${etag} `, true],
+    // Another tag, a weak one, the digest unquoted, a date (no Last-Modified is sent): the whole content.
+    ['"x"', false],
+    [`W/${etag}`, false],
+    [digest, false],
+    ['Sat, 05 Dec 2026 08:00:00 GMT', false],
+    ['', false],
+    [[etag, etag], false],
+  ])('If-Range %j: %s', (ifRange, allowed) => {
+    expect(rangeAllowed(ifRange, etag)).toBe(allowed);
   });
 });

@@ -8,6 +8,22 @@ export type RangeDecision = { readonly kind: 'full' } | { readonly kind: 'partia
 
 const SINGLE = /^bytes=([0-9]{0,15})-([0-9]{0,15})$/;
 
+/** The strong entity tag of content named by `digest` (its ETag header). */
+export function etagOf(digest: string): string {
+  return `"${digest}"`;
+}
+
+/**
+ * Whether a Range header may be honoured under `If-Range` (RFC 9110 13.1.5): only when the
+ * validator is the content's own strong ETag. A date cannot match (no Last-Modified is sent), nor a
+ * weak or another tag: the client then gets the whole content.
+ */
+export function rangeAllowed(ifRange: string | string[] | undefined, etag: string): boolean {
+  if (ifRange === undefined) return true;
+  // Sent twice: no single validator to compare.
+  return typeof ifRange === 'string' && ifRange.trim() === etag;
+}
+
 /**
  * Interprets a Range header against a blob size. Supports `bytes=N-`, `bytes=N-M` and the
  * suffix form `bytes=-N`. Multi-range and malformed headers are ignored (a full 200 answer is
