@@ -272,11 +272,13 @@ export class BlobCache {
   async #settle(fill: Fill, room: FillRoom): Promise<void> {
     const ok = await fill.verified();
     if (!ok) {
-      this.#forget(fill);
       if (fill.error instanceof DigestMismatchError || fill.error instanceof SizeMismatchError) this.#mismatches += 1;
       // Abandoned before upstream was asked: nothing failed.
       if (fill.error && !(fill.error instanceof FillAbandonedError)) this.#events.fillFailed?.(fill.digest, fill.error);
+      // Forgotten only once its temp file is gone (nobody joins a failed fill; a new request starts
+      // its own), so a fill counted in flight is one whose file still exists.
       await this.#discard(fill, room);
+      this.#forget(fill);
       return;
     }
     // Streamed without caching (no room, or the cache dir went away), or the commit failed: nothing to keep.
