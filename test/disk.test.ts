@@ -75,6 +75,8 @@ async function expectConsistentCache(cacheDir: string): Promise<number> {
  */
 class DiskSampler {
   samples = 0;
+  /** Samples taken while a fill had a temp file, i.e. while the bounds were under pressure. */
+  midFillSamples = 0;
   maxCacheBytes = 0;
   minFreeBytes = Infinity;
   reserveBytes = 0;
@@ -100,12 +102,16 @@ class DiskSampler {
 
   async sample(): Promise<void> {
     let bytes = 0;
+    let temps = 0;
     for (const sub of [join(this.#cacheDir, 'blobs', 'sha256'), join(this.#cacheDir, 'tmp')]) {
-      for (const name of await readdir(sub)) bytes += await stat(join(sub, name)).then((info) => info.size, () => 0);
+      const names = await readdir(sub);
+      if (sub.endsWith('tmp')) temps = names.length;
+      for (const name of names) bytes += await stat(join(sub, name)).then((info) => info.size, () => 0);
     }
     const fs = await statfs(this.#cacheDir);
     this.reserveBytes = Math.min(1024 ** 3, fs.blocks * fs.bsize * 0.05);
     this.samples += 1;
+    if (temps > 0) this.midFillSamples += 1;
     this.maxCacheBytes = Math.max(this.maxCacheBytes, bytes);
     this.minFreeBytes = Math.min(this.minFreeBytes, fs.bavail * fs.bsize);
   }
@@ -206,6 +212,7 @@ describe('disk accounting with fills (a 24 MiB tmpfs as cache_dir)', () => {
       round1Relayed: one.relayed,
       round1Cached: cachedFirst,
       round1Samples: one.sampler.samples,
+      round1MidFillSamples: one.sampler.midFillSamples,
       round1MaxCacheMiB: Number((one.sampler.maxCacheBytes / MiB).toFixed(2)),
       round1MinFreeMiB: Number((one.sampler.minFreeBytes / MiB).toFixed(2)),
       round2Served: two.results.filter((r) => r.status === 200).length,
@@ -213,12 +220,15 @@ describe('disk accounting with fills (a 24 MiB tmpfs as cache_dir)', () => {
       round2Evicted: two.evicted,
       round2Cached: cachedSecond,
       round2Samples: two.sampler.samples,
+      round2MidFillSamples: two.sampler.midFillSamples,
       round2MaxCacheMiB: Number((two.sampler.maxCacheBytes / MiB).toFixed(2)),
       round2MinFreeMiB: Number((two.sampler.minFreeBytes / MiB).toFixed(2)),
       reserveMiB: Number((one.sampler.reserveBytes / MiB).toFixed(2)),
     });
     for (const { sampler } of [one, two]) {
-      expect(sampler.samples).toBeGreaterThan(20);
+      // How many samples fit in a round depends on how busy the machine is (CI saw 10 on a loaded
+      // run, 40+ on a quiet one); what matters is that the bounds were looked at while fills ran.
+      expect(sampler.midFillSamples).toBeGreaterThanOrEqual(5);
       expect(sampler.maxCacheBytes).toBeLessThanOrEqual(CAP);
       expect(sampler.minFreeBytes).toBeGreaterThanOrEqual(sampler.reserveBytes);
     }
