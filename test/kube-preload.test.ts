@@ -3,12 +3,11 @@
 // carry each node's preload entries, the leader folds them into one status entry per spec image.
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CoordinationV1Api, CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { StatusAggregator } from '../agent/kube/aggregator.ts';
-import type { KubeClients } from '../agent/kube/client.ts';
+import { KubeClient } from '../agent/kube/client.ts';
 import { FAST } from './fixtures/kube-timings.ts';
 import type { MirrorState } from '../agent/kube/mirror-source.ts';
 import { NodeReporter } from '../agent/kube/node-report.ts';
@@ -106,9 +105,8 @@ describe('RegistryMirror preload: spec to every node, node reports to the status
     return p === undefined ? '-' : `${p.nodesReady}/${p.nodesTotal}`;
   };
 
-  function clients(): KubeClients {
-    const kc = api.kubeConfig();
-    return { kc, custom: kc.makeApiClient(CustomObjectsApi), core: kc.makeApiClient(CoreV1Api), coordination: kc.makeApiClient(CoordinationV1Api) };
+  function client(): KubeClient {
+    return new KubeClient(api.kubeConfig());
   }
 
   /**
@@ -122,7 +120,7 @@ describe('RegistryMirror preload: spec to every node, node reports to the status
       return rm === undefined ? [] : [{ name, generation: Number((rm['metadata'] as JsonObject)['generation'] ?? 1), registry }];
     };
     const reporter = new NodeReporter({
-      clients: clients(),
+      client: client(),
       namespace: NS,
       nodeName: node,
       source: { synced: true, states: mirrorStates },
@@ -149,7 +147,7 @@ describe('RegistryMirror preload: spec to every node, node reports to the status
   /** The leader's aggregation alone (no election needed with one), reading the RegistryMirrors from the API. */
   async function leader(): Promise<StatusAggregator> {
     const aggregator = new StatusAggregator({
-      clients: clients(),
+      client: client(),
       namespace: NS,
       nodeName: 'node-leader',
       log: pino({ level: 'silent' }),

@@ -4,7 +4,7 @@ import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { FAST } from './fixtures/kube-timings.ts';
-import { type InProcessAgent, type TestMirror, startAgent } from './fixtures/agent.ts';
+import { type InProcessAgent, type TestMirror, startAgent, startPortedAgentProcess } from './fixtures/agent.ts';
 import { makeImage, makeRandomBlob, pushBlob, pushImage } from './fixtures/image.ts';
 import { startCountingProxy } from './fixtures/counting-proxy.ts';
 import { sha256 } from './fixtures/digest.ts';
@@ -88,7 +88,7 @@ const until = (what: string, check: () => boolean | Promise<boolean>, timeoutMs 
   pollUntil(check, { what, timeoutMs, intervalMs: 25 });
 
 /** The status code of a manifest GET through the agent for `registry` (as containerd sends it, with ?ns=). */
-async function pull(agent: InProcessAgent, registry: string, repo: string, tag: string): Promise<number> {
+async function pull(agent: { url: string }, registry: string, repo: string, tag: string): Promise<number> {
   const res = await request(`${agent.url}/v2/${repo}/manifests/${tag}?ns=${registry}`, {
     headers: { accept: 'application/vnd.oci.image.manifest.v1+json' },
   });
@@ -336,6 +336,29 @@ describe('RegistryMirrors from the Kubernetes API', () => {
     await until('hosts.toml removed', async () => (await stat(join(dir, 'certs.d', REG)).catch(() => undefined)) === undefined);
   });
 
+  it('the bundled agent as the image runs it (dist/agent/main.js, a child process): serves a RegistryMirror, writes its node report, leads and applies the status', async () => {
+    const dir = await makeTempDir('rpa-kube-bundle');
+    dirs.push(dir);
+    const kubeconfig = join(dir, 'kubeconfig');
+    await writeFile(kubeconfig, api.kubeconfigYaml());
+    await writeFile(join(dir, 'containerd-config.toml'), containerdConfig(join(dir, 'certs.d')));
+    putMirror('corp', { registry: REG, upstream: registry.url });
+    const child = await startPortedAgentProcess({ dir, mirrors: [], manageHosts: true, kubernetes: { kubeconfig, nodeName: 'node-bundle', namespace: NS } });
+    try {
+      await until('corp served', async () => (await pull(child, REG, 'team/app', 'v1')) === 200, 20_000);
+      await until('node report written', () => api.store.get(LEASES, NS, 'rpa-node-node-bundle') !== undefined, 20_000);
+      await until('leading', () => (api.store.get(LEASES, NS, 'registry-proxy-agent-leader')?.['spec'] as { holderIdentity?: string } | undefined)?.holderIdentity?.startsWith('node-bundle') === true, 20_000);
+      await until('status applied', () => ready(statusOf('corp'))?.status === 'True', 30_000);
+      await until('Ready event', () => events().some((e) => e['reason'] === 'Ready'), 5_000);
+      const watches = api.requests.filter((r) => r.watch);
+      expect(watches.length).toBeGreaterThan(0);
+      expect(watches.every((r) => r.query.allowWatchBookmarks === 'true')).toBe(true);
+    } finally {
+      await child.process.stop();
+    }
+    expect(await child.logs()).not.toMatch(/"level":50/);
+  }, 60_000);
+
   it('relists after 410 Gone by itself and applies RegistryMirrors created after the watches expired', async () => {
     const agent = await startNode('node-a');
     putMirror('corp', { registry: REG, upstream: registry.url });
@@ -349,14 +372,13 @@ describe('RegistryMirrors from the Kubernetes API', () => {
     const mirrorRequests = (): KubeApiRequest[] => api.requests.filter((r) => r.path === REGISTRY_MIRRORS_PATH);
     const relist = mirrorRequests().findIndex((r) => !r.watch);
     expect(relist).toBeGreaterThanOrEqual(0);
-    // client-node relisted on the 410 itself: no informer failure, no backoff restart of ours.
+    // A 410 is a relist, not a failure: no informer failure logged, no backoff restart.
     expect(agent.logs.filter((l) => String(l.msg).startsWith('Kubernetes watch'))).toEqual([]);
 
     // Watching again from the new list: the next RegistryMirror arrives through the watch, without another list.
     await until('watching again', () => mirrorRequests().slice(relist).some((r) => r.watch && r.status === 200));
-    // As the README's limits say: client-node's ListWatch never asks for bookmarks, so a quiet watch's
-    // resourceVersion can fall behind compaction, and then the 410 costs a relist as here.
-    expect(api.requests.filter((r) => r.watch).every((r) => r.query.allowWatchBookmarks === undefined)).toBe(true);
+    // Every watch asks for bookmarks, so a quiet watch's resourceVersion keeps up with the API server.
+    expect(api.requests.filter((r) => r.watch).every((r) => r.query.allowWatchBookmarks === 'true')).toBe(true);
     clearRequests();
     putMirror('later', { registry: LATER, upstream: registry.url });
     await until('later served', async () => (await pull(agent, LATER, 'team/app', 'v1')) === 200);

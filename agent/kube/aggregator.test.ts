@@ -1,9 +1,9 @@
-import { CoordinationV1Api, CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CORE_EVENTS, type KubeApi, LEASES, REGISTRY_MIRRORS, startKubeApi } from '../../test/fixtures/kube-api.ts';
 import { pollUntil } from '../../test/fixtures/poll.ts';
 import type { PreloadImageState } from '../preload/state.ts';
+import { KubeClient } from './client.ts';
 import { StatusAggregator, aggregate, aggregatePreload, sameStatus, specPreloadImages } from './aggregator.ts';
 import { type MirrorReport, REPORT_ANNOTATION, REPORT_LABEL, encodeReport, preloadKey, preloadReport, reportLeaseName } from './report.ts';
 import type { RegistryMirror, RegistryMirrorStatus } from './resources.ts';
@@ -225,7 +225,7 @@ describe('StatusAggregator with 5,000 report Leases', () => {
   async function startAggregator(): Promise<StatusAggregator> {
     const kc = api.kubeConfig();
     const aggregator = new StatusAggregator({
-      clients: { kc, custom: kc.makeApiClient(CustomObjectsApi), core: kc.makeApiClient(CoreV1Api), coordination: kc.makeApiClient(CoordinationV1Api) },
+      client: new KubeClient(kc),
       namespace: NS,
       nodeName: 'node-0001',
       log: pino({ level: 'silent' }),

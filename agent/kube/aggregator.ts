@@ -1,20 +1,17 @@
 import type { V1Lease } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { type KubeClients, SERVER_SIDE_APPLY, messageOf, statusOf, withTimeout } from './client.ts';
+import { type KubeClient, messageOf, paths, statusOf, withTimeout } from './client.ts';
 import { type Backoff, ResilientInformer } from './informer.ts';
 import { type MirrorReport, type NodeReport, type PreloadEntryReport, REPORT_ANNOTATION, REPORT_LABEL, parseReport, preloadKey } from './report.ts';
 import {
   API_VERSION,
   type Condition,
   type FailingNode,
-  FIELD_MANAGER,
-  GROUP,
   KIND,
-  PLURAL,
   type PreloadStatus,
+  REGISTRY_MIRRORS_PATH,
   type RegistryMirror,
   type RegistryMirrorStatus,
-  VERSION,
   nameOf,
   nowTime,
   truncate,
@@ -30,7 +27,7 @@ export interface AggregatorOptions {
 }
 
 interface Deps {
-  readonly clients: KubeClients;
+  readonly client: KubeClient;
   readonly namespace: string;
   /** This agent's node: named in the Events it creates. */
   readonly nodeName: string;
@@ -86,11 +83,9 @@ export class StatusAggregator {
     this.#d = deps;
     this.#intervalMs = deps.options.intervalMs ?? 10_000;
     this.#staleMs = deps.options.staleMs ?? 1_800_000;
-    const { coordination } = deps.clients;
     this.#leases = new ResilientInformer<V1Lease>({
-      kc: deps.clients.kc,
-      path: `/apis/coordination.k8s.io/v1/namespaces/${deps.namespace}/leases`,
-      list: () => coordination.listNamespacedLease({ namespace: deps.namespace, labelSelector: `${REPORT_LABEL}=true` }),
+      client: deps.client,
+      path: paths.leases(deps.namespace),
       labelSelector: `${REPORT_LABEL}=true`,
       what: 'node report leases',
       log: deps.log,
@@ -175,18 +170,7 @@ export class StatusAggregator {
     if (sameStatus(live, desired)) return;
     const status = render(desired, live);
     try {
-      await this.#d.clients.custom.patchClusterCustomObjectStatus(
-        {
-          group: GROUP,
-          version: VERSION,
-          plural: PLURAL,
-          name,
-          fieldManager: FIELD_MANAGER,
-          force: true,
-          body: { apiVersion: API_VERSION, kind: KIND, metadata: { name }, status },
-        },
-        SERVER_SIDE_APPLY,
-      );
+      await this.#d.client.apply(`${REGISTRY_MIRRORS_PATH}/${encodeURIComponent(name)}/status`, { apiVersion: API_VERSION, kind: KIND, metadata: { name }, status });
       this.#applied.set(name, { rvBefore: rv, status });
       this.#d.log.debug({ registryMirror: name, ready: desired.nodes.ready, failing: desired.nodes.failing }, 'RegistryMirror status applied');
     } catch (error) {
@@ -202,7 +186,7 @@ export class StatusAggregator {
     const event = transitionEvent(rm, before, desired, this.#d.nodeName, new Date());
     if (event === undefined) return;
     try {
-      await withTimeout(this.#d.clients.core.createNamespacedEvent({ namespace: 'default', fieldManager: FIELD_MANAGER, body: event }), EVENT_TIMEOUT_MS, 'create event');
+      await withTimeout(this.#d.client.create(paths.events('default'), event), EVENT_TIMEOUT_MS, 'create event');
     } catch (error) {
       this.#d.log.warn({ registryMirror: nameOf(rm), err: messageOf(error) }, 'cannot create the Event for a RegistryMirror Ready change');
     }

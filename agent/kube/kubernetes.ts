@@ -4,9 +4,9 @@
  * Why this holds at 5,000 nodes without write storms or lost updates:
  *
  * - **Reads are watches.** Every agent keeps one watch on RegistryMirrors (cluster-wide, a handful of
- *   objects) and one on the Secrets of its own namespace; a restart resumes from the last
- *   resourceVersion, a 410 relists (client-node's ListWatch does not ask for bookmarks, so a quiet
- *   watch's resourceVersion can expire and cost a relist). Nothing polls the API server except the
+ *   objects) and one on the Secrets of its own namespace; a reconnect resumes from the last
+ *   resourceVersion, a 410 relists. Watches ask for bookmarks, so a quiet watch's resourceVersion keeps
+ *   up with the API server instead of falling behind compaction. Nothing polls the API server except the
  *   leader candidates, once per lease duration, from the watch cache (resourceVersion=0).
  * - **Each agent writes only its own object.** A node's state is one Lease `rpa-node-<node>` in the
  *   agent namespace with the report as an annotation. It is written only when the report changes, plus
@@ -41,7 +41,7 @@ import type { Logger } from 'pino';
 import type { AgentConfig, KubernetesConfig, MirrorConfig } from '../config/types.ts';
 import type { AgentRuntime } from '../runtime.ts';
 import { StatusAggregator } from './aggregator.ts';
-import { type KubeClients, kubeClients } from './client.ts';
+import { KubeClient } from './client.ts';
 import type { Backoff } from './informer.ts';
 import { LeaderElector } from './leader.ts';
 import { MirrorSource } from './mirror-source.ts';
@@ -81,7 +81,7 @@ export interface KubernetesOptions {
 export class KubernetesIntegration {
   readonly #config: AgentConfig;
   readonly #kube: KubernetesConfig;
-  readonly #clients: KubeClients;
+  readonly #client: KubeClient;
   readonly #log: Logger;
   readonly #options: KubernetesOptions;
   readonly source: MirrorSource;
@@ -92,10 +92,10 @@ export class KubernetesIntegration {
   /** Peer key material from the CA Secret (`[peers.tls] secret`); undefined when peers are off or use files. */
   readonly peerIdentity: PeerIdentitySource | undefined;
 
-  private constructor(config: AgentConfig, kube: KubernetesConfig, clients: KubeClients, source: MirrorSource, log: Logger, options: KubernetesOptions) {
+  private constructor(config: AgentConfig, kube: KubernetesConfig, client: KubeClient, source: MirrorSource, log: Logger, options: KubernetesOptions) {
     this.#config = config;
     this.#kube = kube;
-    this.#clients = clients;
+    this.#client = client;
     this.source = source;
     this.#log = log;
     this.#options = options;
@@ -103,7 +103,7 @@ export class KubernetesIntegration {
     this.peerIdentity =
       peers?.enabled === true && peers.tls.kind === 'kubernetes'
         ? new KubePeerIdentity({
-            clients,
+            client,
             namespace: kube.namespace,
             secret: peers.tls.secret,
             nodeName: peers.nodeName,
@@ -117,11 +117,11 @@ export class KubernetesIntegration {
     const kube = config.kubernetes;
     if (kube?.enabled !== true) throw new Error('Kubernetes integration is not enabled ([kubernetes] enabled = true)');
     const klog = log.child({ component: 'kubernetes' });
-    const clients = kubeClients(kube);
-    const source = await MirrorSource.create(clients, config, klog, {
+    const client = KubeClient.fromConfig(kube);
+    const source = await MirrorSource.create(client, config, klog, {
       ...pick(options, 'debounceMs', 'initialSyncTimeoutMs', 'backoff'),
     });
-    return new KubernetesIntegration(config, kube, clients, source, klog, options);
+    return new KubernetesIntegration(config, kube, client, source, klog, options);
   }
 
   /** The configuration to start the runtime with: the file's mirrors plus the persisted RegistryMirror mirrors. */
@@ -135,7 +135,7 @@ export class KubernetesIntegration {
     await this.source.start(runtime);
     const o = this.#options;
     const reporter = new NodeReporter({
-      clients: this.#clients,
+      client: this.#client,
       namespace,
       nodeName,
       source: this.source,
@@ -153,7 +153,7 @@ export class KubernetesIntegration {
     this.source.onApplied(() => void reporter.evaluate());
     await reporter.start();
     const aggregator = new StatusAggregator({
-      clients: this.#clients,
+      client: this.#client,
       namespace,
       nodeName,
       log: this.#log,
@@ -162,7 +162,7 @@ export class KubernetesIntegration {
     });
     this.#aggregator = aggregator;
     this.#leader = new LeaderElector({
-      clients: this.#clients,
+      client: this.#client,
       namespace,
       nodeName,
       log: this.#log,
@@ -179,7 +179,7 @@ export class KubernetesIntegration {
     const peers = this.#config.peers;
     if (peers?.enabled !== true || peers.members !== undefined) return;
     this.#members = new EndpointSliceMembers({
-      clients: this.#clients,
+      client: this.#client,
       namespace: this.#kube.namespace,
       service: peers.service,
       log: this.#log,

@@ -1,13 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { V1MicroTime, type V1Lease } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { type KubeClients, messageOf, statusOf, withTimeout } from './client.ts';
-import { FIELD_MANAGER } from './resources.ts';
+import { type KubeClient, messageOf, paths, statusOf, withTimeout } from './client.ts';
 
 export const LEADER_LEASE = 'registry-proxy-agent-leader';
 
 interface Deps {
-  readonly clients: KubeClients;
+  readonly client: KubeClient;
   readonly namespace: string;
   readonly nodeName: string;
   readonly log: Logger;
@@ -96,10 +95,10 @@ export class LeaderElector {
   }
 
   async #tryAcquire(): Promise<void> {
-    const { coordination } = this.#d.clients;
-    const namespace = this.#d.namespace;
+    const { client, namespace } = this.#d;
+    const leases = paths.leases(namespace);
     const list = await withTimeout(
-      coordination.listNamespacedLease({ namespace, fieldSelector: `metadata.name=${LEADER_LEASE}`, resourceVersion: '0' }),
+      client.list<V1Lease>(leases, { fieldSelector: `metadata.name=${LEADER_LEASE}`, resourceVersion: '0' }),
       this.#durationMs,
       'read leader lease',
     );
@@ -109,11 +108,7 @@ export class LeaderElector {
       try {
         this.#became(
           await withTimeout(
-            coordination.createNamespacedLease({
-              namespace,
-              fieldManager: FIELD_MANAGER,
-              body: { metadata: { name: LEADER_LEASE, namespace }, spec: this.#spec(0) },
-            }),
+            client.create<V1Lease>(leases, { apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name: LEADER_LEASE, namespace }, spec: this.#spec(0) }),
             this.#durationMs,
             'create leader lease',
           ),
@@ -158,11 +153,11 @@ export class LeaderElector {
 
   #replace(lease: V1Lease, spec: V1Lease['spec']): Promise<V1Lease> {
     const { namespace } = this.#d;
-    return this.#d.clients.coordination.replaceNamespacedLease({
-      name: LEADER_LEASE,
-      namespace,
-      fieldManager: FIELD_MANAGER,
-      body: { apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name: LEADER_LEASE, namespace, resourceVersion: lease.metadata?.resourceVersion ?? '' }, spec },
+    return this.#d.client.replace<V1Lease>(paths.leases(namespace, LEADER_LEASE), {
+      apiVersion: 'coordination.k8s.io/v1',
+      kind: 'Lease',
+      metadata: { name: LEADER_LEASE, namespace, resourceVersion: lease.metadata?.resourceVersion ?? '' },
+      spec,
     });
   }
 

@@ -1,11 +1,11 @@
 import { ownImageProblem } from '../config/own-image.ts';
-import type { KubernetesListObject, V1Secret } from '@kubernetes/client-node';
+import type { V1Secret } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { AgentConfig, MirrorConfig } from '../config/types.ts';
 import type { AgentRuntime } from '../runtime.ts';
-import type { KubeClients } from './client.ts';
+import { type KubeClient, paths } from './client.ts';
 import { type Backoff, ResilientInformer } from './informer.ts';
-import { GROUP, PLURAL, REGISTRY_MIRRORS_PATH, VERSION, nameOf, type Problem, type RegistryMirror } from './resources.ts';
+import { REGISTRY_MIRRORS_PATH, nameOf, type Problem, type RegistryMirror } from './resources.ts';
 import { type PersistedMirror, readState, writeState } from './state-file.ts';
 import { isTranslated, parsePersisted, translate } from './translate.ts';
 
@@ -77,7 +77,7 @@ export class MirrorSource {
   readonly #listeners: Array<() => void> = [];
   #stopped = false;
 
-  private constructor(clients: KubeClients, config: AgentConfig, log: Logger, options: MirrorSourceOptions, lastGood: readonly Entry[]) {
+  private constructor(client: KubeClient, config: AgentConfig, log: Logger, options: MirrorSourceOptions, lastGood: readonly Entry[]) {
     const kube = config.kubernetes;
     if (kube === undefined) throw new Error('MirrorSource needs a [kubernetes] configuration');
     this.#config = config;
@@ -91,18 +91,16 @@ export class MirrorSource {
     const onChange = (): void => this.#schedule();
     const backoff = options.backoff === undefined ? {} : { backoff: options.backoff };
     this.#mirrors = new ResilientInformer<RegistryMirror>({
-      kc: clients.kc,
+      client,
       path: REGISTRY_MIRRORS_PATH,
-      list: () => clients.custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL }) as Promise<KubernetesListObject<RegistryMirror>>,
       what: 'registrymirrors',
       log,
       onChange,
       ...backoff,
     });
     this.#secrets = new ResilientInformer<V1Secret>({
-      kc: clients.kc,
-      path: `/api/v1/namespaces/${this.#namespace}/secrets`,
-      list: () => clients.core.listNamespacedSecret({ namespace: this.#namespace }),
+      client,
+      path: paths.secrets(this.#namespace),
       what: `secrets in ${this.#namespace}`,
       log,
       onChange,
@@ -111,7 +109,7 @@ export class MirrorSource {
   }
 
   /** Reads the state file: the mirrors last derived from RegistryMirrors, validated again. */
-  static async create(clients: KubeClients, config: AgentConfig, log: Logger, options: MirrorSourceOptions = {}): Promise<MirrorSource> {
+  static async create(client: KubeClient, config: AgentConfig, log: Logger, options: MirrorSourceOptions = {}): Promise<MirrorSource> {
     const file = config.kubernetes?.stateFile ?? '';
     let persisted: PersistedMirror[] = [];
     try {
@@ -127,7 +125,7 @@ export class MirrorSource {
         return [];
       }
     });
-    return new MirrorSource(clients, config, log, options, entries);
+    return new MirrorSource(client, config, log, options, entries);
   }
 
   /** The file's mirrors plus the persisted RegistryMirror mirrors: what the runtime starts with, so a restart never drops a hosts.toml. */

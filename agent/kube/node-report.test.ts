@@ -1,8 +1,7 @@
-import { CoordinationV1Api, CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type KubeApi, LEASES, startKubeApi } from '../../test/fixtures/kube-api.ts';
-import type { KubeClients } from './client.ts';
+import { KubeClient } from './client.ts';
 import type { Clock } from './damper.ts';
 import type { MirrorState } from './mirror-source.ts';
 import { NodeReporter } from './node-report.ts';
@@ -56,9 +55,8 @@ describe('NodeReporter: damped report writes', () => {
   /** A reporter as the agent builds it, against the API double. */
   function makeReporter(): NodeReporter {
     const kc = api.kubeConfig();
-    const clients: KubeClients = { kc, custom: kc.makeApiClient(CustomObjectsApi), core: kc.makeApiClient(CoreV1Api), coordination: kc.makeApiClient(CoordinationV1Api) };
     return new NodeReporter({
-      clients,
+      client: new KubeClient(kc),
       namespace: NS,
       nodeName: 'node-a',
       source: { synced: true, states: () => states },

@@ -3,11 +3,11 @@ import type { Logger } from 'pino';
 import type { AgentConfig } from '../config/types.ts';
 import type { WiringState } from '../containerd/wiring.ts';
 import type { PreloadImageState } from '../preload/state.ts';
-import { type KubeClients, messageOf, statusOf, withTimeout } from './client.ts';
+import { type KubeClient, messageOf, paths, statusOf, withTimeout } from './client.ts';
 import { type Clock, type DamperOptions, ReportDamper, SYSTEM_CLOCK } from './damper.ts';
 import type { MirrorState } from './mirror-source.ts';
 import { type MirrorReport, REPORT_ANNOTATION, REPORT_LABEL, encodeReport, parseReport, preloadReport, reportLeaseName, reportState } from './report.ts';
-import { FIELD_MANAGER, type Problem, pascalCase, truncate } from './resources.ts';
+import { type Problem, pascalCase, truncate } from './resources.ts';
 
 export interface ReportSource {
   readonly synced: boolean;
@@ -57,7 +57,7 @@ export interface NodeReporterOptions extends DamperOptions {
 }
 
 interface Deps {
-  readonly clients: KubeClients;
+  readonly client: KubeClient;
   readonly namespace: string;
   readonly nodeName: string;
   readonly source: ReportSource;
@@ -111,7 +111,7 @@ export class NodeReporter {
   /** Reads our previous report (a restart with the same state writes nothing), then evaluates periodically. */
   async start(): Promise<void> {
     try {
-      const lease = await withTimeout(this.#d.clients.coordination.readNamespacedLease({ name: this.#leaseName, namespace: this.#d.namespace }), API_TIMEOUT_MS, 'read report lease');
+      const lease = await withTimeout(this.#d.client.get<V1Lease>(paths.leases(this.#d.namespace, this.#leaseName)), API_TIMEOUT_MS, 'read report lease');
       this.#adopt(lease);
     } catch (error) {
       if (statusOf(error) !== 404) this.#d.log.debug({ err: messageOf(error) }, 'cannot read the previous node report: it is rewritten when the API answers');
@@ -181,8 +181,8 @@ export class NodeReporter {
   }
 
   async #write(text: string): Promise<void> {
-    const { coordination } = this.#d.clients;
-    const namespace = this.#d.namespace;
+    const { client, namespace } = this.#d;
+    const path = paths.leases(namespace, this.#leaseName);
     const now = this.#clock.now();
     const body = (resourceVersion: string | undefined): V1Lease => ({
       apiVersion: 'coordination.k8s.io/v1',
@@ -196,20 +196,19 @@ export class NodeReporter {
       },
       spec: { holderIdentity: this.#d.nodeName, leaseDurationSeconds: Math.ceil(this.#staleMs / 1000), renewTime: new V1MicroTime(now) },
     });
-    const replace = (lease: V1Lease): Promise<V1Lease> =>
-      coordination.replaceNamespacedLease({ name: this.#leaseName, namespace, fieldManager: FIELD_MANAGER, body: body(lease.metadata?.resourceVersion) });
+    const replace = (lease: V1Lease): Promise<V1Lease> => client.replace(path, body(lease.metadata?.resourceVersion));
     try {
       let written: V1Lease;
       try {
         written = await withTimeout(
-          this.#lease === undefined ? coordination.createNamespacedLease({ namespace, fieldManager: FIELD_MANAGER, body: body(undefined) }) : replace(this.#lease),
+          this.#lease === undefined ? client.create(paths.leases(namespace), body(undefined)) : replace(this.#lease),
           API_TIMEOUT_MS,
           'write report lease',
         );
       } catch (error) {
         // Only this agent writes this Lease; a conflict means our copy is old (a restart, a lost answer).
         if (statusOf(error) !== 409) throw error;
-        const current = await coordination.readNamespacedLease({ name: this.#leaseName, namespace });
+        const current = await client.get<V1Lease>(path);
         written = await withTimeout(replace(current), API_TIMEOUT_MS, 'write report lease');
       }
       this.#lease = written;

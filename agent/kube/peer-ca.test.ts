@@ -3,14 +3,13 @@ import { once } from 'node:events';
 import { createServer, request } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import { CoordinationV1Api, CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Authorization, type KubeApi, type PolicyRule, SECRETS, startKubeApi } from '../../test/fixtures/kube-api.ts';
 import { pollUntil } from '../../test/fixtures/poll.ts';
 import type { PeerIdentity } from '../peers/identity.ts';
 import { checkPeerServerIdentity, createCa, issueCertificate } from '../peers/x509.ts';
-import type { KubeClients } from './client.ts';
+import { KubeClient } from './client.ts';
 import { CA_CERT_KEY, CA_KEY_KEY, KubePeerIdentity, type KubePeerIdentityDeps } from './peer-ca.ts';
 
 const NS = 'registry-proxy-agent';
@@ -47,15 +46,14 @@ afterEach(async () => {
   lines = [];
 });
 
-function clientsFor(kube: KubeApi): KubeClients {
-  const kc = kube.kubeConfig();
-  return { kc, custom: kc.makeApiClient(CustomObjectsApi), core: kc.makeApiClient(CoreV1Api), coordination: kc.makeApiClient(CoordinationV1Api) };
+function clientFor(kube: KubeApi): KubeClient {
+  return new KubeClient(kube.kubeConfig());
 }
 
 /** An identity source as the agent builds it, logging into `lines`. */
 function source(nodeName: string, extra: Partial<KubePeerIdentityDeps> = {}): KubePeerIdentity {
   const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as LogLine) });
-  const s = new KubePeerIdentity({ clients: clientsFor(api), namespace: NS, secret: SECRET, nodeName, nodeIp: '127.0.0.1', log, retryMs: 50, ...extra });
+  const s = new KubePeerIdentity({ client: clientFor(api), namespace: NS, secret: SECRET, nodeName, nodeIp: '127.0.0.1', log, retryMs: 50, ...extra });
   sources.push(s);
   return s;
 }

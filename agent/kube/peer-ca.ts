@@ -3,8 +3,7 @@ import type { V1Secret } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { PeerIdentity, PeerIdentitySource } from '../peers/identity.ts';
 import { createCa, type IssuedPem, ipBytes, issueCertificate } from '../peers/x509.ts';
-import { type KubeClients, messageOf, statusOf, withTimeout } from './client.ts';
-import { FIELD_MANAGER } from './resources.ts';
+import { type KubeClient, messageOf, paths, statusOf, withTimeout } from './client.ts';
 
 /** The Secret's data keys: the CA certificate (PEM; a bundle may follow the issuing CA) and its private key (PEM). */
 export const CA_CERT_KEY = 'ca.crt';
@@ -17,7 +16,7 @@ const MAX_RETRY_MS = 60_000;
 const MIN_DELAY_MS = 1_000;
 
 export interface KubePeerIdentityDeps {
-  readonly clients: KubeClients;
+  readonly client: KubeClient;
   readonly namespace: string;
   /** The CA Secret's name, e.g. `registry-proxy-agent-peer-ca`. */
   readonly secret: string;
@@ -155,9 +154,8 @@ export class KubePeerIdentity implements PeerIdentitySource {
   }
 
   async #read(): Promise<V1Secret | undefined> {
-    const { core } = this.#d.clients;
     try {
-      return await withTimeout(core.readNamespacedSecret({ name: this.#d.secret, namespace: this.#d.namespace }), REQUEST_TIMEOUT_MS, 'read peer CA Secret');
+      return await withTimeout(this.#d.client.get<V1Secret>(paths.secrets(this.#d.namespace, this.#d.secret)), REQUEST_TIMEOUT_MS, 'read peer CA Secret');
     } catch (error) {
       if (statusOf(error) === 404) return undefined;
       throw error;
@@ -176,7 +174,7 @@ export class KubePeerIdentity implements PeerIdentitySource {
       data: { [CA_CERT_KEY]: Buffer.from(ca.certPem).toString('base64'), [CA_KEY_KEY]: Buffer.from(ca.keyPem).toString('base64') },
     };
     try {
-      const created = await withTimeout(this.#d.clients.core.createNamespacedSecret({ namespace, body, fieldManager: FIELD_MANAGER }), REQUEST_TIMEOUT_MS, 'create peer CA Secret');
+      const created = await withTimeout(this.#d.client.create(paths.secrets(namespace), body), REQUEST_TIMEOUT_MS, 'create peer CA Secret');
       this.#d.log.info({ secret: name, namespace }, 'created the peer CA Secret with a new CA');
       return created;
     } catch (error) {

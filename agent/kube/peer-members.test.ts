@@ -6,6 +6,7 @@ import { parseAllDocuments } from 'yaml';
 import { ENDPOINT_SLICES, type KubeApi, type PolicyRule, startKubeApi } from '../../test/fixtures/kube-api.ts';
 import { pollUntil } from '../../test/fixtures/poll.ts';
 import type { PeerMember } from '../peers/rendezvous.ts';
+import { KubeClient } from './client.ts';
 import { EndpointSliceMembers, SERVICE_NAME_LABEL } from './peer-members.ts';
 
 const NS = 'registry-proxy-agent';
@@ -71,7 +72,7 @@ describe('EndpointSliceMembers: peer membership from the EndpointSlices of the h
   /** Members of the Service on the running API double, as the agent starts them. */
   async function start(initialSyncTimeoutMs = 2_000): Promise<EndpointSliceMembers> {
     members = new EndpointSliceMembers({
-      clients: { kc: api.kubeConfig() },
+      client: new KubeClient(api.kubeConfig()),
       namespace: NS,
       service: SERVICE,
       log: logger(),
@@ -287,7 +288,7 @@ describe('EndpointSliceMembers: peer membership from the EndpointSlices of the h
     it('survives an onChange that throws', async () => {
       putSlice('peers-a', [ready('10.0.0.1', 'node-a')]);
       members = new EndpointSliceMembers({
-        clients: { kc: api.kubeConfig() },
+        client: new KubeClient(api.kubeConfig()),
         namespace: NS,
         service: SERVICE,
         log: logger(),

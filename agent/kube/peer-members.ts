@@ -1,16 +1,15 @@
 import { isIPv6 } from 'node:net';
-import { DiscoveryV1Api, type V1EndpointConditions, type V1EndpointSlice } from '@kubernetes/client-node';
+import type { V1EndpointConditions, V1EndpointSlice } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { PeerMember } from '../peers/rendezvous.ts';
-import { type KubeClients, messageOf, statusOf } from './client.ts';
+import { type KubeClient, messageOf, paths, statusOf } from './client.ts';
 import { type Backoff, ResilientInformer } from './informer.ts';
 
 /** The label the EndpointSlice controller puts on every slice of a Service. */
 export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
 
 export interface EndpointSliceMembersDeps {
-  /** `discovery` absent: made from `kc`. */
-  readonly clients: Pick<KubeClients, 'kc' | 'discovery'>;
+  readonly client: KubeClient;
   readonly namespace: string;
   /** The headless Service selecting the agents (`[peers].service`). */
   readonly service: string;
@@ -108,28 +107,19 @@ export class EndpointSliceMembers {
   constructor(deps: EndpointSliceMembersDeps) {
     this.#deps = deps;
     this.#portName = deps.portName ?? 'peer';
-    const { clients, namespace, service, log } = deps;
-    const discovery = clients.discovery ?? clients.kc.makeApiClient(DiscoveryV1Api);
-    const labelSelector = `${SERVICE_NAME_LABEL}=${service}`;
+    const { client, namespace, service, log } = deps;
     this.#informer = new ResilientInformer<V1EndpointSlice>({
-      kc: clients.kc,
-      path: `/apis/discovery.k8s.io/v1/namespaces/${namespace}/endpointslices`,
-      labelSelector,
-      list: async () => {
-        try {
-          const list = await discovery.listNamespacedEndpointSlice({ namespace, labelSelector });
-          this.#denied = false;
-          return list;
-        } catch (error) {
-          if (statusOf(error) === 403 && !this.#denied) {
-            this.#denied = true;
-            log.error(
-              { namespace, service, err: messageOf(error) },
-              'peer membership: the ServiceAccount may not list EndpointSlices (RBAC: list and watch on endpointslices.discovery.k8s.io in this namespace); no peers until it may',
-            );
-          }
-          throw error;
-        }
+      client,
+      path: paths.endpointSlices(namespace),
+      labelSelector: `${SERVICE_NAME_LABEL}=${service}`,
+      onListed: () => (this.#denied = false),
+      onListFailed: (error) => {
+        if (statusOf(error) !== 403 || this.#denied) return;
+        this.#denied = true;
+        log.error(
+          { namespace, service, err: messageOf(error) },
+          'peer membership: the ServiceAccount may not list EndpointSlices (RBAC: list and watch on endpointslices.discovery.k8s.io in this namespace); no peers until it may',
+        );
       },
       what: `endpointslices of ${service} in ${namespace}`,
       log,
