@@ -1,5 +1,6 @@
 import { createHmac, randomBytes } from 'node:crypto';
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
+import { boundedLru } from './bounded-lru.ts';
 
 /** A credential (an `Authorization` value, a password grant, …) after hashing: nothing secret left in it. */
 export type CredentialHash = string & { readonly __credentialHash: unique symbol };
@@ -31,7 +32,7 @@ export class AccessMemory {
   readonly #accepted: LRUCache<string, number>;
 
   constructor(maxEntries = 50_000) {
-    this.#accepted = new LRUCache<string, number>({ max: maxEntries });
+    this.#accepted = boundedLru<string, number>(maxEntries);
   }
 
   /** Upstream accepted `credential` for `key` at `at`. */

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
 import type { BodyBudget } from '../memory/body-budget.ts';
 import { HeldBody, readBody } from '../memory/held-body.ts';
 import type { Digest } from '../oci/digest.ts';
@@ -11,6 +11,7 @@ import { type UpstreamClient, type UpstreamResponse, firstHeader } from '../upst
 import { UpstreamError, UpstreamRefusedError, fromTransportError } from '../upstream/errors.ts';
 import { contentLength, discard, upstreamFailure } from '../upstream/status.ts';
 import { ANONYMOUS, AccessMemory, type CredentialHash, hashCredential } from './access-memory.ts';
+import { boundedLru } from './bounded-lru.ts';
 import { addPrefix, challengeForRepository, mapScopes, rewriteChallenge } from './challenge-rewrite.ts';
 import { AuthRequiredError, TokenRealmUnknownError, TokenTooLargeError } from './errors.ts';
 import { RealmRegistry } from './realms.ts';
@@ -92,17 +93,17 @@ export class AccessBroker {
   /** Which credential upstream accepted for which repository (passthrough). */
   readonly #accepted = new AccessMemory();
   /** Content upstream showed in a repository: kind, repository, digest → when. */
-  readonly #links = new LRUCache<string, number>({ max: MAX_LINKS });
+  readonly #links = boundedLru<string, number>(MAX_LINKS);
   /**
    * Content named by a manifest upstream showed in a repository, dated like that manifest: counted
    * only while upstream cannot be asked (after a restart, the persisted tag answers and the manifests
    * they name are all that vouch for an image).
    */
-  readonly #derived = new LRUCache<string, number>({ max: MAX_LINKS });
+  readonly #derived = boundedLru<string, number>(MAX_LINKS);
   /** When upstream last refused a principal for a repository (401/403): older confirmations no longer count. */
-  readonly #refused = new LRUCache<string, number>({ max: 10_000 });
+  readonly #refused = boundedLru<string, number>(10_000);
   /** Offline tokens the agent minted → when they expire (they announce OFFLINE_TOKEN_TTL_S and are good for no longer). */
-  readonly #offlineTokens = new LRUCache<CredentialHash, number>({ max: 10_000 });
+  readonly #offlineTokens = boundedLru<CredentialHash, number>(10_000);
   /** Access checks asking upstream, shared by concurrent requests of one principal for one content. */
   readonly #checking = new Map<string, Promise<void>>();
   /** passthrough: which credential each realm token the agent forwarded was issued to (hashed). */

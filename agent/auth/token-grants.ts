@@ -1,5 +1,6 @@
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
 import { type CredentialHash, hashCredential } from './access-memory.ts';
+import { boundedLru } from './bounded-lru.ts';
 
 /**
  * The AccessMemory key under which a realm credential (what the puller showed the token realm) is
@@ -34,7 +35,7 @@ export class TokenGrants {
   readonly #grants: LRUCache<CredentialHash, Grant>;
 
   constructor(maxEntries = 10_000) {
-    this.#grants = new LRUCache<CredentialHash, Grant>({ max: maxEntries });
+    this.#grants = boundedLru<CredentialHash, Grant>(maxEntries);
   }
 
   /**
