@@ -1,9 +1,9 @@
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { V1Lease, V1Secret } from '@kubernetes/client-node';
-import { KubeConfig, V1MicroTime } from '@kubernetes/client-node';
+import { type KubeConfig, V1MicroTime } from '@kubernetes/client-node';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type KubeApi, LEASES, REGISTRY_MIRRORS, startKubeApi } from '../../test/fixtures/kube-api.ts';
+import { type KubeApi, LEASES, REGISTRY_MIRRORS, kubeConfigAt, startKubeApi } from '../../test/fixtures/kube-api.ts';
 import { createCa, type IssuedPem, issueCertificate } from '../peers/x509.ts';
 import { KubeApiError, KubeClient, messageOf, paths, statusOf } from './client.ts';
 import { FIELD_MANAGER, REGISTRY_MIRRORS_PATH } from './resources.ts';
@@ -76,9 +76,7 @@ describe('KubeClient against the API double', () => {
     const url = api.url;
     await api.stop();
     api = undefined;
-    const kc2 = new KubeConfig();
-    kc2.loadFromOptions({ clusters: [{ name: 'c', server: url, skipTLSVerify: true }], users: [{ name: 'u', token: 't' }], contexts: [{ name: 'x', cluster: 'c', user: 'u' }], currentContext: 'x' });
-    const refused = await rejection(new KubeClient(kc2).list(paths.secrets('agents')));
+    const refused = await rejection(new KubeClient(kubeConfigAt(url, 't')).list(paths.secrets('agents')));
     expect(statusOf(refused)).toBeUndefined();
     expect(messageOf(refused)).not.toBe('');
   });
@@ -108,13 +106,7 @@ describe('KubeClient over TLS, as in a cluster (the API server certificate check
     });
     await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
     const { port } = server.address() as AddressInfo;
-    const kc = new KubeConfig();
-    kc.loadFromOptions({
-      clusters: [{ name: 'c', server: `https://127.0.0.1:${port}`, caData: Buffer.from(trusted.certPem).toString('base64'), skipTLSVerify: false }],
-      users: [{ name: 'u', token: 'sa-token' }],
-      contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
-      currentContext: 'x',
-    });
+    const kc = kubeConfigAt(`https://127.0.0.1:${port}`, 'sa-token', trusted.certPem);
     return { kc, auth };
   }
 

@@ -135,8 +135,10 @@ export class KubeClient {
       response.body.setEncoding('utf8');
       response.body.on('data', (chunk: string) => {
         stillAlive();
+        // Only the new chunk can hold the next newline: a large event is not rescanned chunk by chunk.
+        const scanned = pending.length;
         pending += chunk;
-        for (let nl = pending.indexOf('\n'); nl >= 0 && !finished; nl = pending.indexOf('\n')) {
+        for (let nl = pending.indexOf('\n', scanned); nl >= 0 && !finished; nl = pending.indexOf('\n')) {
           const line = pending.slice(0, nl);
           pending = pending.slice(nl + 1);
           if (line.trim() === '') continue;

@@ -1,10 +1,10 @@
 import { type Server, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { V1Secret } from '@kubernetes/client-node';
-import { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { type Logger, pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type KubeApi, type KubeApiRequest, SECRETS, startKubeApi } from '../../test/fixtures/kube-api.ts';
+import { type KubeApi, type KubeApiRequest, SECRETS, kubeConfigAt, startKubeApi } from '../../test/fixtures/kube-api.ts';
 import { pollUntil } from '../../test/fixtures/poll.ts';
 import { KubeClient, paths } from './client.ts';
 import { ResilientInformer } from './informer.ts';
@@ -189,14 +189,7 @@ describe('ResilientInformer against an API server that misbehaves on watches', (
     });
     await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
     const { port } = server.address() as AddressInfo;
-    const kc = new KubeConfig();
-    kc.loadFromOptions({
-      clusters: [{ name: 'c', server: `http://127.0.0.1:${port}`, skipTLSVerify: true }],
-      users: [{ name: 'u', token: 't' }],
-      contexts: [{ name: 'x', cluster: 'c', user: 'u' }],
-      currentContext: 'x',
-    });
-    return kc;
+    return kubeConfigAt(`http://127.0.0.1:${port}`, 't');
   }
 
   it('a stream that sends its headers and then nothing is reopened after the idle timeout, not logged as a failure', async () => {
