@@ -8,8 +8,6 @@
 // registry check) the server is really closed. A refused registry request is retried once by the
 // client after 200 ms, so those are kept few: the token realm is a second scripted server (on
 // another loopback port, allowed as allowed_destinations would), closed while the registry answers 503.
-//
-// Note: constructing an AccessBroker costs ~50 ms here (its LRU caches preallocate 200,000 entries).
 import { createHash } from 'node:crypto';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -857,6 +855,133 @@ describe('AccessBroker', () => {
       clock += answer.expires_in * 1000 + 1_000;
       expect(clock - T0).toBeLessThan(MAX_STALE);
       expect(await failureOf(broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${answer.token}` }))).toBeInstanceOf(AuthRequiredError);
+    });
+
+    describe('tokens are cheap: minting many displaces nobody else', () => {
+      const PUB: RepositoryName = parseRepositoryName('pub/app');
+
+      /** startRealm, plus: an anonymous request gets two new tokens each time (token, access_token), and upstream accepts those for pub/app. */
+      async function startFloodableRealm(): Promise<ScriptedUpstream> {
+        const realm = await startRealm();
+        let minted = 0;
+        const issue = realm.respond;
+        realm.respond = (r) =>
+          r.authorization === undefined && r.body === ''
+            ? { status: 200, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: `anon-${minted++}`, access_token: `anon-${minted++}`, expires_in: 300 }) }
+            : issue(r);
+        const registry = upstream.respond;
+        upstream.respond = (r) => (r.authorization?.startsWith('Bearer anon-') && r.path.startsWith('/v2/pub/app/') ? { status: 200 } : registry(r));
+        return realm;
+      }
+
+      it('55,000 anonymous tokens from the token endpoint, each accepted for a public repository: alice is still served from the cache offline, and still gets an offline token', async () => {
+        const realm = await startFloodableRealm();
+        const broker = newBroker('passthrough');
+        const id = await learnRealm(broker, realm);
+        tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) }));
+        broker.confirm(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
+
+        // More tokens than any of the broker's memories holds, each shown to (and accepted by) upstream.
+        const FLOOD = 55_000;
+        for (let i = 0; i < FLOOD; i += 100) {
+          const answers = await Promise.all(
+            Array.from({ length: 50 }, () => broker.token({ realmId: id, method: 'GET', query: 'scope=repository:pub/app:pull' })),
+          );
+          for (const answer of answers) {
+            const body = tokenBody(answer);
+            for (const token of [body.token, body.access_token]) broker.confirm(PUB, 'blobs', D2, { authorization: `Bearer ${token}` });
+          }
+        }
+        expect(realm.count('GET')).toBe(FLOOD / 2 + 1);
+
+        await realm.stop();
+        upstream.unavailable = true;
+        // Within T's announced life (300 s) it counts as alice, whose acceptance no flood displaces.
+        clock = T0 + 4 * MINUTE;
+        await broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
+        // Past it, T is one token among the flood's (they displaced it); alice's credential is not:
+        // the puller asks the token endpoint again, gets an offline token, and is served.
+        clock = T0 + 10 * MINUTE;
+        expect(await failureOf(broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer T' }))).toBeInstanceOf(AuthRequiredError);
+        const offline = tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) })).token;
+        expect(offline).toMatch(/^rpa-offline\./);
+        await broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${offline}` });
+        // The flood opened the public repository to its own tokens, and nothing else.
+        expect(await failureOf(broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer anon-54999' }))).toBeInstanceOf(AuthRequiredError);
+        await broker.check(PUB, 'blobs', D2, { authorization: 'Bearer anon-54999' });
+      });
+
+      it('60,000 tokens the agent never handed out, each accepted upstream: credentials and handed-out tokens stay remembered', async () => {
+        const realm = await startRealm();
+        const broker = newBroker('passthrough');
+        const id = await learnRealm(broker, realm);
+        tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) }));
+        broker.confirm(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
+        broker.confirm(APP, 'blobs', D1, CAROL);
+        for (let i = 0; i < 60_000; i += 1) broker.confirm(PUB, 'blobs', D2, { authorization: `Bearer outside-${i}` });
+
+        await realm.stop();
+        upstream.unavailable = true;
+        clock = T0 + 4 * MINUTE;
+        await broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
+        clock = T0 + 10 * MINUTE;
+        await broker.check(APP, 'blobs', D1, CAROL);
+        expect(tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) })).token).toMatch(/^rpa-offline\./);
+        // The memory of such tokens is bounded: the oldest went, the newest is there.
+        expect(await failureOf(broker.check(PUB, 'blobs', D2, { authorization: 'Bearer outside-0' }))).toBeInstanceOf(AuthRequiredError);
+        await broker.check(PUB, 'blobs', D2, { authorization: 'Bearer outside-59999' });
+      });
+
+      it("an offline token the mirror no longer knows opens nothing: alice's 64 newer ones displace it, bob's 1,000 do not", async () => {
+        const realm = await startRealm();
+        const registry = upstream.respond;
+        upstream.respond = (r) => (r.authorization === 'Bearer TB' ? { status: 200 } : registry(r));
+        const broker = newBroker('passthrough');
+        const id = await learnRealm(broker, realm);
+        tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) }));
+        tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: BOB.authorization }));
+        broker.confirm(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
+        broker.confirm(PRIV, 'blobs', D1, { authorization: 'Bearer TB' });
+        await realm.stop();
+        upstream.unavailable = true;
+        clock = T0 + 10 * MINUTE;
+
+        const offlineToken = async (authorization: string): Promise<string> =>
+          tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization })).token;
+        const first = await offlineToken(basic('alice', PW));
+        for (let i = 0; i < 1_000; i += 1) await offlineToken(BOB.authorization!);
+        await broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${first}` });
+
+        let latest = '';
+        for (let i = 0; i < 64; i += 1) latest = await offlineToken(basic('alice', PW));
+        await broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${latest}` });
+        // Forgotten means refused, well within its announced 300 s and max_stale alike.
+        expect(await failureOf(broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${first}` }))).toBeInstanceOf(AuthRequiredError);
+      });
+
+      it("upstream refusing an offline token (back online) withdraws that token only, not its credential's acceptance", async () => {
+        const realm = await startRealm();
+        const broker = newBroker('passthrough');
+        const id = await learnRealm(broker, realm);
+        tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) }));
+        broker.confirm(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
+        await realm.stop();
+        upstream.unavailable = true;
+        clock = T0 + 10 * MINUTE;
+        const offline = tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) })).token;
+
+        // Upstream is back and does not know the agent's token: 401 for it.
+        upstream.unavailable = false;
+        expect(await failureOf(broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${offline}` }))).toBeInstanceOf(AuthRequiredError);
+        // Down again: alice's realm acceptance still stands (her token, and a new offline token).
+        upstream.unavailable = true;
+        await broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
+        expect(await offlineTokenOf(broker, id, basic('alice', PW))).toMatch(/^rpa-offline\./);
+      });
+
+      async function offlineTokenOf(broker: AccessBroker, id: string, authorization: string): Promise<string> {
+        return tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization })).token;
+      }
     });
   });
 });

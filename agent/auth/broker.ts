@@ -34,7 +34,7 @@ const OFFLINE_TOKEN_TTL_S = 300;
 const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
 /**
  * Content confirmed per repository, remembered (least recently used out: a lost entry means asking
- * again). The LRU preallocates its slots: 50,000 (some 5,000 images) cost ~1 MiB per mirror.
+ * again). 50,000 is some 5,000 images; the memory grows with what is held (see boundedLru).
  */
 const MAX_LINKS = 50_000;
 
@@ -90,8 +90,14 @@ export class AccessBroker {
   readonly #agentBase: () => string;
   readonly #bodies: BodyBudget;
   readonly #now: () => number;
-  /** Which credential upstream accepted for which repository (passthrough). */
+  /**
+   * Which credential upstream accepted for which repository (passthrough): credentials (Basic, a
+   * realm credential, no credential) and Bearer tokens, each in its own memory.
+   * Tokens are cheap to mint: a flood of them displaces other tokens only, never a credential; a
+   * token the agent handed out counts as its credential while the token lives (see accept).
+   */
   readonly #accepted = new AccessMemory();
+  readonly #acceptedTokens = new AccessMemory();
   /** Content upstream showed in a repository: kind, repository, digest → when. */
   readonly #links = boundedLru<string, number>(MAX_LINKS);
   /**
@@ -102,11 +108,9 @@ export class AccessBroker {
   readonly #derived = boundedLru<string, number>(MAX_LINKS);
   /** When upstream last refused a principal for a repository (401/403): older confirmations no longer count. */
   readonly #refused = boundedLru<string, number>(10_000);
-  /** Offline tokens the agent minted → when they expire (they announce OFFLINE_TOKEN_TTL_S and are good for no longer). */
-  readonly #offlineTokens = boundedLru<CredentialHash, number>(10_000);
   /** Access checks asking upstream, shared by concurrent requests of one principal for one content. */
   readonly #checking = new Map<string, Promise<void>>();
-  /** passthrough: which credential each realm token the agent forwarded was issued to (hashed). */
+  /** passthrough: which credential each token the agent handed out (forwarded from a realm, or minted offline) was issued to. */
   readonly #grants = new TokenGrants();
   /** passthrough: token realms learned from this upstream's challenges. */
   readonly #realms = new RealmRegistry();
@@ -156,11 +160,13 @@ export class AccessBroker {
   accept(name: RepositoryName, requester: Requester): void {
     if (!this.passthrough) return;
     const now = this.#now();
-    this.#accepted.remember(this.#principal(requester), name, now);
     // Upstream accepted a token the agent forwarded from a realm: only now does the credential the
     // puller showed the realm count for this repository (the realm's 200 may have been an empty grant).
-    const issuedTo = this.#grants.issuedTo(requester.authorization, name, now);
-    if (issuedTo) this.#accepted.remember(issuedTo, realmKey(name), now);
+    // Remembered with the credentials (one entry per credential and repository, however many
+    // tokens it mints); the token itself only with other tokens, which a flood of them displaces.
+    this.#memoryOf(requester).remember(this.#principal(requester), name, now);
+    const grant = this.#grants.grantOf(requester.authorization, name, now);
+    if (grant && !grant.minted) this.#accepted.remember(grant.credential, realmKey(name), now);
   }
 
   /**
@@ -343,17 +349,14 @@ export class AccessBroker {
   async #offlineToken(credential: CredentialHash, repositories: readonly string[], signal: AbortSignal | undefined): Promise<TokenAnswer | undefined> {
     if (repositories.length === 0) return undefined;
     const now = this.#now();
-    let confirmedAt = now;
     for (const repository of repositories) {
-      const at = this.#accepted.acceptedAt(credential, realmKey(repository));
-      if (at === undefined || now - at > this.#maxStaleMs) return undefined;
-      confirmedAt = Math.min(confirmedAt, at);
+      if (!this.#accepted.acceptedWithin(credential, realmKey(repository), this.#maxStaleMs, now)) return undefined;
     }
     const token = `rpa-offline.${randomBytes(24).toString('base64url')}`;
-    const holder = hashCredential(`Bearer ${token}`);
-    // Dated like the confirmation it rests on: minting a token never stretches max_stale.
-    for (const repository of repositories) this.#accepted.remember(holder, repository, confirmedAt);
-    this.#offlineTokens.set(holder, now + OFFLINE_TOKEN_TTL_S * 1000);
+    // It counts as the credential it was issued to (the realm acceptances above, still within
+    // max_stale when used), for those repositories and OFFLINE_TOKEN_TTL_S: a token the grants no
+    // longer know opens nothing.
+    this.#grants.mint(token, credential, repositories, now + OFFLINE_TOKEN_TTL_S * 1000);
     const bytes = Buffer.from(JSON.stringify({ token, access_token: token, expires_in: OFFLINE_TOKEN_TTL_S, issued_at: new Date(now).toISOString() }));
     const hold = await this.#bodies.acquire(bytes.length, signal);
     return { status: 200, headers: { 'content-type': 'application/json', 'cache-control': 'no-store' }, body: new HeldBody(bytes, hold) };
@@ -365,15 +368,23 @@ export class AccessBroker {
 
   #acceptedWithin(name: RepositoryName, requester: Requester, maxAgeMs: number, principal = this.#principal(requester)): boolean {
     const now = this.#now();
-    const expires = this.#offlineTokens.get(principal);
-    const own = (expires === undefined || now < expires) && this.#accepted.acceptedWithin(principal, name, maxAgeMs, now);
-    return own || this.#accepted.acceptedWithin(ANONYMOUS, name, maxAgeMs, now) || this.#issuedToAccepted(name, requester, maxAgeMs, now);
+    return (
+      this.#memoryOf(requester).acceptedWithin(principal, name, maxAgeMs, now) ||
+      this.#accepted.acceptedWithin(ANONYMOUS, name, maxAgeMs, now) ||
+      this.#issuedToAccepted(name, requester, maxAgeMs, now)
+    );
+  }
+
+  /** Where a requester's own acceptances are remembered: a Bearer token apart from credentials. */
+  #memoryOf(requester: Requester): AccessMemory {
+    return /^bearer\s/i.test(requester.authorization ?? '') ? this.#acceptedTokens : this.#accepted;
   }
 
   /**
-   * A realm token the agent forwarded, not yet shown to upstream (a new token while the registry is
-   * down but its realm answers): it counts as the credential it was issued to, when upstream accepted
-   * a token of that credential for this repository within `maxAgeMs`.
+   * A token the agent handed out (forwarded from a realm, or minted offline) counts as the
+   * credential it was issued to, when upstream accepted a token of that credential for this
+   * repository within `maxAgeMs`: also a new one upstream has not seen yet (the registry down, its
+   * realm up).
    */
   #issuedToAccepted(name: RepositoryName, requester: Requester, maxAgeMs: number, now: number): boolean {
     if (!this.passthrough) return false;
@@ -406,10 +417,14 @@ export class AccessBroker {
   #revoke(name: RepositoryName, requester: Requester): void {
     const principal = this.#principal(requester);
     this.#refused.set(principalKey(principal, name), this.#now());
-    this.#accepted.forget(principal, name);
-    if (!this.passthrough) return;
-    const issuedTo = this.#grants.issuedTo(requester.authorization, name, this.#now());
-    if (issuedTo) this.#accepted.forget(issuedTo, realmKey(name));
+    if (!this.passthrough) {
+      this.#accepted.forget(principal, name);
+      return;
+    }
+    this.#memoryOf(requester).forget(principal, name);
+    // Upstream refusing a token the agent minted says nothing of its credential: upstream never saw it.
+    const grant = this.#grants.grantOf(requester.authorization, name, this.#now());
+    if (grant && !grant.minted) this.#accepted.forget(grant.credential, realmKey(name));
   }
 
   /**
