@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { AccessMemory, hashCredential } from './access-memory.ts';
+import { ANONYMOUS, ANONYMOUS_AT_REALM, AccessMemory, hashCredential } from './access-memory.ts';
 
 const alice = hashCredential('Basic YWxpY2U6d29uZGVy');
 const bob = hashCredential('Basic Ym9iOmJ1aWxkZXI=');
@@ -39,15 +39,28 @@ describe('AccessMemory', () => {
     expect(memory.acceptedAt(bob, 'priv/app')).toBe(1);
   });
 
-  it('is bounded: the least recently used entries go first', () => {
-    const memory = new AccessMemory(3);
-    for (const repository of ['a', 'b', 'c']) memory.remember(alice, repository, 1);
-    expect(memory.acceptedAt(alice, 'a')).toBe(1); // a is now the most recently used
-    memory.remember(alice, 'd', 1);
-    expect(memory.size).toBe(3);
-    expect(memory.acceptedAt(alice, 'b')).toBeUndefined();
-    expect(memory.acceptedAt(alice, 'a')).toBe(1);
-    expect(memory.acceptedAt(alice, 'd')).toBe(1);
+  it("is bounded and fair: fresh credentials flooding one repository displace that repository's entries only", () => {
+    const memory = new AccessMemory(100);
+    memory.remember(alice, 'priv/app', 1);
+    memory.remember(bob, 'token:priv/other', 1);
+    for (let i = 0; i < 100_000; i += 1) memory.remember(hashCredential(`header:Junk ${i}`), 'token:pub/app', 1);
+    expect(memory.size).toBe(100);
+    expect(memory.acceptedAt(alice, 'priv/app')).toBe(1);
+    expect(memory.acceptedAt(bob, 'token:priv/other')).toBe(1);
+    expect(memory.acceptedAt(hashCredential('header:Junk 99999'), 'token:pub/app')).toBe(1);
+    expect(memory.acceptedAt(hashCredential('header:Junk 0'), 'token:pub/app')).toBeUndefined();
+  });
+
+  it('the anonymous credentials (to the registry, to the realm) are kept apart: no flood displaces them', () => {
+    const memory = new AccessMemory(10);
+    memory.remember(ANONYMOUS, 'pub/app', 1);
+    memory.remember(ANONYMOUS_AT_REALM, 'token:pub/app', 2);
+    for (let i = 0; i < 1_000; i += 1) memory.remember(hashCredential(`header:Junk ${i}`), 'token:pub/app', 1);
+    expect(memory.acceptedAt(ANONYMOUS, 'pub/app')).toBe(1);
+    expect(memory.acceptedAt(ANONYMOUS_AT_REALM, 'token:pub/app')).toBe(2);
+    expect(memory.acceptedAt(ANONYMOUS, 'token:pub/app')).toBeUndefined();
+    memory.forget(ANONYMOUS_AT_REALM, 'token:pub/app');
+    expect(memory.acceptedAt(ANONYMOUS_AT_REALM, 'token:pub/app')).toBeUndefined();
   });
 });
 

@@ -23,6 +23,7 @@ import { UpstreamClient } from '../upstream/client.ts';
 import { UpstreamError } from '../upstream/errors.ts';
 import { ACCESS_RECHECK_MS, AccessBroker, type Requester, type TokenAnswer, realmCredential } from './broker.ts';
 import { AuthRequiredError, TokenRealmUnknownError } from './errors.ts';
+import { ANONYMOUS_AT_REALM, hashCredential } from './access-memory.ts';
 import { closeServer, listenLoopback } from '../../test/fixtures/http-server.ts';
 import { manifestReferences } from '../oci/references.ts';
 
@@ -860,13 +861,17 @@ describe('AccessBroker', () => {
     describe('tokens are cheap: minting many displaces nobody else', () => {
       const PUB: RepositoryName = parseRepositoryName('pub/app');
 
-      /** startRealm, plus: an anonymous request gets two new tokens each time (token, access_token), and upstream accepts those for pub/app. */
+      /**
+       * startRealm, plus: an anonymous request gets two new tokens each time (token, access_token),
+       * and so does one with an Authorization the realm cannot parse (`Junk <n>`: as lenient realms
+       * do, taken for anonymous); upstream accepts those tokens for pub/app.
+       */
       async function startFloodableRealm(): Promise<ScriptedUpstream> {
         const realm = await startRealm();
         let minted = 0;
         const issue = realm.respond;
         realm.respond = (r) =>
-          r.authorization === undefined && r.body === ''
+          (r.authorization === undefined || r.authorization.startsWith('Junk ')) && r.body === ''
             ? { status: 200, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: `anon-${minted++}`, access_token: `anon-${minted++}`, expires_in: 300 }) }
             : issue(r);
         const registry = upstream.respond;
@@ -874,18 +879,21 @@ describe('AccessBroker', () => {
         return realm;
       }
 
-      it('55,000 anonymous tokens from the token endpoint, each accepted for a public repository: alice is still served from the cache offline, and still gets an offline token', async () => {
+      it('55,000 anonymous tokens from the token endpoint (half of them for distinct junk credentials), each accepted for a public repository: alice is still served from the cache offline, and still gets an offline token', async () => {
         const realm = await startFloodableRealm();
         const broker = newBroker('passthrough');
         const id = await learnRealm(broker, realm);
         tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) }));
         broker.confirm(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
 
-        // More tokens than any of the broker's memories holds, each shown to (and accepted by) upstream.
+        // More tokens than any of the broker's memories holds, each shown to (and accepted by) upstream;
+        // half of them for as many distinct "credentials" (what the realm took for anonymous).
         const FLOOD = 55_000;
         for (let i = 0; i < FLOOD; i += 100) {
           const answers = await Promise.all(
-            Array.from({ length: 50 }, () => broker.token({ realmId: id, method: 'GET', query: 'scope=repository:pub/app:pull' })),
+            Array.from({ length: 50 }, (_, j) =>
+              broker.token({ realmId: id, method: 'GET', query: 'scope=repository:pub/app:pull', ...(j % 2 === 0 ? { authorization: `Junk ${i + j}` } : {}) }),
+            ),
           );
           for (const answer of answers) {
             const body = tokenBody(answer);
@@ -896,13 +904,12 @@ describe('AccessBroker', () => {
 
         await realm.stop();
         upstream.unavailable = true;
-        // Within T's announced life (300 s) it counts as alice, whose acceptance no flood displaces.
+        // Within T's announced life (300 s) it counts as alice; past it, as itself: upstream accepted
+        // it for priv/app, and a flood accepted for pub/app displaces nothing of priv/app's.
         clock = T0 + 4 * MINUTE;
         await broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
-        // Past it, T is one token among the flood's (they displaced it); alice's credential is not:
-        // the puller asks the token endpoint again, gets an offline token, and is served.
         clock = T0 + 10 * MINUTE;
-        expect(await failureOf(broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer T' }))).toBeInstanceOf(AuthRequiredError);
+        await broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
         const offline = tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) })).token;
         expect(offline).toMatch(/^rpa-offline\./);
         await broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${offline}` });
@@ -932,7 +939,7 @@ describe('AccessBroker', () => {
         await broker.check(PUB, 'blobs', D2, { authorization: 'Bearer outside-59999' });
       });
 
-      it("an offline token the mirror no longer knows opens nothing: alice's 64 newer ones displace it, bob's 1,000 do not", async () => {
+      it('an offline token the mirror no longer knows opens nothing: 10,000 newer ones for the same repository displace it', async () => {
         const realm = await startRealm();
         const registry = upstream.respond;
         upstream.respond = (r) => (r.authorization === 'Bearer TB' ? { status: 200 } : registry(r));
@@ -949,11 +956,9 @@ describe('AccessBroker', () => {
         const offlineToken = async (authorization: string): Promise<string> =>
           tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization })).token;
         const first = await offlineToken(basic('alice', PW));
-        for (let i = 0; i < 1_000; i += 1) await offlineToken(BOB.authorization!);
         await broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${first}` });
-
         let latest = '';
-        for (let i = 0; i < 64; i += 1) latest = await offlineToken(basic('alice', PW));
+        for (let i = 0; i < 10_000; i += 1) latest = await offlineToken(BOB.authorization!);
         await broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${latest}` });
         // Forgotten means refused, well within its announced 300 s and max_stale alike.
         expect(await failureOf(broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${first}` }))).toBeInstanceOf(AuthRequiredError);
@@ -977,6 +982,57 @@ describe('AccessBroker', () => {
         upstream.unavailable = true;
         await broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
         expect(await offlineTokenOf(broker, id, basic('alice', PW))).toMatch(/^rpa-offline\./);
+      });
+
+      it('a refusal of a token upstream never accepted, or of a header form upstream does not parse, withdraws nothing of the shared anonymous credential', async () => {
+        const realm = await startFloodableRealm();
+        const broker = newBroker('passthrough');
+        const id = await learnRealm(broker, realm);
+        const anonymousToken = async (): Promise<string> => tokenBody(await broker.token({ realmId: id, method: 'GET', query: 'scope=repository:pub/app:pull' })).token;
+        // A victim's anonymous pull: upstream accepts its token for pub/app, which is now public.
+        const victim = await anonymousToken();
+        broker.confirm(PUB, 'blobs', D2, { authorization: `Bearer ${victim}` });
+
+        // The attacker's own anonymous tokens, refused: one never accepted (as for another service),
+        // and an accepted one in forms a registry does not parse.
+        const unaccepted = await anonymousToken();
+        const accepted = await anonymousToken();
+        broker.confirm(PUB, 'blobs', D2, { authorization: `Bearer ${accepted}` });
+        upstream.respond = () => ({ status: 401, headers: { 'www-authenticate': upstream.challenge('repository:pub/app:pull') } });
+        clock = T0 + ACCESS_RECHECK_MS + 1;
+        for (const authorization of [`Bearer ${unaccepted}`, `Bearer  ${accepted}`, `Bearer\t${accepted}`, `bearer ${accepted}`, `Bearer ${accepted} `]) {
+          expect(await failureOf(broker.check(PUB, 'blobs', D2, { authorization }))).toBeInstanceOf(AuthRequiredError);
+        }
+
+        // Every puller's first request, without a credential, is answered with a challenge.
+        expect(await failureOf(broker.check(PUB, 'blobs', D2, ANON))).toBeInstanceOf(AuthRequiredError);
+
+        // Offline, anonymous pullers are still served pub/app, and get an offline token for it.
+        await realm.stop();
+        upstream.unavailable = true;
+        await broker.check(PUB, 'blobs', D2, ANON);
+        const offline = tokenBody(await broker.token({ realmId: id, method: 'GET', query: 'scope=repository:pub/app:pull' })).token;
+        expect(offline).toMatch(/^rpa-offline\./);
+        await broker.check(PUB, 'blobs', D2, { authorization: `Bearer ${offline}` });
+        // A public repository opens nothing else.
+        expect(await failureOf(broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${offline}` }))).toBeInstanceOf(AuthRequiredError);
+      });
+
+      it('upstream refusing (401) a token it accepted before, sent as pullers send it, withdraws its credential for that repository', async () => {
+        const realm = await startRealm();
+        const broker = newBroker('passthrough');
+        const id = await learnRealm(broker, realm);
+        tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) }));
+        broker.confirm(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
+        // Within T's life (300 s), a GET with it answered 401.
+        upstream.respond = () => ({ status: 401, headers: { 'www-authenticate': upstream.challenge(SCOPE) } });
+        clock = T0 + MINUTE;
+        const response = await broker.request('GET', PRIV, `blobs/${D1}`, { authorization: 'Bearer T' });
+        expect(await broker.failure(PRIV, response, { authorization: 'Bearer T' }, () => new OciError('BLOB_UNKNOWN', 'x'))).toBeInstanceOf(AuthRequiredError);
+        await realm.stop();
+        upstream.unavailable = true;
+        // No offline token for alice any more: upstream withdrew her access.
+        expect(await failureOf(broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) }))).toBeInstanceOf(UpstreamError);
       });
 
       async function offlineTokenOf(broker: AccessBroker, id: string, authorization: string): Promise<string> {
@@ -1020,5 +1076,7 @@ describe('realmCredential', () => {
     expect(realmCredential(undefined, Buffer.from('grant_type=client_credentials&scope=x'))).toBe('anonymous');
     expect(realmCredential('', undefined)).toBe('anonymous');
     expect(realmCredential('Bearer x', undefined)).not.toBe('anonymous');
+    // The access memory keeps this credential apart from others (no flood displaces it).
+    expect(hashCredential(realmCredential(undefined, undefined))).toBe(ANONYMOUS_AT_REALM);
   });
 });

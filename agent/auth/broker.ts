@@ -10,7 +10,7 @@ import { manifestReferences } from '../oci/references.ts';
 import { type UpstreamClient, type UpstreamResponse, firstHeader } from '../upstream/client.ts';
 import { UpstreamError, UpstreamRefusedError, fromTransportError } from '../upstream/errors.ts';
 import { contentLength, discard, upstreamFailure } from '../upstream/status.ts';
-import { ANONYMOUS, AccessMemory, type CredentialHash, hashCredential } from './access-memory.ts';
+import { ANONYMOUS, ANONYMOUS_AT_REALM, AccessMemory, type CredentialHash, hashCredential } from './access-memory.ts';
 import { boundedLru } from './bounded-lru.ts';
 import { addPrefix, challengeForRepository, mapScopes, rewriteChallenge } from './challenge-rewrite.ts';
 import { AuthRequiredError, TokenRealmUnknownError, TokenTooLargeError } from './errors.ts';
@@ -37,6 +37,9 @@ const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
  * again). 50,000 is some 5,000 images; the memory grows with what is held (see boundedLru).
  */
 const MAX_LINKS = 50_000;
+
+/** `Authorization` exactly as pullers send a token and every registry parses it. */
+const CANONICAL_BEARER = /^Bearer [^\s]+$/;
 
 /** The principal of every request of an agent-auth mirror: the agent's own credential, whoever asks. */
 const AGENT = hashCredential('\0agent');
@@ -166,7 +169,10 @@ export class AccessBroker {
     // tokens it mints); the token itself only with other tokens, which a flood of them displaces.
     this.#memoryOf(requester).remember(this.#principal(requester), name, now);
     const grant = this.#grants.grantOf(requester.authorization, name, now);
-    if (grant && !grant.minted) this.#accepted.remember(grant.credential, realmKey(name), now);
+    if (grant && !grant.minted) {
+      this.#accepted.remember(grant.credential, realmKey(name), now);
+      this.#grants.confirm(requester.authorization, name, now);
+    }
   }
 
   /**
@@ -350,7 +356,8 @@ export class AccessBroker {
     if (repositories.length === 0) return undefined;
     const now = this.#now();
     for (const repository of repositories) {
-      if (!this.#accepted.acceptedWithin(credential, realmKey(repository), this.#maxStaleMs, now)) return undefined;
+      const name = repository as RepositoryName;
+      if (!this.#accepted.acceptedWithin(credential, realmKey(name), this.#maxStaleMs, now) && !this.#publicWithin(name, this.#maxStaleMs, now)) return undefined;
     }
     const token = `rpa-offline.${randomBytes(24).toString('base64url')}`;
     // It counts as the credential it was issued to (the realm acceptances above, still within
@@ -370,9 +377,17 @@ export class AccessBroker {
     const now = this.#now();
     return (
       this.#memoryOf(requester).acceptedWithin(principal, name, maxAgeMs, now) ||
-      this.#accepted.acceptedWithin(ANONYMOUS, name, maxAgeMs, now) ||
+      this.#publicWithin(name, maxAgeMs, now) ||
       this.#issuedToAccepted(name, requester, maxAgeMs, now)
     );
+  }
+
+  /**
+   * Upstream served `name` to someone who showed nothing, within `maxAgeMs`: to the registry
+   * itself, or with a token the realm issued to an anonymous request. Then anyone may read it.
+   */
+  #publicWithin(name: RepositoryName, maxAgeMs: number, now: number): boolean {
+    return this.#accepted.acceptedWithin(ANONYMOUS, name, maxAgeMs, now) || (this.passthrough && this.#accepted.acceptedWithin(ANONYMOUS_AT_REALM, realmKey(name), maxAgeMs, now));
   }
 
   /** Where a requester's own acceptances are remembered: a Bearer token apart from credentials. */
@@ -416,15 +431,20 @@ export class AccessBroker {
   /** Upstream refused this requester for `name`: forget it, and the realm credential its token was issued to. */
   #revoke(name: RepositoryName, requester: Requester): void {
     const principal = this.#principal(requester);
-    this.#refused.set(principalKey(principal, name), this.#now());
+    // A 401 to a request without a credential is how a token registry asks for a token (every
+    // puller's first request): it withdraws an anonymous acceptance, but does not date the content
+    // a public repository showed before as refused.
+    if (principal !== ANONYMOUS) this.#refused.set(principalKey(principal, name), this.#now());
     if (!this.passthrough) {
       this.#accepted.forget(principal, name);
       return;
     }
     this.#memoryOf(requester).forget(principal, name);
-    // Upstream refusing a token the agent minted says nothing of its credential: upstream never saw it.
+    // Only a refusal of a token upstream accepted for `name` before says something of the credential
+    // it was issued to: anyone can get a token upstream never accepts (another `service`, an empty
+    // grant, a form of the header upstream does not parse), and the agent minted its own offline.
     const grant = this.#grants.grantOf(requester.authorization, name, this.#now());
-    if (grant && !grant.minted) this.#accepted.forget(grant.credential, realmKey(name));
+    if (grant && grant.acceptedFor.has(name) && CANONICAL_BEARER.test(requester.authorization ?? '')) this.#accepted.forget(grant.credential, realmKey(name));
   }
 
   /**

@@ -41,45 +41,54 @@ describe('TokenGrants', () => {
     expect(grants.size).toBe(0);
   });
 
-  it("is bounded per credential: one credential's tokens displace only its own oldest", () => {
-    const grants = new TokenGrants({ tokensPerCredential: 3 });
-    const anonymous = hashCredential('anonymous');
-    grants.record(answer({ token: 'alice-1', expires_in: 300 }), alice, ['priv/app'], 0);
-    // Anyone can mint anonymous tokens: a flood of them keeps the last 3, and alice's.
-    for (let i = 0; i < 10_000; i += 1) grants.record(answer({ token: `anon-${i}`, expires_in: 300 }), anonymous, ['pub/app'], 0);
-    expect(grants.size).toBe(4);
-    expect(grants.issuedTo('Bearer alice-1', 'priv/app', 1)).toBe(alice);
-    expect(grants.issuedTo('Bearer anon-9999', 'pub/app', 1)).toBe(anonymous);
-    expect(grants.issuedTo('Bearer anon-9997', 'pub/app', 1)).toBe(anonymous);
-    expect(grants.issuedTo('Bearer anon-9996', 'pub/app', 1)).toBeUndefined();
+  it('a token asked for too many repositories (or too long names) is not remembered', () => {
+    const grants = new TokenGrants();
+    grants.record(answer({ token: 'many' }), alice, Array.from({ length: 17 }, (_, i) => `pub/app-${i}`), 0);
+    grants.record(answer({ token: 'long' }), alice, ['a'.repeat(2_049)], 0);
+    grants.record(answer({ token: 'ok' }), alice, Array.from({ length: 16 }, (_, i) => `pub/app-${i}`), 0);
+    expect(grants.size).toBe(1);
+    expect(grants.issuedTo('Bearer ok', 'pub/app-15', 1)).toBe(alice);
   });
 
-  it('is bounded in credentials: the one that least recently got or used a token goes, with its tokens', () => {
-    const grants = new TokenGrants({ credentials: 2 });
-    const [bob, carol] = [hashCredential('password:bob\0pw'), hashCredential('password:carol\0pw')];
-    grants.record(answer({ token: 'a1' }), alice, ['priv/app'], 0);
-    grants.record(answer({ token: 'a2' }), alice, ['priv/app'], 0);
-    grants.record(answer({ token: 'b1' }), bob, ['priv/app'], 0);
-    // Alice uses a token: bob is now the least recently used credential.
-    expect(grants.issuedTo('Bearer a1', 'priv/app', 1)).toBe(alice);
-    grants.record(answer({ token: 'c1' }), carol, ['priv/app'], 0);
-    expect(grants.size).toBe(3);
-    expect(grants.issuedTo('Bearer b1', 'priv/app', 1)).toBeUndefined();
-    expect(grants.issuedTo('Bearer a2', 'priv/app', 1)).toBe(alice);
-    expect(grants.issuedTo('Bearer c1', 'priv/app', 1)).toBe(carol);
+  it('unconfirmed tokens are bounded apart: a flood of them never displaces a token upstream accepted', () => {
+    const grants = new TokenGrants({ unconfirmed: 3, confirmed: 10 });
+    const anonymous = hashCredential('anonymous');
+    grants.record(answer({ token: 'alice-1', expires_in: 300 }), alice, ['priv/app'], 0);
+    grants.confirm('Bearer alice-1', 'priv/app', 1);
+    for (let i = 0; i < 10_000; i += 1) grants.record(answer({ token: `anon-${i}`, expires_in: 300 }), anonymous, ['priv/app'], 0);
+    expect(grants.size).toBe(4);
+    expect(grants.issuedTo('Bearer alice-1', 'priv/app', 1)).toBe(alice);
+    expect(grants.issuedTo('Bearer anon-9999', 'priv/app', 1)).toBe(anonymous);
+    expect(grants.issuedTo('Bearer anon-9996', 'priv/app', 1)).toBeUndefined();
+  });
+
+  it('confirmed tokens are grouped by the repository upstream accepted them for: a flood in one displaces only its own', () => {
+    const grants = new TokenGrants({ confirmed: 5 });
+    const anonymous = hashCredential('anonymous');
+    grants.record(answer({ token: 'alice-1' }), alice, ['priv/app'], 0);
+    grants.confirm('Bearer alice-1', 'priv/app', 1);
+    for (let i = 0; i < 1_000; i += 1) {
+      grants.record(answer({ token: `anon-${i}` }), anonymous, ['pub/app'], 0);
+      grants.confirm(`Bearer anon-${i}`, 'pub/app', 1);
+    }
+    expect(grants.size).toBe(5);
+    expect(grants.grantOf('Bearer alice-1', 'priv/app', 2)?.acceptedFor).toEqual(new Set(['priv/app']));
+    expect(grants.issuedTo('Bearer anon-999', 'pub/app', 2)).toBe(anonymous);
+    expect(grants.issuedTo('Bearer anon-995', 'pub/app', 2)).toBeUndefined();
+    // Confirming is for a repository the token was asked for only.
+    grants.confirm('Bearer alice-1', 'pub/app', 2);
+    expect(grants.grantOf('Bearer alice-1', 'priv/app', 2)?.acceptedFor).toEqual(new Set(['priv/app']));
   });
 
   it('a token recorded again belongs to its latest grant only', () => {
-    const grants = new TokenGrants({ tokensPerCredential: 1 });
+    const grants = new TokenGrants();
     const bob = hashCredential('password:bob\0pw');
     grants.record(answer({ token: 'same' }), alice, ['priv/app'], 0);
+    grants.confirm('Bearer same', 'priv/app', 0);
     grants.record(answer({ token: 'same' }), bob, ['priv/other'], 0);
     expect(grants.size).toBe(1);
     expect(grants.issuedTo('Bearer same', 'priv/app', 1)).toBeUndefined();
-    expect(grants.issuedTo('Bearer same', 'priv/other', 1)).toBe(bob);
-    // Alice holds no token any more: her next one does not push bob's out.
-    grants.record(answer({ token: 'alice-2' }), alice, ['priv/app'], 0);
-    expect(grants.size).toBe(2);
+    expect(grants.grantOf('Bearer same', 'priv/other', 1)).toMatchObject({ credential: bob, acceptedFor: new Set() });
   });
 
   it('a minted (offline) token: issued to its credential until its expiry, and marked as minted', () => {

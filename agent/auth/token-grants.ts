@@ -1,4 +1,7 @@
+import type { LRUCache } from 'lru-cache';
 import { type CredentialHash, hashCredential } from './access-memory.ts';
+import { boundedLru } from './bounded-lru.ts';
+import { FairLru } from './fair-lru.ts';
 
 /**
  * The AccessMemory key under which a realm credential (what the puller showed the token realm) is
@@ -20,18 +23,30 @@ export interface TokenGrant {
    * so upstream's answer to it says nothing about the credential it was issued to.
    */
   readonly minted: boolean;
+  /** The repositories upstream accepted this very token for (see confirm). */
+  readonly acceptedFor: ReadonlySet<string>;
+}
+
+interface HeldGrant extends TokenGrant {
+  readonly acceptedFor: Set<string>;
 }
 
 /** Spec default when a realm does not say (distribution's token spec: 60 s). */
 const DEFAULT_TOKEN_TTL_S = 60;
 /** A realm announcing a longer life does not keep entries around longer than this. */
 const MAX_TOKEN_TTL_S = 24 * 3600;
+/**
+ * A token asked for more repositories than this (or longer names in all) is not remembered: a
+ * puller asks for one or two, and whoever asks for hundreds must not make each token cost KiBs.
+ */
+const MAX_GRANT_REPOSITORIES = 16;
+const MAX_GRANT_NAME_CHARS = 2_048;
 
 export interface TokenGrantsLimits {
-  /** Credentials whose tokens are remembered; the one that least recently got or used a token goes first. */
-  readonly credentials?: number;
-  /** Tokens remembered per credential; its oldest goes first. */
-  readonly tokensPerCredential?: number;
+  /** Tokens upstream has not accepted yet, least recently used out. */
+  readonly unconfirmed?: number;
+  /** Tokens upstream accepted (and offline tokens), grouped by repository: the largest group gives (FairLru). */
+  readonly confirmed?: number;
 }
 
 /**
@@ -41,23 +56,21 @@ export interface TokenGrantsLimits {
  * A realm's 200 is not access: Docker-style realms answer 200 with an empty grant to anyone who can
  * log in (and to anonymous requests). Only upstream accepting the token for a repository shows that
  * the credential behind it may read that repository; this map lets the mirror tell which credential
- * that was. Keyed by the token's hash; bounded in time (the token's lifetime) and per credential:
- * anyone can mint tokens (anonymously, or with their own login), so tokens of one credential only
- * ever displace that credential's own older tokens, and a credential goes only when `credentials`
- * others got or used a token since. A lost entry only means a credential is not confirmed, never
- * more access.
+ * that was. Keyed by the token's hash; bounded in time (the token's lifetime) and in entries. Anyone
+ * can mint tokens, so a token starts unconfirmed (a bound of its own, least recently used out) and
+ * is kept with the repository upstream first accepted it for: a flood of tokens for a repository
+ * displaces tokens of that repository only. A lost entry only means a credential is not
+ * confirmed, never more access.
  */
 export class TokenGrants {
-  /** Token hash → grant. */
-  readonly #tokens = new Map<CredentialHash, TokenGrant>();
-  /** Credential → its tokens, oldest first; credentials in order of last use, least recent first. */
-  readonly #holders = new Map<CredentialHash, Set<CredentialHash>>();
-  readonly #maxCredentials: number;
-  readonly #perCredential: number;
+  readonly #unconfirmed: LRUCache<CredentialHash, HeldGrant>;
+  readonly #confirmed: FairLru<HeldGrant>;
+  /** Confirmed token → its group in #confirmed. */
+  readonly #groupOf = new Map<CredentialHash, string>();
 
   constructor(limits: TokenGrantsLimits = {}) {
-    this.#maxCredentials = limits.credentials ?? 1_000;
-    this.#perCredential = limits.tokensPerCredential ?? 64;
+    this.#unconfirmed = boundedLru<CredentialHash, HeldGrant>(limits.unconfirmed ?? 4_096);
+    this.#confirmed = new FairLru<HeldGrant>(limits.confirmed ?? 10_000, (_group, token) => this.#groupOf.delete(token as CredentialHash));
   }
 
   /**
@@ -66,17 +79,34 @@ export class TokenGrants {
    * not a token answer is ignored: nothing is remembered.
    */
   record(body: Buffer, credential: CredentialHash, repositories: readonly string[], now = Date.now()): void {
-    if (repositories.length === 0) return;
+    if (!rememberable(repositories)) return;
     const answer = parseTokenAnswer(body);
     if (!answer) return;
-    const grant: TokenGrant = { credential, repositories: new Set(repositories), expiresAt: now + answer.ttlS * 1000, minted: false };
-    for (const token of answer.tokens) this.#add(bearerHash(token), grant);
+    const grant: HeldGrant = { credential, repositories: new Set(repositories), expiresAt: now + answer.ttlS * 1000, minted: false, acceptedFor: new Set() };
+    for (const token of answer.tokens) {
+      const key = bearerHash(token);
+      this.#drop(key);
+      this.#unconfirmed.set(key, grant);
+    }
   }
 
   /** A token the agent minted itself for `credential` (offline), good for `repositories` until `expiresAt`. */
   mint(token: string, credential: CredentialHash, repositories: readonly string[], expiresAt: number): void {
-    if (repositories.length === 0) return;
-    this.#add(bearerHash(token), { credential, repositories: new Set(repositories), expiresAt, minted: true });
+    if (!rememberable(repositories)) return;
+    const key = bearerHash(token);
+    this.#drop(key);
+    this.#keep(key, [...repositories].sort().join(' '), { credential, repositories: new Set(repositories), expiresAt, minted: true, acceptedFor: new Set() });
+  }
+
+  /** Upstream accepted the token in `authorization` for `repository`. */
+  confirm(authorization: string | undefined, repository: string, now = Date.now()): void {
+    const key = tokenKey(authorization);
+    const grant = key && this.#find(key, repository, now);
+    if (!key || !grant) return;
+    grant.acceptedFor.add(repository);
+    if (this.#groupOf.has(key)) return;
+    this.#unconfirmed.delete(key);
+    this.#keep(key, repository, grant);
   }
 
   /**
@@ -84,17 +114,8 @@ export class TokenGrants {
    * out for `repository` and it has not expired; otherwise undefined.
    */
   grantOf(authorization: string | undefined, repository: string, now = Date.now()): TokenGrant | undefined {
-    const token = /^bearer\s+(\S+)\s*$/i.exec(authorization ?? '')?.[1];
-    if (token === undefined) return undefined;
-    const key = bearerHash(token);
-    const grant = this.#tokens.get(key);
-    if (!grant) return undefined;
-    if (now >= grant.expiresAt) {
-      this.#drop(key, grant);
-      return undefined;
-    }
-    this.#touch(grant.credential);
-    return grant.repositories.has(repository) ? grant : undefined;
+    const key = tokenKey(authorization);
+    return key && this.#find(key, repository, now);
   }
 
   /** The credential the token in `authorization` was issued to (see `grantOf`). */
@@ -103,43 +124,43 @@ export class TokenGrants {
   }
 
   get size(): number {
-    return this.#tokens.size;
+    return this.#unconfirmed.size + this.#confirmed.size;
   }
 
-  #add(key: CredentialHash, grant: TokenGrant): void {
-    const previous = this.#tokens.get(key);
-    if (previous) this.#drop(key, previous);
-    const held = this.#touch(grant.credential) ?? new Set<CredentialHash>();
-    this.#holders.set(grant.credential, held);
-    held.add(key);
-    this.#tokens.set(key, grant);
-    if (held.size > this.#perCredential) {
-      const oldest = held.values().next().value as CredentialHash;
-      this.#drop(oldest, this.#tokens.get(oldest) as TokenGrant);
+  #find(key: CredentialHash, repository: string, now: number): HeldGrant | undefined {
+    const group = this.#groupOf.get(key);
+    const grant = group === undefined ? this.#unconfirmed.get(key) : this.#confirmed.get(group, key);
+    if (!grant) return undefined;
+    if (now >= grant.expiresAt) {
+      this.#drop(key);
+      return undefined;
     }
-    while (this.#holders.size > this.#maxCredentials) {
-      const [credential, tokens] = this.#holders.entries().next().value as [CredentialHash, Set<CredentialHash>];
-      for (const token of tokens) this.#tokens.delete(token);
-      this.#holders.delete(credential);
-    }
+    return grant.repositories.has(repository) ? grant : undefined;
   }
 
-  /** Moves a credential to the most recently used end; its tokens, if it has any. */
-  #touch(credential: CredentialHash): Set<CredentialHash> | undefined {
-    const held = this.#holders.get(credential);
-    if (held) {
-      this.#holders.delete(credential);
-      this.#holders.set(credential, held);
-    }
-    return held;
+  #keep(key: CredentialHash, group: string, grant: HeldGrant): void {
+    this.#groupOf.set(key, group);
+    this.#confirmed.set(group, key, grant);
   }
 
-  #drop(key: CredentialHash, grant: TokenGrant): void {
-    this.#tokens.delete(key);
-    const held = this.#holders.get(grant.credential);
-    held?.delete(key);
-    if (held?.size === 0) this.#holders.delete(grant.credential);
+  #drop(key: CredentialHash): void {
+    this.#unconfirmed.delete(key);
+    const group = this.#groupOf.get(key);
+    if (group === undefined) return;
+    this.#groupOf.delete(key);
+    this.#confirmed.delete(group, key);
   }
+}
+
+function rememberable(repositories: readonly string[]): boolean {
+  if (repositories.length === 0 || repositories.length > MAX_GRANT_REPOSITORIES) return false;
+  return repositories.reduce((chars, name) => chars + name.length, 0) <= MAX_GRANT_NAME_CHARS;
+}
+
+/** The token's key, for an `Authorization` of the Bearer scheme (any case and spacing, as pullers send it). */
+function tokenKey(authorization: string | undefined): CredentialHash | undefined {
+  const token = /^bearer\s+(\S+)\s*$/i.exec(authorization ?? '')?.[1];
+  return token === undefined ? undefined : bearerHash(token);
 }
 
 /** The canonical `Bearer <token>` form, so a grant is found whatever case the puller sends the scheme in. */
