@@ -683,6 +683,24 @@ describe('AccessBroker', () => {
       return realmId((challenged as AuthRequiredError).challenge);
     }
 
+    /** Upstream accepted alice's token T for priv/app at T0; then the realm and the registry are down, `downAt` ms later. */
+    async function aliceAcceptedThenDown(downAt: number): Promise<{ broker: AccessBroker; id: string }> {
+      const realm = await startRealm();
+      const broker = newBroker('passthrough');
+      const id = await learnRealm(broker, realm);
+      tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) }));
+      broker.confirm(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
+      await realm.stop();
+      upstream.unavailable = true;
+      clock = T0 + downAt;
+      return { broker, id };
+    }
+
+    /** The token the agent's token endpoint answers `authorization` with (a realm's, or offline one of its own). */
+    async function tokenOf(broker: AccessBroker, id: string, authorization: string): Promise<string> {
+      return tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization })).token;
+    }
+
     it('an unknown realm id is TokenRealmUnknownError', async () => {
       const broker = newBroker('passthrough');
       await expect(broker.token({ realmId: realmIdOf(upstream.realm), method: 'GET', query: '' })).rejects.toBeInstanceOf(TokenRealmUnknownError);
@@ -818,8 +836,8 @@ describe('AccessBroker', () => {
         const answer = await issue(r);
         return answer.body === JSON.stringify({ token: 'T', expires_in: 300 }) ? { ...answer, body: JSON.stringify({ token: 'T2', expires_in: 300 }) } : answer;
       };
-      expect(tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) })).token).toBe('T2');
-      expect(tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: BOB.authorization })).token).toBe('TB');
+      expect(await tokenOf(broker, id, basic('alice', PW))).toBe('T2');
+      expect(await tokenOf(broker, id, BOB.authorization!)).toBe('TB');
       await broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer T2' });
       // Bob's token was issued by the realm but upstream never accepted bob for priv/app.
       expect(await failureOf(broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer TB' }))).toBeInstanceOf(AuthRequiredError);
@@ -828,29 +846,15 @@ describe('AccessBroker', () => {
     });
 
     it('an offline token is dated like the realm acceptance it rests on: it does not outlive max_stale', async () => {
-      const realm = await startRealm();
-      const broker = newBroker('passthrough');
-      const id = await learnRealm(broker, realm);
-      tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) }));
-      broker.confirm(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
-      await realm.stop();
-      upstream.unavailable = true;
-      clock = T0 + MAX_STALE - MINUTE;
-      const offline = tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) })).token;
+      const { broker, id } = await aliceAcceptedThenDown(MAX_STALE - MINUTE);
+      const offline = await tokenOf(broker, id, basic('alice', PW));
       await broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${offline}` });
       clock = T0 + MAX_STALE + 1;
       expect(await failureOf(broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${offline}` }))).toBeInstanceOf(AuthRequiredError);
     });
 
     it('an offline token is not accepted past its announced expires_in (300 s)', async () => {
-      const realm = await startRealm();
-      const broker = newBroker('passthrough');
-      const id = await learnRealm(broker, realm);
-      tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) }));
-      broker.confirm(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
-      await realm.stop();
-      upstream.unavailable = true;
-      clock = T0 + 10 * MINUTE;
+      const { broker, id } = await aliceAcceptedThenDown(10 * MINUTE);
       const answer = tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) }));
       await broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${answer.token}` });
       clock += answer.expires_in * 1000 + 1_000;
@@ -910,7 +914,7 @@ describe('AccessBroker', () => {
         await broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
         clock = T0 + 10 * MINUTE;
         await broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
-        const offline = tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) })).token;
+        const offline = await tokenOf(broker, id, basic('alice', PW));
         expect(offline).toMatch(/^rpa-offline\./);
         await broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${offline}` });
         // The flood opened the public repository to its own tokens, and nothing else.
@@ -933,7 +937,7 @@ describe('AccessBroker', () => {
         await broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
         clock = T0 + 10 * MINUTE;
         await broker.check(APP, 'blobs', D1, CAROL);
-        expect(tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) })).token).toMatch(/^rpa-offline\./);
+        expect(await tokenOf(broker, id, basic('alice', PW))).toMatch(/^rpa-offline\./);
         // The memory of such tokens is bounded: the oldest went, the newest is there.
         expect(await failureOf(broker.check(PUB, 'blobs', D2, { authorization: 'Bearer outside-0' }))).toBeInstanceOf(AuthRequiredError);
         await broker.check(PUB, 'blobs', D2, { authorization: 'Bearer outside-59999' });
@@ -953,27 +957,18 @@ describe('AccessBroker', () => {
         upstream.unavailable = true;
         clock = T0 + 10 * MINUTE;
 
-        const offlineToken = async (authorization: string): Promise<string> =>
-          tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization })).token;
-        const first = await offlineToken(basic('alice', PW));
+        const first = await tokenOf(broker, id, basic('alice', PW));
         await broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${first}` });
         let latest = '';
-        for (let i = 0; i < 10_000; i += 1) latest = await offlineToken(BOB.authorization!);
+        for (let i = 0; i < 10_000; i += 1) latest = await tokenOf(broker, id, BOB.authorization!);
         await broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${latest}` });
         // Forgotten means refused, well within its announced 300 s and max_stale alike.
         expect(await failureOf(broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${first}` }))).toBeInstanceOf(AuthRequiredError);
       });
 
       it("upstream refusing an offline token (back online) withdraws that token only, not its credential's acceptance", async () => {
-        const realm = await startRealm();
-        const broker = newBroker('passthrough');
-        const id = await learnRealm(broker, realm);
-        tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) }));
-        broker.confirm(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
-        await realm.stop();
-        upstream.unavailable = true;
-        clock = T0 + 10 * MINUTE;
-        const offline = tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) })).token;
+        const { broker, id } = await aliceAcceptedThenDown(10 * MINUTE);
+        const offline = await tokenOf(broker, id, basic('alice', PW));
 
         // Upstream is back and does not know the agent's token: 401 for it.
         upstream.unavailable = false;
@@ -981,7 +976,7 @@ describe('AccessBroker', () => {
         // Down again: alice's realm acceptance still stands (her token, and a new offline token).
         upstream.unavailable = true;
         await broker.check(PRIV, 'blobs', D1, { authorization: 'Bearer T' });
-        expect(await offlineTokenOf(broker, id, basic('alice', PW))).toMatch(/^rpa-offline\./);
+        expect(await tokenOf(broker, id, basic('alice', PW))).toMatch(/^rpa-offline\./);
       });
 
       it('a refusal of a token upstream never accepted, or of a header form upstream does not parse, withdraws nothing of the shared anonymous credential', async () => {
@@ -1034,10 +1029,6 @@ describe('AccessBroker', () => {
         // No offline token for alice any more: upstream withdrew her access.
         expect(await failureOf(broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization: basic('alice', PW) }))).toBeInstanceOf(UpstreamError);
       });
-
-      async function offlineTokenOf(broker: AccessBroker, id: string, authorization: string): Promise<string> {
-        return tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${SCOPE}`, authorization })).token;
-      }
     });
   });
 });
