@@ -320,6 +320,21 @@ describe('AccessBroker', () => {
   });
 
   describe('upstream down', () => {
+    it("content shown in one repository displaces only that repository's: 60,000 blobs bob reads in bob/app leave alice's priv/app readable offline", async () => {
+      const broker = newBroker('passthrough');
+      await seeChallenge(broker);
+      broker.confirm(PRIV, 'blobs', D1, ALICE);
+      const bobs = parseRepositoryName('bob/app');
+      for (let i = 0; i < 60_000; i += 1) broker.confirm(bobs, 'blobs', sha256Of(`bob-${i}`), BOB);
+      upstream.unavailable = true;
+      clock = T0 + 30 * MINUTE;
+      await broker.check(PRIV, 'blobs', D1, ALICE);
+      // The memory is bounded: bob's oldest went (offline: not served, as for uncached content).
+      const oldest = await failureOf(broker.check(bobs, 'blobs', sha256Of('bob-0'), BOB));
+      expect(oldest).toBeInstanceOf(UpstreamError);
+      await broker.check(bobs, 'blobs', sha256Of('bob-59999'), BOB);
+    });
+
     it('passthrough: a confirmed credential passes within max_stale of its confirmation, not after (then 401 with the last challenge)', async () => {
       const broker = newBroker('passthrough');
       await seeChallenge(broker);
@@ -739,7 +754,8 @@ describe('AccessBroker', () => {
       expect(tokenBody(posted).token).toBe('T');
       const sent = realm.seen.at(-1)!;
       expect(sent.method).toBe('POST');
-      expect(Object.fromEntries(new URLSearchParams(sent.body))).toEqual({ grant_type: 'password', username: 'alice', password: PW, scope: SCOPE });
+      // The service is upstream's own (the challenge's), added when the puller left it out.
+      expect(Object.fromEntries(new URLSearchParams(sent.body))).toEqual({ grant_type: 'password', username: 'alice', password: PW, scope: SCOPE, service: 's' });
 
       // A refusal comes back as it is: status, type, challenge, body.
       const refused = await broker.token({ realmId: id, method: 'POST', query: '', form: form({ grant_type: 'password', username: 'alice', password: 'nope', scope: SCOPE }) });
@@ -979,38 +995,65 @@ describe('AccessBroker', () => {
         expect(await tokenOf(broker, id, basic('alice', PW))).toMatch(/^rpa-offline\./);
       });
 
-      it('a refusal of a token upstream never accepted, or of a header form upstream does not parse, withdraws nothing of the shared anonymous credential', async () => {
+      /** Upstream answers 401 to a GET of D2 in pub/app with `authorization`, at the broker's present time. */
+      async function refusedOnce(broker: AccessBroker, authorization: string | undefined): Promise<void> {
+        const respond = upstream.respond;
+        upstream.respond = () => ({ status: 401, headers: { 'www-authenticate': upstream.challenge('repository:pub/app:pull') } });
+        const requester = authorization === undefined ? ANON : { authorization };
+        const response = await broker.request('GET', PUB, `blobs/${D2}`, requester);
+        expect(await broker.failure(PUB, response, requester, () => new OciError('BLOB_UNKNOWN', 'x'))).toBeInstanceOf(AuthRequiredError);
+        upstream.respond = respond;
+      }
+
+      it("a refusal anyone can provoke withdraws nothing of the shared anonymous credential: a header form upstream does not parse, a token near its end, a credential-less request's challenge; and the token endpoint asks for upstream's own service", async () => {
         const realm = await startFloodableRealm();
         const broker = newBroker('passthrough');
         const id = await learnRealm(broker, realm);
-        const anonymousToken = async (): Promise<string> => tokenBody(await broker.token({ realmId: id, method: 'GET', query: 'scope=repository:pub/app:pull' })).token;
+        const anonymousToken = async (query = 'scope=repository:pub/app:pull'): Promise<string> => tokenBody(await broker.token({ realmId: id, method: 'GET', query })).token;
         // A victim's anonymous pull: upstream accepts its token for pub/app, which is now public.
         const victim = await anonymousToken();
         broker.confirm(PUB, 'blobs', D2, { authorization: `Bearer ${victim}` });
 
-        // The attacker's own anonymous tokens, refused: one never accepted (as for another service),
-        // and an accepted one in forms a registry does not parse.
-        const unaccepted = await anonymousToken();
-        const accepted = await anonymousToken();
-        broker.confirm(PUB, 'blobs', D2, { authorization: `Bearer ${accepted}` });
-        upstream.respond = () => ({ status: 401, headers: { 'www-authenticate': upstream.challenge('repository:pub/app:pull') } });
-        clock = T0 + ACCESS_RECHECK_MS + 1;
-        for (const authorization of [`Bearer ${unaccepted}`, `Bearer  ${accepted}`, `Bearer\t${accepted}`, `bearer ${accepted}`, `Bearer ${accepted} `]) {
-          expect(await failureOf(broker.check(PUB, 'blobs', D2, { authorization }))).toBeInstanceOf(AuthRequiredError);
-        }
+        // A token asked for another service (upstream would refuse it) is asked for upstream's.
+        const other = await anonymousToken('scope=repository:pub/app:pull&service=elsewhere');
+        expect(new URL(realm.seen.at(-1)!.path, realm.url).searchParams.getAll('service')).toEqual(['s']);
+        const posted = await broker.token({ realmId: id, method: 'POST', query: '', form: Buffer.from('grant_type=password&username=x&password=y&scope=repository:pub/app:pull') });
+        expect(new URLSearchParams(realm.seen.at(-1)!.body).get('service')).toBe('s');
+        posted.body.release();
 
-        // Every puller's first request, without a credential, is answered with a challenge.
-        expect(await failureOf(broker.check(PUB, 'blobs', D2, ANON))).toBeInstanceOf(AuthRequiredError);
+        clock = T0 + MINUTE;
+        for (const authorization of [`Bearer  ${other}`, `Bearer\t${other}`, `bearer ${other}`, `Bearer ${other} `, undefined]) await refusedOnce(broker, authorization);
+        // Past half its life (300 s), a refusal of even a well-formed token may be the clocks'.
+        clock = T0 + 3 * MINUTE;
+        await refusedOnce(broker, `Bearer ${victim}`);
 
         // Offline, anonymous pullers are still served pub/app, and get an offline token for it.
         await realm.stop();
         upstream.unavailable = true;
         await broker.check(PUB, 'blobs', D2, ANON);
-        const offline = tokenBody(await broker.token({ realmId: id, method: 'GET', query: 'scope=repository:pub/app:pull' })).token;
+        const offline = await anonymousToken();
         expect(offline).toMatch(/^rpa-offline\./);
         await broker.check(PUB, 'blobs', D2, { authorization: `Bearer ${offline}` });
         // A public repository opens nothing else.
         expect(await failureOf(broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${offline}` }))).toBeInstanceOf(AuthRequiredError);
+      });
+
+      it('a repository made private: the refusal of a fresh anonymous token for it withdraws its public readability, online and offline', async () => {
+        const realm = await startFloodableRealm();
+        const broker = newBroker('passthrough');
+        const id = await learnRealm(broker, realm);
+        const anonymousToken = async (): Promise<string> => tokenBody(await broker.token({ realmId: id, method: 'GET', query: 'scope=repository:pub/app:pull' })).token;
+        broker.confirm(PUB, 'blobs', D2, { authorization: `Bearer ${await anonymousToken()}` });
+        expect(broker.knownToRead(PUB, ANON)).toBe(true);
+
+        // pub/app is closed: the realm still answers anonymous requests (an empty grant), upstream refuses the token.
+        clock = T0 + MINUTE;
+        await refusedOnce(broker, `Bearer ${await anonymousToken()}`);
+        expect(broker.knownToRead(PUB, ANON)).toBe(false);
+        await realm.stop();
+        upstream.unavailable = true;
+        expect(await failureOf(broker.check(PUB, 'blobs', D2, ANON))).toBeInstanceOf(AuthRequiredError);
+        expect(await failureOf(broker.token({ realmId: id, method: 'GET', query: 'scope=repository:pub/app:pull' }))).toBeInstanceOf(UpstreamError);
       });
 
       it('upstream refusing (401) a token it accepted before, sent as pullers send it, withdraws its credential for that repository', async () => {

@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import type { LRUCache } from 'lru-cache';
 import type { BodyBudget } from '../memory/body-budget.ts';
 import { HeldBody, readBody } from '../memory/held-body.ts';
 import type { Digest } from '../oci/digest.ts';
@@ -12,6 +11,7 @@ import { UpstreamError, UpstreamRefusedError, fromTransportError } from '../upst
 import { contentLength, discard, upstreamFailure } from '../upstream/status.ts';
 import { ANONYMOUS, ANONYMOUS_AT_REALM, AccessMemory, type CredentialHash, hashCredential } from './access-memory.ts';
 import { boundedLru } from './bounded-lru.ts';
+import { FairLru } from './fair-lru.ts';
 import { addPrefix, challengeForRepository, mapScopes, rewriteChallenge } from './challenge-rewrite.ts';
 import { AuthRequiredError, TokenRealmUnknownError, TokenTooLargeError } from './errors.ts';
 import { RealmRegistry } from './realms.ts';
@@ -33,8 +33,9 @@ const OFFLINE_TOKEN_TTL_S = 300;
 /** Real token answers are a few KiB (a JWT and some fields); this is held in memory until the puller took it. */
 const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
 /**
- * Content confirmed per repository, remembered (least recently used out: a lost entry means asking
- * again). 50,000 is some 5,000 images; the memory grows with what is held (see boundedLru).
+ * Content confirmed per repository, remembered (a lost entry means asking again): 50,000 is some
+ * 5,000 images. Grouped by repository (FairLru): content shown in the repositories one can read
+ * displaces theirs first. The memory grows with what is held.
  */
 const MAX_LINKS = 50_000;
 
@@ -102,13 +103,13 @@ export class AccessBroker {
   readonly #accepted = new AccessMemory();
   readonly #acceptedTokens = new AccessMemory();
   /** Content upstream showed in a repository: kind, repository, digest → when. */
-  readonly #links = boundedLru<string, number>(MAX_LINKS);
+  readonly #links = new FairLru<number>(MAX_LINKS);
   /**
    * Content named by a manifest upstream showed in a repository, dated like that manifest: counted
    * only while upstream cannot be asked (after a restart, the persisted tag answers and the manifests
    * they name are all that vouch for an image).
    */
-  readonly #derived = boundedLru<string, number>(MAX_LINKS);
+  readonly #derived = new FairLru<number>(MAX_LINKS);
   /** When upstream last refused a principal for a repository (401/403): older confirmations no longer count. */
   readonly #refused = boundedLru<string, number>(10_000);
   /** Access checks asking upstream, shared by concurrent requests of one principal for one content. */
@@ -155,7 +156,7 @@ export class AccessBroker {
 
   /** Upstream just served `digest` as `kind` under `name` to this requester: remember access and linkage. */
   confirm(name: RepositoryName, kind: ContentKind, digest: Digest, requester: Requester): void {
-    this.#links.set(linkKey(kind, name, digest), this.#now());
+    this.#links.set(name, contentKey(kind, digest), this.#now());
     this.accept(name, requester);
   }
 
@@ -181,7 +182,7 @@ export class AccessBroker {
    * passthrough). Never moves a newer confirmation back.
    */
   vouch(name: RepositoryName, kind: ContentKind, digest: Digest, at: number): void {
-    setIfNewer(this.#links, linkKey(kind, name, digest), at);
+    setIfNewer(this.#links, name, contentKey(kind, digest), at);
   }
 
   /**
@@ -194,7 +195,7 @@ export class AccessBroker {
     if (this.passthrough) return;
     const at = this.#linkedAt(name, 'manifests', manifest, true);
     if (at === undefined) return;
-    for (const reference of manifestReferences(body)) setIfNewer(this.#derived, linkKey(reference.kind, name, reference.digest), at);
+    for (const reference of manifestReferences(body)) setIfNewer(this.#derived, name, contentKey(reference.kind, reference.digest), at);
   }
 
   /**
@@ -233,8 +234,8 @@ export class AccessBroker {
         return;
       }
       if (response.status === 404) {
-        this.#links.delete(linkKey(kind, name, digest));
-        this.#derived.delete(linkKey(kind, name, digest));
+        this.#links.delete(name, contentKey(kind, digest));
+        this.#derived.delete(name, contentKey(kind, digest));
       }
       failure = await this.failure(name, response, requester, () => notFound(kind, digest));
     } catch (error) {
@@ -301,18 +302,23 @@ export class AccessBroker {
     if (!realm || !this.passthrough) throw new TokenRealmUnknownError(this.registry);
     const target = new URL(realm.href);
     const repositories: string[] = [];
-    const mapScope = (scope: string): string =>
-      mapScopes(scope, (name) => {
-        repositories.push(name);
-        return addPrefix(name, this.#prefix);
-      });
-    for (const [key, value] of new URLSearchParams(request.query)) target.searchParams.append(key, key === 'scope' ? mapScope(value) : value);
+    const mapScope = (scope: string): string => {
+      repositories.push(...pullScopes(scope));
+      return mapScopes(scope, (name) => addPrefix(name, this.#prefix));
+    };
+    // The token's audience is upstream's own: a token asked for another `service` is one upstream
+    // refuses, and a refusal of a token the realm issued must mean the credential cannot read.
+    const service = this.#realms.serviceOf(request.realmId);
+    const param = (key: string, value: string): string => (key === 'scope' ? mapScope(value) : key === 'service' && service !== undefined ? service : value);
+    for (const [key, value] of new URLSearchParams(request.query)) target.searchParams.append(key, param(key, value));
+    if (service !== undefined && request.method === 'GET' && !target.searchParams.has('service')) target.searchParams.set('service', service);
     const headers: Record<string, string> = { accept: request.accept ?? 'application/json' };
     if (request.authorization) headers['authorization'] = request.authorization;
     let body: Buffer | undefined;
     if (request.method === 'POST') {
       const rewritten = new URLSearchParams();
-      for (const [key, value] of new URLSearchParams((request.form ?? Buffer.alloc(0)).toString('utf8'))) rewritten.append(key, key === 'scope' ? mapScope(value) : value);
+      for (const [key, value] of new URLSearchParams((request.form ?? Buffer.alloc(0)).toString('utf8'))) rewritten.append(key, param(key, value));
+      if (service !== undefined && !rewritten.has('service')) rewritten.set('service', service);
       body = Buffer.from(rewritten.toString());
       headers['content-type'] = 'application/x-www-form-urlencoded';
     }
@@ -363,7 +369,7 @@ export class AccessBroker {
     // It counts as the credential it was issued to (the realm acceptances above, still within
     // max_stale when used), for those repositories and OFFLINE_TOKEN_TTL_S: a token the grants no
     // longer know opens nothing.
-    this.#grants.mint(token, credential, repositories, now + OFFLINE_TOKEN_TTL_S * 1000);
+    this.#grants.mint(token, credential, repositories, now, now + OFFLINE_TOKEN_TTL_S * 1000);
     const bytes = Buffer.from(JSON.stringify({ token, access_token: token, expires_in: OFFLINE_TOKEN_TTL_S, issued_at: new Date(now).toISOString() }));
     const hold = await this.#bodies.acquire(bytes.length, signal);
     return { status: 200, headers: { 'content-type': 'application/json', 'cache-control': 'no-store' }, body: new HeldBody(bytes, hold) };
@@ -409,9 +415,9 @@ export class AccessBroker {
 
   /** When `digest` was last shown in `name` as `kind` (directly, or also as named by a manifest). */
   #linkedAt(name: RepositoryName, kind: ContentKind, digest: Digest, derived: boolean): number | undefined {
-    const key = linkKey(kind, name, digest);
-    const direct = this.#links.get(key);
-    const named = derived ? this.#derived.get(key) : undefined;
+    const key = contentKey(kind, digest);
+    const direct = this.#links.get(name, key);
+    const named = derived ? this.#derived.get(name, key) : undefined;
     return direct === undefined ? named : named === undefined ? direct : Math.max(direct, named);
   }
 
@@ -440,11 +446,15 @@ export class AccessBroker {
       return;
     }
     this.#memoryOf(requester).forget(principal, name);
-    // Only a refusal of a token upstream accepted for `name` before says something of the credential
-    // it was issued to: anyone can get a token upstream never accepts (another `service`, an empty
-    // grant, a form of the header upstream does not parse), and the agent minted its own offline.
+    // A refusal of a token the realm issued for pulling `name` (for upstream's own service: the token
+    // endpoint sees to that) says the credential cannot read it, also the anonymous one that makes a
+    // repository public; but only sent as `Bearer <token>` (a form upstream does not parse proves
+    // nothing) and in the first half of the token's life (clocks differ: an expiring token proves
+    // nothing either). The agent's own offline tokens upstream never saw.
     const grant = this.#grants.grantOf(requester.authorization, name, this.#now());
-    if (grant && grant.acceptedFor.has(name) && CANONICAL_BEARER.test(requester.authorization ?? '')) this.#accepted.forget(grant.credential, realmKey(name));
+    if (grant && !grant.minted && CANONICAL_BEARER.test(requester.authorization ?? '') && this.#now() < (grant.issuedAt + grant.expiresAt) / 2) {
+      this.#accepted.forget(grant.credential, realmKey(name));
+    }
   }
 
   /**
@@ -496,9 +506,25 @@ function principalKey(principal: CredentialHash, rest: string): string {
   return `${principal}\0${rest}`;
 }
 
+/** The repositories a scope list asks to pull (`repository:<name>:pull,…`, or `*`). */
+function pullScopes(scopes: string): string[] {
+  const names: string[] = [];
+  for (const scope of scopes.split(' ')) {
+    const match = /^repository(?:\([^)]*\))?:(.+):([^:]*)$/.exec(scope);
+    const actions = match?.[2]?.split(',') ?? [];
+    if (match?.[1] && (actions.includes('pull') || actions.includes('*'))) names.push(match[1]);
+  }
+  return names;
+}
+
 /** Records `at` under `key` unless a later time is already there. */
-function setIfNewer(times: LRUCache<string, number>, key: string, at: number): void {
-  if ((times.get(key) ?? -Infinity) < at) times.set(key, at);
+function setIfNewer(times: FairLru<number>, name: RepositoryName, key: string, at: number): void {
+  if ((times.get(name, key) ?? -Infinity) < at) times.set(name, key, at);
+}
+
+/** Content in a repository's group of the link memories. */
+function contentKey(kind: ContentKind, digest: Digest): string {
+  return `${kind}\0${digest}`;
 }
 
 function linkKey(kind: ContentKind, name: RepositoryName, digest: Digest): string {

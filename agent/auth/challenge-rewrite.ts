@@ -33,7 +33,7 @@ export function rewriteChallenge(header: string, context: RewriteContext): strin
     return header;
   }
   if (realmUrl.protocol !== 'http:' && realmUrl.protocol !== 'https:') return header;
-  const id = context.realms.learn(realmUrl);
+  const id = context.realms.learn(realmUrl, challenge.params['service']);
   const params: Record<string, string> = { ...challenge.params, realm: `${context.agentBase}${tokenPath(context.registry, id)}` };
   if (params['scope'] !== undefined) params['scope'] = mapScopes(params['scope'], (name) => stripPrefix(name, context.repositoryPrefix));
   return formatBearer(params);

@@ -8,6 +8,8 @@ import { createHash } from 'node:crypto';
  */
 export class RealmRegistry {
   readonly #byId = new Map<string, URL>();
+  /** The `service` upstream's challenges named with each realm: the audience of its tokens. */
+  readonly #service = new Map<string, string>();
   readonly #max: number;
 
   constructor(max = 16) {
@@ -15,16 +17,25 @@ export class RealmRegistry {
   }
 
   /** Records a realm and returns its stable id (used in the rewritten realm URL). */
-  learn(realm: URL): string {
+  learn(realm: URL, service?: string): string {
     const id = createHash('sha256').update(realm.href).digest('hex').slice(0, 16);
     if (!this.#byId.has(id)) {
       if (this.#byId.size >= this.#max) {
         const oldest = this.#byId.keys().next();
-        if (!oldest.done) this.#byId.delete(oldest.value);
+        if (!oldest.done) {
+          this.#byId.delete(oldest.value);
+          this.#service.delete(oldest.value);
+        }
       }
       this.#byId.set(id, realm);
     }
+    if (service !== undefined) this.#service.set(id, service);
     return id;
+  }
+
+  /** The service upstream's last challenge named with this realm, if it named one. */
+  serviceOf(id: string): string | undefined {
+    return this.#service.get(id);
   }
 
   get(id: string): URL | undefined {

@@ -93,7 +93,7 @@ describe('TokenGrants', () => {
 
   it('a minted (offline) token: issued to its credential until its expiry, and marked as minted', () => {
     const grants = new TokenGrants();
-    grants.mint('rpa-offline.x', alice, ['priv/app'], 300_000);
+    grants.mint('rpa-offline.x', alice, ['priv/app'], 0, 300_000);
     expect(grants.grantOf('Bearer rpa-offline.x', 'priv/app', 299_999)).toMatchObject({ credential: alice, minted: true });
     expect(grants.issuedTo('Bearer rpa-offline.x', 'priv/other', 1)).toBeUndefined();
     expect(grants.issuedTo('Bearer rpa-offline.x', 'priv/app', 300_000)).toBeUndefined();

@@ -17,6 +17,7 @@ export interface TokenGrant {
   /** The credential the token was issued to (what the puller showed the realm, hashed). */
   readonly credential: CredentialHash;
   readonly repositories: ReadonlySet<string>;
+  readonly issuedAt: number;
   readonly expiresAt: number;
   /**
    * Minted by the agent while the realm was unreachable (an offline token): upstream never saw it,
@@ -82,7 +83,7 @@ export class TokenGrants {
     if (!rememberable(repositories)) return;
     const answer = parseTokenAnswer(body);
     if (!answer) return;
-    const grant: HeldGrant = { credential, repositories: new Set(repositories), expiresAt: now + answer.ttlS * 1000, minted: false, acceptedFor: new Set() };
+    const grant: HeldGrant = { credential, repositories: new Set(repositories), issuedAt: now, expiresAt: now + answer.ttlS * 1000, minted: false, acceptedFor: new Set() };
     for (const token of answer.tokens) {
       const key = bearerHash(token);
       this.#drop(key);
@@ -91,11 +92,11 @@ export class TokenGrants {
   }
 
   /** A token the agent minted itself for `credential` (offline), good for `repositories` until `expiresAt`. */
-  mint(token: string, credential: CredentialHash, repositories: readonly string[], expiresAt: number): void {
+  mint(token: string, credential: CredentialHash, repositories: readonly string[], issuedAt: number, expiresAt: number): void {
     if (!rememberable(repositories)) return;
     const key = bearerHash(token);
     this.#drop(key);
-    this.#keep(key, [...repositories].sort().join(' '), { credential, repositories: new Set(repositories), expiresAt, minted: true, acceptedFor: new Set() });
+    this.#keep(key, [...repositories].sort().join(' '), { credential, repositories: new Set(repositories), issuedAt, expiresAt, minted: true, acceptedFor: new Set() });
   }
 
   /** Upstream accepted the token in `authorization` for `repository`. */
