@@ -28,12 +28,12 @@ export const ANONYMOUS_AT_REALM: CredentialHash = hashCredential('anonymous');
 
 /**
  * Which credentials upstream accepted for which key (a repository name, or a realm key), and
- * when. No credential is stored, only its keyed hash. Bounded, and fair to those who cannot mint
+ * when. No credential is stored, only its keyed hash. Bounded, and fair against whoever mints
  * credentials: entries are grouped by key and only the largest group gives (FairLru), so a flood
  * of fresh credentials accepted for a repository displaces entries of that repository only. The
  * two anonymous credentials (nothing shown to the registry, or to the realm) are kept apart, one
- * entry per key, which no flood displaces. A forgotten entry only means asking upstream again
- * (or, offline, a 401), never more access.
+ * entry per key (up to `maxAnonymousKeys` keys), out of reach of credential floods. A forgotten
+ * entry only means asking upstream again (or, offline, a 401), never more access.
  */
 export class AccessMemory {
   readonly #accepted: FairLru<number>;
