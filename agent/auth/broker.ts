@@ -169,11 +169,8 @@ export class AccessBroker {
     // Remembered with the credentials (one entry per credential and repository, however many
     // tokens it mints); the token itself only with other tokens, which a flood of them displaces.
     this.#memoryOf(requester).remember(this.#principal(requester), name, now);
-    const grant = this.#grants.grantOf(requester.authorization, name, now);
-    if (grant && !grant.minted) {
-      this.#accepted.remember(grant.credential, realmKey(name), now);
-      this.#grants.confirm(requester.authorization, name, now);
-    }
+    const grant = this.#grants.confirm(requester.authorization, name, now);
+    if (grant && !grant.minted) this.#accepted.remember(grant.credential, realmKey(name), now);
   }
 
   /**
@@ -302,10 +299,11 @@ export class AccessBroker {
     if (!realm || !this.passthrough) throw new TokenRealmUnknownError(this.registry);
     const target = new URL(realm.href);
     const repositories: string[] = [];
-    const mapScope = (scope: string): string => {
-      repositories.push(...pullScopes(scope));
-      return mapScopes(scope, (name) => addPrefix(name, this.#prefix));
-    };
+    const mapScope = (scope: string): string =>
+      mapScopes(scope, (name, actions) => {
+        if (actions.includes('pull') || actions.includes('*')) repositories.push(name);
+        return addPrefix(name, this.#prefix);
+      });
     // The token's audience is upstream's own: a token asked for another `service` is one upstream
     // refuses, and a refusal of a token the realm issued must mean the credential cannot read.
     const service = this.#realms.serviceOf(request.realmId);
@@ -441,10 +439,8 @@ export class AccessBroker {
     // puller's first request): it withdraws an anonymous acceptance, but does not date the content
     // a public repository showed before as refused.
     if (principal !== ANONYMOUS) this.#refused.set(principalKey(principal, name), this.#now());
-    if (!this.passthrough) {
-      this.#accepted.forget(principal, name);
-      return;
-    }
+    // Agent auth remembers no acceptance (see accept): the refusal above is all there is.
+    if (!this.passthrough) return;
     this.#memoryOf(requester).forget(principal, name);
     // A refusal of a token the realm issued for pulling `name` (for upstream's own service: the token
     // endpoint sees to that) says the credential cannot read it, also the anonymous one that makes a
@@ -504,17 +500,6 @@ export function realmCredential(authorization: string | undefined, form: Buffer 
 /** A principal's entry for a repository (or for one content in it): never the credential itself. */
 function principalKey(principal: CredentialHash, rest: string): string {
   return `${principal}\0${rest}`;
-}
-
-/** The repositories a scope list asks to pull (`repository:<name>:pull,…`, or `*`). */
-function pullScopes(scopes: string): string[] {
-  const names: string[] = [];
-  for (const scope of scopes.split(' ')) {
-    const match = /^repository(?:\([^)]*\))?:(.+):([^:]*)$/.exec(scope);
-    const actions = match?.[2]?.split(',') ?? [];
-    if (match?.[1] && (actions.includes('pull') || actions.includes('*'))) names.push(match[1]);
-  }
-  return names;
 }
 
 /** Records `at` under `key` unless a later time is already there. */

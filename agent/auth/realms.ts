@@ -7,9 +7,8 @@ import { createHash } from 'node:crypto';
  * (UpstreamClient.forwardTokenRequest), so a map can redirect a learned realm but never add one.
  */
 export class RealmRegistry {
-  readonly #byId = new Map<string, URL>();
-  /** The `service` upstream's challenges named with each realm: the audience of its tokens. */
-  readonly #service = new Map<string, string>();
+  /** Each realm, and the `service` upstream's challenges named with it (the audience of its tokens). */
+  readonly #byId = new Map<string, { readonly url: URL; service: string | undefined }>();
   readonly #max: number;
 
   constructor(max = 16) {
@@ -19,26 +18,25 @@ export class RealmRegistry {
   /** Records a realm and returns its stable id (used in the rewritten realm URL). */
   learn(realm: URL, service?: string): string {
     const id = createHash('sha256').update(realm.href).digest('hex').slice(0, 16);
-    if (!this.#byId.has(id)) {
+    let known = this.#byId.get(id);
+    if (!known) {
       if (this.#byId.size >= this.#max) {
         const oldest = this.#byId.keys().next();
-        if (!oldest.done) {
-          this.#byId.delete(oldest.value);
-          this.#service.delete(oldest.value);
-        }
+        if (!oldest.done) this.#byId.delete(oldest.value);
       }
-      this.#byId.set(id, realm);
+      known = { url: realm, service: undefined };
+      this.#byId.set(id, known);
     }
-    if (service !== undefined) this.#service.set(id, service);
+    if (service !== undefined) known.service = service;
     return id;
   }
 
   /** The service upstream's last challenge named with this realm, if it named one. */
   serviceOf(id: string): string | undefined {
-    return this.#service.get(id);
+    return this.#byId.get(id)?.service;
   }
 
   get(id: string): URL | undefined {
-    return this.#byId.get(id);
+    return this.#byId.get(id)?.url;
   }
 }

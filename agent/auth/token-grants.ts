@@ -99,15 +99,17 @@ export class TokenGrants {
     this.#keep(key, [...repositories].sort().join(' '), { credential, repositories: new Set(repositories), issuedAt, expiresAt, minted: true, acceptedFor: new Set() });
   }
 
-  /** Upstream accepted the token in `authorization` for `repository`. */
-  confirm(authorization: string | undefined, repository: string, now = Date.now()): void {
+  /** Upstream accepted the token in `authorization` for `repository`: its grant, now kept as confirmed (see grantOf). */
+  confirm(authorization: string | undefined, repository: string, now = Date.now()): TokenGrant | undefined {
     const key = tokenKey(authorization);
     const grant = key && this.#find(key, repository, now);
-    if (!key || !grant) return;
+    if (!key || !grant) return undefined;
     grant.acceptedFor.add(repository);
-    if (this.#groupOf.has(key)) return;
-    this.#unconfirmed.delete(key);
-    this.#keep(key, repository, grant);
+    if (!this.#groupOf.has(key)) {
+      this.#unconfirmed.delete(key);
+      this.#keep(key, repository, grant);
+    }
+    return grant;
   }
 
   /**
