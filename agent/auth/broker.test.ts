@@ -1038,6 +1038,20 @@ describe('AccessBroker', () => {
         expect(await failureOf(broker.check(PRIV, 'blobs', D1, { authorization: `Bearer ${offline}` }))).toBeInstanceOf(AuthRequiredError);
       });
 
+      it("a token asked with a scope the realm does not grant anonymously (`*`, a resource class) counts for nothing: its refusal leaves the repository public", async () => {
+        const realm = await startFloodableRealm();
+        const broker = newBroker('passthrough');
+        const id = await learnRealm(broker, realm);
+        const anonymousToken = async (scope: string): Promise<string> => tokenBody(await broker.token({ realmId: id, method: 'GET', query: `scope=${scope}` })).token;
+        broker.confirm(PUB, 'blobs', D2, { authorization: `Bearer ${await anonymousToken('repository:pub/app:pull')}` });
+        clock = T0 + MINUTE;
+        for (const scope of ['repository:pub/app:*', 'repository(plugin):pub/app:pull']) await refusedOnce(broker, `Bearer ${await anonymousToken(scope)}`);
+        await realm.stop();
+        upstream.unavailable = true;
+        await broker.check(PUB, 'blobs', D2, ANON);
+        expect(await anonymousToken('repository:pub/app:pull')).toMatch(/^rpa-offline\./);
+      });
+
       it('a repository made private: the refusal of a fresh anonymous token for it withdraws its public readability, online and offline', async () => {
         const realm = await startFloodableRealm();
         const broker = newBroker('passthrough');

@@ -300,8 +300,10 @@ export class AccessBroker {
     const target = new URL(realm.href);
     const repositories: string[] = [];
     const mapScope = (scope: string): string =>
-      mapScopes(scope, (name, actions) => {
-        if (actions.includes('pull') || actions.includes('*')) repositories.push(name);
+      mapScopes(scope, (name, actions, resourceClass) => {
+        // Only what a realm grants anyone who may read: a plain `pull` (not `*`, kept for owners,
+        // nor a resource class a realm may not know), so a refusal of the token means no read.
+        if (resourceClass === undefined && actions.includes('pull')) repositories.push(name);
         return addPrefix(name, this.#prefix);
       });
     // The token's audience is upstream's own: a token asked for another `service` is one upstream

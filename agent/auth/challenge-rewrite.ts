@@ -60,13 +60,13 @@ function formatBearer(params: Readonly<Record<string, string>>): string {
 }
 
 /** Applies `map` to the repository name of every `repository:<name>:<actions>` scope in a space-separated list. */
-export function mapScopes(scopes: string, map: (name: string, actions: readonly string[]) => string): string {
+export function mapScopes(scopes: string, map: (name: string, actions: readonly string[], resourceClass: string | undefined) => string): string {
   return scopes
     .split(' ')
     .map((scope) => {
       const match = /^repository(\([^)]*\))?:(.+):([^:]*)$/.exec(scope);
       if (!match) return scope;
-      return `repository${match[1] ?? ''}:${map(match[2] ?? '', (match[3] ?? '').split(','))}:${match[3] ?? ''}`;
+      return `repository${match[1] ?? ''}:${map(match[2] ?? '', (match[3] ?? '').split(','), match[1])}:${match[3] ?? ''}`;
     })
     .join(' ');
 }
